@@ -1,0 +1,186 @@
+"""Read (and, for small in-memory stores, write) the feature-store layout."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MANIFEST_NAME = "manifest.json"
+FAILURES_NAME = "failures.csv"
+FORMAT_VERSION = 1
+COLUMNS = ("id", "label", "path", "caption", "image_emb", "text_emb")
+
+
+class StoreError(ValueError):
+    """A feature store is missing, incomplete or does not match what a stage expects."""
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """The manifest of a store, with the fields later stages rely on made explicit."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.manifest["class_names"])
+
+    @property
+    def image_dim(self) -> int:
+        return int(self.manifest["dims"]["image_emb"])
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.manifest["dims"]["text_emb"])
+
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in self.manifest["splits"] if (self.root / s).is_dir()]
+
+    def rows(self, split: str) -> int:
+        return int(self.manifest["splits"][split]["rows"])
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """One split as contiguous arrays: what training, prediction and analysis consume."""
+
+    ids: list[str]
+    labels: np.ndarray  # int64 [N], -1 where unknown
+    image_emb: np.ndarray  # float32 [N, image_dim]
+    text_emb: np.ndarray  # float32 [N, text_dim]
+    captions: list[str]
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def open_store(root: str | os.PathLike) -> StoreInfo:
+    """Read and check ``root/manifest.json``; raise :class:`StoreError` naming the fix."""
+    root = Path(root)
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise StoreError(
+            f"{manifest_path} not found: {root} is not a finished feature store. "
+            "Build one with `python -m data_prep --config configs/prep/<name>.yaml` "
+            "(a run that stopped part-way resumes when rerun with the same command)."
+        )
+    manifest = json.loads(manifest_path.read_text())
+    missing = [k for k in ("class_names", "dims", "splits") if k not in manifest]
+    if missing:
+        raise StoreError(f"{manifest_path} lacks {missing}; rebuild the store with data_prep.")
+    if manifest.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise StoreError(
+            f"{manifest_path} has format_version {manifest['format_version']}, newer than this "
+            f"code reads ({FORMAT_VERSION}); update the package."
+        )
+    return StoreInfo(root=root, manifest=manifest)
+
+
+def load_split(root: str | os.PathLike, split: str):
+    """The split as a `datasets.Dataset` (memory-mapped Arrow, nothing copied)."""
+    import datasets
+
+    info = open_store(root)
+    path = info.root / split
+    if not path.is_dir():
+        raise StoreError(
+            f"{info.root} has no split {split!r} (it has {info.splits}); "
+            "check the split names in the prep config."
+        )
+    return datasets.load_from_disk(str(path))
+
+
+def _matrix(table, column: str, dim: int) -> np.ndarray:
+    """A fixed-size-list Arrow column as a float32 [N, dim] array, without a row loop."""
+    col = table.column(column).combine_chunks()
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(flat.reshape(len(col), dim), dtype=np.float32)
+
+
+def load_arrays(root: str | os.PathLike, split: str) -> SplitArrays:
+    """One split's columns as numpy arrays, dims checked against the manifest."""
+    info = open_store(root)
+    ds = load_split(root, split)
+    table = ds.data.table if hasattr(ds.data, "table") else ds.data
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise StoreError(f"{info.root / split} lacks columns {missing}; rebuild the store.")
+    return SplitArrays(
+        ids=table.column("id").to_pylist(),
+        labels=table.column("label").to_numpy().astype(np.int64),
+        image_emb=_matrix(table, "image_emb", info.image_dim),
+        text_emb=_matrix(table, "text_emb", info.text_dim),
+        captions=table.column("caption").to_pylist(),
+        paths=table.column("path").to_pylist(),
+    )
+
+
+def write_store(
+    root: str | os.PathLike,
+    *,
+    splits: dict[str, dict[str, Any]],
+    class_names: list[str],
+    emb_dtype: str = "float32",
+    extra_manifest: dict[str, Any] | None = None,
+) -> StoreInfo:
+    """Write a whole store from in-memory columns in one go.
+
+    For synthetic stores (tests, benchmarks, demos). data_prep writes real stores shard by
+    shard with resume; both produce the same layout and manifest fields.
+    """
+    import datasets
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    first = next(iter(splits.values()))
+    dims = {
+        "image_emb": int(np.asarray(first["image_emb"]).shape[1]),
+        "text_emb": int(np.asarray(first["text_emb"]).shape[1]),
+    }
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "label": datasets.Value("int64"),
+            "path": datasets.Value("string"),
+            "caption": datasets.Value("string"),
+            "image_emb": datasets.List(datasets.Value(emb_dtype), length=dims["image_emb"]),
+            "text_emb": datasets.List(datasets.Value(emb_dtype), length=dims["text_emb"]),
+        }
+    )
+    counts = {}
+    for name, cols in splits.items():
+        n = len(cols["id"])
+        data = {
+            "id": list(cols["id"]),
+            "label": [int(x) for x in cols["label"]],
+            "path": list(cols.get("path", [""] * n)),
+            "caption": list(cols.get("caption", [""] * n)),
+            "image_emb": np.asarray(cols["image_emb"], dtype=emb_dtype),
+            "text_emb": np.asarray(cols["text_emb"], dtype=emb_dtype),
+        }
+        datasets.Dataset.from_dict(data, features=features).save_to_disk(str(root / name))
+        counts[name] = {"inputs": n, "rows": n, "failed": 0}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "class_names": list(class_names),
+        "dims": dims,
+        "emb_dtype": emb_dtype,
+        "splits": counts,
+        "models": {},
+        **(extra_manifest or {}),
+    }
+    (root / FAILURES_NAME).write_text("file,reason\n")
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    return StoreInfo(root=root, manifest=manifest)
