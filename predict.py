@@ -1,1 +1,12 @@
-print()
+"""Write a Kaggle submission (Id,Category) from one or more trained fusion heads.
+
+$ python predict.py --checkpoint runs/dual_logit_l0.1/RUN/checkpoints/best.ckpt \
+      --store stores/kaggle --out submission.csv
+
+See ``fusion/predict.py`` for the options (repeat ``--checkpoint`` to average runs).
+"""
+
+from fusion.predict import main
+
+if __name__ == "__main__":
+    main()

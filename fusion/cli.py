@@ -1,0 +1,132 @@
+"""LightningCLI for fusion heads: one YAML per experiment, every value overridable.
+
+$ python train.py fit --config configs/dual_logit_l0.1.yaml --data.store stores/kaggle
+$ python train.py fit --config configs/dual_logit_l0.1.yaml --ckpt_path last   # resume
+$ python train.py fit --config configs/concat.yaml --print_config             # scaffold
+
+Each fit gets a run directory ``RUN`` (``--run_dir``, default
+``runs/<config name>/<YYYYmmdd-HHMMSS>``; with ``--ckpt_path last`` the newest run of that
+config that has ``checkpoints/last.ckpt``)::
+
+    RUN/config.yaml           the resolved config
+    RUN/metrics.csv           CSV log (train/*, val/*, fusion/alpha, fusion/beta)
+    RUN/checkpoints/best.ckpt best val/acc_top1; RUN/checkpoints/last.ckpt
+    RUN/wandb/                the W&B run (offline unless logged in and online)
+    RUN/alpha_beta.png        dual-logit heads
+    RUN/val_predictions.csv   id,label,pred,confidence from best.ckpt
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from fusion.callbacks import RunArtifacts
+from fusion.datamodule import FeatureDataModule
+from fusion.loggers import make_loggers
+from fusion.module import FusionModule
+
+
+class ResumeError(FileNotFoundError):
+    """``--ckpt_path last`` was asked for but there is no checkpoint to resume."""
+
+
+def new_run_dir(base: Path) -> Path:
+    """``base/<timestamp>``, suffixed ``-1``, ``-2``... when two runs start in one second."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run, n = base / stamp, 0
+    while run.exists():
+        n += 1
+        run = base / f"{stamp}-{n}"
+    return run
+
+
+def resume_run_dir(base: Path, run_dir: str | None) -> Path:
+    """The run to resume: ``run_dir`` if given, else the newest under ``base`` with a last.ckpt."""
+    if run_dir:
+        candidates = [Path(run_dir)]
+    else:
+        candidates = sorted(base.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        candidates = [p.parent.parent for p in candidates]
+    if not candidates or not (candidates[-1] / "checkpoints" / "last.ckpt").is_file():
+        where = candidates[-1] if candidates else base / "*"
+        raise ResumeError(
+            f"--ckpt_path last: no checkpoint at {where}/checkpoints/last.ckpt. Start a fresh "
+            "run without --ckpt_path, or pass --run_dir RUN (or --ckpt_path FILE) of the run "
+            "to resume."
+        )
+    return candidates[-1]
+
+
+class FusionCLI(LightningCLI):
+    """LightningCLI with the store's dims linked into the model and a run directory per fit."""
+
+    def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resume rewrites it
+        kwargs.setdefault("seed_everything_default", 0)
+        kwargs.setdefault("auto_configure_optimizers", False)
+        super().__init__(FusionModule, FeatureDataModule, args=args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_dir", type=str | None, default=None, help="run directory")
+        parser.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")
+        parser.add_argument("--wandb_project", type=str, default="sketchfusion")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc_top1",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best",
+                "checkpoint.save_last": True,
+                "checkpoint.save_top_k": 1,
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults(
+            {
+                "early_stopping.monitor": "val/acc_top1",
+                "early_stopping.mode": "max",
+                "early_stopping.patience": 10,
+            }
+        )
+        for key in ("image_dim", "text_dim", "class_names"):
+            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        configs = cfg.get("config") or []
+        self.experiment = Path(str(configs[0])).stem if configs else "default"
+        base = Path(cfg["runs_root"]) / self.experiment
+        if cfg.get("ckpt_path") == "last":
+            self.run_dir = resume_run_dir(base, cfg.get("run_dir"))
+        elif cfg.get("run_dir"):
+            self.run_dir = Path(cfg["run_dir"])
+        else:
+            self.run_dir = new_run_dir(base)
+        cfg["trainer"]["default_root_dir"] = str(self.run_dir)
+        if cfg.get("checkpoint") is not None and not cfg["checkpoint"].get("dirpath"):
+            cfg["checkpoint"]["dirpath"] = str(self.run_dir / "checkpoints")
+
+    def instantiate_trainer(self, **kwargs):
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        if trainer_cfg.get("logger") in (None, True):
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            kwargs["logger"] = make_loggers(
+                self.run_dir,
+                project=cfg["wandb_project"],
+                name=f"{self.experiment}/{self.run_dir.name}",
+            )
+        callbacks = trainer_cfg.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        kwargs["callbacks"] = [*callbacks, RunArtifacts()]
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(args: Sequence[str] | None = None) -> FusionCLI:
+    """Run the CLI on ``args`` (``sys.argv[1:]`` when None); return it for its trainer."""
+    return FusionCLI(args=args)

@@ -1,0 +1,180 @@
+"""The thin LightningModule around a fusion head: loss, metrics, optimiser, schedule.
+
+$ python train.py fit --config configs/dual_logit_l0.1.yaml --model.lr 3e-4
+
+The network itself is a plain ``nn.Module`` from :mod:`fusion.heads`; this module keeps
+only training concerns. Its hyper-parameters are plain values (strings, numbers, lists),
+so checkpoints load with ``torch.load(weights_only=True)`` and ``predict.py`` rebuilds the
+head from them alone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from fusion.heads import build_head
+
+
+def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Top-1 and top-5 accuracy (top-k capped at the class count for tiny stores)."""
+    return MetricCollection(
+        {
+            "acc_top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        },
+        prefix=prefix,
+    )
+
+
+def lr_factor(
+    step: int,
+    *,
+    total_steps: int,
+    warmup_steps: int,
+    schedule: str,
+    step_every: int,
+    gamma: float,
+    min_lr_ratio: float,
+) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step``."""
+    if step < warmup_steps:
+        # Linear warm-up from lr/warmup to lr: AdamW's first moments are noisy.
+        return (step + 1) / warmup_steps
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "step":
+        return gamma ** ((step - warmup_steps) // max(1, step_every))
+    return 1.0
+
+
+class FusionModule(L.LightningModule):
+    """Train one registered head with cross-entropy.
+
+    Args:
+        head: name in ``fusion.heads.HEADS`` (visual_only, text_only, concat, projection,
+            dual_logit).
+        image_dim, text_dim, class_names: from the feature store (linked by train.py).
+        hidden_dims, dropout, input_norm, fusion_dim, weighting, penalty_lambda: the head's
+            options (each head uses the ones it knows).
+        label_smoothing: for the training loss; validation loss is plain cross-entropy.
+        optimizer: "adamw" or "sgd" (with ``momentum``).
+        schedule: "cosine", "step" (times ``gamma`` every ``step_epochs``) or "constant",
+            after ``warmup_epochs`` of linear warm-up.
+    """
+
+    def __init__(
+        self,
+        head: str = "dual_logit",
+        *,
+        image_dim: int,
+        text_dim: int,
+        class_names: list[str],
+        hidden_dims: list[int] | None = None,
+        dropout: float = 0.3,
+        input_norm: bool = True,
+        fusion_dim: int = 512,
+        weighting: Literal["penalty", "softmax"] = "penalty",
+        penalty_lambda: float = 0.1,
+        label_smoothing: float = 0.0,
+        optimizer: Literal["adamw", "sgd"] = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        momentum: float = 0.9,
+        schedule: Literal["cosine", "step", "constant"] = "cosine",
+        warmup_epochs: float = 1.0,
+        step_epochs: int = 10,
+        gamma: float = 0.1,
+        min_lr_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        # Plain lists only (no tuples or config objects): checkpoints load with weights_only.
+        self.hparams.hidden_dims = [512] if hidden_dims is None else [int(h) for h in hidden_dims]
+        self.hparams.class_names = [str(c) for c in class_names]
+        self.head = build_head(
+            head,
+            image_dim=image_dim,
+            text_dim=text_dim,
+            num_classes=len(self.hparams.class_names),
+            **head_options(self.hparams),
+        )
+        num_classes = len(self.hparams.class_names)
+        self.train_metrics = accuracy_metrics(num_classes, "train/")
+        self.val_metrics = accuracy_metrics(num_classes, "val/")
+        # (step, alpha, beta) for the end-of-fit plot; saved in checkpoints so a resumed
+        # run's plot covers the whole run.
+        self.alpha_beta_history: list[list[float]] = []
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.head(image, text)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self.head(batch["image"], batch["text"])
+        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
+        penalty = self.head.aux_loss()
+        if penalty is not None:
+            loss = loss + penalty
+            self.log("fusion/penalty", penalty.detach(), on_step=False, on_epoch=True)
+        self.train_metrics.update(logits.detach(), batch["label"])
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        weights = self.head.fusion_weights()
+        if weights is not None:
+            alpha, beta = weights.detach().float().cpu().tolist()
+            self.alpha_beta_history.append([self.global_step, alpha, beta])
+            self.log("fusion/alpha", alpha, on_step=True, on_epoch=False)
+            self.log("fusion/beta", beta, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self.head(batch["image"], batch["text"])
+        loss = F.cross_entropy(logits, batch["label"])
+        self.val_metrics.update(logits, batch["label"])
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True)
+        self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        probs = self.head(batch["image"], batch["text"]).softmax(dim=1)
+        return {"index": batch["index"], "probs": probs}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["alpha_beta_history"] = self.alpha_beta_history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.alpha_beta_history = list(checkpoint.get("alpha_beta_history", []))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.optimizer == "adamw":
+            opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.SGD(
+                self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+            )
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 1
+        per_epoch = max(1, total // max(1, epochs))
+        options = {
+            "total_steps": total,
+            "warmup_steps": round(hp.warmup_epochs * per_epoch),
+            "schedule": hp.schedule,
+            "step_every": hp.step_epochs * per_epoch,
+            "gamma": hp.gamma,
+            "min_lr_ratio": hp.min_lr_ratio,
+        }
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, **options))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def head_options(hparams: dict) -> dict:
+    """The head's own options out of a module's (or a checkpoint's) hyper-parameters."""
+    skip = {"head", "image_dim", "text_dim", "class_names"}
+    return {k: v for k, v in dict(hparams).items() if k not in skip}
