@@ -1,0 +1,136 @@
+"""The image encoder: DINOv2 (or any transformers vision backbone) or a timm model.
+
+$ python -c "from data_prep.encoders import *; help(ImageEncoder)"
+
+Preprocessing is the model's own (transformers image processor: shortest-edge resize then
+centre crop for DINOv2; timm's resolved data config), never a squashing resize. It lives
+in a separate small picklable object so DataLoader workers run it, not the model process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from data_prep.config import ImageConfig
+from data_prep.loading import load_pretrained, model_source
+
+
+def pool_tokens(tokens: torch.Tensor, pooling: str, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """[B, T, D] encoder output -> [B, D] (or [B, 2D] for ``cls+mean``).
+
+    ``cls`` is token 0; ``mean`` averages the patch tokens only (after the CLS and any
+    register tokens); ``cls+mean`` concatenates both, as Dinov2ForImageClassification
+    feeds its linear head.
+    """
+    cls = tokens[:, 0]
+    if pooling == "cls":
+        return cls
+    mean = tokens[:, num_prefix_tokens:].mean(dim=1)
+    if pooling == "mean":
+        return mean
+    if pooling == "cls+mean":
+        return torch.cat([cls, mean], dim=1)
+    raise ValueError(f"unknown image pooling {pooling!r}; use cls, mean or cls+mean")
+
+
+class ImagePreprocessor:
+    """PIL images -> a float pixel tensor [B, 3, H, W], with the model's own transform."""
+
+    def __init__(self, cfg: ImageConfig, model: Any = None):
+        self.library = cfg.library
+        if cfg.library == "timm":
+            import timm.data
+
+            data_cfg = timm.data.resolve_model_data_config(model)
+            self.transform = timm.data.create_transform(**data_cfg, is_training=False)
+            self.description = {"library": "timm", **{k: _plain(v) for k, v in data_cfg.items()}}
+        else:
+            from transformers import AutoImageProcessor
+
+            self.processor = load_pretrained(
+                "image processor",
+                "image.model",
+                AutoImageProcessor.from_pretrained,
+                cfg.model,
+                revision=cfg.revision,
+            )
+            self.description = {"library": "transformers", **_plain(self.processor.to_dict())}
+
+    def __call__(self, images: list) -> torch.Tensor:
+        if self.library == "timm":
+            return torch.stack([self.transform(im) for im in images])
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+class ImageEncoder(nn.Module):
+    """Pixel tensor -> pooled float32 features [B, dim] under the configured pooling."""
+
+    def __init__(self, cfg: ImageConfig, *, dtype: torch.dtype):
+        super().__init__()
+        self.cfg = cfg
+        if cfg.pooling not in ("cls", "mean", "cls+mean"):
+            raise ValueError(f"--image.pooling {cfg.pooling!r}: use cls, mean or cls+mean")
+        if cfg.library == "timm":
+            import timm
+
+            self.model = load_pretrained(
+                "image encoder",
+                "image.model",
+                timm.create_model,
+                cfg.model,
+                pretrained=cfg.pretrained,
+                num_classes=0,
+            )
+            self.model.to(dtype)
+            self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0))
+            width = int(self.model.num_features)
+            if cfg.pooling != "mean" and self.num_prefix_tokens == 0:
+                raise ValueError(
+                    f"timm model {cfg.model!r} has no CLS token; use --image.pooling mean"
+                )
+        else:
+            from transformers import AutoModel
+
+            self.model = load_pretrained(
+                "image encoder",
+                "image.model",
+                AutoModel.from_pretrained,
+                cfg.model,
+                revision=cfg.revision,
+                dtype=dtype,
+            )
+            # DINOv2 with registers keeps them right after CLS; they are not patches.
+            self.num_prefix_tokens = 1 + int(getattr(self.model.config, "num_register_tokens", 0))
+            width = int(self.model.config.hidden_size)
+        self.model.eval()
+        self.dtype = dtype
+        self.dim = width * (2 if cfg.pooling == "cls+mean" else 1)
+        self.source = model_source(cfg.model, self.model)
+
+    def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The encoder's final (normalised) token sequence [B, T, D]."""
+        pixel_values = pixel_values.to(self.dtype)
+        if self.cfg.library == "timm":
+            out = self.model.forward_features(pixel_values)
+            if out.ndim == 4:  # a CNN: [B, C, H, W] -> [B, HW, C], no prefix tokens
+                out = out.flatten(2).transpose(1, 2)
+            return out
+        return self.model(pixel_values=pixel_values).last_hidden_state
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens(pixel_values)
+        return pool_tokens(tokens, self.cfg.pooling, self.num_prefix_tokens).float()
+
+
+def _plain(value):
+    """JSON-safe copy of a processor / data config (tuples -> lists, objects -> str)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

@@ -1,0 +1,278 @@
+"""Extraction as Lightning ``Trainer.predict`` with a prediction writer.
+
+$ python -m data_prep --config configs/prep/demo.yaml --run.devices 2 --run.strategy ddp
+
+The work is cut into fixed shards (store.plan_shards). Each rank takes every
+``world_size``-th unfinished shard, its DataLoader yields batches that never cross a shard
+boundary, and :class:`ShardWriter` writes a shard the moment its last batch is predicted.
+So 1 or N processes, a first run or a resumed one, all produce the same shard files.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from data_prep.images import BadImageError
+from data_prep.store import Shard, StoreWriter
+
+# Test hook: after this many shards, stop still (as a hung job would) so a test can
+# `kill -9` the process at a known point. Never set in normal use.
+PAUSE_ENV = "DATA_PREP_PAUSE_AFTER_SHARDS"
+
+
+class ItemDataset(Dataset):
+    """Decodes one item; a bad image becomes a failure record, never an exception."""
+
+    def __init__(self, listing, items: list):
+        self.listing = listing
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        try:
+            return {"index": index, "image": self.listing.open_image(item), "error": None}
+        except BadImageError as err:
+            return {"index": index, "image": None, "error": err.reason}
+
+
+class Collate:
+    """In the worker: run both models' preprocessing on the batch's good images."""
+
+    def __init__(self, image_pre, caption_pre=None):
+        self.image_pre = image_pre
+        self.caption_pre = caption_pre
+
+    def _preprocess(self, images: list) -> dict[str, Any]:
+        out = {"pixel_values": self.image_pre(images)}
+        if self.caption_pre is not None:
+            out["caption_inputs"] = self.caption_pre(images)
+        return out
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        good = [s for s in samples if s["error"] is None]
+        failed = [(s["index"], s["error"]) for s in samples if s["error"] is not None]
+        tensors: dict[str, Any] = {}
+        if good:
+            try:
+                tensors = self._preprocess([s["image"] for s in good])
+            except Exception:  # noqa: BLE001 - find the image the processor rejects
+                keep = []
+                for s in good:
+                    try:
+                        self._preprocess([s["image"]])
+                        keep.append(s)
+                    except Exception as err:  # noqa: BLE001
+                        failed.append((s["index"], f"preprocessing failed: {err}"[:160]))
+                good = keep
+                tensors = self._preprocess([s["image"] for s in good]) if good else {}
+        return {"good": [s["index"] for s in good], "failed": failed, **tensors}
+
+
+class ShardBatchSampler(Sampler):
+    """Global item indices, ``batch_size`` at a time, never crossing a shard boundary."""
+
+    def __init__(self, shards: list[Shard], offsets: dict[str, int], batch_size: int):
+        self.batches = []
+        for s in shards:
+            base = offsets[s.split]
+            for b in range(s.start, s.stop, batch_size):
+                self.batches.append(list(range(base + b, base + min(b + batch_size, s.stop))))
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class PrepData(L.LightningDataModule):
+    """The items of all splits in one flat list; each rank gets every world-th shard."""
+
+    def __init__(
+        self,
+        *,
+        listing,
+        pending: list[Shard],
+        batch_size: int,
+        num_workers: int,
+        image_pre,
+        caption_pre=None,
+    ):
+        super().__init__()
+        self.listing = listing
+        self.pending = pending
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.items: list = []
+        self.offsets: dict[str, int] = {}
+        for split, items in listing.splits.items():
+            self.offsets[split] = len(self.items)
+            self.items += items
+        self.collate = Collate(image_pre, caption_pre)
+        self.rank_shards: list[Shard] = []
+
+    def predict_dataloader(self):
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        self.rank_shards = self.pending[rank::world]
+        return DataLoader(
+            ItemDataset(self.listing, self.items),
+            batch_sampler=ShardBatchSampler(self.rank_shards, self.offsets, self.batch_size),
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+
+def _timed(seconds: dict[str, float], key: str, fn, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)``, adding its wall time to ``seconds[key]`` (GPU included)."""
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+    return out
+
+
+class Extractor(L.LightningModule):
+    """predict_step: image features, captions (BLIP-2 or given), caption embeddings."""
+
+    def __init__(self, *, image_encoder, text_encoder, items: list, captioner=None,
+                 captions: dict[str, str] | None = None):  # fmt: skip
+        super().__init__()
+        if (captioner is None) == (captions is None):
+            raise ValueError("give exactly one of captioner (BLIP-2) and captions (a CSV)")
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.captioner = captioner
+        self.captions = captions
+        self.items = items
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
+        seconds: dict[str, float] = {}
+        good = batch["good"]
+        out = {"good": good, "failed": batch["failed"], "seconds": seconds, "captions": []}
+        if not good:
+            return out
+        image_emb = _timed(seconds, "image", self.image_encoder, batch["pixel_values"])
+        if self.captioner is not None:
+            captions = _timed(seconds, "caption", self.captioner, **batch["caption_inputs"])
+        else:
+            captions = [self.captions[self.items[i].id] for i in good]
+        text_emb = _timed(seconds, "text", self.text_encoder.encode, captions)
+        out.update(
+            captions=captions,
+            image_emb=image_emb.cpu().numpy(),
+            text_emb=text_emb.cpu().numpy(),
+        )
+        return out
+
+
+class ShardWriter(BasePredictionWriter):
+    """Buffers a shard's predicted rows; writes the shard (and its marker) when whole."""
+
+    def __init__(self, *, store: StoreWriter, feats, items: list, offsets: dict[str, int],
+                 shards: list[Shard], shard_size: int, progress: bool = True):  # fmt: skip
+        super().__init__(write_interval="batch")
+        self.store = store
+        self.feats = feats
+        self.items = items
+        self.splits = sorted(offsets, key=offsets.get)
+        self.offsets = offsets
+        self.shards = {(s.split, s.index): s for s in shards}
+        self.shard_size = shard_size
+        self.progress = progress
+        self.buffers: dict[tuple[str, int], list[dict]] = defaultdict(list)
+        self.written = 0
+        self.bar = None
+        self.bar_split = None
+
+    def _shard_of(self, index: int) -> Shard:
+        split = next(s for s in reversed(self.splits) if index >= self.offsets[s])
+        return self.shards[(split, (index - self.offsets[split]) // self.shard_size)]
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
+                           batch_idx, dataloader_idx=0):  # fmt: skip
+        first = (prediction["good"] or [i for i, _ in prediction["failed"]])[0]
+        shard = self._shard_of(first)
+        buf = self.buffers[(shard.split, shard.index)]
+        buf.append(prediction)
+        n_batch = len(prediction["good"]) + len(prediction["failed"])
+        self._advance(trainer, shard.split, n_batch)
+        if sum(len(p["good"]) + len(p["failed"]) for p in buf) == len(shard):
+            self._write(shard, self.buffers.pop((shard.split, shard.index)))
+
+    def _write(self, shard: Shard, preds: list[dict]) -> None:
+        from data_prep.captioner import caption_quality
+
+        good = [i for p in preds for i in p["good"]]
+        order = np.argsort(good, kind="stable")  # id order, whatever the batch order was
+        items = [self.items[good[k]] for k in order]
+        captions = [c for p in preds for c in p["captions"]]
+        captions = [captions[k] for k in order]
+
+        def stack(key: str, dim: int) -> np.ndarray:
+            parts = [p[key] for p in preds if p["good"]]
+            return np.concatenate(parts)[order] if parts else np.zeros((0, dim), np.float32)
+
+        columns = {
+            "id": [it.id for it in items],
+            "label": [int(it.label) for it in items],
+            "path": [it.path for it in items],
+            "caption": captions,
+            "image_emb": stack("image_emb", self.feats["image_emb"].length),
+            "text_emb": stack("text_emb", self.feats["text_emb"].length),
+        }
+        quality = [caption_quality(c) for c in captions]
+        seconds: dict[str, float] = defaultdict(float)
+        for p in preds:
+            for k, v in p["seconds"].items():
+                seconds[k] += v
+        failed = [
+            {"file": self.items[i].path, "reason": r, "split": shard.split, "id": self.items[i].id}
+            for p in preds
+            for i, r in sorted(p["failed"])
+        ]
+        info = {
+            "failed": failed,
+            "captions_empty": quality.count("empty"),
+            "captions_degenerate": quality.count("degenerate"),
+            "model_seconds": dict(seconds),
+        }
+        self.store.write_shard(shard, columns, feats=self.feats, info=info)
+        self.written += 1
+        pause = os.environ.get(PAUSE_ENV)
+        if pause and self.written >= int(pause):
+            while True:  # wait here to be killed (see PAUSE_ENV)
+                time.sleep(1)
+
+    def _advance(self, trainer, split: str, n: int) -> None:
+        if not (self.progress and trainer.is_global_zero):
+            return
+        if split != self.bar_split:
+            from tqdm.auto import tqdm
+
+            if self.bar is not None:
+                self.bar.close()
+            shards = trainer.datamodule.rank_shards
+            total = sum(len(s) for s in shards if s.split == split)
+            self.bar = tqdm(total=total, desc=f"{split:>6}", unit="img", dynamic_ncols=True)
+            self.bar_split = split
+        self.bar.update(n)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        # Every rank's shards are on disk before rank 0 goes on to finalise the store.
+        trainer.strategy.barrier("data_prep_shards_written")

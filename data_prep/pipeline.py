@@ -1,0 +1,280 @@
+"""The whole stage: inputs -> models -> Trainer.predict -> finished store.
+
+$ python -m data_prep --config configs/prep/demo.yaml
+
+Order matters and is the point of this module: the input layout is checked first (errors
+in seconds), then the store's config fingerprint (refusing to mix in seconds), then every
+model is loaded once (a missing model fails before any image is decoded), then the shards
+still missing are extracted, and only when all are on disk are the split indexes,
+failures.csv and, last, manifest.json written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from data_prep.config import PrepConfig
+from data_prep.store import PREP_DIR, StoreWriter, plan_shards
+
+log = logging.getLogger("data_prep")
+
+
+def prepare_demo(cfg: PrepConfig) -> None:
+    """Generate the demo images and tiny models where missing; point the config at them."""
+    from data_prep.demo_images import make_demo_images
+    from data_prep.tiny_models import ensure_tiny_models
+
+    images = Path(cfg.demo.images)
+    if not (images / "train_images").is_dir():
+        make_demo_images(
+            images,
+            num_classes=cfg.demo.num_classes,
+            per_class=cfg.demo.per_class,
+            size=cfg.demo.size,
+            seed=cfg.demo.seed,
+        )
+    models = ensure_tiny_models(cfg.demo.models)
+    cfg.input.kind, cfg.input.root = "kaggle", str(images)
+    cfg.image.library, cfg.image.model = "transformers", str(models["dinov2"])
+    cfg.caption.model, cfg.text.model = str(models["blip2"]), str(models["bert"])
+
+
+def build_listing(cfg: PrepConfig):
+    """The items to process (raises InputLayoutError on a bad layout, before any model)."""
+    from data_prep import sources
+
+    if cfg.input.kind == "hf":
+        if not cfg.input.dataset or not cfg.input.splits:
+            raise ValueError("input.kind hf needs input.dataset and input.splits in the config")
+        return sources.hf_listing(
+            dataset=cfg.input.dataset,
+            splits=cfg.input.splits,
+            image_column=cfg.input.image_column,
+            label_column=cfg.input.label_column,
+            id_column=cfg.input.id_column,
+            data_dir=cfg.input.data_dir,
+            revision=cfg.input.revision,
+        )
+    if not cfg.input.root:
+        raise ValueError("input.root is not set: pass --input.root /path/to/competition/folder")
+    return sources.scan_kaggle(
+        cfg.input.root, split_dirs=cfg.input.split_dirs, class_map=cfg.input.class_map
+    )
+
+
+def _file_sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _inputs_digest(listing) -> dict[str, Any]:
+    """Per split: the count and a hash of (id, label, path), so new inputs are noticed."""
+    out = {}
+    for split, items in listing.splits.items():
+        h = hashlib.sha256()
+        for it in items:
+            h.update(f"{it.id}\0{it.label}\0{it.path}\n".encode())
+        out[split] = {"count": len(items), "sha256": h.hexdigest()[:16]}
+    return out
+
+
+def config_fingerprint(cfg: PrepConfig, listing) -> dict[str, Any]:
+    """What decides the rows: inputs, models and their options. Not batch size or devices."""
+    caption = (
+        {"captions_csv_sha256": _file_sha256(cfg.input.captions_csv)}
+        if cfg.input.captions_csv
+        else {k: v for k, v in vars(cfg.caption).items()}
+    )
+    return {
+        "inputs": _inputs_digest(listing),
+        "class_names": listing.class_names,
+        "image": vars(cfg.image),
+        "caption": caption,
+        "text": vars(cfg.text),
+        "dtype": cfg.run.dtype,
+        "emb_dtype": cfg.run.emb_dtype,
+        "shard_size": cfg.run.shard_size,
+    }
+
+
+class Models:
+    """Every model and preprocessor, loaded once, in the same dtype."""
+
+    def __init__(self, cfg: PrepConfig):
+        from transformers.utils import logging as hf_logging
+
+        from data_prep.encoders import ImageEncoder, ImagePreprocessor
+        from data_prep.loading import resolve_dtype
+        from data_prep.text_encoder import TextEncoder
+
+        hf_logging.disable_progress_bar()  # one "Loading weights" bar per model is noise
+
+        self.dtype = resolve_dtype(cfg.run.dtype, cfg.run.accelerator)
+        self.seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        self.image = ImageEncoder(cfg.image, dtype=self.dtype)
+        self.image_pre = ImagePreprocessor(cfg.image, self.image.model)
+        self.seconds["image"] = time.perf_counter() - start
+        self.captioner = self.caption_pre = None
+        if not cfg.input.captions_csv:
+            from data_prep.captioner import Captioner, CaptionPreprocessor
+
+            start = time.perf_counter()
+            self.captioner = Captioner(cfg.caption, dtype=self.dtype)
+            self.caption_pre = CaptionPreprocessor(cfg.caption)
+            self.seconds["caption"] = time.perf_counter() - start
+        start = time.perf_counter()
+        self.text = TextEncoder(cfg.text, dtype=self.dtype)
+        self.seconds["text"] = time.perf_counter() - start
+
+    def describe(self, cfg: PrepConfig) -> dict[str, Any]:
+        """The manifest's ``models`` entry (also the resolved half of the fingerprint)."""
+        dtype = str(self.dtype).replace("torch.", "")
+        out = {
+            "image": {
+                **self.image.source,
+                "library": cfg.image.library,
+                "pooling": cfg.image.pooling,
+                "dim": self.image.dim,
+                "dtype": dtype,
+                "preprocessing": self.image_pre.description,
+            },
+            "text": {
+                **self.text.source,
+                "pooling": cfg.text.pooling,
+                "max_length": cfg.text.max_length,
+                "dim": self.text.dim,
+                "dtype": dtype,
+            },
+        }
+        if self.captioner is not None:
+            out["caption"] = {
+                **self.captioner.source,
+                "prompt": cfg.caption.prompt,
+                "keep_prompt": cfg.caption.keep_prompt,
+                "max_new_tokens": cfg.caption.max_new_tokens,
+                "num_beams": cfg.caption.num_beams,
+                "load_in_8bit": cfg.caption.load_in_8bit,
+                "dtype": dtype,
+                "preprocessing": self.caption_pre.description,
+            }
+        else:
+            path = cfg.input.captions_csv
+            out["caption"] = {
+                "captions_csv": str(Path(path).resolve()),
+                "sha256": _file_sha256(path),
+            }
+        return out
+
+
+def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
+    """Build (or finish) the store described by ``cfg``; return its directory."""
+    start = time.perf_counter()
+    if cfg.demo.enabled:
+        prepare_demo(cfg)
+    listing = build_listing(cfg)
+    captions = None
+    if cfg.input.captions_csv:
+        from data_prep.sources import read_captions_csv
+
+        expected = {s: [it.id for it in items] for s, items in listing.splits.items()}
+        captions = read_captions_csv(cfg.input.captions_csv, expected_ids=expected)
+    if PREP_DIR in listing.splits:
+        raise ValueError(f"a split may not be called {PREP_DIR!r}")
+    store = StoreWriter(cfg.run.out)
+    store.check_fingerprint("config", config_fingerprint(cfg, listing))
+    shards = plan_shards({s: len(v) for s, v in listing.splits.items()}, cfg.run.shard_size)
+    manifest = Path(cfg.run.out) / "manifest.json"
+    if manifest.is_file() and all(store.is_done(s) for s in shards):
+        # Same inputs and config, every shard done: nothing to load or run.
+        if cfg.run.progress:
+            from data_prep.report import summary
+
+            print(summary(store.root, json.loads(manifest.read_text())))
+            print("  (already complete: nothing to do)")
+        return store.root
+    models = Models(cfg)
+    described = models.describe(cfg)
+    store.check_fingerprint("resolved", described)
+    pending = [s for s in shards if not store.is_done(s)]
+    from data_prep.store import features
+
+    feats = features(models.image.dim, models.text.dim, cfg.run.emb_dtype)
+    is_zero = True
+    if pending:
+        is_zero = _predict(cfg, listing, pending, shards, models, captions, store, feats)
+    if not is_zero:
+        return Path(cfg.run.out)
+    from data_prep.report import finalize
+
+    return finalize(
+        cfg=cfg,
+        plain=plain,
+        listing=listing,
+        shards=shards,
+        store=store,
+        feats=feats,
+        models=described,
+        load_seconds=models.seconds,
+        wall_seconds=time.perf_counter() - start,
+        resumed=len(shards) - len(pending),
+    )
+
+
+def _predict(cfg, listing, pending, shards, models, captions, store, feats) -> bool:
+    """Run Trainer.predict over the pending shards; True on the process that finalises."""
+    import lightning as L
+
+    from data_prep.extract import Extractor, PrepData, ShardWriter
+
+    data = PrepData(
+        listing=listing,
+        pending=pending,
+        batch_size=cfg.run.batch_size,
+        num_workers=cfg.run.num_workers,
+        image_pre=models.image_pre,
+        caption_pre=models.caption_pre,
+    )
+    module = Extractor(
+        image_encoder=models.image,
+        text_encoder=models.text,
+        items=data.items,
+        captioner=models.captioner,
+        captions=captions,
+    )
+    writer = ShardWriter(
+        store=store,
+        feats=feats,
+        items=data.items,
+        offsets=data.offsets,
+        shards=shards,
+        shard_size=cfg.run.shard_size,
+        progress=cfg.run.progress,
+    )
+    # Lightning's own banners ("GPU available: ...") would bury the progress bars, and it
+    # cannot know that ShardBatchSampler returns every index (it does, see its test).
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    trainer = L.Trainer(
+        accelerator=cfg.run.accelerator,
+        devices=cfg.run.devices,
+        num_nodes=cfg.run.num_nodes,
+        strategy=cfg.run.strategy,
+        callbacks=[writer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # ShardBatchSampler already gives each rank its shards
+        inference_mode=True,
+    )
+    trainer.predict(module, datamodule=data, return_predictions=False)
+    return trainer.is_global_zero

@@ -1,0 +1,214 @@
+"""Tiny, randomly initialised DINOv2 / BLIP-2 / BERT models of the real classes.
+
+$ python -m data_prep.tiny_models demo/models     # writes dinov2/ blip2/ bert/ under it
+
+They exist so the demo and the tests run offline in seconds through exactly the code path
+a real model takes (``from_pretrained(local_dir)``). They are UNTRAINED: their captions
+are gibberish and their embeddings carry no meaning beyond what random projections keep.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# A small corpus for the in-process tokenizers: words a sketch caption would use.
+_CORPUS = [
+    "a sketch of a dog",
+    "a drawing of a cat sitting on a chair",
+    "a black and white pencil sketch of a bird",
+    "a line drawing of a house with a tree",
+    "a cartoon of a car on the road",
+    "an illustration of a fish in the water",
+    "a simple doodle of a flower and the sun",
+    "a hand drawn picture of a boat, a plane and a train",
+    "the quick brown fox jumps over the lazy dog 0123456789",
+]
+_IMAGE_TOKEN = "<image>"
+
+
+def _bpe_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE tokenizer (OPT's kind) trained in-process, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "</s>", "<unk>", _IMAGE_TOKEN]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        # Only the corpus's own characters: an untrained model then babbles sub-words
+        # ("a sketch of housefish") rather than stray bytes that decode to nothing.
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="</s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+def _wordpiece_tokenizer(vocab_size: int = 200):
+    """A BERT WordPiece tokenizer trained in-process on the same corpus."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    tok = BertWordPieceTokenizer(lowercase=True)
+    tok.train_from_iterator(
+        _CORPUS * 4, vocab_size=vocab_size, min_frequency=1, show_progress=False
+    )
+    return BertTokenizerFast(tokenizer_object=tok._tokenizer)
+
+
+def build_tiny_dinov2(out: str | os.PathLike, *, hidden: int = 32, image_size: int = 32) -> Path:
+    """Dinov2Model + its image processor (shortest-edge resize, centre crop) in ``out``."""
+    import torch
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_ratio=2,
+        image_size=image_size,
+        patch_size=8,
+    )
+    model = Dinov2Model(config).eval()
+    # The real facebook/dinov2-* processor scaled down: resize to 256/224 of the crop, crop.
+    processor = BitImageProcessor(
+        size={"shortest_edge": image_size * 8 // 7},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+        resample=3,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return Path(out)
+
+
+def build_tiny_blip2(
+    out: str | os.PathLike, *, hidden: int = 32, image_size: int = 32, num_query_tokens: int = 4
+) -> Path:
+    """Blip2ForConditionalGeneration (tiny ViT + Q-Former + OPT) and its processor in ``out``."""
+    import torch
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        BlipImageProcessor,
+        OPTConfig,
+    )
+
+    torch.manual_seed(1)
+    tokenizer = _bpe_tokenizer()
+    image_token_id = tokenizer.convert_tokens_to_ids(_IMAGE_TOKEN)
+    # A wide init (0.5, not 0.02) so different images lead to different (random) captions.
+    init = 0.5
+    small = dict(
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        initializer_range=init,
+    )
+    config = Blip2Config(
+        vision_config=Blip2VisionConfig(
+            hidden_size=hidden, image_size=image_size, patch_size=8, **small
+        ).to_dict(),
+        qformer_config=Blip2QFormerConfig(
+            hidden_size=hidden, encoder_hidden_size=hidden, vocab_size=len(tokenizer), **small
+        ).to_dict(),
+        text_config=OPTConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            word_embed_proj_dim=hidden,
+            ffn_dim=2 * hidden,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=128,
+            init_std=init,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ).to_dict(),
+        num_query_tokens=num_query_tokens,
+        image_token_index=image_token_id,
+        initializer_range=init,
+    )
+    model = Blip2ForConditionalGeneration(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    image_processor = BlipImageProcessor(
+        size={"height": image_size, "width": image_size},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    processor = Blip2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=num_query_tokens
+    )
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return Path(out)
+
+
+def build_tiny_bert(out: str | os.PathLike, *, hidden: int = 32) -> Path:
+    """BertModel + a WordPiece tokenizer in ``out``."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(2)
+    tokenizer = _wordpiece_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+    )
+    BertModel(config).eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return Path(out)
+
+
+BUILDERS = {"dinov2": build_tiny_dinov2, "blip2": build_tiny_blip2, "bert": build_tiny_bert}
+
+
+def ensure_tiny_models(root: str | os.PathLike) -> dict[str, Path]:
+    """Build ``root/{dinov2,blip2,bert}`` where missing (a config.json marks a finished one)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    root = Path(root)
+    paths = {}
+    for name, build in BUILDERS.items():
+        path = root / name
+        if not (path / "config.json").is_file():
+            # Build next to the target and rename, so an interrupted build is never reused.
+            tmp = root / f".{name}.tmp{os.getpid()}"
+            build(tmp)
+            if path.exists():
+                import shutil
+
+                shutil.rmtree(path)
+            tmp.rename(path)
+        paths[name] = path
+    return paths
+
+
+if __name__ == "__main__":
+    for name, path in ensure_tiny_models(
+        sys.argv[1] if len(sys.argv) > 1 else "demo/models"
+    ).items():
+        print(f"{name}: {path}")
