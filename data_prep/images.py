@@ -13,6 +13,8 @@ Policies, and why:
 
 - Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) is kept. Pillow only *warns*
   between 1x and 2x the limit; here the warning is an error too, so a bomb is never decoded.
+  The size is also checked here, before decoding, so the guard holds when another library has
+  set the limit to None (Pillow's default limit is used then) or silenced the warning.
 - Truncated files are detected by decoding the whole image here (``.load()``), not later in
   a worker where the error would be far from the file name.
 - Transparency is composited on white: the background of a sketch.
@@ -37,6 +39,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 """Extensions of files treated as images (compared lower-cased)."""
+
+DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+"""Pillow's default ``MAX_IMAGE_PIXELS``; used only if something set that limit to None."""
 
 MAX_ASPECT_RATIO = 20.0
 """Longer side / shorter side above which :func:`load_image` pads with white."""
@@ -74,15 +79,18 @@ def load_image(
     source: str | os.PathLike | bytes,
     *,
     max_aspect_ratio: float | None = MAX_ASPECT_RATIO,
+    name: str | None = None,
 ) -> Image.Image:
     """Open a file path or raw bytes and return a fully decoded RGB image.
 
     EXIF orientation is applied, the first frame of an animation is used, every mode is
     converted to RGB (see the module docstring for how), and any failure raises
     :class:`BadImageError`. ``max_aspect_ratio=None`` turns the white padding of very
-    elongated images off.
+    elongated images off. ``name`` replaces the source in error messages (for bytes that
+    came from a dataset row).
     """
-    name = "<bytes>" if isinstance(source, bytes | bytearray) else os.fspath(source)
+    if name is None:
+        name = "<bytes>" if isinstance(source, bytes | bytearray) else os.fspath(source)
     try:
         image = _decode(source, name)
         image = _to_rgb(image)
@@ -116,6 +124,7 @@ def _decode(source: str | os.PathLike | bytes, name: str) -> Image.Image:
         # Only the bomb warning becomes an error; Pillow's other warnings stay warnings.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(fp) as opened:
+            _check_pixels(opened.size)
             # Image.open leaves animations on frame 0; load() decodes all of it, so a
             # truncated file fails here, and Pillow re-checks the bomb limit per frame.
             opened.load()
@@ -129,13 +138,25 @@ def _decode(source: str | os.PathLike | bytes, name: str) -> Image.Image:
     return image
 
 
+def _pixel_limit() -> int:
+    return Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS
+
+
+def _check_pixels(size: tuple[int, int]) -> None:
+    if size[0] * size[1] > _pixel_limit():
+        # Same text as Pillow's, so _describe reports both the same way.
+        raise Image.DecompressionBombError(
+            f"Image size ({size[0] * size[1]} pixels) exceeds limit of {_pixel_limit()} pixels"
+        )
+
+
 def _describe(err: Exception) -> str:
     """Map a decoder exception to a short, grouped reason."""
     message = str(err)
     if isinstance(err, Image.DecompressionBombError | Image.DecompressionBombWarning):
         found = _BOMB_SIZE.search(message)
         pixels = found.group(1) if found else "?"
-        return f"decompression bomb: {pixels} pixels > limit {Image.MAX_IMAGE_PIXELS}"
+        return f"decompression bomb: {pixels} pixels > limit {_pixel_limit()}"
     if isinstance(err, UnidentifiedImageError):
         return "not an image: cannot identify image file"
     if "truncated" in message.lower():

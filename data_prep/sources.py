@@ -102,7 +102,7 @@ def scan_kaggle(
     root = Path(root).absolute()
     if not root.is_dir():
         raise InputLayoutError(
-            f"input folder {root} does not exist: point the config's data root at the folder "
+            f"input folder {root} does not exist (or is not a folder): point the config's data root at the folder "
             f"holding {', '.join(sorted((split_dirs or DEFAULT_SPLIT_DIRS).values()))}."
         )
     split_dirs = dict(DEFAULT_SPLIT_DIRS if split_dirs is None else split_dirs)
@@ -276,10 +276,18 @@ def hf_listing(
     """
     import datasets  # deferred: importing datasets costs ~1 s, folder inputs do not need it
 
-    loaded = datasets.load_dataset(
-        dataset, data_dir=data_dir, revision=revision, cache_dir=cache_dir
-    )
     name = data_dir if dataset == "imagefolder" and data_dir else dataset
+    try:
+        loaded = datasets.load_dataset(
+            dataset, data_dir=data_dir, revision=revision, cache_dir=cache_dir
+        )
+    except Exception as err:  # hub offline, no such dataset or folder, unreadable files...
+        raise InputLayoutError(
+            f"cannot load dataset {name!r}: {type(err).__name__}: {str(err)[:300]}. Use a hub "
+            "id (downloaded elsewhere with `hf download --repo-type dataset ID` and reused "
+            "with HF_HUB_OFFLINE=1), a local dataset folder, or dataset: imagefolder with "
+            "data_dir: a folder of <split>/<class>/ images."
+        ) from err
     missing = {ours: theirs for ours, theirs in splits.items() if theirs not in loaded}
     if missing:
         raise InputLayoutError(
@@ -300,32 +308,36 @@ def hf_listing(
     class_names, to_label = _hf_classes(tables, label_column, name)
     listing_splits = {}
     for ours, table in tables.items():
+        rows = range(table.num_rows)
         raw = _column(table, label_column) if label_column in table.column_names else None
         labels = [-1] * table.num_rows if raw is None else [to_label(v, ours) for v in raw]
         ids = [str(v) for v in _column(table, id_column)] if id_column else None
+        paths = [f"hf://{name}/{splits[ours]}/{row}" for row in rows]
         items = [
-            Item(
-                ids[row] if ids else f"{ours}-{row:08d}",
-                labels[row],
-                f"hf://{name}/{splits[ours]}/{row}",
-                ours,
-            )
-            for row in range(table.num_rows)
+            Item(ids[row] if ids else f"{ours}-{row:08d}", labels[row], paths[row], ours)
+            for row in rows
         ]
         listing_splits[ours] = _sorted_unique(items, Path(f"{name}[{splits[ours]}]"))
-    images = {
-        ours: table.select_columns([image_column]).cast_column(
-            image_column, datasets.Image(decode=False)
-        )
-        for ours, table in tables.items()
-    }
-    return Listing(
-        class_names, listing_splits, [], source=f"hf:{name}", hf=HFImageSource(images, image_column)
-    )
+    images = {ours: _undecoded(t, image_column, name) for ours, t in tables.items()}
+    hf = HFImageSource(images, image_column)
+    return Listing(class_names, listing_splits, [], source=f"hf:{name}", hf=hf)
 
 
 def _column(table: Any, name: str) -> list:
-    return table.data.column(name).to_pylist()
+    return table.data.column(name).to_pylist()  # straight from Arrow: no per-row formatting
+
+
+def _undecoded(table: Any, column: str, name: str) -> Any:
+    """Only the image column, as {bytes, path} cells that load_image decodes under its guard."""
+    import datasets
+
+    try:
+        return table.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+    except Exception as err:  # a column of numbers, say, cannot become an image
+        raise InputLayoutError(
+            f"dataset {name} column {column!r} ({table.features[column]}) is not an image "
+            "column; set image_column to the column holding images, paths or image bytes."
+        ) from err
 
 
 def _hf_classes(tables: dict[str, Any], label_column: str | None, name: str):
@@ -333,8 +345,7 @@ def _hf_classes(tables: dict[str, Any], label_column: str | None, name: str):
     if label_column is None:
         return [], lambda value, split: -1
     reference = "train" if "train" in tables else next(iter(tables))
-    feature = tables[reference].features[label_column]
-    names = getattr(feature, "names", None)
+    names = getattr(tables[reference].features[label_column], "names", None)
     if names is not None:  # ClassLabel: the stored ints are the labels; -1 means unknown
         return list(names), lambda value, split: -1 if value is None else int(value)
     values = sorted({v for v in _column(tables[reference], label_column) if v is not None})
@@ -367,7 +378,7 @@ def read_captions_csv(
     since a caption is looked up by id alone, unique across the expected splits too.
     """
     rows, header = _read_csv(path)
-    if header[:2] != ["id", "caption"] or len(header) != 2:
+    if header != ["id", "caption"]:
         raise InputLayoutError(
             f"captions file {path} has header {header}; expected exactly: id,caption"
         )

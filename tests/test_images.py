@@ -9,6 +9,7 @@ tests/fixtures/make_bad_images.py; the expectations here restate what that scrip
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,17 @@ def test_decompression_bomb_is_refused_and_limit_kept():
         f"decompression bomb: {30000 * 30000} pixels > limit {Image.MAX_IMAGE_PIXELS}"
     )
     assert Image.MAX_IMAGE_PIXELS == limit_before is not None
+
+
+def test_bomb_refused_even_if_limit_disabled_or_warning_ignored(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    with pytest.raises(BadImageError, match=f"{30000 * 30000} pixels > limit 89478485"):
+        load_image(FIXTURES / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(BadImageError, match="512 pixels > limit 300"):
+            load_image(FIXTURES / "cmyk.jpg")
 
 
 def test_bomb_warning_range_is_refused_too(monkeypatch):

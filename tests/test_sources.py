@@ -294,6 +294,51 @@ def test_hf_parquet_with_ids_string_labels_and_unlabelled_test(tmp_path):
     assert info.value.source == f"hf://{tmp_path / 'data'}/test/1"
 
 
+def _parquet(path: Path, columns: dict, features: dict) -> None:
+    import datasets
+
+    table = datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    table.to_parquet(str(path))
+
+
+def test_hf_errors_name_the_fix(tmp_path):
+    import datasets
+
+    with pytest.raises(InputLayoutError, match=r"cannot load dataset .*nope.*imagefolder"):
+        hf_listing(
+            dataset=str(tmp_path / "nope"), splits={"train": "train"}, cache_dir=str(tmp_path)
+        )
+
+    image = {"bytes": png_bytes(), "path": None}
+    string_features = {"image": datasets.Image(), "label": datasets.Value("string")}
+    _parquet(
+        tmp_path / "s" / "train-0.parquet", {"image": [image], "label": ["fig"]}, string_features
+    )
+    _parquet(
+        tmp_path / "s" / "validation-0.parquet",
+        {"image": [image], "label": ["kiwi"]},
+        string_features,
+    )
+    with pytest.raises(
+        InputLayoutError, match=r"split 'val' has label 'kiwi', absent from split 'train'"
+    ):
+        hf_listing(
+            dataset=str(tmp_path / "s"),
+            splits={"train": "train", "val": "validation"},
+            cache_dir=str(tmp_path / "cache"),
+        )
+
+    features = {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}
+    _parquet(tmp_path / "c" / "train-0.parquet", {"image": [image], "label": [0]}, features)
+    with pytest.raises(InputLayoutError, match="column 'label' .* is not an image column"):
+        hf_listing(
+            dataset=str(tmp_path / "c"),
+            splits={"train": "train"},
+            image_column="label",
+            cache_dir=str(tmp_path / "cache"),
+        )
+
+
 # ---------------------------------------------------------------------------------------
 # captions.csv
 # ---------------------------------------------------------------------------------------
