@@ -52,13 +52,18 @@ def build_demo_store(store: Path = DEMO_STORE) -> Path:
     return built
 
 
-def run_demo(store: Path = DEMO_STORE) -> dict[str, Path]:
-    """Build the demo store if needed, fit the dual-logit head, predict the test split."""
+def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[str, Path]:
+    """Build the demo store if needed, fit the dual-logit head, predict the test split.
+
+    ``overrides`` are extra CLI arguments for the fit (tests shorten it with them).
+    """
     from fusion.cli import main as cli_main
     from fusion.predict import predict_probs, write_submission
 
     store = build_demo_store(store)
-    cli = cli_main(["fit", "--config", _repo_file(DEMO_TRAIN_CONFIG), "--data.store", str(store)])
+    cli = cli_main(
+        ["fit", "--config", _repo_file(DEMO_TRAIN_CONFIG), "--data.store", str(store), *overrides]
+    )
     run = Path(cli.trainer.default_root_dir)
     ckpt_cb = cli.trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path or ckpt_cb.last_model_path)

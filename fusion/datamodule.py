@@ -30,9 +30,11 @@ class EmbeddingRows(Dataset):
     """
 
     def __init__(self, arrays: SplitArrays) -> None:
-        self.image = torch.from_numpy(arrays.image_emb)
-        self.text = torch.from_numpy(arrays.text_emb)
-        self.label = torch.from_numpy(arrays.labels)
+        # Arrow-backed arrays can be read-only; torch wants writable memory.
+        self.image, self.text, self.label = (
+            torch.from_numpy(a if a.flags.writeable else a.copy())
+            for a in (arrays.image_emb, arrays.text_emb, arrays.labels)
+        )
 
     def __len__(self) -> int:
         return len(self.label)
