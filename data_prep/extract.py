@@ -211,9 +211,9 @@ class ShardWriter(BasePredictionWriter):
         n_batch = len(prediction["good"]) + len(prediction["failed"])
         self._advance(trainer, shard.split, n_batch)
         if sum(len(p["good"]) + len(p["failed"]) for p in buf) == len(shard):
-            self._write(shard, self.buffers.pop((shard.split, shard.index)))
+            self._write(shard, self.buffers.pop((shard.split, shard.index)), trainer.global_rank)
 
-    def _write(self, shard: Shard, preds: list[dict]) -> None:
+    def _write(self, shard: Shard, preds: list[dict], rank: int) -> None:
         from data_prep.captioner import caption_quality
 
         good = [i for p in preds for i in p["good"]]
@@ -249,6 +249,7 @@ class ShardWriter(BasePredictionWriter):
             "captions_empty": quality.count("empty"),
             "captions_degenerate": quality.count("degenerate"),
             "model_seconds": dict(seconds),
+            "rank": rank,
         }
         self.store.write_shard(shard, columns, feats=self.feats, info=info)
         self.written += 1

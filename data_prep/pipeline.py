@@ -199,6 +199,7 @@ def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
             print(summary(store.root, json.loads(manifest.read_text())))
             print("  (already complete: nothing to do)")
         return store.root
+    store.remove_partial_files()
     models = Models(cfg)
     described = models.describe(cfg)
     store.check_fingerprint("resolved", described)

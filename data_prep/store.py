@@ -99,6 +99,13 @@ class StoreWriter:
     def marker(self, shard: Shard) -> dict[str, Any]:
         return json.loads(self.marker_path(shard).read_text())
 
+    def remove_partial_files(self) -> int:
+        """Delete temporary files a killed run left behind (run before any rank writes)."""
+        stale = [p for p in self.root.rglob("*.tmp*") if p.is_file()] if self.root.is_dir() else []
+        for p in stale:
+            p.unlink()
+        return len(stale)
+
     # -- the config fingerprint -------------------------------------------------------
     def check_fingerprint(self, part: str, value: dict[str, Any]) -> None:
         """Record ``value`` under ``part``, or refuse if the store was built with another.
