@@ -208,8 +208,10 @@ def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
 
     feats = features(models.image.dim, models.text.dim, cfg.run.emb_dtype)
     is_zero = True
+    extract_start = time.perf_counter()
     if pending:
         is_zero = _predict(cfg, listing, pending, shards, models, captions, store, feats)
+    extract_seconds = time.perf_counter() - extract_start
     if not is_zero:
         return Path(cfg.run.out)
     from data_prep.report import finalize
@@ -223,6 +225,7 @@ def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
         feats=feats,
         models=described,
         load_seconds=models.seconds,
+        extract_seconds=extract_seconds,
         wall_seconds=time.perf_counter() - start,
         resumed=len(shards) - len(pending),
     )

@@ -25,8 +25,8 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def finalize(*, cfg, plain, listing, shards, store, feats, models, load_seconds, wall_seconds,
-             resumed: int) -> Path:  # fmt: skip
+def finalize(*, cfg, plain, listing, shards, store, feats, models, load_seconds,
+             extract_seconds, wall_seconds, resumed: int) -> Path:  # fmt: skip
     """Index every split over its shard files, write failures.csv, then the manifest."""
     missing = [f"{s.split}/{s.name}" for s in shards if not store.is_done(s)]
     if missing:
@@ -67,6 +67,7 @@ def finalize(*, cfg, plain, listing, shards, store, feats, models, load_seconds,
         "unused_files": list(listing.unused_files),
         "timing": {
             "wall_seconds_last_run": round(wall_seconds, 3),
+            "extract_seconds_last_run": round(extract_seconds, 3),  # Trainer.predict
             "model_load_seconds_last_run": {k: round(v, 3) for k, v in load_seconds.items()},
             "model_seconds_all_shards": {k: round(v, 3) for k, v in model_seconds.items()},
             "shards": len(shards),
