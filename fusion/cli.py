@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from fusion.callbacks import RunArtifacts
 from fusion.datamodule import FeatureDataModule
@@ -125,6 +126,18 @@ class FusionCLI(LightningCLI):
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         kwargs["callbacks"] = [*callbacks, RunArtifacts()]
         return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        rank_zero_info(f"run directory: {self.run_dir}")
+
+    def after_fit(self) -> None:
+        ckpt = self.trainer.checkpoint_callback
+        if ckpt is not None and ckpt.best_model_path:
+            score = ckpt.best_model_score
+            rank_zero_info(
+                f"best checkpoint: {ckpt.best_model_path} (val/acc_top1 "
+                f"{float(score):.4f}); run directory: {self.run_dir}"
+            )
 
 
 def main(args: Sequence[str] | None = None) -> FusionCLI:
