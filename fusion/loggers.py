@@ -58,7 +58,10 @@ def _has_api_key() -> bool:
 def _reachable(url: str, timeout: float = 2.0) -> bool:
     parsed = urlparse(url)
     try:
-        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+        with socket.create_connection(
+            (parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)),
+            timeout=timeout,
+        ):
             return True
     except OSError:
         return False
