@@ -1,0 +1,196 @@
+"""Run sections: accuracy and alpha/beta curves, per-class accuracy, confusions, worst images.
+
+$ python -m analysis --store STORE --run runs/dual_logit --out report
+
+Reads only the run directory's files: ``metrics.csv`` (Lightning's CSVLogger: one row per
+log call, columns empty where that call did not log them) and ``val_predictions.csv``
+(id,label,pred,confidence), joined to the store's val split on ``id`` for captions and
+thumbnails.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from analysis.thumbs import Tile, tile_grid
+
+
+def read_metrics(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def series(rows: list[dict[str, str]], name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(step, value) where the column ``name`` (or its ``_epoch`` variant) was logged."""
+    cols = rows[0].keys() if rows else []
+    col = next((c for c in (name, f"{name}_epoch") if c in cols), None)
+    if col is None:
+        return None
+    xs, ys = [], []
+    for i, r in enumerate(rows):
+        if r.get(col, "") not in ("", None):
+            step = r.get("step") or ""
+            xs.append(float(step) if step else float(i))
+            ys.append(float(r[col]))
+    return (np.array(xs), np.array(ys)) if ys else None
+
+
+def _plot_curves(sec, rows) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    drawn = 0
+    for ax, metric in zip(axes, ("acc_top1", "loss"), strict=True):
+        for stage in ("train", "val"):
+            s = series(rows, f"{stage}/{metric}")
+            if s is not None:
+                ax.plot(*s, marker="o" if len(s[0]) < 30 else None, label=f"{stage}/{metric}")
+                drawn += 1
+        ax.set_xlabel("step")
+        ax.set_title(metric)
+        if ax.lines:
+            ax.legend()
+    if drawn:
+        sec.figure("curves", fig, "Training and val accuracy (top-1) and loss")
+    else:
+        plt.close(fig)
+        sec.note("metrics.csv has no train/val accuracy or loss columns.")
+    alpha, beta = series(rows, "fusion/alpha"), series(rows, "fusion/beta")
+    if alpha is None and beta is None:
+        sec.note("No alpha/beta history in metrics.csv (not a dual-logit run): no alpha/beta plot.")
+        return
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for name, s in (("alpha (image)", alpha), ("beta (text)", beta)):
+        if s is not None:
+            ax.plot(*s, label=name)
+    ax.set_xlabel("step")
+    ax.axhline(0, color="#999", lw=0.5)
+    ax.legend()
+    sec.figure("alpha_beta", fig, "Dual-logit weights: z = alpha f(image) + beta g(text)")
+
+
+def confusion_pairs(labels: np.ndarray, preds: np.ndarray, top: int) -> list[tuple[int, int, int]]:
+    """The ``top`` most frequent (true, predicted, count) mistakes, largest first."""
+    wrong = labels != preds
+    pairs, counts = np.unique(
+        np.stack([labels[wrong], preds[wrong]], 1), axis=0, return_counts=True
+    )
+    order = np.lexsort((pairs[:, 1], pairs[:, 0], -counts))[:top] if len(counts) else []
+    return [(int(pairs[i, 0]), int(pairs[i, 1]), int(counts[i])) for i in order]
+
+
+def per_class_accuracy(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """Accuracy per class (NaN for classes absent from val)."""
+    total = np.bincount(labels, minlength=num_classes).astype(float)
+    right = np.bincount(labels[labels == preds], minlength=num_classes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, right / total, np.nan)
+
+
+def _predictions(sec, path: Path, names: list[str]):
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    need = {"id", "label", "pred"}
+    if not rows or not need <= rows[0].keys():
+        sec.note(f"{path} is empty or lacks columns {sorted(need)}; skipped.")
+        return None
+    labels = np.array([int(r["label"]) for r in rows])
+    preds = np.array([int(r["pred"]) for r in rows])
+    conf = np.array([float(r.get("confidence") or "nan") for r in rows])
+    bad = (labels < 0) | (labels >= len(names)) | (preds < 0) | (preds >= len(names))
+    if bad.any():
+        sec.note(f"{int(bad.sum())} rows of {path.name} have labels outside the store's classes.")
+    keep = ~bad
+    ids = [r["id"] for r, k in zip(rows, keep, strict=True) if k]
+    return ids, labels[keep], preds[keep], conf[keep]
+
+
+def add_run(report, views, run_dir: Path, *, worst: int = 20, pairs: int = 15) -> dict:
+    sec = report.section("Training run")
+    run_dir = Path(run_dir)
+    out: dict = {}
+    if not run_dir.is_dir():
+        sec.note(f"Run directory {run_dir} does not exist.")
+        return out
+    metrics = run_dir / "metrics.csv"
+    rows = read_metrics(metrics) if metrics.is_file() else []
+    if rows:
+        _plot_curves(sec, rows)
+    else:
+        sec.note(f"{metrics} is missing or empty: no curves.")
+    preds_file = run_dir / "val_predictions.csv"
+    if not preds_file.is_file():
+        sec.note(f"{preds_file} is missing: no per-class accuracy, confusions or worst images.")
+        return out
+    names = views.class_names
+    got = _predictions(sec, preds_file, names)
+    if got is None or len(got[0]) == 0:
+        return out
+    ids, labels, preds, conf = got
+    acc = per_class_accuracy(labels, preds, len(names))
+    out["val_acc"] = float((labels == preds).mean())
+    out["per_class"] = acc
+    present = np.flatnonzero(~np.isnan(acc))
+    worst_cls = present[np.lexsort((present, acc[present]))][:worst]
+    sec.text(f"Val top-1 from val_predictions.csv: {out['val_acc']:.4f} over {len(ids)} rows.")
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(worst_cls) + 1))
+    ax.barh([names[c] for c in worst_cls][::-1], acc[worst_cls][::-1], color="#c0504d")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("val accuracy")
+    sec.figure("per_class_worst", fig, f"The {len(worst_cls)} classes with the lowest val accuracy")
+    top_pairs = confusion_pairs(labels, preds, pairs)
+    out["pairs"] = top_pairs
+    if top_pairs:
+        _confusion_figure(sec, top_pairs, labels, preds, names)
+        _worst_images(sec, views, ids, labels, preds, conf)
+    else:
+        sec.note("No val mistakes: no confusion pairs or worst images.")
+    return out
+
+
+def _confusion_figure(sec, top_pairs, labels, preds, names) -> None:
+    classes = list(dict.fromkeys(c for t, p, _ in top_pairs for c in (t, p)))[:24]
+    pos = {c: i for i, c in enumerate(classes)}
+    mat = np.zeros((len(classes), len(classes)), dtype=int)
+    for t, p in zip(labels, preds, strict=True):
+        if t in pos and p in pos:
+            mat[pos[t], pos[p]] += 1
+    np.fill_diagonal(mat, 0)  # the diagonal (correct) would drown the mistakes' colour scale
+    size = max(4.0, 0.38 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(mat, cmap="Reds")
+    ticks = [names[c] for c in classes]
+    ax.set_xticks(range(len(classes)), ticks, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), ticks, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(im, ax=ax, shrink=0.7)
+    sec.figure("confusion_pairs", fig, "Most confused class pairs (counts; diagonal blanked)")
+    sec.table(
+        ["true", "predicted", "count"],
+        [[names[t], names[p], n] for t, p, n in top_pairs],
+        "most frequent mistakes",
+    )
+
+
+def _worst_images(sec, views, ids, labels, preds, conf, n: int = 8) -> None:
+    wrong = np.flatnonzero(labels != preds)
+    order = wrong[np.argsort(-np.nan_to_num(conf[wrong], nan=0.0), kind="stable")][:n]
+    lookup = {}
+    if views.val is not None:
+        lookup = {i: k for k, i in enumerate(views.val.ids)}
+    names, tiles, unmatched = views.class_names, [], 0
+    for i in order:
+        k = lookup.get(ids[i])
+        unmatched += k is None
+        path = views.val.paths[k] if k is not None else ""
+        caption = views.val.captions[k] if k is not None else "(id not in the store's val split)"
+        text = f"true {names[labels[i]]} / pred {names[preds[i]]} ({conf[i]:.2f}): {caption}"
+        tiles.append(Tile(path, text, "red"))
+    rows = [tiles[j : j + 4] for j in range(0, len(tiles), 4)]
+    fig, _ = tile_grid(rows, views.info.root, wrap=28)
+    sec.figure("worst_val", fig, "Most confident mistakes on val, with their captions")
+    if unmatched:
+        sec.note(f"{unmatched} worst-image ids were not found in the store's val split.")

@@ -1,0 +1,78 @@
+"""Thumbnails from the store's ``path`` column, and grids of them with captions underneath.
+
+$ python -c "from analysis.thumbs import load_thumb; print(load_thumb('img.png', None))"
+
+A path that does not open (a store built elsewhere, a Hugging Face dataset row) gives a grey
+tile: the caption and class are still shown.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
+
+THUMB = 160
+
+
+def resolve(path: str, root: Path | None) -> Path | None:
+    """The file behind a store ``path``: as written, else relative to the store root."""
+    if not path:
+        return None
+    for cand in (Path(path), (root / path) if root else None):
+        if cand is not None and cand.is_file():
+            return cand
+    return None
+
+
+def load_thumb(path: str, root: Path | None, size: int = THUMB) -> np.ndarray | None:
+    """An RGB uint8 thumbnail, or None when the file is missing or not an image."""
+    file = resolve(path, root)
+    if file is None:
+        return None
+    try:
+        with Image.open(file) as im:
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+            return np.asarray(im)
+    except OSError:
+        return None
+
+
+@dataclass
+class Tile:
+    path: str
+    text: str
+    highlight: str | None = None  # frame colour, e.g. green for a correct neighbour
+
+
+def tile_grid(rows: list[list[Tile]], root: Path | None, *, wrap: int = 24):
+    """A figure with one row of tiles per list, each tile an image and wrapped text."""
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(
+        len(rows), ncols, figsize=(2.1 * ncols, 2.9 * len(rows)), squeeze=False
+    )
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    missing = 0
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            ax = axes[r, c]
+            img = load_thumb(tile.path, root)
+            if img is None:
+                missing += 1
+                img = np.full((THUMB, THUMB, 3), 220, dtype=np.uint8)
+            ax.imshow(img)
+            ax.set_axis_on()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(tile.highlight or "#bbbbbb")
+                spine.set_linewidth(3 if tile.highlight else 1)
+            ax.set_title("\n".join(textwrap.wrap(tile.text, wrap)[:5]), fontsize=7)
+    fig.tight_layout()
+    return fig, missing
