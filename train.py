@@ -107,9 +107,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not argv:
         run_demo()
         return
+    from feature_store import StoreError
+    from fusion.cli import ResumeError
     from fusion.cli import main as cli_main
 
-    cli_main(argv)
+    try:
+        cli_main(argv)
+    except (StoreError, ResumeError) as err:
+        # Bad input the user can fix: the message says how, a traceback would bury it.
+        raise SystemExit(f"train.py: {err}") from err
 
 
 if __name__ == "__main__":

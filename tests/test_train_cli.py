@@ -145,3 +145,11 @@ def test_demo_without_data_prep_says_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "data_prep", None)  # import fails
     with pytest.raises(SystemExit, match="data_prep"):
         train.build_demo_store(tmp_path / "stores" / "demo")
+
+
+def test_train_main_turns_bad_input_into_a_one_line_error(store, tmp_path, no_wandb):
+    args = ["fit", "--config", "configs/demo.yaml", "--run_dir", str(tmp_path / "r")]
+    with pytest.raises(SystemExit, match="manifest.json not found"):
+        train.main([*args, "--data.store", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="--ckpt_path last: no checkpoint"):
+        train.main([*args, "--data.store", str(store), "--ckpt_path", "last"])
