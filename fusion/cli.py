@@ -6,7 +6,7 @@ $ python train.py fit --config configs/concat.yaml --print_config             # 
 
 Each fit gets a run directory ``RUN`` (``--run_dir``, default
 ``runs/<config name>/<YYYYmmdd-HHMMSS>``; with ``--ckpt_path last`` the newest run of that
-config that has ``checkpoints/last.ckpt``)::
+config that has ``checkpoints/last.ckpt``; on several nodes pass ``--run_dir``)::
 
     RUN/config.yaml           the resolved config
     RUN/metrics.csv           CSV log (train/*, val/*, fusion/alpha, fusion/beta)
@@ -18,6 +18,7 @@ config that has ``checkpoints/last.ckpt``)::
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ from fusion.callbacks import RunArtifacts
 from fusion.datamodule import FeatureDataModule
 from fusion.loggers import make_loggers
 from fusion.module import FusionModule
+
+RUN_DIR_ENV = "SKETCHFUSION_RUN_DIR"
 
 
 class ResumeError(FileNotFoundError):
@@ -103,12 +106,17 @@ class FusionCLI(LightningCLI):
         configs = cfg.get("config") or []
         self.experiment = Path(str(configs[0])).stem if configs else "default"
         base = Path(cfg["runs_root"]) / self.experiment
-        if cfg.get("ckpt_path") == "last":
+        if os.environ.get(RUN_DIR_ENV) and int(os.environ.get("LOCAL_RANK", "0")) > 0:
+            # A DDP worker that Lightning launched: use rank 0's directory, whose timestamp
+            # may be a second older than this process.
+            self.run_dir = Path(os.environ[RUN_DIR_ENV])
+        elif cfg.get("ckpt_path") == "last":
             self.run_dir = resume_run_dir(base, cfg.get("run_dir"))
         elif cfg.get("run_dir"):
             self.run_dir = Path(cfg["run_dir"])
         else:
             self.run_dir = new_run_dir(base)
+        os.environ[RUN_DIR_ENV] = str(self.run_dir)  # inherited by DDP workers
         cfg["trainer"]["default_root_dir"] = str(self.run_dir)
         if cfg.get("checkpoint") is not None and not cfg["checkpoint"].get("dirpath"):
             cfg["checkpoint"]["dirpath"] = str(self.run_dir / "checkpoints")
