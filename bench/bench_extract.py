@@ -48,8 +48,11 @@ def build_base_dinov2(out: Path) -> Path:
 
 def bench_models(name: str, *, images: Path, models: dict[str, Path], out: Path,
                  extra: list[str]) -> dict:  # fmt: skip
+    import shutil
+
     import data_prep
 
+    shutil.rmtree(out, ignore_errors=True)  # measure a full build, never a no-op rerun
     argv = [
         "--input.root", str(images),
         "--image.model", str(models["dinov2"]),

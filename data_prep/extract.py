@@ -158,6 +158,8 @@ class Extractor(L.LightningModule):
         self.captioner = captioner
         self.captions = captions
         self.items = items
+        # More ranks than unfinished shards (a resume near the end) leaves a rank idle.
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
         seconds: dict[str, float] = {}
@@ -275,5 +277,3 @@ class ShardWriter(BasePredictionWriter):
     def on_predict_end(self, trainer, pl_module) -> None:
         if self.bar is not None:
             self.bar.close()
-        # Every rank's shards are on disk before rank 0 goes on to finalise the store.
-        trainer.strategy.barrier("data_prep_shards_written")

@@ -281,4 +281,7 @@ def _predict(cfg, listing, pending, shards, models, captions, store, feats) -> b
         inference_mode=True,
     )
     trainer.predict(module, datamodule=data, return_predictions=False)
+    # Every rank's shards are on disk before rank 0 finalises the store. Here, not in a
+    # predict hook: a rank left with no shard skips the predict loop and all its hooks.
+    trainer.strategy.barrier("data_prep_shards_written")
     return trainer.is_global_zero

@@ -89,3 +89,13 @@ def test_two_ddp_processes_give_the_same_store(reference, tiny_models, tmp_path)
     # Both ranks really ran: shards alternate between them (rank = shard order % 2).
     ranks = [json.loads(p.read_text())["rank"] for p in _markers(out)]
     assert sorted(ranks) == sorted([0, 1] * (len(ranks) // 2) + [0] * (len(ranks) % 2))
+
+    # Resume on 2 ranks with a single unfinished shard: one rank has nothing to do and
+    # must neither fail nor hang the other.
+    (out / "manifest.json").unlink()
+    _markers(out)[-1].unlink()
+    res = subprocess.run([sys.executable, "-m", "data_prep", *argv], cwd=tmp_path, env=_env(),
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_same_store(ref, out)
+    assert open_store(out).manifest["timing"]["shards_reused"] == len(ranks) - 1
