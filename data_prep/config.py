@@ -19,29 +19,54 @@ EMB_DTYPES = ("float16", "float32")
 
 @dataclass
 class InputConfig:
-    """Where the images come from: a Kaggle folder tree or a Hugging Face dataset."""
+    """Where the images come from: a Kaggle folder tree or a Hugging Face dataset.
 
-    kind: str = "kaggle"  # kaggle | hf
-    root: str | None = None  # kaggle: the folder holding train_images/ val_images/ test_images/
-    split_dirs: dict[str, str] | None = None  # kaggle: split -> folder (default: the three)
-    class_map: str | None = None  # kaggle: CSV class_name,index to override sorted order
-    dataset: str | None = None  # hf: hub id, or "imagefolder" with data_dir
-    splits: dict[str, str] | None = None  # hf: our split name -> dataset split name
+    Args:
+        kind: ``kaggle`` (folders) or ``hf`` (a `datasets` dataset).
+        root: kaggle: the folder holding train_images/ val_images/ test_images/.
+        split_dirs: kaggle: split name -> folder name (default: the competition's three).
+        class_map: kaggle: CSV ``class_name,label`` replacing the sorted folder order.
+        dataset: hf: a hub id, or ``imagefolder`` with data_dir.
+        splits: hf: our split name -> the dataset's split name.
+        image_column: hf: the column holding the images.
+        label_column: hf: the column holding the class labels.
+        id_column: hf: a column of unique ids (default: the row index).
+        data_dir: hf: local data directory (for imagefolder).
+        revision: hf: dataset revision.
+        captions_csv: ``id,caption`` file from another captioner; BLIP-2 is then not run.
+    """
+
+    kind: str = "kaggle"
+    root: str | None = None
+    split_dirs: dict[str, str] | None = None
+    class_map: str | None = None
+    dataset: str | None = None
+    splits: dict[str, str] | None = None
     image_column: str = "image"
     label_column: str = "label"
     id_column: str | None = None
     data_dir: str | None = None
     revision: str | None = None
-    captions_csv: str | None = None  # id,caption from another captioner: BLIP-2 is not run
+    captions_csv: str | None = None
 
 
 @dataclass
 class DemoConfig:
-    """Generate procedurally drawn images and tiny untrained models where missing."""
+    """Generate procedurally drawn images and tiny UNTRAINED models where missing.
+
+    Args:
+        enabled: build the demo inputs and models, and use them.
+        images: where the demo images go (becomes input.root).
+        models: where the tiny dinov2/ blip2/ bert/ models go.
+        num_classes: demo classes (one drawn shape each).
+        per_class: images per class and split, e.g. {train: 12, val: 4, test: 4}.
+        size: image side in pixels.
+        seed: drawing seed.
+    """
 
     enabled: bool = False
-    images: str = "demo/images"  # becomes input.root
-    models: str = "demo/models"  # dinov2/ blip2/ bert/ are built here when missing
+    images: str = "demo/images"
+    models: str = "demo/models"
     num_classes: int = 10
     per_class: dict[str, int] | None = None
     size: int = 96
@@ -50,52 +75,91 @@ class DemoConfig:
 
 @dataclass
 class ImageConfig:
-    """The image encoder (DINOv2 by default)."""
+    """The image encoder (DINOv2 by default).
 
-    model: str = "facebook/dinov2-base"  # hub id or local dir (transformers); timm name (timm)
-    library: str = "transformers"  # transformers | timm
+    Args:
+        model: hub id or local directory (transformers), or a timm model name (timm).
+        library: ``transformers`` (AutoModel + its image processor) or ``timm``.
+        revision: hub revision (transformers).
+        pooling: ``cls``, ``mean`` (patch tokens), or ``cls+mean`` (concatenated).
+        pretrained: timm only: false gives random weights (benchmarks).
+    """
+
+    model: str = "facebook/dinov2-base"
+    library: str = "transformers"
     revision: str | None = None
-    pooling: str = "cls"  # cls | mean (patch tokens) | cls+mean (concatenated)
-    pretrained: bool = True  # timm only: False gives random weights (benchmarks)
+    pooling: str = "cls"
+    pretrained: bool = True
 
 
 @dataclass
 class CaptionConfig:
-    """The captioner (BLIP-2); skipped when input.captions_csv is given."""
+    """The captioner (BLIP-2); not loaded when input.captions_csv is given.
+
+    Args:
+        model: hub id or local directory of a Blip2ForConditionalGeneration.
+        revision: hub revision.
+        prompt: text the caption continues ("" for none).
+        keep_prompt: store "a sketch of a dog" rather than "a dog".
+        max_new_tokens: generated tokens at most.
+        num_beams: beam search width (1: greedy).
+        load_in_8bit: 8-bit weights; needs bitsandbytes and a CUDA GPU.
+    """
 
     model: str = "Salesforce/blip2-opt-2.7b"
     revision: str | None = None
     prompt: str = "a sketch of"
-    keep_prompt: bool = True  # the stored caption reads "a sketch of a dog", not "a dog"
+    keep_prompt: bool = True
     max_new_tokens: int = 20
     num_beams: int = 1
-    load_in_8bit: bool = False  # needs bitsandbytes and a GPU
+    load_in_8bit: bool = False
 
 
 @dataclass
 class TextConfig:
-    """The caption encoder (BERT)."""
+    """The caption encoder (BERT).
+
+    Args:
+        model: hub id or local directory of a transformers text encoder.
+        revision: hub revision.
+        pooling: ``cls``, or ``mean`` over real tokens (the attention mask; never padding).
+        max_length: captions are truncated to this many tokens.
+    """
 
     model: str = "bert-base-uncased"
     revision: str | None = None
-    pooling: str = "mean"  # cls | mean (attention-masked: padding never averaged)
+    pooling: str = "mean"
     max_length: int = 128
 
 
 @dataclass
 class RunConfig:
-    """Where the store goes and how the work is spread."""
+    """Where the store goes and how the work is spread.
+
+    Args:
+        out: the store directory.
+        batch_size: images per model batch.
+        shard_size: rows per shard file: the unit of resume and of work per rank.
+        num_workers: DataLoader workers decoding and preprocessing images.
+        accelerator: Lightning accelerator (auto, cpu, gpu).
+        devices: Lightning devices; N > 1 shards the work over N processes.
+        num_nodes: Lightning nodes (the store directory must be shared).
+        strategy: Lightning strategy (auto, ddp, ddp_spawn).
+        dtype: model dtype: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16.
+        emb_dtype: how embeddings are stored: float16 or float32.
+        progress: progress bars and the end summary.
+    """
 
     out: str = "stores/prep"
     batch_size: int = 32
-    shard_size: int = 512  # rows per shard file: the unit of resume and of work per rank
-    num_workers: int = 2  # DataLoader workers decoding and preprocessing images
+    shard_size: int = 512
+    num_workers: int = 2
     accelerator: str = "auto"
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    dtype: str = "auto"  # auto: bf16 on a GPU that has it, else fp32; also fp32 | bf16 | fp16
-    emb_dtype: str = "float16"  # how embeddings are stored
+    dtype: str = "auto"
+    emb_dtype: str = "float16"
     progress: bool = True
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.config import PrepConfig
-from data_prep.store import PREP_DIR, StoreWriter, plan_shards
+from data_prep.store import PREP_DIR, StoreWriter, features, plan_shards
 
 log = logging.getLogger("data_prep")
 
@@ -204,8 +204,6 @@ def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
     described = models.describe(cfg)
     store.check_fingerprint("resolved", described)
     pending = [s for s in shards if not store.is_done(s)]
-    from data_prep.store import features
-
     feats = features(models.image.dim, models.text.dim, cfg.run.emb_dtype)
     is_zero = True
     extract_start = time.perf_counter()
