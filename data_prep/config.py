@@ -83,6 +83,7 @@ class ImageConfig:
         revision: hub revision (transformers).
         pooling: ``cls``, ``mean`` (patch tokens), or ``cls+mean`` (concatenated).
         pretrained: timm only: false gives random weights (benchmarks).
+        weights_file: timm only: a local .safetensors/.pth of the model's weights (offline).
     """
 
     model: str = "facebook/dinov2-base"
@@ -90,6 +91,7 @@ class ImageConfig:
     revision: str | None = None
     pooling: str = "cls"
     pretrained: bool = True
+    weights_file: str | None = None
 
 
 @dataclass

@@ -9,6 +9,7 @@ in a separate small picklable object so DataLoader workers run it, not the model
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,14 +77,13 @@ class ImageEncoder(nn.Module):
         if cfg.library == "timm":
             import timm
 
+            kwargs = {"pretrained": cfg.pretrained, "num_classes": 0}
+            if cfg.weights_file:  # timm's own way to read pretrained weights from disk
+                kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": cfg.weights_file})
             self.model = load_pretrained(
-                "image encoder",
-                "image.model",
-                timm.create_model,
-                cfg.model,
-                pretrained=cfg.pretrained,
-                num_classes=0,
-            )
+                "image encoder", "image.weights_file" if cfg.weights_file else "image.model",
+                timm.create_model, cfg.model, **kwargs,
+            )  # fmt: skip
             self.model.to(dtype)
             self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0))
             width = int(self.model.num_features)
@@ -109,6 +109,11 @@ class ImageEncoder(nn.Module):
         self.dtype = dtype
         self.dim = width * (2 if cfg.pooling == "cls+mean" else 1)
         self.source = model_source(cfg.model, self.model)
+        if cfg.library == "timm":
+            self.source["weights"] = (
+                str(Path(cfg.weights_file).resolve()) if cfg.weights_file
+                else "timm pretrained" if cfg.pretrained else "random init"
+            )  # fmt: skip
 
     def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The encoder's final (normalised) token sequence [B, T, D]."""

@@ -133,3 +133,19 @@ def test_captioner_batched_generate(tiny_models, keep_prompt):  # noqa: F811
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     assert texts == again and one[0] == texts[0]  # deterministic, batch-independent
     assert all(t.startswith("a sketch of") == keep_prompt for t in texts)
+
+
+def test_timm_weights_from_a_local_file(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)
+    save_file(ref.state_dict(), tmp_path / "w.safetensors")
+    cfg = ImageConfig(model="vit_tiny_patch16_224", library="timm", pooling="cls",
+                      weights_file=str(tmp_path / "w.safetensors"))  # fmt: skip
+    enc = ImageEncoder(cfg, dtype=torch.float32)
+    loaded = enc.model.state_dict()
+    assert loaded.keys() == ref.state_dict().keys()
+    for name, a in ref.state_dict().items():
+        torch.testing.assert_close(a, loaded[name], msg=name)
+    assert enc.source["weights"] == str((tmp_path / "w.safetensors").resolve())
