@@ -32,7 +32,7 @@ def parse_args(argv: list[str]) -> ReportOptions:
     p.add_argument("--query", action="append", default=[], help="free-text caption query")
     p.add_argument("--classes", help="classes on the 2-D maps: a count (default 10) or names")
     p.add_argument("--map-points", type=int, default=2000, help="rows on the PCA/LDA maps")
-    p.add_argument("--tsne-points", type=int, default=1500, help="rows on the t-SNE map")
+    p.add_argument("--tsne-points", type=int, default=1000, help="rows on the t-SNE map")
     p.add_argument("--probe-train", type=_cap, default=5000, help="train rows for probes")
     p.add_argument("--probe-val", type=_cap, default=2500, help="val rows for probes")
     p.add_argument("--probe-dim", type=_cap, default=256, help="PCA past this many dims")

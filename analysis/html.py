@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
 import matplotlib.pyplot as plt  # noqa: E402
@@ -24,8 +25,8 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 aut
 max-width:1250px;padding:1em 2em;color:#222;line-height:1.4}
 h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #bbb}
 table{border-collapse:collapse;margin:.5em 0;font-size:.92em}
-td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f2f2f2}td.num{text-align:right}
 .note{background:#fff6d6;border-left:4px solid #e0b400;padding:.4em .8em;margin:.5em 0}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #ddd}
 figcaption{font-size:.9em;color:#555}nav a{margin-right:1em}
@@ -72,10 +73,15 @@ class Section:
         return self
 
 
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
-    return html.escape(str(value))
+def _td(value: object) -> str:
+    """A table cell; numbers right-aligned, floats to 4 decimals (1 past 10)."""
+    if isinstance(value, bool | str) or not isinstance(value, int | float | np.number):
+        return f"<td>{html.escape(str(value))}</td>"
+    if isinstance(value, float | np.floating):
+        text = f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    else:
+        text = str(value)
+    return f"<td class='num'>{text}</td>"
 
 
 class Report:
@@ -134,7 +140,7 @@ def _render_part(kind: str, part) -> str:
         header, rows, caption = part
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+        body = "".join("<tr>" + "".join(_td(v) for v in r) + "</tr>" for r in rows)
         return f"<table>{cap}<tr>{head}</tr>{body}</table>"
     data = base64.b64encode(part.png).decode("ascii")
     return (

@@ -20,19 +20,33 @@ from analysis.text_encoder import model_ref
 from analysis.thumbs import resolve
 
 
-def _pick_images(views, n: int) -> list[tuple[str, str]]:
-    """Up to n (file, class) pairs whose path opens, taken from val first, then train."""
-    picked = []
+def _pick_images(views, n: int, *, tries: int = 200) -> list[tuple[str, str]]:
+    """Up to n (file, class) pairs whose path opens: one per class first, classes spread.
+
+    Val first, then train; gives up after ``tries`` paths that do not open (a store built
+    on another machine would otherwise cost a file check per row).
+    """
+    picked: dict[str, str] = {}
+    failed = 0
     for split in (views.val, views.train):
-        if split is None:
+        if split is None or len(split) == 0:
             continue
-        for path, y in zip(split.paths, split.labels, strict=True):
-            file = resolve(path, views.info.root)
-            if file is not None:
-                picked.append((str(file), views.class_names[int(y)]))
+        by_class = np.argsort(split.labels, kind="stable")
+        sorted_labels = split.labels[by_class]
+        rank = np.empty(len(split), dtype=np.int64)
+        rank[by_class] = np.arange(len(split)) - np.searchsorted(sorted_labels, sorted_labels)
+        # rank 0 of every class before rank 1; classes in a golden-ratio shuffle
+        for i in np.lexsort((split.labels * 0.618034 % 1.0, rank)):
+            file = resolve(split.paths[i], views.info.root)
+            if file is None:
+                failed += 1
+                if failed >= tries:
+                    return list(picked.items())
+                continue
+            picked.setdefault(str(file), views.class_names[int(split.labels[i])])
             if len(picked) >= n:
-                return picked
-    return picked
+                return list(picked.items())
+    return list(picked.items())
 
 
 def patch_pca_maps(model, processor, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +83,12 @@ def add_patch_view(report, views, *, n_images: int) -> None:
         return
     if ref is None:
         sec.note("Skipped: the manifest records no image model (models['image']).")
+        return
+    library = entry.get("library", "transformers") if isinstance(entry, dict) else "transformers"
+    if library != "transformers":
+        sec.note(
+            f"Skipped: the patch view loads transformers models; {ref!r} is a {library} model."
+        )
         return
     picked = _pick_images(views, n_images)
     if not picked:

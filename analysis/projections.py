@@ -49,6 +49,9 @@ def embed_2d(x: np.ndarray, labels: np.ndarray, *, tsne_points: int, seed: int =
             n_components=2,
             perplexity=min(30.0, (len(idx) - 1) / 3),
             init="pca",
+            max_iter=500,  # PCA-initialised maps settle well before the default 1000
+            # Barnes-Hut's tree and thread start-up cost more than the exact O(n^2) below ~500.
+            method="exact" if len(idx) <= 500 else "barnes_hut",
             random_state=seed,
         )
         out["t-SNE"] = (tsne.fit_transform(xs), labels[idx])

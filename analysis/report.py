@@ -35,7 +35,7 @@ class ReportOptions:
     run: Path | None = None
     classes: str | None = None  # a count ("10") or names for the 2-D maps
     map_points: int = 2000
-    tsne_points: int = 1500
+    tsne_points: int = 1000
     probe_train: int | None = 5000
     probe_val: int | None = 2500
     probe_cs: tuple[float, ...] = DEFAULT_CS
@@ -109,7 +109,7 @@ def build_report(opts: ReportOptions) -> ReportResult:
         timings[name] = time.perf_counter() - t0
         log.info("%s: %.1fs", name, timings[name])
     report.section("Timings").table(
-        ["section", "seconds"], [[k, round(v, 2)] for k, v in timings.items()]
+        ["section", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()]
     )
     page = report.write(opts.out)
     return ReportResult(page=page, report=report, numbers=numbers, timings=timings)

@@ -36,7 +36,7 @@ def pooling_of(entry: Any) -> str:
 class TextEncoder:
     """Embeds strings the way the store embedded captions."""
 
-    def __init__(self, entry: Any, *, max_length: int = 128):
+    def __init__(self, entry: Any):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -47,9 +47,12 @@ class TextEncoder:
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown text pooling {self.pooling!r} (known: {POOLINGS})")
         self.ref = ref
-        self.tokenizer = AutoTokenizer.from_pretrained(ref)
-        self.model = AutoModel.from_pretrained(ref).eval()
-        self.max_length = max_length
+        fields = entry if isinstance(entry, dict) else {}
+        # the hub revision data_prep resolved, so a moved branch cannot change the space
+        revision = None if fields.get("local_path") else fields.get("revision")
+        self.tokenizer = AutoTokenizer.from_pretrained(ref, revision=revision)
+        self.model = AutoModel.from_pretrained(ref, revision=revision).eval()
+        self.max_length = int(fields.get("max_length") or 128)
         self._torch = torch
 
     def encode(self, texts: list[str]) -> np.ndarray:

@@ -27,13 +27,14 @@ def write_metrics(run: Path, *, steps: int = 12, alpha_beta: bool = True) -> Non
                 "epoch": s // 4,
                 "step": s,
                 "train/acc_top1": s / steps,
-                "train/loss": 2 - s / 10,
+                "train/loss": 2 / (1 + s),
             }
             if alpha_beta:
                 row |= {"fusion/alpha": 0.5 + s / 40, "fusion/beta": 0.5 - s / 40}
             w.writerow(row)
             if s % 4 == 3:
-                w.writerow({"epoch": s // 4, "step": s, "val/acc_top1": s / 20, "val/loss": 1.0})
+                row = {"epoch": s // 4, "step": s, "val/acc_top1": s / (steps + 8), "val/loss": 1.0}
+                w.writerow(row)
 
 
 def write_predictions(run: Path, store: Path, *, error_rate: float = 0.3, seed: int = 0):
@@ -161,6 +162,17 @@ def caption_store(root: Path, model_dir: str) -> Path:
         root,
         splits={"train": split},
         class_names=["a", "b", "c"],
-        extra_manifest={"models": {"text": {"name": model_dir, "pooling": "mean"}}},
+        # the fields data_prep's manifest records for a local model
+        extra_manifest={
+            "models": {
+                "text": {
+                    "name": model_dir,
+                    "local_path": model_dir,
+                    "pooling": "mean",
+                    "max_length": 64,
+                    "dim": 384,
+                }
+            }
+        },
     )
     return root
