@@ -114,6 +114,14 @@ class StoreWriter:
         what the models resolved to (weights revision, processor settings, dims).
         """
         path = self.root / PREP_DIR / FINGERPRINT
+        foreign = [p.name for p in self.root.iterdir() if p.name != PREP_DIR] if (
+            self.root.is_dir() and not path.is_file()) else []  # fmt: skip
+        if foreign:
+            # Never write into (or clean up temp files in) a directory we did not make.
+            raise StoreMixError(
+                f"{self.root} is not empty ({', '.join(sorted(foreign)[:5])}) and was not "
+                "made by data_prep; choose a new or empty --run.out."
+            )
         stored = json.loads(path.read_text()) if path.is_file() else {}
         value = json.loads(json.dumps(value))  # the JSON form, as it will be compared later
         if part in stored and stored[part] != value:

@@ -203,3 +203,12 @@ def test_fingerprint_file_is_json(built):
     fp = json.loads((out / "_prep" / "fingerprint.json").read_text())
     assert set(fp) == {"config", "resolved"}
     assert StoreWriter(out).is_done(plan_shards({"train": 15}, 4)[0])
+
+
+def test_refuses_a_directory_it_did_not_make(kaggle_root, tiny_models, tmp_path):  # noqa: F811
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.tmp1").write_text("precious")
+    with pytest.raises(StoreMixError, match="not made by data_prep"):
+        data_prep.main(prep_argv(kaggle_root, tiny_models, out))
+    assert (out / "notes.tmp1").read_text() == "precious"
