@@ -69,7 +69,10 @@ def main():
             )
             # LAVIS returns the continuation only; store "prompt + continuation" as
             # data_prep does with caption.keep_prompt: true.
-            out.writerows([id_, f"{args.prompt} {c.strip()}".strip()] for id_, c in zip(ids, caps))
+            out.writerows(
+                [id_, f"{args.prompt} {c.strip()}".strip()]
+                for id_, c in zip(ids, caps, strict=True)
+            )
             print(f"{min(i + args.batch_size, len(todo))}/{len(todo)}", end="\r", flush=True)
 
 
