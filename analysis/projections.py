@@ -90,4 +90,9 @@ def add_projections(report, views, *, classes: np.ndarray, points: int, tsne_poi
         if len(labs) <= 20:
             fig.legend(handles, labs, loc="center right", fontsize=8, markerscale=2)
             fig.subplots_adjust(right=0.87)
-        sec.figure(f"map_{modality}", fig, f"{modality} embeddings: PCA, LDA and t-SNE")
+        sec.figure(
+            f"map_{modality}",
+            fig,
+            f"{modality} embeddings: PCA, LDA and t-SNE (LDA is fitted on the points it shows,"
+            " so its separation is optimistic)",
+        )

@@ -51,28 +51,36 @@ class Tile:
 
 
 def tile_grid(rows: list[list[Tile]], root: Path | None, *, wrap: int = 24):
-    """A figure with one row of tiles per list, each tile an image and wrapped text."""
+    """A figure with one row of tiles per list, each tile an image and wrapped text.
+
+    Returns (figure, number of tiles whose image did not open). When none opens (a store
+    built on another machine), the tiles are short text cards instead of grey squares.
+    """
+    images = [[load_thumb(t.path, root) if t.path else None for t in row] for row in rows]
+    missing = sum(img is None for row, imgs in zip(rows, images, strict=True)
+                  for t, img in zip(row, imgs, strict=True) if t.path)  # fmt: skip
+    text_only = all(img is None for imgs in images for img in imgs)
     ncols = max(len(r) for r in rows)
+    height = 1.1 if text_only else 2.9
     fig, axes = plt.subplots(
-        len(rows), ncols, figsize=(2.1 * ncols, 2.9 * len(rows)), squeeze=False
+        len(rows), ncols, figsize=(2.1 * ncols, height * len(rows)), squeeze=False
     )
     for ax in axes.ravel():
         ax.set_axis_off()
-    missing = 0
     for r, row in enumerate(rows):
         for c, tile in enumerate(row):
-            ax = axes[r, c]
-            img = load_thumb(tile.path, root)
-            if img is None:
-                missing += 1
-                img = np.full((THUMB, THUMB, 3), 220, dtype=np.uint8)
-            ax.imshow(img)
+            ax, img = axes[r, c], images[r][c]
+            text = "\n".join(textwrap.wrap(tile.text, wrap)[:5])
+            if text_only:
+                ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=7)
+            else:
+                ax.imshow(img if img is not None else np.full((THUMB, THUMB, 3), 220, np.uint8))
+                ax.set_title(text, fontsize=7)
             ax.set_axis_on()
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set_edgecolor(tile.highlight or "#bbbbbb")
                 spine.set_linewidth(3 if tile.highlight else 1)
-            ax.set_title("\n".join(textwrap.wrap(tile.text, wrap)[:5]), fontsize=7)
     fig.tight_layout()
     return fig, missing
