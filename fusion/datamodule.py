@@ -11,10 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from feature_store import SplitArrays, StoreError, load_arrays, open_store
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory, or a copy when it is read-only (Arrow-backed):
+    torch assumes writable memory."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def _passthrough(batch: dict) -> dict:
@@ -30,11 +37,9 @@ class EmbeddingRows(Dataset):
     """
 
     def __init__(self, arrays: SplitArrays) -> None:
-        # Arrow-backed arrays can be read-only; torch wants writable memory.
-        self.image, self.text, self.label = (
-            torch.from_numpy(a if a.flags.writeable else a.copy())
-            for a in (arrays.image_emb, arrays.text_emb, arrays.labels)
-        )
+        self.image = as_tensor(arrays.image_emb)
+        self.text = as_tensor(arrays.text_emb)
+        self.label = as_tensor(arrays.labels)
 
     def __len__(self) -> int:
         return len(self.label)

@@ -86,6 +86,8 @@ def wandb_mode() -> str:
 
 def make_loggers(run_dir: Path, *, project: str, name: str) -> list[Logger]:
     """CSV always; W&B unless ``WANDB_MODE=disabled``."""
+    # Exists before W&B starts, so wandb finds the git repository above it.
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
     loggers: list[Logger] = [RunCSVLogger(run_dir)]
     mode = wandb_mode()
     if mode != "disabled":
