@@ -103,8 +103,7 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
+    if not (sys.argv[1:] if argv is None else argv):
         run_demo()
         return
     from feature_store import StoreError
@@ -112,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from fusion.cli import main as cli_main
 
     try:
-        cli_main(argv)
+        cli_main(None if argv is None else list(argv))  # None: LightningCLI reads sys.argv
     except (StoreError, ResumeError) as err:
         # Bad input the user can fix: the message says how, a traceback would bury it.
         raise SystemExit(f"train.py: {err}") from err
