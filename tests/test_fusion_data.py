@@ -80,3 +80,26 @@ def test_wandb_goes_offline_without_a_key_or_a_server(monkeypatch, tmp_path):
     assert wandb_mode() == "disabled"
     monkeypatch.setenv("WANDB_MODE", "online")
     assert wandb_mode() == "online"  # an explicit choice wins
+
+
+@pytest.mark.parametrize("classes", [3, 500])
+def test_training_accuracy_equals_torchmetrics_multiclass_accuracy(classes):
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from fusion.module import TopKAccuracy
+
+    g = torch.Generator().manual_seed(0)
+    ours = TopKAccuracy(k=5)
+    k = min(5, classes)
+    ref1 = MulticlassAccuracy(classes, top_k=1, average="micro")
+    ref5 = MulticlassAccuracy(classes, top_k=k, average="micro")
+    for n in (7, 64, 33):
+        logits = torch.randn(n, classes, generator=g)
+        target = torch.randint(0, classes, (n,), generator=g)
+        target[: n // 3] = logits[: n // 3].argmax(1)  # some hits at top-1 too
+        for m in (ours, ref1, ref5):
+            m.update(logits, target)
+    got = ours.compute()
+    assert float(got["acc_top1"]) == pytest.approx(float(ref1.compute()))
+    assert float(got["acc_top5"]) == pytest.approx(float(ref5.compute()))
+    assert 0 < float(got["acc_top1"]) <= float(got["acc_top5"]) <= 1
