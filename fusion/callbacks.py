@@ -29,7 +29,9 @@ class RunArtifacts(L.Callback):
         history = getattr(pl_module, "alpha_beta_history", [])
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if history:
-            png = plot_alpha_beta(history, run / "alpha_beta.png", title=run.name)
+            png = plot_alpha_beta(
+                history, run / "alpha_beta.png", title=f"{run.parent.name}/{run.name}"
+            )
             for logger in wandb_loggers:
                 logger.log_image(key="fusion/alpha_beta", images=[str(png)])
         ckpt = trainer.checkpoint_callback
