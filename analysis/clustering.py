@@ -109,14 +109,17 @@ def add_clustering(report, views, *, cap: int | None, min_samples: int = 5) -> d
             )
         ax.plot(curve, label=f"{modality} (eps={res['dbscan']['eps']:.3f})")
         spread = curve[-1] / max(curve[0], 1e-12)
-        if res["dbscan"]["clusters"] <= 1 or spread < 1.2:
+        if spread < 1.2:
             sec.note(
                 f"{modality}: the k-distance curve is nearly flat (largest/smallest = "
-                f"{spread:.2f}): distances concentrate, so no single eps separates dense "
-                f"groups and DBSCAN found {res['dbscan']['clusters']} cluster(s). k-means and "
-                "the probes are the informative numbers here."
+                f"{spread:.2f}): distances concentrate, so no eps separates dense groups. "
+                "k-means and the probes are the informative numbers here."
             )
-        ax.axhline(res["dbscan"]["eps"], ls=":", color=ax.lines[-1].get_color())
+        elif res["dbscan"]["clusters"] <= 1:
+            sec.note(
+                f"{modality}: DBSCAN found {res['dbscan']['clusters']} cluster(s) at the knee "
+                f"eps={res['dbscan']['eps']:.3f}: the classes are not separated by density gaps."
+            )
     ax.set_xlabel("points, sorted")
     ax.set_ylabel(f"distance to neighbour {min_samples - 1}")
     ax.legend()

@@ -71,7 +71,7 @@ def tile_grid(rows: list[list[Tile]], root: Path | None, *, wrap: int = 24):
         for c, tile in enumerate(row):
             ax, img = axes[r, c], images[r][c]
             text = "\n".join(textwrap.wrap(tile.text, wrap)[:5])
-            if text_only:
+            if text_only or not tile.path:  # a text query has no image: a text card
                 ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=7)
             else:
                 ax.imshow(img if img is not None else np.full((THUMB, THUMB, 3), 220, np.uint8))

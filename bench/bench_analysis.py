@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=500)
     p.add_argument("--image-dim", type=int, default=1536)
     p.add_argument("--text-dim", type=int, default=768)
-    p.add_argument("--noise", type=float, default=5.0, help="per-dim noise vs. class-mean scale 2")
+    p.add_argument("--noise", type=float, default=8.0, help="per-dim noise vs. class-mean scale 2")
     p.add_argument("--workdir", type=Path, default=None, help="keep the store/report here")
     a = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
