@@ -182,3 +182,24 @@ def test_free_text_search_with_real_minilm(tmp_path):
     page = res.page.read_text()
     assert "text_search" in embedded_figures(page) and "mean pooling" in page
     assert json.loads((store / "manifest.json").read_text())["models"]["text"]["pooling"] == "mean"
+
+
+def test_val_only_store_and_bad_run_files(tmp_path):
+    make_synthetic_store(tmp_path / "s", num_classes=4, per_class={"val": 10})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,step,other\n0,0,1.0\n")
+    (run / "val_predictions.csv").write_text("id,label,pred,confidence\nval_00000,0,7,0.9\n")
+    res = build_report(ReportOptions(store=tmp_path / "s", out=tmp_path / "o", run=run))
+    assert not failed_sections(res.page.read_text())
+    notes = " ".join(res.report.notes)
+    assert "no train split" in notes
+    assert "no train/val accuracy or loss columns" in notes
+    assert "labels outside the store's classes" in notes
+
+
+def test_missing_run_directory_is_a_note(tmp_path):
+    make_synthetic_store(tmp_path / "s", num_classes=3)
+    res = build_report(ReportOptions(store=tmp_path / "s", out=tmp_path / "o", run=tmp_path / "x"))
+    assert any("does not exist" in n for n in res.report.notes)
+    assert not failed_sections(res.page.read_text())
