@@ -38,34 +38,50 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     )
 
 
-class TopKAccuracy(Metric):
-    """Top-1 and top-k accuracy from one ``topk`` per batch, for the training loop.
+class TrainingStats(Metric):
+    """Epoch means of the training loss and penalty, and top-1 / top-k accuracy.
 
-    Same values as ``MulticlassAccuracy(top_k=1)`` and ``(top_k=k)`` with micro averaging
-    (tests check it), but ``MulticlassAccuracy(top_k=5)`` builds one-hot [N, classes]
-    tensors: at 500 classes on a CPU its update costs ~2 ms, a tenth of a whole step of
-    a 512-wide head. Validation keeps ``MulticlassAccuracy`` (it runs once per epoch).
+    One metric, one ``topk`` and in-place state updates per step: the accuracies equal
+    ``MulticlassAccuracy(top_k=1)`` and ``(top_k=k)`` with micro averaging (tests check
+    it), but ``MulticlassAccuracy(top_k=5)`` builds one-hot [N, classes] tensors (~2 ms
+    per update at 500 classes on a CPU) and each extra metric adds its own bookkeeping, a
+    visible share of a small head's step. Validation keeps ``MulticlassAccuracy``.
     """
 
     full_state_update = False
-    higher_is_better = True
 
     def __init__(self, k: int = 5) -> None:
         super().__init__()
         self.k = k
-        for name in ("top1", "topk", "total"):
-            self.add_state(name, default=torch.tensor(0), dist_reduce_fx="sum")
+        for name in ("top1", "topk", "total", "loss_sum", "penalty_sum"):
+            self.add_state(name, default=torch.tensor(0.0), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+    def update(
+        self,
+        logits: torch.Tensor,
+        target: torch.Tensor,
+        loss: torch.Tensor,
+        penalty: torch.Tensor | None = None,
+    ) -> None:
         ranked = logits.topk(min(self.k, logits.shape[1]), dim=1).indices
         hits = ranked.eq(target[:, None])
-        self.top1 += hits[:, 0].sum()
-        self.topk += hits.any(dim=1).sum()
-        self.total += target.numel()
+        n = target.numel()
+        # add_() instead of +=: no nn.Module.__setattr__ per state per step.
+        self.top1.add_(hits[:, 0].sum())
+        self.topk.add_(hits.any(dim=1).sum())
+        self.total.add_(n)
+        self.loss_sum.add_(loss * n)
+        if penalty is not None:
+            self.penalty_sum.add_(penalty * n)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        total = self.total.clamp(min=1).float()
-        return {"acc_top1": self.top1 / total, "acc_top5": self.topk / total}
+        total = self.total.clamp(min=1)
+        return {
+            "acc_top1": self.top1 / total,
+            "acc_top5": self.topk / total,
+            "loss": self.loss_sum / total,
+            "penalty": self.penalty_sum / total,
+        }
 
 
 def lr_factor(
@@ -142,13 +158,9 @@ class FusionModule(L.LightningModule):
             **head_options(self.hparams),
         )
         num_classes = len(self.hparams.class_names)
-        self.train_metrics = TopKAccuracy(k=5)
+        self.train_stats = TrainingStats(k=5)
         self.val_metrics = accuracy_metrics(num_classes, "val/")
-        self.train_loss, self.val_loss, self.train_penalty = (
-            MeanMetric(),
-            MeanMetric(),
-            MeanMetric(),
-        )
+        self.val_loss = MeanMetric()
         # (step, alpha, beta) for the end-of-fit plot; saved in checkpoints so a resumed
         # run's plot covers the whole run.
         self.alpha_beta_history: list[list[float]] = []
@@ -163,11 +175,14 @@ class FusionModule(L.LightningModule):
         penalty = self.head.aux_loss()
         if penalty is not None:
             loss = loss + penalty
-            self.train_penalty.update(penalty.detach())
-        # Accumulate per step, log once per epoch (on_train_epoch_end): Lightning's log()
-        # costs more per call than a small head's step on a CPU.
-        self.train_loss.update(loss.detach(), weight=len(labels))
-        self.train_metrics.update(logits.detach(), labels)
+        # Accumulated per step, logged once per epoch (on_train_epoch_end): Lightning's
+        # log() costs more per call than a small head's step on a CPU.
+        self.train_stats.update(
+            logits.detach(),
+            labels,
+            loss.detach(),
+            None if penalty is None else penalty.detach(),
+        )
         weights = self.head.fusion_weights()
         if weights is not None:
             self._log_fusion_weights(weights)
@@ -188,13 +203,12 @@ class FusionModule(L.LightningModule):
                 logger.log_metrics(row, step=step)
 
     def on_train_epoch_end(self) -> None:
-        metrics = {"train/loss": self.train_loss.compute()}
-        metrics |= {f"train/{k}": v for k, v in self.train_metrics.compute().items()}
-        if self.train_penalty.update_count:
-            metrics["fusion/penalty"] = self.train_penalty.compute()
-        self.log_dict(metrics, prog_bar=False)
-        for metric in (self.train_loss, self.train_metrics, self.train_penalty):
-            metric.reset()
+        stats = self.train_stats.compute()
+        metrics = {f"train/{k}": stats[k] for k in ("loss", "acc_top1", "acc_top5")}
+        if self.head.aux_loss() is not None:
+            metrics["fusion/penalty"] = stats["penalty"]
+        self.log_dict(metrics)
+        self.train_stats.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self.head(batch["image"], batch["text"])

@@ -86,10 +86,10 @@ def test_wandb_goes_offline_without_a_key_or_a_server(monkeypatch, tmp_path):
 def test_training_accuracy_equals_torchmetrics_multiclass_accuracy(classes):
     from torchmetrics.classification import MulticlassAccuracy
 
-    from fusion.module import TopKAccuracy
+    from fusion.module import TrainingStats
 
     g = torch.Generator().manual_seed(0)
-    ours = TopKAccuracy(k=5)
+    ours = TrainingStats(k=5)
     k = min(5, classes)
     ref1 = MulticlassAccuracy(classes, top_k=1, average="micro")
     ref5 = MulticlassAccuracy(classes, top_k=k, average="micro")
@@ -97,9 +97,12 @@ def test_training_accuracy_equals_torchmetrics_multiclass_accuracy(classes):
         logits = torch.randn(n, classes, generator=g)
         target = torch.randint(0, classes, (n,), generator=g)
         target[: n // 3] = logits[: n // 3].argmax(1)  # some hits at top-1 too
-        for m in (ours, ref1, ref5):
+        ours.update(logits, target, torch.tensor(float(n)))
+        for m in (ref1, ref5):
             m.update(logits, target)
     got = ours.compute()
     assert float(got["acc_top1"]) == pytest.approx(float(ref1.compute()))
     assert float(got["acc_top5"]) == pytest.approx(float(ref5.compute()))
     assert 0 < float(got["acc_top1"]) <= float(got["acc_top5"]) <= 1
+    # loss is a per-row mean: batches of n rows with mean loss n -> sum(n^2) / sum(n)
+    assert float(got["loss"]) == pytest.approx((7**2 + 64**2 + 33**2) / (7 + 64 + 33))
