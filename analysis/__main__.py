@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         result = build_report(opts)
-    except StoreError as err:  # a missing/broken store: the message already names the fix
+    except (StoreError, ValueError) as err:  # bad store or --classes: the message names the fix
         print(f"error: {err}", file=sys.stderr)
         return 2
     notes = result.report.notes

@@ -24,6 +24,7 @@ from analysis.probes import DEFAULT_CS, add_probes
 from analysis.projections import add_projections
 from analysis.retrieval import add_image_retrieval, add_text_search
 from analysis.run_report import add_run
+from analysis.text_encoder import model_ref
 
 log = logging.getLogger("analysis")
 
@@ -67,7 +68,12 @@ def _overview(report: Report, views) -> None:
     sec.table(["split", "rows"], [[s, info.rows(s)] for s in info.splits])
     models = info.manifest.get("models") or {}
     if models:
-        sec.table(["role", "model"], [[k, str(v)] for k, v in models.items()])
+        rows = [
+            [role, model_ref(v) or str(v)]
+            + ([v.get("pooling", ""), v.get("dim", "")] if isinstance(v, dict) else ["", ""])
+            for role, v in models.items()
+        ]
+        sec.table(["role", "model", "pooling", "dim"], rows)
     for note in views.notes:
         sec.note(note)
     if info.num_classes < 2:
@@ -75,7 +81,11 @@ def _overview(report: Report, views) -> None:
 
 
 def build_report(opts: ReportOptions) -> ReportResult:
-    """Every section in order; one that fails becomes a note, the others still run."""
+    """Every section in order; one that fails becomes a note, the others still run.
+
+    Raises StoreError for a missing or broken store and ValueError for ``--classes`` names
+    the store does not have: those are the caller's to fix, not a section's to skip.
+    """
     t0 = time.perf_counter()
     views = load_views(opts.store)
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
@@ -83,10 +93,11 @@ def build_report(opts: ReportOptions) -> ReportResult:
     _overview(report, views)
     numbers: dict = {}
     labels = views.train.labels if views.train is not None else np.zeros(0, dtype=np.int64)
+    classes = class_subset(labels, views.class_names, opts.classes)  # bad names: ValueError
     steps = [
         ("maps", lambda: add_projections(
-            report, views, classes=class_subset(labels, views.class_names, opts.classes),
-            points=opts.map_points, tsne_points=opts.tsne_points)),
+            report, views, classes=classes, points=opts.map_points,
+            tsne_points=opts.tsne_points)),
         ("probes", lambda: add_probes(
             report, views, train_cap=opts.probe_train, val_cap=opts.probe_val,
             cs=opts.probe_cs, max_iter=opts.probe_max_iter, max_dim=opts.probe_dim,

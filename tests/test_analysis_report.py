@@ -111,6 +111,11 @@ def test_single_class_store(tmp_path):
 def test_missing_store_is_a_clear_error(tmp_path, capsys):
     assert main(["--store", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "manifest.json not found" in capsys.readouterr().err
+    make_synthetic_store(tmp_path / "s", num_classes=3)
+    assert (
+        main(["--store", str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--classes", "x"]) == 2
+    )
+    assert "--classes names ['x']" in capsys.readouterr().err
 
 
 def test_thumbnails_patch_view_and_missing_text_model(tmp_path):
