@@ -103,10 +103,15 @@ def load_split(root: str | os.PathLike, split: str):
 
 
 def _matrix(table, column: str, dim: int) -> np.ndarray:
-    """A fixed-size-list Arrow column as a float32 [N, dim] array, without a row loop."""
+    """A fixed-size-list Arrow column as a float32 [N, dim] array, without a row loop.
+
+    The array is writable and owns its memory (float32 columns come out of Arrow as
+    read-only views; torch.from_numpy and in-place numpy code assume writable memory).
+    """
     col = table.column(column).combine_chunks()
     flat = col.flatten().to_numpy(zero_copy_only=False)
-    return np.ascontiguousarray(flat.reshape(len(col), dim), dtype=np.float32)
+    matrix = np.ascontiguousarray(flat.reshape(len(col), dim), dtype=np.float32)
+    return matrix if matrix.flags.writeable else matrix.copy()
 
 
 def load_arrays(root: str | os.PathLike, split: str) -> SplitArrays:
@@ -119,7 +124,7 @@ def load_arrays(root: str | os.PathLike, split: str) -> SplitArrays:
         raise StoreError(f"{info.root / split} lacks columns {missing}; rebuild the store.")
     return SplitArrays(
         ids=table.column("id").to_pylist(),
-        labels=table.column("label").to_numpy().astype(np.int64),
+        labels=table.column("label").to_numpy().astype(np.int64),  # astype copies: writable
         image_emb=_matrix(table, "image_emb", info.image_dim),
         text_emb=_matrix(table, "text_emb", info.text_dim),
         captions=table.column("caption").to_pylist(),

@@ -11,17 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from feature_store import SplitArrays, StoreError, load_arrays, open_store
-
-
-def as_tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor sharing ``array``'s memory, or a copy when it is read-only (Arrow-backed):
-    torch assumes writable memory."""
-    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def _passthrough(batch: dict) -> dict:
@@ -37,9 +30,9 @@ class EmbeddingRows(Dataset):
     """
 
     def __init__(self, arrays: SplitArrays) -> None:
-        self.image = as_tensor(arrays.image_emb)
-        self.text = as_tensor(arrays.text_emb)
-        self.label = as_tensor(arrays.labels)
+        self.image = torch.from_numpy(arrays.image_emb)
+        self.text = torch.from_numpy(arrays.text_emb)
+        self.label = torch.from_numpy(arrays.labels)
 
     def __len__(self) -> int:
         return len(self.label)

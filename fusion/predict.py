@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from feature_store import StoreError, StoreInfo, load_arrays, open_store
-from fusion.datamodule import as_tensor
 from fusion.heads import FusionHead, build_head
 from fusion.module import head_options
 
@@ -78,7 +77,7 @@ def head_probs(
     head: FusionHead, image: np.ndarray, text: np.ndarray, *, batch_size: int = 4096
 ) -> np.ndarray:
     """Softmax probabilities of ``head`` over in-memory embeddings, in batches."""
-    image_t, text_t = as_tensor(image), as_tensor(text)
+    image_t, text_t = torch.from_numpy(image), torch.from_numpy(text)
     out = [
         head(image_t[i : i + batch_size], text_t[i : i + batch_size]).softmax(dim=1)
         for i in range(0, len(image_t), batch_size)

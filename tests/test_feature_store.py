@@ -42,3 +42,14 @@ def test_missing_split_is_named(tmp_path):
     make_synthetic_store(tmp_path, per_class={"train": 3})
     with pytest.raises(StoreError, match="no split 'val'"):
         load_arrays(tmp_path, "val")
+
+
+def test_arrays_are_writable_float32(tmp_path):
+    # float32 columns would otherwise be read-only views of Arrow memory, which torch
+    # refuses to share safely (torch.from_numpy warns and in-place ops are undefined).
+    for dtype in ("float32", "float16"):
+        make_synthetic_store(tmp_path / dtype, num_classes=2, emb_dtype=dtype)
+        arrays = load_arrays(tmp_path / dtype, "train")
+        for a in (arrays.image_emb, arrays.text_emb, arrays.labels):
+            assert a.flags.writeable and a.flags.c_contiguous
+        assert arrays.image_emb.dtype == np.float32
