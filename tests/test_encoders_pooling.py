@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -34,7 +36,9 @@ def test_image_encoder_shapes_and_pooling(tiny_models, pooling, factor):  # noqa
     cfg = ImageConfig(model=str(tiny_models["dinov2"]), pooling=pooling)
     enc = ImageEncoder(cfg, dtype=torch.float32)
     pixels = ImagePreprocessor(cfg)(IMAGES)
-    assert pixels.shape == (2, 3, 32, 32)  # the processor's centre crop, not a squash
+    crop = json.loads((tiny_models["dinov2"] / "preprocessor_config.json").read_text())
+    side = crop["crop_size"]["height"]
+    assert pixels.shape == (2, 3, side, side)  # the processor's centre crop, not a squash
     with torch.inference_mode():
         out = enc(pixels)
         hidden = enc.model(pixel_values=pixels).last_hidden_state

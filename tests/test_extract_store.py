@@ -52,14 +52,20 @@ def test_store_layout_shapes_and_counts(built, tiny_models):  # noqa: F811
     m = info.manifest
     assert info.class_names == ["cat", "dog", "fish"]
     assert m["format_version"] == 1 and m["emb_dtype"] == "float16"
-    assert m["dims"] == {"image_emb": 32, "text_emb": 32}
+    # cls pooling: one hidden state per model, widths read from the saved model configs.
+    width = {k: json.loads((tiny_models[k] / "config.json").read_text())["hidden_size"]
+             for k in ("dinov2", "bert")}  # fmt: skip
+    assert m["dims"] == {"image_emb": width["dinov2"], "text_emb": width["bert"]}
     assert set(m["models"]) == {"image", "caption", "text"}
     assert m["models"]["image"]["pooling"] == "cls"
     assert m["models"]["image"]["local_path"] == str(tiny_models["dinov2"].resolve())
-    assert m["models"]["image"]["preprocessing"]["crop_size"] == {"height": 32, "width": 32}
+    saved = json.loads((tiny_models["dinov2"] / "preprocessor_config.json").read_text())
+    assert m["models"]["image"]["preprocessing"]["crop_size"] == saved["crop_size"]
     assert m["package_versions"]["torch"] and m["config"]["run"]["shard_size"] == 4
     ds = datasets.load_from_disk(str(out / "train"))
-    assert ds.features["image_emb"] == datasets.List(datasets.Value("float16"), length=32)
+    assert ds.features["image_emb"] == datasets.List(
+        datasets.Value("float16"), length=width["dinov2"]
+    )
     n_test = 4 + sum(1 for f in BAD_IMAGES.iterdir() if f.is_file())
     expected_inputs = {"train": 15, "val": 6, "test": n_test}
     for split, inputs in expected_inputs.items():
@@ -67,7 +73,8 @@ def test_store_layout_shapes_and_counts(built, tiny_models):  # noqa: F811
         assert c["inputs"] == inputs == c["rows"] + c["failed"]
         arr = load_arrays(out, split)
         assert len(arr) == c["rows"] and arr.ids == sorted(arr.ids)
-        assert arr.image_emb.shape == (c["rows"], 32) and arr.text_emb.shape == (c["rows"], 32)
+        assert arr.image_emb.shape == (c["rows"], width["dinov2"])
+        assert arr.text_emb.shape == (c["rows"], width["bert"])
         assert np.isfinite(arr.image_emb).all() and np.isfinite(arr.text_emb).all()
         assert all(cap.startswith("a sketch of") for cap in arr.captions)
     train = load_arrays(out, "train")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,7 +60,8 @@ def test_demo_config_builds_the_demo_store(tmp_path, monkeypatch):
                           "false"])  # fmt: skip
     assert out == Path("stores/demo")
     info = open_store(out)
-    assert info.num_classes == 10 and info.image_dim == 2 * info.text_dim  # cls+mean
+    hidden = json.loads((tmp_path / "demo/models/dinov2/config.json").read_text())["hidden_size"]
+    assert info.num_classes == 10 and info.image_dim == 2 * hidden  # cls+mean
     assert all((tmp_path / "demo/models" / m / "config.json").is_file()
                for m in ("dinov2", "blip2", "bert"))  # fmt: skip
     train = load_arrays(out, "train")
