@@ -117,18 +117,28 @@ class Models:
 
         self.dtype = resolve_dtype(cfg.run.dtype, cfg.run.accelerator)
         self.seconds: dict[str, float] = {}
+        self.captioner = self.caption_pre = None
+        if not cfg.input.captions_csv:
+            from data_prep.captioner import CaptionPreprocessor
+
+            # First, and without weights: a processor that would hide the image from the
+            # language model is refused (or repaired) before any model is loaded.
+            start = time.perf_counter()
+            self.caption_pre = CaptionPreprocessor(cfg.caption)
+            self.seconds["caption"] = time.perf_counter() - start
         start = time.perf_counter()
         self.image = ImageEncoder(cfg.image, dtype=self.dtype)
         self.image_pre = ImagePreprocessor(cfg.image, self.image.model)
         self.seconds["image"] = time.perf_counter() - start
-        self.captioner = self.caption_pre = None
-        if not cfg.input.captions_csv:
-            from data_prep.captioner import Captioner, CaptionPreprocessor
+        if self.caption_pre is not None:
+            from data_prep.captioner import Captioner
 
             start = time.perf_counter()
             self.captioner = Captioner(cfg.caption, dtype=self.dtype)
-            self.caption_pre = CaptionPreprocessor(cfg.caption)
-            self.seconds["caption"] = time.perf_counter() - start
+            # One blank image through generate: a model/prompt combination that cannot
+            # caption fails here, not after every model has loaded and the first batch ran.
+            self.captioner.check(self.caption_pre)
+            self.seconds["caption"] += time.perf_counter() - start
         start = time.perf_counter()
         self.text = TextEncoder(cfg.text, dtype=self.dtype)
         self.seconds["text"] = time.perf_counter() - start

@@ -54,6 +54,29 @@ def _bpe_tokenizer(vocab_size: int = 300):
     )
 
 
+def _unigram_tokenizer(vocab_size: int = 300):
+    """A SentencePiece-style Unigram tokenizer (T5's kind) trained in-process, with <image>."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import AddedToken, T5TokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "</s>", "<unk>"],  # T5's ids 0, 1, 2
+        unk_token="<unk>",
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    vocab = [tuple(v) for v in json.loads(tok.to_str())["model"]["vocab"]]
+    # T5TokenizerFast rebuilds the real T5 pipeline (Metaspace, "</s>" appended) on this vocab.
+    out = T5TokenizerFast(vocab=vocab, extra_ids=0)
+    out.add_tokens([AddedToken(_IMAGE_TOKEN, normalized=False, special=True)], special_tokens=True)
+    return out
+
+
 def _wordpiece_tokenizer(vocab_size: int = 200):
     """A BERT WordPiece tokenizer trained in-process on the same corpus."""
     from tokenizers import BertWordPieceTokenizer
@@ -100,9 +123,18 @@ def build_tiny_dinov2(out: str | os.PathLike, *, hidden: int = 64, image_size: i
 
 
 def build_tiny_blip2(
-    out: str | os.PathLike, *, hidden: int = 32, image_size: int = 32, num_query_tokens: int = 4
+    out: str | os.PathLike,
+    *,
+    hidden: int = 32,
+    image_size: int = 32,
+    num_query_tokens: int = 4,
+    language_model: str = "opt",
 ) -> Path:
-    """Blip2ForConditionalGeneration (tiny ViT + Q-Former + OPT) and its processor in ``out``."""
+    """Blip2ForConditionalGeneration (tiny ViT + Q-Former + LM) and its processor in ``out``.
+
+    ``language_model`` is ``opt`` (decoder-only, byte-level BPE: blip2-opt-*) or ``t5``
+    (encoder-decoder, Unigram: blip2-flan-t5-*), the two kinds of released BLIP-2.
+    """
     import torch
     from transformers import (
         Blip2Config,
@@ -111,11 +143,10 @@ def build_tiny_blip2(
         Blip2QFormerConfig,
         Blip2VisionConfig,
         BlipImageProcessor,
-        OPTConfig,
     )
 
     torch.manual_seed(1)
-    tokenizer = _bpe_tokenizer()
+    tokenizer = _bpe_tokenizer() if language_model == "opt" else _unigram_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids(_IMAGE_TOKEN)
     # A wide init (0.5, not 0.02) so different images lead to different (random) captions.
     init = 0.5
@@ -132,27 +163,18 @@ def build_tiny_blip2(
         qformer_config=Blip2QFormerConfig(
             hidden_size=hidden, encoder_hidden_size=hidden, vocab_size=len(tokenizer), **small
         ).to_dict(),
-        text_config=OPTConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            word_embed_proj_dim=hidden,
-            ffn_dim=2 * hidden,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=128,
-            init_std=init,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ).to_dict(),
+        text_config=_tiny_text_config(language_model, tokenizer, hidden=hidden, init=init),
         num_query_tokens=num_query_tokens,
         image_token_index=image_token_id,
         initializer_range=init,
     )
     model = Blip2ForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if language_model == "opt":
+        model.generation_config.bos_token_id = tokenizer.bos_token_id
+    else:  # T5 starts decoding from <pad> and has no BOS (as google/flan-t5-*)
+        model.generation_config.decoder_start_token_id = tokenizer.pad_token_id
     image_processor = BlipImageProcessor(
         size={"height": image_size, "width": image_size},
         image_mean=[0.48145466, 0.4578275, 0.40821073],
@@ -164,6 +186,46 @@ def build_tiny_blip2(
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return Path(out)
+
+
+def _tiny_text_config(kind: str, tokenizer, *, hidden: int, init: float) -> dict:
+    """A one-layer OPT or T5 config sized to ``tokenizer``, with its special token ids."""
+    from transformers import OPTConfig, T5Config
+
+    if kind == "opt":
+        return OPTConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            word_embed_proj_dim=hidden,
+            ffn_dim=2 * hidden,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=128,
+            init_std=init,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ).to_dict()
+    if kind == "t5":
+        # flan-t5's shape in small: gated-GELU feed-forward, untied output embedding.
+        return T5Config(
+            vocab_size=len(tokenizer),
+            d_model=hidden,
+            d_kv=hidden // 2,
+            d_ff=2 * hidden,
+            # Two layers, not one: a one-layer random T5 decoder loops on one token for
+            # almost every image; two give image-dependent (random) captions.
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=2,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            initializer_factor=3.0,  # T5 scales its own init by this
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        ).to_dict()
+    raise ValueError(f"language_model {kind!r} is not one of ['opt', 't5']")
 
 
 def build_tiny_bert(out: str | os.PathLike, *, hidden: int = 32) -> Path:
