@@ -2,9 +2,9 @@
 
 $ python -m analysis --store STORE --out report
 
-A caption is *degenerate* when it is empty, has fewer than two distinct words, or one word
-makes up more than half of a caption of four or more words (a generation loop such as
-"a a a a sketch"). A class name counts as *mentioned* when its words (underscores and
+*Empty* and *degenerate* are data_prep.caption_quality's definitions, the ones the store's
+manifest counts with (a word repeated, a word over half of the caption, a sub-word or
+character loop such as "uxbuxbuxb", no letters at all). A class name counts as *mentioned* when its words (underscores and
 hyphens read as spaces, case ignored) appear as a phrase in the caption.
 """
 
@@ -16,19 +16,9 @@ from collections import Counter
 import matplotlib.pyplot as plt
 import numpy as np
 
-WORD = re.compile(r"[a-z0-9']+")
+from data_prep.caption_quality import caption_quality, is_degenerate, words  # noqa: F401
+
 WNID = re.compile(r"^n\d{8}$")
-
-
-def words(text: str) -> list[str]:
-    return WORD.findall(text.lower())
-
-
-def is_degenerate(caption: str) -> bool:
-    w = words(caption)
-    if len(set(w)) < 2:
-        return True
-    return len(w) >= 4 and Counter(w).most_common(1)[0][1] > len(w) / 2
 
 
 def mentions_class(caption: str, class_name: str) -> bool:
@@ -39,14 +29,15 @@ def mentions_class(caption: str, class_name: str) -> bool:
 def caption_stats(captions: list[str], labels: np.ndarray, class_names: list[str]) -> dict:
     """Counts and rates the section shows (also what the tests check)."""
     lengths = np.array([len(words(c)) for c in captions])
+    quality = Counter(caption_quality(c) for c in captions)
     named = [
         mentions_class(c, class_names[y]) for c, y in zip(captions, labels, strict=True) if y >= 0
     ]
     return {
         "n": len(captions),
         "lengths": lengths,
-        "degenerate": sum(is_degenerate(c) for c in captions),
-        "empty": sum(not c.strip() for c in captions),
+        "degenerate": quality["degenerate"],
+        "empty": quality["empty"],
         "mention_rate": float(np.mean(named)) if named else float("nan"),
         "top": Counter(c.strip() for c in captions).most_common(15),
     }

@@ -123,9 +123,11 @@ class PrepData(L.LightningDataModule):
         self.collate = Collate(image_pre, caption_pre)
         self.rank_shards: list[Shard] = []
 
+    def shards_of_rank(self, rank: int, world: int) -> list[Shard]:
+        return self.pending[rank::world]
+
     def predict_dataloader(self):
-        rank, world = self.trainer.global_rank, self.trainer.world_size
-        self.rank_shards = self.pending[rank::world]
+        self.rank_shards = self.shards_of_rank(self.trainer.global_rank, self.trainer.world_size)
         return DataLoader(
             ItemDataset(self.listing, self.items),
             batch_sampler=ShardBatchSampler(self.rank_shards, self.offsets, self.batch_size),
@@ -199,6 +201,7 @@ class ShardWriter(BasePredictionWriter):
         self.written = 0
         self.bar = None
         self.bar_split = None
+        self._splits: list[list] = []  # [split, images] still to show, in predict order
 
     def _shard_of(self, index: int) -> Shard:
         split = next(s for s in reversed(self.splits) if index >= self.offsets[s])
@@ -260,20 +263,44 @@ class ShardWriter(BasePredictionWriter):
             while True:  # wait here to be killed (see PAUSE_ENV)
                 time.sleep(1)
 
-    def _advance(self, trainer, split: str, n: int) -> None:
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # The first bar opens before the first batch is even fetched (Lightning prefetches
+        # it before on_predict_start), so its clock and rate include that batch; a bar
+        # opened after it once showed "test: 2/2 [00:00, 808 img/s]" for an 11 s split.
+        self._splits = []
+        data = trainer.datamodule
+        for s in data.shards_of_rank(trainer.global_rank, trainer.world_size):
+            if not self._splits or self._splits[-1][0] != s.split:
+                self._splits.append([s.split, 0])
+            self._splits[-1][1] += len(s)
+        self._open_next_bar(trainer)
+
+    def _open_next_bar(self, trainer) -> None:
+        """Close the current bar; open the next split's (this rank's images of it)."""
         if not (self.progress and trainer.is_global_zero):
             return
-        if split != self.bar_split:
-            from tqdm.auto import tqdm
+        from tqdm.auto import tqdm
 
-            if self.bar is not None:
-                self.bar.close()
-            shards = trainer.datamodule.rank_shards
-            total = sum(len(s) for s in shards if s.split == split)
-            self.bar = tqdm(total=total, desc=f"{split:>6}", unit="img", dynamic_ncols=True)
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = self.bar_split = None
+        if self._splits:
+            split, total = self._splits.pop(0)
+            # smoothing=0: the rate shown is images / elapsed since the bar opened, not a
+            # moving average of the last few batches.
+            self.bar = tqdm(total=total, desc=f"{split:>6}", unit="img", dynamic_ncols=True,
+                            smoothing=0)  # fmt: skip
             self.bar_split = split
+
+    def _advance(self, trainer, split: str, n: int) -> None:
+        if self.bar is None or split != self.bar_split:
+            return
         self.bar.update(n)
+        if self.bar.n >= self.bar.total:
+            # Done with this split: the next one's clock starts now, before its first batch.
+            self._open_next_bar(trainer)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None

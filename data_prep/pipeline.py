@@ -26,11 +26,24 @@ from data_prep.store import PREP_DIR, StoreWriter, features, plan_shards
 log = logging.getLogger("data_prep")
 
 
-def prepare_demo(cfg: PrepConfig) -> None:
-    """Generate the demo images and tiny models where missing; point the config at them."""
+def prepare_demo(cfg: PrepConfig, plain: dict[str, Any] | None = None) -> None:
+    """Generate the demo images and tiny models where missing; point the config at them.
+
+    A model the user set (``--caption.model X``: any value other than the built-in default)
+    wins over the demo's tiny one; the others become the tiny models, and ``plain`` (the
+    config recorded in the manifest) is updated to say what actually ran. ``input.root``
+    cannot be combined with the demo (it draws its own images) and is refused.
+    """
+    from data_prep.config import CaptionConfig, ImageConfig, TextConfig
     from data_prep.demo_images import make_demo_images
     from data_prep.tiny_models import ensure_tiny_models
 
+    if cfg.input.root:
+        raise ValueError(
+            f"--input.root {cfg.input.root} is not used with demo.enabled: true (the demo "
+            f"draws its own images into demo.images, {cfg.demo.images}). Fix: drop "
+            "--input.root, or pass --demo.enabled false to use your images."
+        )
     images = Path(cfg.demo.images)
     if not (images / "train_images").is_dir():
         make_demo_images(
@@ -42,8 +55,22 @@ def prepare_demo(cfg: PrepConfig) -> None:
         )
     models = ensure_tiny_models(cfg.demo.models)
     cfg.input.kind, cfg.input.root = "kaggle", str(images)
-    cfg.image.library, cfg.image.model = "transformers", str(models["dinov2"])
-    cfg.caption.model, cfg.text.model = str(models["blip2"]), str(models["bert"])
+    changed: dict[str, dict[str, str]] = {"input": {"kind": "kaggle", "root": str(images)}}
+    if (cfg.image.model, cfg.image.library) == (ImageConfig.model, ImageConfig.library):
+        cfg.image.model = str(models["dinov2"])
+        changed["image"] = {"model": cfg.image.model}
+    if cfg.caption.model == CaptionConfig.model:
+        cfg.caption.model = str(models["blip2"])
+        changed["caption"] = {"model": cfg.caption.model}
+    if cfg.text.model == TextConfig.model:
+        cfg.text.model = str(models["bert"])
+        changed["text"] = {"model": cfg.text.model}
+    kept = [f"{k}.model" for k in ("image", "caption", "text") if k not in changed]
+    if kept and cfg.run.progress:
+        print(f"demo: using your {', '.join(kept)} instead of the demo's tiny model")
+    for section, values in changed.items():
+        if plain is not None:
+            plain.setdefault(section, {}).update(values)
 
 
 def build_listing(cfg: PrepConfig):
@@ -187,7 +214,7 @@ def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
     """Build (or finish) the store described by ``cfg``; return its directory."""
     start = time.perf_counter()
     if cfg.demo.enabled:
-        prepare_demo(cfg)
+        prepare_demo(cfg, plain)
     listing = build_listing(cfg)
     captions = None
     if cfg.input.captions_csv:

@@ -20,6 +20,15 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return ensure_tiny_models(tmp_path_factory.mktemp("models"))
 
 
+@pytest.fixture(scope="session")
+def tiny_blip2s(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    """The two kinds of BLIP-2: ``opt`` (decoder-only, the demo's) and ``t5`` (Flan-T5's kind)."""
+    from data_prep.tiny_models import build_tiny_blip2
+
+    t5 = build_tiny_blip2(tmp_path_factory.mktemp("blip2_t5"), language_model="t5")
+    return {"opt": tiny_models["blip2"], "t5": t5}
+
+
 def draw_kaggle_tree(root: Path, *, classes=("cat", "dog", "fish"), train=5, val=2, test=4,
                      seed: int = 0, bad_images: bool = True) -> Path:  # fmt: skip
     """A Kaggle-layout tree of random line drawings; every committed bad-image fixture

@@ -191,13 +191,16 @@ def test_class_subset_count_and_names():
 
 
 def test_caption_stats():
-    caps = ["a sketch of a golden_retriever", "", "dog dog dog dog sketch", "a drawing of a cat"]
+    caps = ["a sketch of a golden_retriever", "", "dog dog dog dog sketch", "a drawing of a cat",
+            "a sketch of uxbuxbuxbuxb"]  # fmt: skip
     names = ["golden_retriever", "cat"]
-    labels = np.array([0, 1, 0, 1])
+    labels = np.array([0, 1, 0, 1, 1])
     st = caption_stats(caps, labels, names)
+    # The manifest's definitions (data_prep.caption_quality): "" is empty, not degenerate;
+    # a word loop and a sub-word loop are degenerate.
     assert st["empty"] == 1 and st["degenerate"] == 2
-    assert st["mention_rate"] == pytest.approx(2 / 4)
-    assert st["lengths"].tolist() == [6, 0, 5, 5]  # "golden_retriever" is two words
+    assert st["mention_rate"] == pytest.approx(2 / 5)
+    assert st["lengths"].tolist() == [6, 0, 5, 5, 4]  # "golden_retriever" is two words
     assert mentions_class("A Golden Retriever running", "golden_retriever")
     assert not mentions_class("a catalogue", "cat")
     assert not is_degenerate("two words")
