@@ -15,7 +15,12 @@ from data_prep.caption_quality import caption_quality
 from data_prep.captioner import Captioner, CaptionPreprocessor, CaptionSetupError
 from data_prep.config import CaptionConfig
 from feature_store import load_arrays, open_store
-from tests.fixtures_extraction import draw_kaggle_tree, prep_argv, tiny_blip2s, tiny_models  # noqa: F401
+from tests.fixtures_extraction import (  # noqa: F401 - tiny_blip2s, tiny_models: fixtures
+    draw_kaggle_tree,
+    prep_argv,
+    tiny_blip2s,
+    tiny_models,
+)
 
 # Random noise: images far apart, so even an untrained BLIP-2 captions them differently.
 IMAGES = [
@@ -98,11 +103,7 @@ def test_processor_that_cannot_be_repaired_is_refused(tiny_blip2s, tmp_path):  #
         CaptionPreprocessor(CaptionConfig(model=str(mismatch)))
 
 
-def test_failing_generate_is_caught_before_the_first_image(
-    tiny_models,
-    tmp_path,
-    monkeypatch,  # noqa: F811
-):
+def test_failing_generate_is_caught_before_the_first_image(tiny_models, tmp_path, monkeypatch):  # noqa: F811
     from transformers import Blip2ForConditionalGeneration
 
     import data_prep.text_encoder

@@ -1,11 +1,14 @@
-"""The pieces of extract.py on their own: batching by shard, failures in preprocessing."""
+"""The pieces of extract.py on their own: batching by shard, failures in preprocessing,
+progress bars."""
 
 from __future__ import annotations
+
+import time
 
 import torch
 from PIL import Image
 
-from data_prep.extract import Collate, ShardBatchSampler
+from data_prep.extract import Collate, ShardBatchSampler, ShardWriter
 from data_prep.store import plan_shards
 
 
@@ -45,3 +48,29 @@ def test_collate_turns_a_preprocessing_failure_into_a_counted_skip():
     assert batch["pixel_values"][:, 0, 0, 0].tolist() == [5.0, 9.0]
     reasons = dict(batch["failed"])
     assert reasons[12] == "truncated image" and "cannot crop 1x7" in reasons[11]
+
+
+def test_progress_bar_opens_before_the_first_batch_and_follows_the_splits():
+    from types import SimpleNamespace
+
+    sizes = {"train": 6, "val": 0, "test": 3}
+    shards = plan_shards(sizes, 4)
+    data = SimpleNamespace(shards_of_rank=lambda rank, world: shards[rank::world])
+    trainer = SimpleNamespace(datamodule=data, global_rank=0, world_size=1, is_global_zero=True)
+    writer = ShardWriter(store=None, feats=None, items=[], offsets={"train": 0, "val": 6,
+                         "test": 6}, shards=shards, shard_size=4)  # fmt: skip
+    opened = time.time()
+    writer.setup(trainer, None, "predict")
+    # Open, empty, counting from now: the first batch's time will be in the elapsed time.
+    assert writer.bar_split == "train" and (writer.bar.n, writer.bar.total) == (0, 6)
+    assert opened <= writer.bar.start_t <= time.time()
+    first = writer.bar
+    writer._advance(trainer, "train", 4)
+    assert writer.bar is first and first.n == 4
+    writer._advance(trainer, "train", 2)
+    # train finished: the test bar is open at once (val has nothing to do on this rank).
+    assert writer.bar_split == "test" and (writer.bar.n, writer.bar.total) == (0, 3)
+    assert first.disable or first.n == 6
+    writer._advance(trainer, "test", 3)
+    assert writer.bar is None  # nothing left to show
+    writer.on_predict_end(trainer, None)

@@ -14,7 +14,12 @@ import pytest
 import data_prep
 from data_prep.config import parse_config
 from feature_store import load_arrays, open_store
-from tests.fixtures_extraction import draw_kaggle_tree, prep_argv, tiny_models  # noqa: F401
+from tests.fixtures_extraction import (  # noqa: F401 - tiny_blip2s, tiny_models: fixtures
+    draw_kaggle_tree,
+    prep_argv,
+    tiny_blip2s,
+    tiny_models,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs" / "prep").glob("*.yaml"))
@@ -69,6 +74,24 @@ def test_demo_config_builds_the_demo_store(tmp_path, monkeypatch):
     # Untrained, but the random captioner still looks at the image: captions vary.
     assert len(set(train.captions)) > 1
     assert info.manifest["splits"]["train"]["failed"] == 0
+
+
+def test_demo_config_keeps_a_model_override(tmp_path, tiny_blip2s):  # noqa: F811
+    """--caption.model X with the demo config: X is used and recorded, not the tiny OPT."""
+    t5 = str(tiny_blip2s["t5"])
+    demo = ["--config", str(REPO / "configs/prep/demo.yaml"), "--demo.images",
+            str(tmp_path / "images"), "--demo.models", str(tmp_path / "models"),
+            "--demo.num_classes", "2", "--demo.per_class", "{train: 2, val: 1, test: 1}",
+            "--run.out", str(tmp_path / "store"), "--run.progress", "false"]  # fmt: skip
+    out = data_prep.main([*demo, "--caption.model", t5, "--caption.prompt", ""])
+    m = open_store(out).manifest
+    assert m["models"]["caption"]["local_path"] == str(Path(t5).resolve())
+    assert m["config"]["caption"]["model"] == t5
+    # The models left at their defaults are the demo's tiny ones, and recorded as such.
+    assert m["config"]["image"]["model"] == str(tmp_path / "models" / "dinov2")
+    assert m["models"]["text"]["local_path"] == str((tmp_path / "models" / "bert").resolve())
+    with pytest.raises(ValueError, match="input.root .* demo"):
+        data_prep.main([*demo, "--input.root", str(tmp_path)])
 
 
 def test_hf_imagefolder_dataset(tmp_path, tiny_models):  # noqa: F811
