@@ -1,10 +1,17 @@
 """Caption a Kaggle image tree with LAVIS BLIP-2 and write captions.csv (id,caption).
 
-Runs in its OWN environment (requirements-lavis.txt; see docs/lavis.md), never in the
-project's: LAVIS pins transformers<4.27 and timm==0.4.12.
+Optional: data_prep's own captioner (transformers' Blip2ForConditionalGeneration, which is
+also what the report used: Salesforce/blip2-flan-t5-xl, no prompt, 8-bit) is the
+recommended path. This is for LAVIS's own checkpoints or to compare with LAVIS captions.
+Runs in its OWN environment (Python 3.10/3.11, requirements-lavis.txt; see docs/lavis.md),
+never in the project's: LAVIS pins transformers<4.27 and timm==0.4.12. LAVIS downloads
+bert-base-uncased, the language model and two .pth files when the model loads; pre-place
+them as docs/lavis.md says to run offline.
 
 $ .venv-lavis/bin/python tools/lavis_captions.py --root data/mva-recvis-2024 \
       --out data/captions.csv --model blip2_opt --type pretrain_opt2.7b --prompt "a sketch of"
+$ .venv-lavis/bin/python tools/lavis_captions.py --root data/mva-recvis-2024 \
+      --out data/captions.csv --model blip2_t5 --type pretrain_flant5xl --prompt ""
 
 Ids are file names without extension, exactly as data_prep makes them; a file PIL cannot
 open gets an empty caption (data_prep counts empty captions and will skip the image anyway).
