@@ -85,6 +85,13 @@ def _ensure_query_tokens(processor, config, model: str) -> None:
     want = config.num_query_tokens
     have = processor.num_query_tokens
     file = _processor_file(model)
+    if config.image_token_index is None:
+        raise CaptionSetupError(
+            f"{model}: config.json has no image_token_index (a BLIP-2 saved by an old "
+            "transformers), so the image features have no place in the prompt. Fix: use the "
+            "current Salesforce/blip2-* files from the hub, or re-save the model and "
+            "processor with the current transformers."
+        )
     if have == want:
         return
     if have is not None:
@@ -94,12 +101,12 @@ def _ensure_query_tokens(processor, config, model: str) -> None:
         )
     token = getattr(processor.image_token, "content", str(processor.image_token))
     token_id = processor.tokenizer.convert_tokens_to_ids(token)
-    if config.image_token_index is None or token_id != config.image_token_index:
+    if token_id != config.image_token_index:
         raise CaptionSetupError(
             f"{file}: no num_query_tokens, and it cannot be repaired safely: the tokenizer's "
             f"{token} is id {token_id}, the model's image_token_index is "
-            f"{config.image_token_index}. Fix: use a BLIP-2 saved by transformers >= 4.47 "
-            f'(the Salesforce/blip2-* hub repos are), or add "num_query_tokens": {want} to '
+            f"{config.image_token_index}. Fix: use the current Salesforce/blip2-* "
+            f'files from the hub, or add "num_query_tokens": {want} to '
             f"{file} and {token} to the tokenizer at id {config.image_token_index}."
         )
     processor.num_query_tokens = want

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -93,7 +94,11 @@ def test_processor_that_cannot_be_repaired_is_refused(tiny_blip2s, tmp_path):  #
     config = json.loads((old / "config.json").read_text())
     config["image_token_index"] += 1  # the tokenizer's <image> is not the model's image token
     (old / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CaptionSetupError, match=f"{old / 'processor_config.json'}.*Fix"):
+    with pytest.raises(CaptionSetupError, match=re.escape(str(old / "processor_config.json"))):
+        CaptionPreprocessor(CaptionConfig(model=str(old)))
+    config["image_token_index"] = None  # a model saved before BLIP-2 had image tokens
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CaptionSetupError, match="no image_token_index"):
         CaptionPreprocessor(CaptionConfig(model=str(old)))
     # A processor that disagrees with the model is refused too, naming the value to set.
     mismatch = _copy_without_query_tokens(tiny_blip2s["opt"], tmp_path / "mismatch")
