@@ -1,6 +1,7 @@
 """Tiny, randomly initialised DINOv2 / BLIP-2 / BERT models of the real classes.
 
 $ python -m data_prep.tiny_models demo/models     # writes dinov2/ blip2/ bert/ under it
+$ python -c "from data_prep.tiny_models import *; build_tiny_blip2('t5', language_model='t5')"
 
 They exist so the demo and the tests run offline in seconds through exactly the code path
 a real model takes (``from_pretrained(local_dir)``). They are UNTRAINED: their captions
