@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data_prep.caption_quality import caption_quality  # noqa: F401 - re-exported
 from data_prep.config import CaptionConfig
 from data_prep.loading import load_pretrained, model_source
 

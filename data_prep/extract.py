@@ -219,7 +219,7 @@ class ShardWriter(BasePredictionWriter):
             self._write(shard, self.buffers.pop((shard.split, shard.index)), trainer.global_rank)
 
     def _write(self, shard: Shard, preds: list[dict], rank: int) -> None:
-        from data_prep.captioner import caption_quality
+        from data_prep.caption_quality import caption_quality
 
         good = [i for p in preds for i in p["good"]]
         order = np.argsort(good, kind="stable")  # id order, whatever the batch order was
