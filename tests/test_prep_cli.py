@@ -76,11 +76,13 @@ def test_demo_config_builds_the_demo_store(tmp_path, monkeypatch):
     assert info.manifest["splits"]["train"]["failed"] == 0
 
 
-def test_demo_config_keeps_a_model_override(tmp_path, tiny_blip2s):  # noqa: F811
+@pytest.mark.slow
+def test_demo_config_keeps_a_model_override(tmp_path, tiny_models, tiny_blip2s):  # noqa: F811
     """--caption.model X with the demo config: X is used and recorded, not the tiny OPT."""
     t5 = str(tiny_blip2s["t5"])
+    models = tiny_models["dinov2"].parent  # the session's tiny models: nothing to build
     demo = ["--config", str(REPO / "configs/prep/demo.yaml"), "--demo.images",
-            str(tmp_path / "images"), "--demo.models", str(tmp_path / "models"),
+            str(tmp_path / "images"), "--demo.models", str(models),
             "--demo.num_classes", "2", "--demo.per_class", "{train: 2, val: 1, test: 1}",
             "--run.out", str(tmp_path / "store"), "--run.progress", "false"]  # fmt: skip
     out = data_prep.main([*demo, "--caption.model", t5, "--caption.prompt", ""])
@@ -88,8 +90,8 @@ def test_demo_config_keeps_a_model_override(tmp_path, tiny_blip2s):  # noqa: F81
     assert m["models"]["caption"]["local_path"] == str(Path(t5).resolve())
     assert m["config"]["caption"]["model"] == t5
     # The models left at their defaults are the demo's tiny ones, and recorded as such.
-    assert m["config"]["image"]["model"] == str(tmp_path / "models" / "dinov2")
-    assert m["models"]["text"]["local_path"] == str((tmp_path / "models" / "bert").resolve())
+    assert m["config"]["image"]["model"] == str(models / "dinov2")
+    assert m["models"]["text"]["local_path"] == str((models / "bert").resolve())
     with pytest.raises(ValueError, match="input.root .* demo"):
         data_prep.main([*demo, "--input.root", str(tmp_path)])
 
