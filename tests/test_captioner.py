@@ -127,6 +127,7 @@ def test_failing_generate_is_caught_before_the_first_image(tiny_models, tmp_path
     assert not list((tmp_path / "store").rglob("*.parquet"))
 
 
+@pytest.mark.slow
 def test_flan_t5_blip2_without_prompt_end_to_end(tiny_blip2s, tiny_models, tmp_path):  # noqa: F811
     """The report's captioner setting (blip2-flan-t5-xl, no prompt) through data_prep."""
     root = draw_kaggle_tree(tmp_path / "data", train=2, val=1, test=2, bad_images=False)
