@@ -4,6 +4,7 @@ $ python train.py                                                   # the demo, 
 $ python train.py fit --config configs/dual_logit_l0.1.yaml --data.store stores/kaggle
 $ python train.py fit --config configs/concat.yaml --model.dropout 0.5 --trainer.max_epochs 80
 $ python train.py fit --config configs/concat.yaml --ckpt_path last      # resume the newest run
+$ python train.py probe --data.store stores/kaggle        # the tuned linear-probe baseline
 
 With no arguments: build ``stores/demo`` if it is missing (``python -m data_prep --config
 configs/prep/demo.yaml``), fit ``configs/demo.yaml`` (the dual-logit head), write the
@@ -110,7 +111,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     from fusion.cli import ResumeError
     from fusion.cli import main as cli_main
 
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args[0] == "probe":
+            from fusion.probe_run import run_probe
+
+            run_probe(args[1:])
+            return
         cli_main(None if argv is None else list(argv))  # None: LightningCLI reads sys.argv
     except (StoreError, ResumeError) as err:
         # Bad input the user can fix: the message says how, a traceback would bury it.

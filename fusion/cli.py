@@ -31,6 +31,8 @@ from fusion.callbacks import RunArtifacts
 from fusion.datamodule import FeatureDataModule
 from fusion.loggers import make_loggers
 from fusion.module import FusionModule
+from fusion.probe_run import latest_probe, probe_line
+from fusion.recipe import Recipe
 
 RUN_DIR_ENV = "SKETCHFUSION_RUN_DIR"
 
@@ -98,6 +100,7 @@ class FusionCLI(LightningCLI):
                 "early_stopping.patience": 10,
             }
         )
+        parser.add_class_arguments(Recipe, "recipe")
         for key in ("image_dim", "text_dim", "class_names"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
 
@@ -130,10 +133,32 @@ class FusionCLI(LightningCLI):
                 project=cfg["wandb_project"],
                 name=f"{self.experiment}/{self.run_dir.name}",
             )
+        self.apply_recipe(kwargs)
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         kwargs["callbacks"] = [*callbacks, RunArtifacts()]
         return super().instantiate_trainer(**kwargs)
+
+    def apply_recipe(self, kwargs: dict) -> None:
+        """Fill in the training length from the store (fusion/recipe.py) when the config
+        sets neither ``max_epochs`` nor ``max_steps``, and keep early stopping off until
+        ``min_fraction`` of it has run."""
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        recipe = self._get(self.config_init, "recipe", default=None)
+        dm = self.datamodule
+        if recipe is None or self.subcommand != "fit" or not getattr(dm, "train_rows", 0):
+            return
+        max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps", -1)
+        if max_epochs is None and max_steps in (None, -1):
+            kwargs["max_steps"] = recipe.steps(dm.train_rows, dm.batch_size)
+            kwargs["max_epochs"] = -1
+            if trainer_cfg.get("min_steps") is None:
+                kwargs["min_steps"] = round(recipe.min_fraction * kwargs["max_steps"])
+            rank_zero_info(
+                f"recipe: batch {dm.batch_size}, {kwargs['max_steps']} steps "
+                f"({kwargs['max_steps'] * dm.batch_size / dm.train_rows:.1f} epochs of "
+                f"{dm.train_rows} rows), lr {self.model.effective_lr_for(dm.batch_size):.2e}"
+            )
 
     def before_fit(self) -> None:
         rank_zero_info(f"run directory: {self.run_dir}")
@@ -145,6 +170,14 @@ class FusionCLI(LightningCLI):
             rank_zero_info(
                 f"best checkpoint: {ckpt.best_model_path} (val/acc_top1 "
                 f"{float(score):.4f}); run directory: {self.run_dir}"
+            )
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            probe = latest_probe(cfg["data"]["store"], cfg["runs_root"])
+            rank_zero_info(
+                probe_line(probe)
+                if probe
+                else "no linear probe on this store yet: `python train.py probe --data.store "
+                f"{cfg['data']['store']}` gives the baseline to beat"
             )
 
 

@@ -9,12 +9,14 @@ The store's dims and class names are read from its manifest when the module is b
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from feature_store import SplitArrays, StoreError, load_arrays, open_store
+from fusion.recipe import auto_batch_size
 
 
 def _passthrough(batch: dict) -> dict:
@@ -69,7 +71,8 @@ class FeatureDataModule(L.LightningDataModule):
 
     Args:
         store: the feature-store directory (``python -m data_prep`` writes one).
-        batch_size: training batch size.
+        batch_size: training batch size, or ``auto`` (``fusion.recipe.auto_batch_size``:
+            about 1/64 of the train rows, a power of two in [16, 512]).
         eval_batch_size: batch size for validation and prediction (no gradients: larger).
         train_split, val_split, predict_split: split names in the store.
         num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
@@ -79,7 +82,7 @@ class FeatureDataModule(L.LightningDataModule):
         self,
         store: str = "stores/demo",
         *,
-        batch_size: int = 256,
+        batch_size: int | Literal["auto"] = "auto",
         eval_batch_size: int = 1024,
         train_split: str = "train",
         val_split: str = "val",
@@ -93,7 +96,8 @@ class FeatureDataModule(L.LightningDataModule):
         self.image_dim = info.image_dim
         self.text_dim = info.text_dim
         self.class_names = info.class_names
-        self.batch_size = batch_size
+        self.train_rows = info.rows(train_split) if train_split in info.manifest["splits"] else 0
+        self.batch_size = auto_batch_size(self.train_rows) if batch_size == "auto" else batch_size
         self.eval_batch_size = eval_batch_size
         self.train_split = train_split
         self.val_split = val_split
@@ -121,6 +125,11 @@ class FeatureDataModule(L.LightningDataModule):
     def ids(self, split: str) -> list[str]:
         """The ids of a loaded split, in row order (batches carry row indices)."""
         return self._ids[split]
+
+    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The train split's image and text embeddings (for input standardisation)."""
+        rows = self._load(self.train_split, labelled=True)
+        return rows.image, rows.text
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
