@@ -5,6 +5,7 @@ $ python train.py fit --config configs/dual_logit_l0.1.yaml --data.store stores/
 $ python train.py fit --config configs/concat.yaml --model.dropout 0.5 --trainer.max_epochs 80
 $ python train.py fit --config configs/concat.yaml --ckpt_path last      # resume the newest run
 $ python train.py probe --data.store stores/kaggle        # the tuned linear-probe baseline
+$ python train.py stack --checkpoint A.ckpt --checkpoint B.ckpt --data.store stores/kaggle
 
 With no arguments: build ``stores/demo`` if it is missing (``python -m data_prep --config
 configs/prep/demo.yaml``), fit ``configs/demo.yaml`` (the dual-logit head), write the
@@ -117,6 +118,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             from fusion.probe_run import run_probe
 
             run_probe(args[1:])
+            return
+        if args[0] == "stack":
+            from fusion.stacking import run_stack
+
+            run_stack(args[1:])
             return
         cli_main(None if argv is None else list(argv))  # None: LightningCLI reads sys.argv
     except (StoreError, ResumeError) as err:

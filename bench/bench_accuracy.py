@@ -31,6 +31,7 @@ from feature_store import load_arrays, open_store  # noqa: E402
 from fusion.probe import fit_probe  # noqa: E402
 
 CONFIGS = ("linear", "visual_only", "text_only", "concat", "gated", "dual_logit_l0.1")
+# the report's Table 1 heads not in CONFIGS: --configs dual_logit_l0.3,dual_logit_softmax
 KIND_ORDER = ("informative", "neutral", "misleading", "noise")
 
 
@@ -94,10 +95,32 @@ def head_scores(store: Path, config: str, runs: Path, labels, kinds, extra: list
     _, probs = predict_probs([ckpt.best_model_path], store, "test")
     return {
         **scores(probs, labels, kinds),
+        "checkpoint": ckpt.best_model_path,
         "val": float(ckpt.best_model_score),
         "steps": int(cli.trainer.global_step),
         "seconds": seconds,
     }
+
+
+def stack_scores(store: Path, results: dict, labels, kinds) -> dict[str, dict[str, float]]:
+    """Late fusion of the separately trained visual_only and text_only heads."""
+    from fusion.stacking import Stacker, cross_fit, member_log_probs
+
+    members = [results[c]["checkpoint"] for c in ("visual_only", "text_only")]
+    _, val_lp = member_log_probs(members, str(store), "val")
+    _, test_lp = member_log_probs(members, str(store), "test")
+    val_labels = load_arrays(store, "val").labels
+    out = {}
+    for method in ("weights", "logistic"):
+        t0 = time.perf_counter()
+        crossed = cross_fit(val_lp, val_labels, method=method)
+        stacker = Stacker(len(members), method).fit(val_lp, val_labels)
+        out[f"stack:{method}"] = {
+            **scores(stacker.predict_proba(test_lp), labels, kinds),
+            "val": float((crossed.argmax(1) == val_labels).mean()),
+            "seconds": time.perf_counter() - t0,
+        }
+    return out
 
 
 def table(name: str, results: dict[str, dict[str, float]]) -> str:
@@ -133,6 +156,8 @@ def main() -> None:
         results = probe_scores(splits, labels, kinds)
         for config in a.configs.split(","):
             results[config] = head_scores(store, config, Path(a.runs), labels, kinds, a.extra)
+        if "visual_only" in results and "text_only" in results:
+            results.update(stack_scores(store, results, labels, kinds))
         everything[name] = results
         print(table(f"{name}: {info.num_classes} classes, {len(splits['train'])} train rows", results))
         if a.json:
