@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from feature_store.integrity import shard_record
 from feature_store.layout import FORMAT_VERSION
 
 PACKAGES = ("torch", "transformers", "timm", "datasets", "lightning", "tokenizers", "pillow",
@@ -35,14 +36,19 @@ def finalize(*, cfg, plain, listing, shards, store, feats, models, load_seconds,
             "rerun the same command to resume."
         )
     counts: dict[str, dict[str, int]] = {}
+    records: dict[str, list[dict[str, Any]]] = {}
     failures: list[dict[str, str]] = []
     model_seconds: dict[str, float] = {}
     for split, items in listing.splits.items():
         split_shards = [s for s in shards if s.split == split]
         c = {"inputs": len(items), "rows": 0, "failed": 0}
         c.update(captions_empty=0, captions_degenerate=0)
+        records[split] = []
         for s in split_shards:
             m = store.marker(s)
+            if "sha256" not in m:  # a shard written before checksums were recorded
+                m = {**m, **shard_record(store.arrow_path(s), m["rows"])}
+            records[split].append({k: m[k] for k in ("file", "rows", "bytes", "sha256")})
             c["rows"] += m["rows"]
             c["failed"] += len(m["failed"])
             c["captions_empty"] += m["captions_empty"]
@@ -61,6 +67,7 @@ def finalize(*, cfg, plain, listing, shards, store, feats, models, load_seconds,
         "dims": {"image_emb": feats["image_emb"].length, "text_emb": feats["text_emb"].length},
         "emb_dtype": cfg.run.emb_dtype,
         "splits": counts,
+        "shards": records,  # rows, bytes, sha256 per shard: checked by every reader
         "models": models,
         "source": getattr(listing, "source", ""),
         "failures": len(failures),
