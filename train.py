@@ -12,6 +12,7 @@ submission for the demo test split into the run directory and print where everyt
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -103,18 +104,36 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Exit codes: 0 done; 2 bad input (one line naming it and the fix); 1 a non-finite
+    loss; 143 stopped by SIGTERM after saving ``last.ckpt`` (resume: --ckpt_path last)."""
     if not (sys.argv[1:] if argv is None else argv):
         run_demo()
         return
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from feature_store import StoreError
-    from fusion.cli import ResumeError
+    from fusion.callbacks import NonFiniteLossError
+    from fusion.cli import ResumeError, RunDirError
     from fusion.cli import main as cli_main
+    from fusion.exit import EXIT_SIGTERM, ExitError
+    from fusion.predict import CheckpointError
 
     try:
         cli_main(None if argv is None else list(argv))  # None: LightningCLI reads sys.argv
-    except (StoreError, ResumeError) as err:
+    except (StoreError, ResumeError, RunDirError, CheckpointError) as err:
         # Bad input the user can fix: the message says how, a traceback would bury it.
-        raise SystemExit(f"train.py: {err}") from err
+        raise ExitError(f"train.py: error: {err}") from err
+    except NonFiniteLossError as err:
+        raise ExitError(f"train.py: error: {err}", code=1) from err
+    except SIGTERMException as err:
+        # Lightning raises this (a SystemExit with code 0) at the next batch after SIGTERM;
+        # RunCheckpoint has saved the current state as last.ckpt by now.
+        run = os.environ.get("SKETCHFUSION_RUN_DIR", "RUN")
+        raise ExitError(
+            f"train.py: stopped by SIGTERM; the current state is in {run}/checkpoints/"
+            f"last.ckpt. Continue with the same command plus --ckpt_path last --run_dir {run}",
+            code=EXIT_SIGTERM,
+        ) from err
 
 
 if __name__ == "__main__":

@@ -5,8 +5,12 @@ $ python train.py fit --config configs/dual_logit_l0.1.yaml --ckpt_path last   #
 $ python train.py fit --config configs/concat.yaml --print_config             # scaffold
 
 Each fit gets a run directory ``RUN`` (``--run_dir``, default
-``runs/<config name>/<YYYYmmdd-HHMMSS>``; with ``--ckpt_path last`` the newest run of that
-config that has ``checkpoints/last.ckpt``; on several nodes pass ``--run_dir``)::
+``runs/<experiment>/<YYYYmmdd-HHMMSS>``, the experiment being ``--experiment`` or the
+config file's name; with ``--ckpt_path last`` the newest run of that experiment that has
+``checkpoints/last.ckpt``; on several nodes pass ``--run_dir``). A new fit never writes
+into an existing run, checkpoint paths always come from the run directory, and
+``RUN/config.yaml`` holds no run paths, so ``--config RUN/config.yaml`` starts a new run
+of the same experiment. A resume writes nothing before its checkpoint is restored::
 
     RUN/config.yaml           the resolved config
     RUN/metrics.csv           CSV log (train/*, val/*, fusion/alpha, fusion/beta)
@@ -23,20 +27,64 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from fusion.callbacks import RunArtifacts
+from fusion.callbacks import (
+    ResumeMetrics,
+    RunArtifacts,
+    RunCheckpoint,
+    StopOnNonFiniteLoss,
+    StoreFingerprint,
+)
 from fusion.datamodule import FeatureDataModule
+from fusion.heads import HEADS
 from fusion.loggers import make_loggers
 from fusion.module import FusionModule
+from fusion.predict import CheckpointError, load_checkpoint
 
 RUN_DIR_ENV = "SKETCHFUSION_RUN_DIR"
+# Paths that belong to one run: never saved in RUN/config.yaml (a rerun gets its own).
+RUN_PATHS = ("run_dir", "ckpt_path", "trainer.default_root_dir", "checkpoint.dirpath")
 
 
 class ResumeError(FileNotFoundError):
     """``--ckpt_path last`` was asked for but there is no checkpoint to resume."""
+
+
+class RunDirError(ValueError):
+    """A new fit was pointed at an existing run, or a setting is out of range."""
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """``RUN/config.yaml`` without the run's own paths (:data:`RUN_PATHS`).
+
+    A new run writes it at setup; a resume only once its checkpoint is restored
+    (``on_train_start``), so a resume that fails leaves the run's config as it was.
+    """
+
+    resuming = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not self.resuming:
+            self._save(trainer)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._save(trainer)
+
+    def _save(self, trainer) -> None:
+        if self.already_saved:
+            return
+        config = self.config.clone()
+        for key in RUN_PATHS:
+            if key in config:
+                config[key] = None
+        if trainer.is_global_zero:
+            path = Path(trainer.default_root_dir) / self.config_filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.parser.save(config, str(path), skip_none=False, overwrite=True)
+        self.already_saved = True
 
 
 def new_run_dir(base: Path) -> Path:
@@ -47,6 +95,68 @@ def new_run_dir(base: Path) -> Path:
         n += 1
         run = base / f"{stamp}-{n}"
     return run
+
+
+def is_existing_run(run_dir: Path) -> bool:
+    """True when ``run_dir`` already holds a run (anything in it)."""
+    return run_dir.is_dir() and any(run_dir.iterdir())
+
+
+def experiment_name(cfg) -> str:
+    """``--experiment``, else the first config file's name; a saved ``RUN/config.yaml`` of
+    an older run (without ``experiment``) is named after its run's experiment folder."""
+    if cfg.get("experiment"):
+        return str(cfg["experiment"])
+    configs = cfg.get("config") or []
+    if not configs:
+        return "default"
+    path = Path(str(configs[0]))
+    if path.name == "config.yaml" and (path.parent / "checkpoints").is_dir():
+        return path.parent.parent.name
+    return path.stem
+
+
+def check_settings(cfg) -> None:
+    """One-line errors for values that would otherwise fail deep inside a fit."""
+    head = cfg.get("model.head")
+    if head is not None and head not in HEADS:
+        raise RunDirError(f"--model.head {head!r} is not a head; choose one of {sorted(HEADS)}")
+    checks = [
+        ("model.lr", lambda v: v > 0, "> 0"),
+        ("model.weight_decay", lambda v: v >= 0, ">= 0"),
+        ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("model.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("data.batch_size", lambda v: v >= 1, ">= 1"),
+        ("data.eval_batch_size", lambda v: v >= 1, ">= 1"),
+    ]
+    for key, ok, rule in checks:
+        value = cfg.get(key)
+        if isinstance(value, int | float) and not ok(value):
+            raise RunDirError(f"--{key} {value} is out of range: it must be {rule}")
+
+
+def check_resume(ckpt_path: Path, model) -> None:
+    """Refuse, before anything is written, a checkpoint this model cannot continue from."""
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except CheckpointError as err:
+        raise ResumeError(f"--ckpt_path: {err}") from err
+    hp, want = ckpt["hyper_parameters"], model.hparams
+    diffs = [
+        f"{k}: checkpoint {hp.get(k)!r}, config {want.get(k)!r}"
+        for k in ("head", "image_dim", "text_dim", "class_names")
+        if hp.get(k) != want.get(k)
+    ]
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    if not diffs and mine != theirs:
+        changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        diffs.append(f"weights differ in shape or name ({', '.join(changed[:3])})")
+    if diffs:
+        raise ResumeError(
+            f"cannot resume from {ckpt_path}: {'; '.join(diffs)}. Resume with the run's own "
+            "config (--config RUN/config.yaml), or start a new run without --ckpt_path."
+        )
 
 
 def resume_run_dir(base: Path, run_dir: str | None) -> Path:
@@ -70,6 +180,7 @@ class FusionCLI(LightningCLI):
     """LightningCLI with the store's dims linked into the model and a run directory per fit."""
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
+        kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resume rewrites it
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("auto_configure_optimizers", False)
@@ -79,7 +190,13 @@ class FusionCLI(LightningCLI):
         parser.add_argument("--run_dir", type=str | None, default=None, help="run directory")
         parser.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")
         parser.add_argument("--wandb_project", type=str, default="sketchfusion")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_argument(
+            "--experiment",
+            type=str | None,
+            default=None,
+            help="name of the runs/<experiment>/ folder (default: the config file's name)",
+        )
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc_top1",
@@ -103,22 +220,40 @@ class FusionCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        configs = cfg.get("config") or []
-        self.experiment = Path(str(configs[0])).stem if configs else "default"
+        check_settings(cfg)
+        self.experiment = experiment_name(cfg)
+        cfg["experiment"] = self.experiment  # saved in RUN/config.yaml for reruns
         base = Path(cfg["runs_root"]) / self.experiment
+        ckpt_path = cfg.get("ckpt_path")
+        # Resuming: `last`, or a checkpoint file of the run given by --run_dir.
+        self.resuming = ckpt_path == "last" or bool(
+            ckpt_path
+            and cfg.get("run_dir")
+            and Path(cfg["run_dir"]).resolve() in Path(ckpt_path).resolve().parents
+        )
         if os.environ.get(RUN_DIR_ENV) and int(os.environ.get("LOCAL_RANK", "0")) > 0:
             # A DDP worker that Lightning launched: use rank 0's directory, whose timestamp
             # may be a second older than this process.
             self.run_dir = Path(os.environ[RUN_DIR_ENV])
-        elif cfg.get("ckpt_path") == "last":
+        elif ckpt_path == "last":
             self.run_dir = resume_run_dir(base, cfg.get("run_dir"))
         elif cfg.get("run_dir"):
             self.run_dir = Path(cfg["run_dir"])
+            if not self.resuming and is_existing_run(self.run_dir):
+                raise RunDirError(
+                    f"--run_dir {self.run_dir} is an existing run; a new fit never writes "
+                    "into one. Pass a new --run_dir (or none for runs/<experiment>/<time>), "
+                    "or add --ckpt_path last to resume it."
+                )
         else:
             self.run_dir = new_run_dir(base)
+        self.ckpt_file = (
+            self.run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else ckpt_path
+        )
         os.environ[RUN_DIR_ENV] = str(self.run_dir)  # inherited by DDP workers
+        # Always from the run directory, never from a config (a saved one names another run).
         cfg["trainer"]["default_root_dir"] = str(self.run_dir)
-        if cfg.get("checkpoint") is not None and not cfg["checkpoint"].get("dirpath"):
+        if cfg.get("checkpoint") is not None:
             cfg["checkpoint"]["dirpath"] = str(self.run_dir / "checkpoints")
 
     def instantiate_trainer(self, **kwargs):
@@ -132,10 +267,17 @@ class FusionCLI(LightningCLI):
             )
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        kwargs["callbacks"] = [*callbacks, RunArtifacts()]
-        return super().instantiate_trainer(**kwargs)
+        extra = [RunArtifacts(), ResumeMetrics(), StopOnNonFiniteLoss(), StoreFingerprint()]
+        kwargs["callbacks"] = [*callbacks, *extra]
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.callbacks:
+            if isinstance(callback, RunConfigSaver):
+                callback.resuming = self.resuming
+        return trainer
 
     def before_fit(self) -> None:
+        if self.ckpt_file:
+            check_resume(Path(self.ckpt_file), self.model)
         rank_zero_info(f"run directory: {self.run_dir}")
 
     def after_fit(self) -> None:
