@@ -183,6 +183,10 @@ def load_split(root: str | os.PathLike, split: str):
         )
     verify_split(root, split, info)
     try:
+        state = json.loads((path / "state.json").read_text())
+        if not state.get("_data_files"):  # a split with no rows (every input failed)
+            feats = store_features(info.image_dim, info.text_dim, info.manifest["emb_dtype"])
+            return datasets.Dataset.from_dict({k: [] for k in feats}, features=feats)
         return datasets.load_from_disk(str(path))
     except Exception as err:  # noqa: BLE001 - pyarrow/datasets/OS errors all mean "damaged"
         raise StoreError(f"{path} cannot be read ({_short(err)}); {REBUILD_HINT}.") from err

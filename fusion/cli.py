@@ -186,6 +186,18 @@ class FusionCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(FusionModule, FeatureDataModule, args=args, **kwargs)
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads a --ckpt_path file's hyper-parameters before anything else;
+        # a truncated or foreign file must be a one-line error here, not torch's traceback.
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path and path not in ("last", "best", "hpc", "registry"):
+            try:
+                load_checkpoint(path)
+            except CheckpointError as err:
+                raise ResumeError(f"--ckpt_path: {err}") from err
+        super()._parse_ckpt_path()
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_dir", type=str | None, default=None, help="run directory")
         parser.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")

@@ -228,7 +228,9 @@ def complete_split(
         return ids, probs, []
     prior = class_prior(store)
     all_ids = list(ids) + [r["id"] for r in failed]
-    all_probs = np.concatenate([probs.reshape(len(ids), -1), np.tile(prior, (len(failed), 1))])
+    all_probs = np.concatenate(
+        [probs.reshape(len(ids), len(prior)), np.tile(prior, (len(failed), 1))]
+    )
     if ids == sorted(ids):  # data_prep stores rows in id order: keep the submission so
         order = sorted(range(len(all_ids)), key=all_ids.__getitem__)
         all_ids, all_probs = [all_ids[i] for i in order], all_probs[order]
@@ -308,9 +310,7 @@ def _positive_int(text: str) -> int:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="predict.py", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--checkpoint",
         action="append",
