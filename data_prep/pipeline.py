@@ -261,7 +261,15 @@ def recheck_shards(store: StoreWriter, shards) -> list[str]:
     """Verify every done shard against its marker; damaged ones are removed to be redone."""
     damaged = []
     for shard in shards:
-        if store.is_done(shard) and (why := store.damaged(shard)):
+        marked, present = store.marker_path(shard).is_file(), store.arrow_path(shard).is_file()
+        why = (
+            f"{store.arrow_path(shard)} is missing"
+            if marked and not present
+            else store.damaged(shard)
+            if marked
+            else None
+        )
+        if why:
             log.warning("redoing %s/%s: %s", shard.split, shard.name, why)
             print(f"data_prep: redoing {shard.split}/{shard.name}: {why}")
             store.redo(shard)

@@ -12,7 +12,6 @@ ever (to be killed), or until a SIGTERM has reached Lightning's handler.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
