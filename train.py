@@ -59,7 +59,7 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
     ``overrides`` are extra CLI arguments for the fit (tests shorten it with them).
     """
     from fusion.cli import main as cli_main
-    from fusion.predict import predict_probs, write_submission
+    from fusion.predict import complete_split, predict_probs, write_submission
 
     store = build_demo_store(store)
     cli = cli_main(
@@ -68,7 +68,13 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
     run = Path(cli.trainer.default_root_dir)
     ckpt_cb = cli.trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path or ckpt_cb.last_model_path)
-    ids, probs = predict_probs([best], store, cli.datamodule.predict_split)
+    split = cli.datamodule.predict_split
+    ids, probs = predict_probs([best], store, split)
+    # One row per test input: images that failed extraction get the train class prior.
+    ids, probs, failed = complete_split(store, split, ids, probs)
+    if failed:
+        print(f"WARNING: {len(failed)} {split} images failed extraction; their rows use the "
+              f"train class prior (see {store / 'failures.csv'})")  # fmt: skip
     submission, probs_file = write_submission(
         run / "submission.csv",
         ids,

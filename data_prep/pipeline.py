@@ -247,9 +247,10 @@ def check_writable(out: str) -> None:
         raise ValueError(f"--run.out {path} is a file, not a directory; choose a directory path")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # access(2), not a probe file: nothing is written into a directory not yet known
+        # to be ours, and it reports a read-only filesystem even to root.
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(f"not writable: {path}")
     except OSError as err:
         raise ValueError(
             f"--run.out {path} cannot be written ({err.strerror or err}); choose a writable "

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from feature_store.integrity import shard_problem, shard_record
-from feature_store.layout import MANIFEST_NAME, store_features, write_failures
+from feature_store.layout import store_features, write_failures, write_manifest
 
 PREP_DIR = "_prep"
 FINGERPRINT = "fingerprint.json"
@@ -224,9 +224,7 @@ class StoreWriter:
         return write_failures(self.root, rows)
 
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
-        path = self.root / MANIFEST_NAME
-        _write_json(path, manifest)
-        return path
+        return write_manifest(self.root, manifest)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -27,10 +27,12 @@ from feature_store.layout import (
     StoreInfo,
     load_arrays,
     load_split,
+    make_manifest,
     open_store,
     read_failures,
     store_features,
     write_failures,
+    write_manifest,
     write_store,
 )
 
@@ -45,9 +47,11 @@ __all__ = [
     "StoreInfo",
     "load_arrays",
     "load_split",
+    "make_manifest",
     "open_store",
     "read_failures",
     "store_features",
     "write_failures",
+    "write_manifest",
     "write_store",
 ]

@@ -139,6 +139,50 @@ def store_features(image_dim: int, text_dim: int, emb_dtype: str):
     )
 
 
+def make_manifest(
+    *,
+    class_names: list[str],
+    dims: dict[str, int],
+    emb_dtype: str,
+    splits: dict[str, dict[str, int]],
+    shards: dict[str, list[dict[str, Any]]],
+    models: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The manifest every writer produces: the fields readers rely on, then ``extra``.
+
+    ``splits``: per split ``inputs``, ``rows``, ``failed`` (inputs = rows + failed);
+    ``shards``: per split the records of :func:`feature_store.integrity.shard_record`;
+    ``models``: what data_prep's models resolved to (the source of the model fingerprint).
+    """
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "class_names": list(class_names),
+        "dims": {"image_emb": int(dims["image_emb"]), "text_emb": int(dims["text_emb"])},
+        "emb_dtype": emb_dtype,
+        "splits": splits,
+        "shards": shards,
+        "models": models,
+        **extra,
+    }
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ValueError(f"refusing to write a manifest that {problem}")
+    return manifest
+
+
+def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    """``root/manifest.json`` via a temporary name: readers see no half-written manifest."""
+    path = Path(root) / MANIFEST_NAME
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_failures(root: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     """``root/failures.csv`` (:data:`FAILURES_COLUMNS`), written to a temp name, renamed."""
     path = Path(root) / FAILURES_NAME
@@ -278,16 +322,15 @@ def write_store(
         # save_to_disk writes one file unless the split is large; count rows per file.
         rows = [len(datasets.Dataset.from_file(str(f))) for f in files]
         shards[name] = [shard_record(f, r) for f, r in zip(files, rows, strict=True)]
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "class_names": list(class_names),
-        "dims": dims,
-        "emb_dtype": emb_dtype,
-        "splits": counts,
-        "shards": shards,
-        "models": {},
-        **(extra_manifest or {}),
-    }
+    extra = {"models": {}, **(extra_manifest or {})}
+    manifest = make_manifest(
+        class_names=class_names,
+        dims=dims,
+        emb_dtype=emb_dtype,
+        splits=counts,
+        shards=shards,
+        **extra,
+    )
     write_failures(root, [])
-    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+    write_manifest(root, manifest)
     return StoreInfo(root=root, manifest=manifest)
