@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import feature_store.integrity  # noqa: F401 - patched below
 from feature_store import load_arrays
 from feature_store.synthetic import make_synthetic_store
 
