@@ -47,6 +47,11 @@ def assert_each_epoch_once(run: Path, epochs: int) -> None:
     assert steps == list(range(epochs * STEPS_PER_EPOCH))
     for key in ("val/acc_top1", "train/loss"):
         assert [int(r["epoch"]) for r in rows if r[key]] == list(range(epochs)), key
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("metrics.csv", "val_predictions.csv", "config.yaml"):
+        if (run / name).exists():  # rewritten on resume: still an ordinary file mode
+            assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_last_ckpt_is_the_last_epoch_not_the_best(store, tmp_path):
