@@ -32,7 +32,14 @@ def prepare_demo(cfg: PrepConfig) -> None:
     from data_prep.tiny_models import ensure_tiny_models
 
     images = Path(cfg.demo.images)
-    if not (images / "train_images").is_dir():
+    complete = (images / "test_labels.csv").is_file()
+    if not complete and images.is_dir() and any(images.iterdir()):
+        # Only a demo folder from before the drawing was atomic can be in this state.
+        raise ValueError(
+            f"{images} is an incomplete demo image folder (no test_labels.csv, written "
+            "last): delete it and rerun to draw the demo again"
+        )
+    if not complete:
         make_demo_images(
             images,
             num_classes=cfg.demo.num_classes,
@@ -187,18 +194,22 @@ def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
         captions = read_captions_csv(cfg.input.captions_csv, expected_ids=expected)
     if PREP_DIR in listing.splits:
         raise ValueError(f"a split may not be called {PREP_DIR!r}")
+    check_writable(cfg.run.out)
     store = StoreWriter(cfg.run.out)
     store.check_fingerprint("config", config_fingerprint(cfg, listing))
     shards = plan_shards({s: len(v) for s, v in listing.splits.items()}, cfg.run.shard_size)
+    damaged = recheck_shards(store, shards)
     manifest = Path(cfg.run.out) / "manifest.json"
-    if manifest.is_file() and all(store.is_done(s) for s in shards):
-        # Same inputs and config, every shard done: nothing to load or run.
+    if not damaged and store.manifest_ok() and all(store.is_done(s) for s in shards):
+        # Same inputs and config, every shard done and intact: nothing to load or run.
         if cfg.run.progress:
             from data_prep.report import summary
 
             print(summary(store.root, json.loads(manifest.read_text())))
             print("  (already complete: nothing to do)")
         return store.root
+    # Not complete (or no longer): the manifest must not claim otherwise while we work.
+    manifest.unlink(missing_ok=True)
     store.remove_partial_files()
     models = Models(cfg)
     described = models.describe(cfg)
@@ -227,6 +238,44 @@ def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
         wall_seconds=time.perf_counter() - start,
         resumed=len(shards) - len(pending),
     )
+
+
+def check_writable(out: str) -> None:
+    """Refuse a ``--run.out`` that is a file or cannot be written, before any model loads."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--run.out {path} is a file, not a directory; choose a directory path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # access(2), not a probe file: nothing is written into a directory not yet known
+        # to be ours, and it reports a read-only filesystem even to root.
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(f"not writable: {path}")
+    except OSError as err:
+        raise ValueError(
+            f"--run.out {path} cannot be written ({err.strerror or err}); choose a writable "
+            "directory (--run.out DIR)"
+        ) from err
+
+
+def recheck_shards(store: StoreWriter, shards) -> list[str]:
+    """Verify every done shard against its marker; damaged ones are removed to be redone."""
+    damaged = []
+    for shard in shards:
+        marked, present = store.marker_path(shard).is_file(), store.arrow_path(shard).is_file()
+        why = (
+            f"{store.arrow_path(shard)} is missing"
+            if marked and not present
+            else store.damaged(shard)
+            if marked
+            else None
+        )
+        if why:
+            log.warning("redoing %s/%s: %s", shard.split, shard.name, why)
+            print(f"data_prep: redoing {shard.split}/{shard.name}: {why}")
+            store.redo(shard)
+            damaged.append(f"{shard.split}/{shard.name}")
+    return damaged
 
 
 def _predict(cfg, listing, pending, shards, models, captions, store, feats) -> bool:

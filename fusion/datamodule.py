@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from feature_store import SplitArrays, StoreError, load_arrays, open_store
+from feature_store.integrity import check_finite
 from fusion.recipe import auto_batch_size
 
 
@@ -109,6 +110,8 @@ class FeatureDataModule(L.LightningDataModule):
     def _load(self, split: str, *, labelled: bool) -> EmbeddingRows:
         if split not in self._rows:
             arrays = load_arrays(self.store, split)
+            # A NaN row makes the loss, alpha and beta NaN and every prediction class 0.
+            check_finite(arrays, f"{self.store}/{split}")
             if labelled:
                 bad = (arrays.labels < 0) | (arrays.labels >= len(self.class_names))
                 if bad.any():
@@ -133,7 +136,14 @@ class FeatureDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            self._load(self.train_split, labelled=True)
+            train = self._load(self.train_split, labelled=True)
+            classes = len(set(train.label.tolist()))
+            if len(self.class_names) < 2 or classes < 2:
+                raise StoreError(
+                    f"{self.store}/{self.train_split} has {classes} class(es) among its rows "
+                    f"({len(self.class_names)} in the manifest); a classifier needs at least "
+                    "two. Rebuild the store with images of two or more classes."
+                )
         if stage in ("fit", "validate"):
             self._load(self.val_split, labelled=True)
         if stage == "predict":
