@@ -106,7 +106,9 @@ def _digits_images(root: Path, seed: int) -> dict[str, str]:
 def _sketch_images(root: Path, seed: int) -> dict[str, str]:
     from data_prep.demo_images import make_demo_images
 
-    make_demo_images(root, num_classes=10, per_class={"train": 110, "val": 27, "test": 45}, seed=seed)
+    make_demo_images(
+        root, num_classes=10, per_class={"train": 110, "val": 27, "test": 45}, seed=seed
+    )
     return {p.name: p.name.replace("_", " ") for p in (root / "train_images").iterdir()}
 
 
@@ -148,7 +150,9 @@ def build_image_store(name: str, out: Path, *, seed: int = 0) -> Path:
 
 SYNTHETIC = {
     # 20 classes, 800 train rows: a small store where the probe's C matters.
-    "gauss-mix": dict(num_classes=20, image_dim=64, image_rank=16, image_noise=1.0, caption_mix=MIX),
+    "gauss-mix": dict(
+        num_classes=20, image_dim=64, image_rank=16, image_noise=1.0, caption_mix=MIX
+    ),
     # The same images, captions that say nothing at all (the demo's gibberish).
     "gauss-noise": dict(
         num_classes=20, image_dim=64, image_rank=16, image_noise=1.0, caption_mix={"noise": 1.0}

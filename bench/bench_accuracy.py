@@ -159,7 +159,9 @@ def main() -> None:
         if "visual_only" in results and "text_only" in results:
             results.update(stack_scores(store, results, labels, kinds))
         everything[name] = results
-        print(table(f"{name}: {info.num_classes} classes, {len(splits['train'])} train rows", results))
+        print(
+            table(f"{name}: {info.num_classes} classes, {len(splits['train'])} train rows", results)
+        )
         if a.json:
             Path(a.json).write_text(json.dumps(everything, indent=2))
 

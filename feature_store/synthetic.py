@@ -148,17 +148,21 @@ def make_caption_mix_store(
         img = _features(rng, labels, img_means, image_noise, image_dim)
         row_kind = rng.choice(len(kinds), size=len(labels), p=shares)
         other = (labels + rng.integers(1, num_classes, size=len(labels))) % num_classes
-        text_class = np.where(row_kind == kinds.index("misleading"), other, labels) if (
-            "misleading" in kinds
-        ) else labels
+        text_class = (
+            np.where(row_kind == kinds.index("misleading"), other, labels)
+            if ("misleading" in kinds)
+            else labels
+        )
         neutral = np.array([kinds[k] == "neutral" for k in row_kind])
         text_class = np.where(neutral, num_classes, text_class)  # the shared neutral mean
         txt = _features(rng, text_class, txt_means, text_noise, text_dim)
         is_noise = np.array([kinds[k] == "noise" for k in row_kind])
         txt[is_noise] = rng.standard_normal((int(is_noise.sum()), text_dim)).astype(np.float32)
         captions = [
-            "noise" if kinds[k] == "noise"
-            else "a sketch" if kinds[k] == "neutral"
+            "noise"
+            if kinds[k] == "noise"
+            else "a sketch"
+            if kinds[k] == "neutral"
             else f"a sketch of a {class_names[c]}"
             for k, c in zip(row_kind, text_class, strict=True)
         ]

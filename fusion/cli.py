@@ -204,7 +204,11 @@ class FusionCLI(LightningCLI):
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         recipe = self._get(self.config_init, "recipe", default=None)
         dm = self.datamodule
-        if recipe is None or self.subcommand not in ("fit", None) or not getattr(dm, "train_rows", 0):
+        if (
+            recipe is None
+            or self.subcommand not in ("fit", None)
+            or not getattr(dm, "train_rows", 0)
+        ):
             return
         max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps", -1)
         if max_epochs is None and max_steps in (None, -1):

@@ -65,9 +65,7 @@ def parser() -> ArgumentParser:
     p.add_argument("--data.predict_split", type=str, default="test", help="'' to skip")
     p.add_argument("--probe.cs", type=list[float], default=list(DEFAULT_CS), help="C values")
     p.add_argument("--probe.max_iter", type=int, default=300, help="L-BFGS iterations per C")
-    p.add_argument(
-        "--probe.max_dim", type=int | None, default=None, help="PCA past this many dims"
-    )
+    p.add_argument("--probe.max_dim", type=int | None, default=None, help="PCA past this many dims")
     p.add_argument("--probe.views", type=list[str], default=list(VIEWS), help="feature sets")
     p.add_argument("--run_dir", type=str | None, default=None, help="run directory")
     p.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")
