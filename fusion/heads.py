@@ -219,3 +219,31 @@ class DualLogitHead(FusionHead):
     def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
         alpha, beta = self.fusion_weights()
         return alpha * self.image_mlp(image_emb) + beta * self.text_mlp(text_emb)
+
+
+@register("projection_ref")
+class ReferenceProjectionHead(FusionHead):
+    """The reference code's ``FusionClassifier`` (its "fusion" model), for reproduction.
+
+    Each modality linearly projected to ``fusion_dim``, concatenated, then
+    Linear -> ReLU -> Dropout -> Linear: unlike ``projection`` there is no ReLU between the
+    projections and the MLP, and no input normalisation.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_dim: int,
+        text_dim: int,
+        num_classes: int,
+        fusion_dim: int = 512,
+        hidden_dims: Sequence[int] = (512,),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.image_proj = nn.Linear(image_dim, fusion_dim)
+        self.text_proj = nn.Linear(text_dim, fusion_dim)
+        self.mlp = mlp(2 * fusion_dim, hidden_dims, num_classes, dropout)
+
+    def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
+        return self.mlp(torch.cat([self.image_proj(image_emb), self.text_proj(text_emb)], dim=1))
