@@ -89,9 +89,10 @@ def _path_column(table, where: str) -> str:
     gives every split the union of the files' columns, filling the absent ones with nulls.
     """
     columns = [
-        c for c in table.column_names
+        c
+        for c in table.column_names
         if table.num_rows == 0 or table.column(c).null_count < table.num_rows
-    ]  # fmt: skip
+    ]
     missing = [c for c in (*COLUMNS.values(), CAPTION_COLUMN) if c not in columns]
     path = next((c for c in PATH_COLUMNS if c in columns), None)
     if path is None:
@@ -222,9 +223,13 @@ def declared_models(cfg: PrepConfig, dims: dict[str, int]) -> dict[str, Any]:
     """The manifest's ``models``: what the config says built the source, not run here."""
     note = "declared by the import config (input.kind report_embeddings); not run here"
     image = {
-        "name": cfg.image.model, "revision": cfg.image.revision, "library": cfg.image.library,
-        "pooling": cfg.image.pooling, "dim": dims["image_emb"], "declared": note,
-    }  # fmt: skip
+        "name": cfg.image.model,
+        "revision": cfg.image.revision,
+        "library": cfg.image.library,
+        "pooling": cfg.image.pooling,
+        "dim": dims["image_emb"],
+        "declared": note,
+    }
     if cfg.image.squash is not None:
         image["preprocessing"] = {
             "squash": {"size": cfg.image.squash, "resample": cfg.image.squash_resample},
@@ -232,15 +237,24 @@ def declared_models(cfg: PrepConfig, dims: dict[str, int]) -> dict[str, Any]:
         }
     c = cfg.caption
     caption = {
-        "name": c.model, "revision": c.revision, "prompt": c.prompt,
-        "keep_prompt": c.keep_prompt, "max_new_tokens": c.max_new_tokens,
-        "num_beams": c.num_beams, "load_in_8bit": c.load_in_8bit, "dtype": c.dtype,
+        "name": c.model,
+        "revision": c.revision,
+        "prompt": c.prompt,
+        "keep_prompt": c.keep_prompt,
+        "max_new_tokens": c.max_new_tokens,
+        "num_beams": c.num_beams,
+        "load_in_8bit": c.load_in_8bit,
+        "dtype": c.dtype,
         "declared": note,
-    }  # fmt: skip
+    }
     text = {
-        "name": cfg.text.model, "revision": cfg.text.revision, "pooling": cfg.text.pooling,
-        "max_length": cfg.text.max_length, "dim": dims["text_emb"], "declared": note,
-    }  # fmt: skip
+        "name": cfg.text.model,
+        "revision": cfg.text.revision,
+        "pooling": cfg.text.pooling,
+        "max_length": cfg.text.max_length,
+        "dim": dims["text_emb"],
+        "declared": note,
+    }
     return {"image": image, "caption": caption, "text": text}
 
 
@@ -250,11 +264,13 @@ def _fingerprint(cfg: PrepConfig, splits: dict[str, str], sources: dict[str, Any
         "revision": cfg.input.revision,
         "splits": splits,
         "source_fingerprints": {s: getattr(ds, "_fingerprint", None) for s, ds in sources.items()},
-        "class_map": cfg.input.class_map and hashlib.sha256(
-            Path(cfg.input.class_map).read_bytes()).hexdigest(),
-        "image": vars(cfg.image), "caption": vars(cfg.caption), "text": vars(cfg.text),
+        "class_map": cfg.input.class_map
+        and hashlib.sha256(Path(cfg.input.class_map).read_bytes()).hexdigest(),
+        "image": vars(cfg.image),
+        "caption": vars(cfg.caption),
+        "text": vars(cfg.text),
         "emb_dtype": cfg.run.emb_dtype,
-    }  # fmt: skip
+    }
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -320,9 +336,12 @@ def import_store(cfg: PrepConfig, plain: dict[str, Any], *, cache_dir: str | Non
     tmp = out.with_name(f".{out.name}.importing")
     shutil.rmtree(tmp, ignore_errors=True)  # what an interrupted import left
     write_store(
-        tmp, splits=columns, class_names=class_names, emb_dtype=cfg.run.emb_dtype,
+        tmp,
+        splits=columns,
+        class_names=class_names,
+        emb_dtype=cfg.run.emb_dtype,
         extra_manifest=extra,
-    )  # fmt: skip
+    )
     if out.exists():
         out.rmdir()  # empty (checked above); rename needs it gone
     os.replace(tmp, out)

@@ -200,10 +200,20 @@ def test_the_imported_store_trains_with_the_report_config(tmp_path, hf_cache, mo
     monkeypatch.setenv("WANDB_MODE", "disabled")
     store = run_import(write_parquet(tmp_path / "src", make_rows()), tmp_path / "store")
     cli = FusionCLI(
-        args=["fit", "--config", str(REPO / "configs" / "report" / "dual_logit_l0.3.yaml"),
-              "--data.store", str(store), "--runs_root", str(tmp_path / "runs"),
-              "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"],
-    )  # fmt: skip
+        args=[
+            "fit",
+            "--config",
+            str(REPO / "configs" / "report" / "dual_logit_l0.3.yaml"),
+            "--data.store",
+            str(store),
+            "--runs_root",
+            str(tmp_path / "runs"),
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+    )
     metrics = json.loads(json.dumps({k: float(v) for k, v in cli.trainer.callback_metrics.items()}))
     assert cli.trainer.current_epoch == 2 and "val/loss" in metrics
     assert Path(cli.trainer.checkpoint_callback.best_model_path).name == "best.ckpt"
