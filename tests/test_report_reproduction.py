@@ -396,3 +396,52 @@ def test_eight_bit_config_is_the_references(monkeypatch):
     q = captioner._eight_bit_kwargs()["quantization_config"]
     assert q.load_in_8bit and not q.load_in_4bit
     assert q.llm_int8_threshold == 6.0 and q.llm_int8_skip_modules is None
+
+
+def test_report_extraction_options_reach_the_store_and_its_fingerprint(tiny_models, tmp_path):  # noqa: F811
+    import json
+
+    import data_prep
+    from data_prep.store import StoreMixError
+    from feature_store import load_arrays, open_store
+    from tests.fixtures_extraction import draw_kaggle_tree, prep_argv
+
+    root = draw_kaggle_tree(tmp_path / "data", train=2, val=1, test=2, bad_images=False)
+    report = [
+        "--image.pooling",
+        "mean_all_tokens",
+        "--image.squash",
+        "56",
+        "--text.pooling",
+        "mean_unmasked_reference",
+        "--caption.dtype",
+        "bf16",
+    ]
+    store = data_prep.main(prep_argv(root, tiny_models, tmp_path / "store", *report))
+    models = open_store(store).manifest["models"]
+    assert models["image"]["pooling"] == "mean_all_tokens"
+    assert models["image"]["preprocessing"]["squash"] == {"size": 56, "resample": "bicubic"}
+    assert models["text"]["pooling"] == "mean_unmasked_reference"
+    # The captioner in its own dtype, the encoders in run.dtype (the reference: fp16 / fp32).
+    assert (models["caption"]["dtype"], models["image"]["dtype"]) == ("bfloat16", "float32")
+    assert load_arrays(store, "train").image_emb.shape[1] == models["image"]["dim"]
+    fingerprint = json.loads((store / "_prep" / "fingerprint.json").read_text())["config"]
+    assert fingerprint["image"]["squash"] == 56 and fingerprint["caption"]["dtype"] == "bf16"
+    with pytest.raises(StoreMixError, match="image.squash"):
+        data_prep.main(prep_argv(root, tiny_models, store, *report[:-2], "--image.squash", "64"))
+
+
+def test_unset_new_options_leave_the_fingerprint_as_before():
+    # A store begun before squash / processor_kwargs / caption.dtype existed still resumes.
+    from types import SimpleNamespace
+
+    from data_prep.config import PrepConfig
+    from data_prep.pipeline import config_fingerprint
+
+    listing = SimpleNamespace(splits={}, class_names=[])
+    fp = config_fingerprint(PrepConfig(), listing)
+    assert not {"squash", "squash_resample", "processor_kwargs"} & set(fp["image"])
+    assert "dtype" not in fp["caption"]
+    cfg = PrepConfig()
+    cfg.image.squash = 224
+    assert config_fingerprint(cfg, listing)["image"]["squash_resample"] == "bicubic"
