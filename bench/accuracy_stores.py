@@ -8,9 +8,11 @@ neutral, misleading, noise), so the benchmark can split accuracy by caption kind
 - ``gauss-mix`` / ``gauss-noise`` / ``gauss-large``: synthetic Gaussian class means
   (``feature_store.synthetic.make_caption_mix_store``), whose Bayes accuracy is known;
 - ``sketch``: the demo's procedural sketches through ``python -m data_prep`` with the tiny
-  DINOv2 (``cls+mean``) and a ``captions.csv`` embedded by the real all-MiniLM-L6-v2;
+  DINOv2 (``cls+mean``) and a ``captions.csv`` embedded by the real all-MiniLM-L6-v2, half
+  the captions naming the class and half saying nothing;
 - ``digits``: scikit-learn's 1,797 handwritten digits (shipped with the package), drawn
-  black on white at 64 px, through the same data_prep path.
+  black on white at 64 px, through the same data_prep path, with 40% informative, 40%
+  neutral and 20% misleading captions (as ``gauss-mix``).
 
 Real-image captions are chosen per row with a fixed seed: informative ones name the class
 in one of several phrasings, neutral ones name none, misleading ones name another class.
@@ -44,10 +46,14 @@ NEUTRAL = (
     "an image",
 )
 MIX = {"informative": 0.4, "neutral": 0.4, "misleading": 0.2}
+# The issue's own setting: half the captions name the class, the rest say nothing.
+HALF = {"informative": 0.5, "neutral": 0.5}
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
-def _write_captions(root: Path, display: dict[str, str], seed: int) -> dict[str, str]:
+def _write_captions(
+    root: Path, display: dict[str, str], seed: int, mix: dict[str, float]
+) -> dict[str, str]:
     """``captions.csv`` for every image under ``root`` and ``{id: kind}``."""
     rng = np.random.default_rng(seed)
     classes = sorted(display)
@@ -55,7 +61,7 @@ def _write_captions(root: Path, display: dict[str, str], seed: int) -> dict[str,
     answers = {r["Id"]: classes[int(r["Category"])] for r in _read(root / "test_labels.csv")}
     for path in sorted(root.glob("*_images/*/*")):
         cls = answers.get(path.stem, path.parent.name)
-        kind = rng.choice(list(MIX), p=list(MIX.values()))
+        kind = rng.choice(list(mix), p=list(mix.values()))
         if kind == "informative":
             text = rng.choice(INFORMATIVE).format(display[cls])
         elif kind == "neutral":
@@ -125,7 +131,7 @@ def build_image_store(name: str, out: Path, *, seed: int = 0) -> Path:
         return store
     shutil.rmtree(images, ignore_errors=True)
     display = (_digits_images if name == "digits" else _sketch_images)(images, seed)
-    kinds = _write_captions(images, display, seed)
+    kinds = _write_captions(images, display, seed, HALF if name == "sketch" else MIX)
     dino = out / "models" / "dinov2"
     if not (dino / "config.json").is_file():
         build_tiny_dinov2(dino)

@@ -91,17 +91,35 @@ def _inputs_digest(listing) -> dict[str, Any]:
     return out
 
 
+# Options added after stores were first built: left out of the fingerprint while unset, so
+# a store begun before they existed still resumes.
+_LATER_OPTIONS = {
+    "image": ("squash", "squash_resample", "processor_kwargs"),
+    "caption": ("dtype",),
+}
+
+
+def _options(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    for key in _LATER_OPTIONS.get(section, ()):
+        if out.get(key) is None:
+            out.pop(key, None)
+    if section == "image" and "squash" not in out:
+        out.pop("squash_resample", None)  # moot without a squash
+    return out
+
+
 def config_fingerprint(cfg: PrepConfig, listing) -> dict[str, Any]:
     """What decides the rows: inputs, models and their options. Not batch size or devices."""
     caption = (
         {"captions_csv_sha256": _file_sha256(cfg.input.captions_csv)}
         if cfg.input.captions_csv
-        else {k: v for k, v in vars(cfg.caption).items()}
+        else _options("caption", vars(cfg.caption))
     )
     return {
         "inputs": _inputs_digest(listing),
         "class_names": listing.class_names,
-        "image": vars(cfg.image),
+        "image": _options("image", vars(cfg.image)),
         "caption": caption,
         "text": vars(cfg.text),
         "dtype": cfg.run.dtype,
@@ -123,6 +141,11 @@ class Models:
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per model is noise
 
         self.dtype = resolve_dtype(cfg.run.dtype, cfg.run.accelerator)
+        self.caption_dtype = (
+            resolve_dtype(cfg.caption.dtype, cfg.run.accelerator)
+            if cfg.caption.dtype
+            else self.dtype
+        )
         self.seconds: dict[str, float] = {}
         start = time.perf_counter()
         self.image = ImageEncoder(cfg.image, dtype=self.dtype)
@@ -133,7 +156,7 @@ class Models:
             from data_prep.captioner import Captioner, CaptionPreprocessor
 
             start = time.perf_counter()
-            self.captioner = Captioner(cfg.caption, dtype=self.dtype)
+            self.captioner = Captioner(cfg.caption, dtype=self.caption_dtype)
             self.caption_pre = CaptionPreprocessor(cfg.caption)
             self.seconds["caption"] = time.perf_counter() - start
         start = time.perf_counter()
@@ -168,7 +191,7 @@ class Models:
                 "max_new_tokens": cfg.caption.max_new_tokens,
                 "num_beams": cfg.caption.num_beams,
                 "load_in_8bit": cfg.caption.load_in_8bit,
-                "dtype": dtype,
+                "dtype": str(self.caption_dtype).replace("torch.", ""),
                 "preprocessing": self.caption_pre.description,
             }
         else:
@@ -182,6 +205,10 @@ class Models:
 
 def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
     """Build (or finish) the store described by ``cfg``; return its directory."""
+    if cfg.input.kind == "report_embeddings":  # precomputed rows: no model, no image
+        from data_prep.import_embeddings import import_store
+
+        return import_store(cfg, plain)
     start = time.perf_counter()
     if cfg.demo.enabled:
         prepare_demo(cfg)

@@ -353,3 +353,32 @@ class GatedHead(FusionHead):
 
     def fusion_weights(self) -> Tensor:
         return torch.stack([self._mean_gate, 1 - self._mean_gate])
+
+
+@register("projection_ref")
+class ReferenceProjectionHead(FusionHead):
+    """The reference code's ``FusionClassifier`` (its "fusion" model), for reproduction.
+
+    Each modality linearly projected to ``fusion_dim``, concatenated, then
+    Linear -> ReLU -> Dropout -> Linear: unlike ``projection`` there is no ReLU between the
+    projections and the MLP, and no input normalisation.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_dim: int,
+        text_dim: int,
+        num_classes: int,
+        fusion_dim: int = 512,
+        hidden_dims: Sequence[int] = (512,),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self._init_norms(image_dim, text_dim, "none")  # the reference normalises nothing
+        self.image_proj = nn.Linear(image_dim, fusion_dim)
+        self.text_proj = nn.Linear(text_dim, fusion_dim)
+        self.mlp = mlp(2 * fusion_dim, hidden_dims, num_classes, dropout)
+
+    def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
+        return self.mlp(torch.cat([self.image_proj(image_emb), self.text_proj(text_emb)], dim=1))
