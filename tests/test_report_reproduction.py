@@ -41,6 +41,8 @@ TRAINING = [
     ("model.weight_decay", 0.0, "main_dataset.py: optim.SGD without weight_decay (0)"),
     ("model.schedule", "constant", "main_dataset.py: no lr scheduler"),
     ("model.warmup_epochs", 0.0, "main_dataset.py: no warm-up"),
+    ("model.lr_scaling", "none", "main_dataset.py: lr 0.1 used as is at batch 64"),
+    ("model.fusion_lr_scale", 1.0, "main_dataset.py: one SGD group, alpha/beta at lr 0.1"),
     ("model.label_smoothing", 0.0, "main_dataset.py: CrossEntropyLoss(reduction='mean')"),
     ("checkpoint.monitor", "val/loss", "main_dataset.py: model_best.pth when val_loss < best"),
     ("checkpoint.mode", "min", "main_dataset.py: if val_loss < best_val_loss"),
