@@ -44,7 +44,7 @@ class Recipe:
     epochs: float = 30.0
     min_steps: int = 3000
     max_steps: int = 200_000
-    min_fraction: float = 0.7
+    min_fraction: float = 0.9
 
     def steps(self, rows: int, batch_size: int) -> int:
         per_epoch = math.ceil(rows / batch_size)

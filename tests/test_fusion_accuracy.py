@@ -83,7 +83,7 @@ def test_cli_fills_training_length_from_the_store_but_keeps_explicit_epochs(tmp_
     )
     assert cli.datamodule.batch_size == 16
     assert cli.trainer.max_steps == 40
-    assert cli.trainer.fit_loop.min_steps == 28  # early stopping waits for 70% of the steps
+    assert cli.trainer.fit_loop.min_steps == 36  # early stopping waits for 90% of the steps
     cli = FusionCLI(
         args=[*base, "--run_dir", str(tmp_path / "b"), "--trainer.max_epochs", "3"], run=False
     )
@@ -210,7 +210,7 @@ def test_probe_run_writes_a_run_and_fits_print_it(tmp_path, caplog):
     assert rows[0] == "Id,Category" and len(rows) == 1 + len(load_arrays(store, "test"))
     assert (run / "val_predictions.csv").is_file() and (run / "metrics.csv").is_file()
     assert latest_probe(store, tmp_path / "runs")["best"] == summary["best"]
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="lightning.pytorch"):
         fit_cli(store, tmp_path / "runs" / "fit", "--runs_root", str(tmp_path / "runs"), epochs=1)
     assert "linear probe on this store (val/acc_top1): image" in caplog.text
 
