@@ -5,7 +5,7 @@ $ python bench/accuracy_stores.py --out bench/stores          # build them all (
 Each store keeps its true test labels and the kind of every caption (informative,
 neutral, misleading, noise), so the benchmark can split accuracy by caption kind:
 
-- ``gauss-mix`` / ``gauss-noise`` / ``gauss-large``: synthetic Gaussian class means
+- ``gauss-mix`` / ``gauss-noise`` / ``gauss-large`` / ``gauss-500``: synthetic Gaussian class means
   (``feature_store.synthetic.make_caption_mix_store``), whose Bayes accuracy is known;
 - ``sketch``: the demo's procedural sketches through ``python -m data_prep`` with the tiny
   DINOv2 (``cls+mean``) and a ``captions.csv`` embedded by the real all-MiniLM-L6-v2, half
@@ -173,6 +173,16 @@ SYNTHETIC = {
         text_dim=64,
         caption_mix={"informative": 0.5, "neutral": 0.5},
     ),
+    # The competition's shape: 500 classes, 20 train rows each (10,000 rows), wide features.
+    "gauss-500": dict(
+        num_classes=500,
+        per_class={"train": 20, "val": 4, "test": 6},
+        image_dim=384,
+        image_rank=64,
+        image_noise=1.8,
+        text_dim=64,
+        caption_mix=HALF,
+    ),
 }
 
 
@@ -191,7 +201,7 @@ def build_synthetic_store(name: str, out: Path, *, seed: int = 0) -> Path:
     return store
 
 
-STORES = ("gauss-mix", "gauss-noise", "gauss-large", "sketch", "digits")
+STORES = ("sketch", "digits", "gauss-mix", "gauss-noise", "gauss-large", "gauss-500")
 
 
 def build_store(name: str, out: Path, *, seed: int = 0) -> Path:
