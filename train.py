@@ -4,6 +4,8 @@ $ python train.py                                                   # the demo, 
 $ python train.py fit --config configs/dual_logit_l0.1.yaml --data.store stores/kaggle
 $ python train.py fit --config configs/concat.yaml --model.dropout 0.5 --trainer.max_epochs 80
 $ python train.py fit --config configs/concat.yaml --ckpt_path last      # resume the newest run
+$ python train.py probe --data.store stores/kaggle        # the tuned linear-probe baseline
+$ python train.py stack --checkpoint A.ckpt --checkpoint B.ckpt --data.store stores/kaggle
 
 With no arguments: build ``stores/demo`` if it is missing (``python -m data_prep --config
 configs/prep/demo.yaml``), fit ``configs/demo.yaml`` (the dual-logit head), write the
@@ -12,6 +14,7 @@ submission for the demo test split into the run directory and print where everyt
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,7 +61,7 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
     ``overrides`` are extra CLI arguments for the fit (tests shorten it with them).
     """
     from fusion.cli import main as cli_main
-    from fusion.predict import predict_probs, write_submission
+    from fusion.predict import complete_split, predict_probs, write_submission
 
     store = build_demo_store(store)
     cli = cli_main(
@@ -67,7 +70,13 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
     run = Path(cli.trainer.default_root_dir)
     ckpt_cb = cli.trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path or ckpt_cb.last_model_path)
-    ids, probs = predict_probs([best], store, cli.datamodule.predict_split)
+    split = cli.datamodule.predict_split
+    ids, probs = predict_probs([best], store, split)
+    # One row per test input: images that failed extraction get the train class prior.
+    ids, probs, failed = complete_split(store, split, ids, probs)
+    if failed:
+        print(f"WARNING: {len(failed)} {split} images failed extraction; their rows use the "
+              f"train class prior (see {store / 'failures.csv'})")  # fmt: skip
     submission, probs_file = write_submission(
         run / "submission.csv",
         ids,
@@ -103,18 +112,47 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Exit codes: 0 done; 2 bad input (one line naming it and the fix); 1 a non-finite
+    loss; 143 stopped by SIGTERM after saving ``last.ckpt`` (resume: --ckpt_path last)."""
     if not (sys.argv[1:] if argv is None else argv):
         run_demo()
         return
-    from feature_store import StoreError
-    from fusion.cli import ResumeError
-    from fusion.cli import main as cli_main
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from feature_store import StoreError
+    from fusion.callbacks import NonFiniteLossError
+    from fusion.cli import ResumeError, RunDirError
+    from fusion.cli import main as cli_main
+    from fusion.exit import EXIT_SIGTERM, ExitError
+    from fusion.predict import CheckpointError
+
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args[0] == "probe":
+            from fusion.probe_run import run_probe
+
+            run_probe(args[1:])
+            return
+        if args[0] == "stack":
+            from fusion.stacking import run_stack
+
+            run_stack(args[1:])
+            return
         cli_main(None if argv is None else list(argv))  # None: LightningCLI reads sys.argv
-    except (StoreError, ResumeError) as err:
+    except (StoreError, ResumeError, RunDirError, CheckpointError) as err:
         # Bad input the user can fix: the message says how, a traceback would bury it.
-        raise SystemExit(f"train.py: {err}") from err
+        raise ExitError(f"train.py: error: {err}") from err
+    except NonFiniteLossError as err:
+        raise ExitError(f"train.py: error: {err}", code=1) from err
+    except SIGTERMException as err:
+        # Lightning raises this (a SystemExit with code 0) at the next batch after SIGTERM;
+        # RunCheckpoint has saved the current state as last.ckpt by now.
+        run = os.environ.get("SKETCHFUSION_RUN_DIR", "RUN")
+        raise ExitError(
+            f"train.py: stopped by SIGTERM; the current state is in {run}/checkpoints/"
+            f"last.ckpt. Continue with the same command plus --ckpt_path last --run_dir {run}",
+            code=EXIT_SIGTERM,
+        ) from err
 
 
 if __name__ == "__main__":

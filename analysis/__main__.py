@@ -71,10 +71,18 @@ def parse_args(argv: list[str]) -> ReportOptions:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     opts = parse_args(sys.argv[1:] if argv is None else argv)
+    if opts.out.exists() and not opts.out.is_dir():
+        print(f"error: --out {opts.out} is a file; give a directory for the report "
+              "(report.html and figures/ go into it)", file=sys.stderr)  # fmt: skip
+        return 2
     try:
         result = build_report(opts)
     except (StoreError, ValueError) as err:  # bad store or --classes: the message names the fix
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # an unwritable --out
+        print(f"error: cannot write the report to {opts.out} ({err}); choose a writable "
+              "--out directory", file=sys.stderr)  # fmt: skip
         return 2
     notes = result.report.notes
     print(f"wrote {result.page} ({len(result.report.figures)} figures, {len(notes)} notes)")

@@ -15,18 +15,15 @@ scikit-learn's own regularisation paths do), which cuts the iterations several-f
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.decomposition import PCA
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
-from sklearn.preprocessing import StandardScaler
 
 from analysis.data import balanced_sample
+from fusion.probe import fit_probe
+from fusion.probe import standardise as probe_standardise
 
 DEFAULT_CS = (0.01, 0.1, 1.0)
 
@@ -41,10 +38,9 @@ class ProbeResult:
 
 def standardise(x_train, x_val, *, max_dim: int | None = None):
     """Both splits scaled by train's mean/std, then PCA-projected if wider than max_dim."""
-    scaler = StandardScaler().fit(x_train)
+    scaler, pca = probe_standardise(x_train, max_dim=max_dim)
     xt, xv = scaler.transform(x_train), scaler.transform(x_val)
-    if max_dim is not None and xt.shape[1] > max_dim:
-        pca = PCA(n_components=max_dim, random_state=0).fit(xt)
+    if pca is not None:
         xt, xv = pca.transform(xt), pca.transform(xv)
     return xt, xv
 
@@ -59,19 +55,10 @@ def probe_sweep(
     max_iter: int = 100,
     max_dim: int | None = None,
 ) -> ProbeResult:
-    """Pick C on val: StandardScaler (and PCA past ``max_dim``) fitted on train, then one
-    LogisticRegression per C, smallest C first, each warm-started from the last."""
-    xt, xv = standardise(x_train, x_val, max_dim=max_dim)
-    sweep, unconverged = {}, 0
-    clf = LogisticRegression(max_iter=max_iter, warm_start=True)
-    for c in sorted(cs):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
-            clf.set_params(C=c).fit(xt, y_train)
-        unconverged += any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        sweep[float(c)] = float((clf.predict(xv) == y_val).mean())
-    best_c = max(sweep, key=lambda c: (sweep[c], -c))  # ties: the stronger regularisation
-    return ProbeResult(best_c, sweep[best_c], sweep, unconverged)
+    """Pick C on val with :func:`fusion.probe.fit_probe` (the one probe implementation,
+    shared with ``python train.py probe``)."""
+    probe = fit_probe(x_train, y_train, x_val, y_val, cs=cs, max_iter=max_iter, max_dim=max_dim)
+    return ProbeResult(probe.best_c, probe.val_acc, probe.sweep, probe.unconverged)
 
 
 def lda_reduce(x_train, y_train, x_val, *, max_dim: int | None = None):

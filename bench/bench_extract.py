@@ -88,7 +88,8 @@ def bench_models(name: str, *, images: Path, models: dict[str, Path], out: Path,
 
 def bench_writes(root: Path, *, rows: int, dim: int = 768, per: int = 1000) -> dict:
     """Write ``rows`` rows as ``per``-row shards through StoreWriter; time every shard."""
-    from data_prep.store import StoreWriter, features, plan_shards
+    from data_prep.store import StoreWriter, plan_shards
+    from feature_store import store_features as features
 
     feats = features(dim, dim, "float16")
     writer = StoreWriter(root)

@@ -10,9 +10,13 @@ hashed into the store's fingerprint.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-POOLINGS_IMAGE = ("cls", "mean", "cls+mean")
-POOLINGS_TEXT = ("cls", "mean")
+POOLINGS_IMAGE = ("cls", "mean", "cls+mean", "mean_all_tokens")
+# mean_unmasked_reference: the reference code's BERT pooling, for exact reproduction only.
+POOLINGS_TEXT = ("cls", "mean", "mean_unmasked_reference")
+INPUT_KINDS = ("kaggle", "hf", "report_embeddings")
+RESAMPLES = ("bicubic", "bilinear", "nearest", "lanczos")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 EMB_DTYPES = ("float16", "float32")
 
@@ -22,11 +26,15 @@ class InputConfig:
     """Where the images come from: a Kaggle folder tree or a Hugging Face dataset.
 
     Args:
-        kind: ``kaggle`` (folders) or ``hf`` (a `datasets` dataset).
+        kind: ``kaggle`` (folders), ``hf`` (a `datasets` dataset of images), or
+            ``report_embeddings`` (import precomputed embeddings with the reference
+            report's schema, see data_prep/import_embeddings.py; no model runs).
         root: kaggle: the folder holding train_images/ val_images/ test_images/.
         split_dirs: kaggle: split name -> folder name (default: the competition's three).
-        class_map: kaggle: CSV ``class_name,label`` replacing the sorted folder order.
-        dataset: hf: a hub id, or ``imagefolder`` with data_dir.
+        class_map: kaggle, report_embeddings: CSV ``class_name,label`` (or the
+            reference's ``class,category``) replacing the sorted class-name order.
+        dataset: hf: a hub id, or ``imagefolder`` with data_dir; report_embeddings: a hub
+            id or a local folder of parquet files.
         splits: hf: our split name -> the dataset's split name.
         image_column: hf: the column holding the images.
         label_column: hf: the column holding the class labels.
@@ -81,9 +89,18 @@ class ImageConfig:
         model: hub id or local directory (transformers), or a timm model name (timm).
         library: ``transformers`` (AutoModel + its image processor) or ``timm``.
         revision: hub revision (transformers).
-        pooling: ``cls``, ``mean`` (patch tokens), or ``cls+mean`` (concatenated).
+        pooling: ``cls``, ``mean`` (patch tokens), ``cls+mean`` (concatenated), or
+            ``mean_all_tokens`` (every output token averaged, CLS and registers included:
+            the reference report's ``last_hidden_state.mean(dim=1)``).
         pretrained: timm only: false gives random weights (benchmarks).
         weights_file: timm only: a local .safetensors/.pth of the model's weights (offline).
+        squash: resize every image to ``squash`` x ``squash``, ignoring its aspect ratio,
+            before the model's own preprocessing (the reference report's
+            ``Image.open(p).resize((224, 224))``); null keeps the aspect ratio (default).
+        squash_resample: the PIL filter of that resize: ``bicubic`` (PIL's default, what the
+            reference's dataset script got) or ``bilinear`` (torchvision's ``Resize``).
+        processor_kwargs: overrides for the transformers image processor, e.g.
+            ``{do_resize: false, do_center_crop: false}`` to feed a squashed image as is.
     """
 
     model: str = "facebook/dinov2-base"
@@ -92,6 +109,9 @@ class ImageConfig:
     pooling: str = "cls"
     pretrained: bool = True
     weights_file: str | None = None
+    squash: int | None = None
+    squash_resample: str = "bicubic"
+    processor_kwargs: dict[str, Any] | None = None
 
 
 @dataclass
@@ -105,7 +125,10 @@ class CaptionConfig:
         keep_prompt: store "a sketch of a dog" rather than "a dog".
         max_new_tokens: generated tokens at most.
         num_beams: beam search width (1: greedy).
-        load_in_8bit: 8-bit weights; needs bitsandbytes and a CUDA GPU.
+        load_in_8bit: 8-bit weights (LLM.int8, outlier threshold 6.0); needs bitsandbytes
+            and a CUDA GPU.
+        dtype: the captioner's own dtype (fp32, bf16, fp16); null: run.dtype. The reference
+            report ran BLIP-2 in fp16 and DINOv2/BERT in fp32.
     """
 
     model: str = "Salesforce/blip2-opt-2.7b"
@@ -115,6 +138,7 @@ class CaptionConfig:
     max_new_tokens: int = 20
     num_beams: int = 1
     load_in_8bit: bool = False
+    dtype: str | None = None
 
 
 @dataclass
@@ -125,6 +149,9 @@ class TextConfig:
         model: hub id or local directory of a transformers text encoder.
         revision: hub revision.
         pooling: ``cls``, or ``mean`` over real tokens (the attention mask; never padding).
+            ``mean_unmasked_reference`` is the reference report's pooling, for exact
+            reproduction only: the mean over every position, padding included, so an
+            embedding depends on the longest caption in its batch.
         max_length: captions are truncated to this many tokens.
     """
 
@@ -178,10 +205,11 @@ class PrepConfig:
 def _check(cfg: PrepConfig) -> None:
     """Reject impossible values with the option name and the allowed ones."""
     checks = [
-        ("input.kind", cfg.input.kind, ("kaggle", "hf")),
+        ("input.kind", cfg.input.kind, INPUT_KINDS),
         ("image.library", cfg.image.library, ("transformers", "timm")),
         ("image.pooling", cfg.image.pooling, POOLINGS_IMAGE),
         ("text.pooling", cfg.text.pooling, POOLINGS_TEXT),
+        ("image.squash_resample", cfg.image.squash_resample, RESAMPLES),
         ("run.dtype", cfg.run.dtype, DTYPES),
         ("run.emb_dtype", cfg.run.emb_dtype, EMB_DTYPES),
     ]
@@ -190,6 +218,10 @@ def _check(cfg: PrepConfig) -> None:
             raise ValueError(f"--{name} {value!r} is not one of {list(allowed)}")
     if cfg.run.shard_size < 1 or cfg.run.batch_size < 1:
         raise ValueError("--run.shard_size and --run.batch_size must be >= 1")
+    if cfg.caption.dtype is not None and cfg.caption.dtype not in DTYPES:
+        raise ValueError(f"--caption.dtype {cfg.caption.dtype!r} is not one of {list(DTYPES)}")
+    if cfg.image.squash is not None and cfg.image.squash < 1:
+        raise ValueError("--image.squash must be a size in pixels >= 1 (or null for none)")
     if cfg.caption.num_beams < 1 or cfg.caption.max_new_tokens < 1:
         raise ValueError("--caption.num_beams and --caption.max_new_tokens must be >= 1")
 

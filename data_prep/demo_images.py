@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -164,7 +165,9 @@ def make_demo_images(
 
     ``per_class`` overrides the counts of :data:`DEFAULT_PER_CLASS` (train 12, val 4,
     test 4 images per class). Refuses to write into an existing split folder, so two seeds
-    never mix.
+    never mix. The images are drawn into ``ROOT.partial`` beside ``root`` and renamed into
+    place when all are written, so a killed run never leaves a half-drawn demo behind
+    (the next run starts the ``.partial`` folder afresh).
     """
     if not 1 <= num_classes <= len(SHAPES):
         raise ValueError(f"num_classes must be in 1..{len(SHAPES)} (one shape per class)")
@@ -172,10 +175,16 @@ def make_demo_images(
     unknown = sorted(set(counts) - set(SPLIT_DIRS))
     if unknown or counts["train"] < 1 or min(counts.values()) < 0:
         raise ValueError(f"per_class needs train >= 1 and val, test >= 0; got {per_class}")
-    root = Path(root)
+    final = Path(root)
     for folder in SPLIT_DIRS.values():
-        if (root / folder).exists():
-            raise FileExistsError(f"{root / folder} exists: remove it or choose another root")
+        if (final / folder).exists():
+            raise FileExistsError(f"{final / folder} exists: remove it or choose another root")
+    if final.exists() and any(final.iterdir()):
+        raise FileExistsError(f"{final} is not empty: remove it or choose another root")
+    root = final.with_name(final.name + ".partial")
+    if root.exists():
+        shutil.rmtree(root)  # ours by name: what a killed run left
+    root.mkdir(parents=True)
     classes = list(SHAPES)[:num_classes]
     label = {name: i for i, name in enumerate(sorted(classes))}  # ImageFolder order
     answers = []
@@ -198,4 +207,7 @@ def make_demo_images(
                     answers.append((image_id, label[shape]))
     with open(root / "test_labels.csv", "w", newline="") as f:
         csv.writer(f).writerows([("Id", "Category"), *sorted(answers)])
-    return root
+    if final.exists():
+        final.rmdir()  # empty (checked above); os.replace needs it gone or empty
+    os.replace(root, final)
+    return final

@@ -3,8 +3,10 @@
 $ python -c "from data_prep.encoders import *; help(ImageEncoder)"
 
 Preprocessing is the model's own (transformers image processor: shortest-edge resize then
-centre crop for DINOv2; timm's resolved data config), never a squashing resize. It lives
-in a separate small picklable object so DataLoader workers run it, not the model process.
+centre crop for DINOv2; timm's resolved data config). A squashing resize to a square
+(``image.squash``, the reference report's) is an option for exact reproduction, off by
+default: it distorts the aspect ratio. Preprocessing lives in a separate small picklable
+object so DataLoader workers run it, not the model process.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from data_prep.config import ImageConfig
+from data_prep.config import POOLINGS_IMAGE, ImageConfig
 from data_prep.loading import load_pretrained, model_source
+
+# PIL filters by the names the config uses.
+RESAMPLE = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}
 
 
 def pool_tokens(tokens: torch.Tensor, pooling: str, num_prefix_tokens: int = 1) -> torch.Tensor:
@@ -24,8 +29,11 @@ def pool_tokens(tokens: torch.Tensor, pooling: str, num_prefix_tokens: int = 1) 
 
     ``cls`` is token 0; ``mean`` averages the patch tokens only (after the CLS and any
     register tokens); ``cls+mean`` concatenates both, as Dinov2ForImageClassification
-    feeds its linear head.
+    feeds its linear head. ``mean_all_tokens`` averages every token, CLS and registers
+    included: the reference report's ``last_hidden_state.mean(dim=1)``.
     """
+    if pooling == "mean_all_tokens":
+        return tokens.mean(dim=1)
     cls = tokens[:, 0]
     if pooling == "cls":
         return cls
@@ -34,7 +42,7 @@ def pool_tokens(tokens: torch.Tensor, pooling: str, num_prefix_tokens: int = 1) 
         return mean
     if pooling == "cls+mean":
         return torch.cat([cls, mean], dim=1)
-    raise ValueError(f"unknown image pooling {pooling!r}; use cls, mean or cls+mean")
+    raise ValueError(f"unknown image pooling {pooling!r}; use one of {list(POOLINGS_IMAGE)}")
 
 
 class ImagePreprocessor:
@@ -42,6 +50,8 @@ class ImagePreprocessor:
 
     def __init__(self, cfg: ImageConfig, model: Any = None):
         self.library = cfg.library
+        self.squash = cfg.squash
+        self.resample = RESAMPLE[cfg.squash_resample]
         if cfg.library == "timm":
             import timm.data
 
@@ -57,10 +67,16 @@ class ImagePreprocessor:
                 AutoImageProcessor.from_pretrained,
                 cfg.model,
                 revision=cfg.revision,
+                **(cfg.processor_kwargs or {}),
             )
             self.description = {"library": "transformers", **_plain(self.processor.to_dict())}
+        if cfg.squash is not None:  # only when set: stores built without it keep their record
+            self.description["squash"] = {"size": cfg.squash, "resample": cfg.squash_resample}
 
     def __call__(self, images: list) -> torch.Tensor:
+        if self.squash is not None:
+            size = (self.squash, self.squash)
+            images = [im.resize(size, resample=self.resample) for im in images]
         if self.library == "timm":
             return torch.stack([self.transform(im) for im in images])
         return self.processor(images=images, return_tensors="pt")["pixel_values"]
@@ -72,8 +88,8 @@ class ImageEncoder(nn.Module):
     def __init__(self, cfg: ImageConfig, *, dtype: torch.dtype):
         super().__init__()
         self.cfg = cfg
-        if cfg.pooling not in ("cls", "mean", "cls+mean"):
-            raise ValueError(f"--image.pooling {cfg.pooling!r}: use cls, mean or cls+mean")
+        if cfg.pooling not in POOLINGS_IMAGE:
+            raise ValueError(f"--image.pooling {cfg.pooling!r}: use one of {list(POOLINGS_IMAGE)}")
         if cfg.library == "timm":
             import timm
 
@@ -87,7 +103,7 @@ class ImageEncoder(nn.Module):
             self.model.to(dtype)
             self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0))
             width = int(self.model.num_features)
-            if cfg.pooling != "mean" and self.num_prefix_tokens == 0:
+            if cfg.pooling in ("cls", "cls+mean") and self.num_prefix_tokens == 0:
                 raise ValueError(
                     f"timm model {cfg.model!r} has no CLS token; use --image.pooling mean"
                 )

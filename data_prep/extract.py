@@ -6,11 +6,12 @@ The work is cut into fixed shards (store.plan_shards). Each rank takes every
 ``world_size``-th unfinished shard, its DataLoader yields batches that never cross a shard
 boundary, and :class:`ShardWriter` writes a shard the moment its last batch is predicted.
 So 1 or N processes, a first run or a resumed one, all produce the same shard files.
+A SIGTERM (Lightning's signal connector sets ``trainer.received_sigterm``) stops the run
+after the shard being written, with :class:`Interrupted`; rerunning continues from there.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from typing import Any
@@ -24,9 +25,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from data_prep.images import BadImageError
 from data_prep.store import Shard, StoreWriter
 
-# Test hook: after this many shards, stop still (as a hung job would) so a test can
-# `kill -9` the process at a known point. Never set in normal use.
-PAUSE_ENV = "DATA_PREP_PAUSE_AFTER_SHARDS"
+
+class Interrupted(RuntimeError):
+    """A SIGTERM arrived; the shards written so far are kept and a rerun continues."""
 
 
 class ItemDataset(Dataset):
@@ -217,6 +218,12 @@ class ShardWriter(BasePredictionWriter):
         self._advance(trainer, shard.split, n_batch)
         if sum(len(p["good"]) + len(p["failed"]) for p in buf) == len(shard):
             self._write(shard, self.buffers.pop((shard.split, shard.index)), trainer.global_rank)
+            if trainer.received_sigterm:
+                # The safe point: this shard is whole on disk, the next is not started.
+                raise Interrupted(
+                    f"SIGTERM: stopped after {shard.split}/{shard.name} ({self.written} shards "
+                    "written by this run); rerun the same command to continue."
+                )
 
     def _write(self, shard: Shard, preds: list[dict], rank: int) -> None:
         from data_prep.caption_quality import caption_quality
@@ -231,13 +238,27 @@ class ShardWriter(BasePredictionWriter):
             parts = [p[key] for p in preds if p["good"]]
             return np.concatenate(parts)[order] if parts else np.zeros((0, dim), np.float32)
 
+        image_emb = self._stored(stack("image_emb", self.feats["image_emb"].length), "image_emb")
+        text_emb = self._stored(stack("text_emb", self.feats["text_emb"].length), "text_emb")
+        # A NaN or an infinity (also a finite value past float16's range) would poison
+        # every later stage: such rows go to failures.csv with the reason, never the store.
+        bad_image = ~np.isfinite(image_emb).all(axis=1)
+        bad_text = ~np.isfinite(text_emb).all(axis=1)
+        keep = ~(bad_image | bad_text)
+        failed_rows = [
+            (good[order[k]], "non-finite embedding (" + "image" * bool(bad_image[k])
+             + " and " * bool(bad_image[k] and bad_text[k]) + "text" * bool(bad_text[k]) + ")")
+            for k in np.flatnonzero(~keep)
+        ]  # fmt: skip
+        items = [it for it, ok in zip(items, keep, strict=True) if ok]
+        captions = [c for c, ok in zip(captions, keep, strict=True) if ok]
         columns = {
             "id": [it.id for it in items],
             "label": [int(it.label) for it in items],
             "path": [it.path for it in items],
             "caption": captions,
-            "image_emb": stack("image_emb", self.feats["image_emb"].length),
-            "text_emb": stack("text_emb", self.feats["text_emb"].length),
+            "image_emb": image_emb[keep],
+            "text_emb": text_emb[keep],
         }
         quality = [caption_quality(c) for c in captions]
         seconds: dict[str, float] = defaultdict(float)
@@ -246,8 +267,7 @@ class ShardWriter(BasePredictionWriter):
                 seconds[k] += v
         failed = [
             {"file": self.items[i].path, "reason": r, "split": shard.split, "id": self.items[i].id}
-            for p in preds
-            for i, r in sorted(p["failed"])
+            for i, r in sorted([f for p in preds for f in p["failed"]] + failed_rows)
         ]
         info = {
             "failed": failed,
@@ -258,10 +278,11 @@ class ShardWriter(BasePredictionWriter):
         }
         self.store.write_shard(shard, columns, feats=self.feats, info=info)
         self.written += 1
-        pause = os.environ.get(PAUSE_ENV)
-        if pause and self.written >= int(pause):
-            while True:  # wait here to be killed (see PAUSE_ENV)
-                time.sleep(1)
+
+    def _stored(self, emb: np.ndarray, column: str) -> np.ndarray:
+        """``emb`` in the store's dtype (float16 overflows to inf: checked after this)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.asarray(emb).astype(self.feats[column].feature.dtype)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         # The first bar opens before the first batch is even fetched (Lightning prefetches

@@ -45,7 +45,14 @@ def prepare_demo(cfg: PrepConfig, plain: dict[str, Any] | None = None) -> None:
             "--input.root, or pass --demo.enabled false to use your images."
         )
     images = Path(cfg.demo.images)
-    if not (images / "train_images").is_dir():
+    complete = (images / "test_labels.csv").is_file()
+    if not complete and images.is_dir() and any(images.iterdir()):
+        # Only a demo folder from before the drawing was atomic can be in this state.
+        raise ValueError(
+            f"{images} is an incomplete demo image folder (no test_labels.csv, written "
+            "last): delete it and rerun to draw the demo again"
+        )
+    if not complete:
         make_demo_images(
             images,
             num_classes=cfg.demo.num_classes,
@@ -111,17 +118,35 @@ def _inputs_digest(listing) -> dict[str, Any]:
     return out
 
 
+# Options added after stores were first built: left out of the fingerprint while unset, so
+# a store begun before they existed still resumes.
+_LATER_OPTIONS = {
+    "image": ("squash", "squash_resample", "processor_kwargs"),
+    "caption": ("dtype",),
+}
+
+
+def _options(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    for key in _LATER_OPTIONS.get(section, ()):
+        if out.get(key) is None:
+            out.pop(key, None)
+    if section == "image" and "squash" not in out:
+        out.pop("squash_resample", None)  # moot without a squash
+    return out
+
+
 def config_fingerprint(cfg: PrepConfig, listing) -> dict[str, Any]:
     """What decides the rows: inputs, models and their options. Not batch size or devices."""
     caption = (
         {"captions_csv_sha256": _file_sha256(cfg.input.captions_csv)}
         if cfg.input.captions_csv
-        else {k: v for k, v in vars(cfg.caption).items()}
+        else _options("caption", vars(cfg.caption))
     )
     return {
         "inputs": _inputs_digest(listing),
         "class_names": listing.class_names,
-        "image": vars(cfg.image),
+        "image": _options("image", vars(cfg.image)),
         "caption": caption,
         "text": vars(cfg.text),
         "dtype": cfg.run.dtype,
@@ -143,6 +168,11 @@ class Models:
         hf_logging.disable_progress_bar()  # one "Loading weights" bar per model is noise
 
         self.dtype = resolve_dtype(cfg.run.dtype, cfg.run.accelerator)
+        self.caption_dtype = (
+            resolve_dtype(cfg.caption.dtype, cfg.run.accelerator)
+            if cfg.caption.dtype
+            else self.dtype
+        )
         self.seconds: dict[str, float] = {}
         self.captioner = self.caption_pre = None
         if not cfg.input.captions_csv:
@@ -161,7 +191,7 @@ class Models:
             from data_prep.captioner import Captioner
 
             start = time.perf_counter()
-            self.captioner = Captioner(cfg.caption, dtype=self.dtype)
+            self.captioner = Captioner(cfg.caption, dtype=self.caption_dtype)
             # One blank image through generate: a model/prompt combination that cannot
             # caption fails here, not after every model has loaded and the first batch ran.
             self.captioner.check(self.caption_pre)
@@ -198,7 +228,7 @@ class Models:
                 "max_new_tokens": cfg.caption.max_new_tokens,
                 "num_beams": cfg.caption.num_beams,
                 "load_in_8bit": cfg.caption.load_in_8bit,
-                "dtype": dtype,
+                "dtype": str(self.caption_dtype).replace("torch.", ""),
                 "preprocessing": self.caption_pre.description,
             }
         else:
@@ -212,6 +242,10 @@ class Models:
 
 def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
     """Build (or finish) the store described by ``cfg``; return its directory."""
+    if cfg.input.kind == "report_embeddings":  # precomputed rows: no model, no image
+        from data_prep.import_embeddings import import_store
+
+        return import_store(cfg, plain)
     start = time.perf_counter()
     if cfg.demo.enabled:
         prepare_demo(cfg, plain)
@@ -224,18 +258,22 @@ def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
         captions = read_captions_csv(cfg.input.captions_csv, expected_ids=expected)
     if PREP_DIR in listing.splits:
         raise ValueError(f"a split may not be called {PREP_DIR!r}")
+    check_writable(cfg.run.out)
     store = StoreWriter(cfg.run.out)
     store.check_fingerprint("config", config_fingerprint(cfg, listing))
     shards = plan_shards({s: len(v) for s, v in listing.splits.items()}, cfg.run.shard_size)
+    damaged = recheck_shards(store, shards)
     manifest = Path(cfg.run.out) / "manifest.json"
-    if manifest.is_file() and all(store.is_done(s) for s in shards):
-        # Same inputs and config, every shard done: nothing to load or run.
+    if not damaged and store.manifest_ok() and all(store.is_done(s) for s in shards):
+        # Same inputs and config, every shard done and intact: nothing to load or run.
         if cfg.run.progress:
             from data_prep.report import summary
 
             print(summary(store.root, json.loads(manifest.read_text())))
             print("  (already complete: nothing to do)")
         return store.root
+    # Not complete (or no longer): the manifest must not claim otherwise while we work.
+    manifest.unlink(missing_ok=True)
     store.remove_partial_files()
     models = Models(cfg)
     described = models.describe(cfg)
@@ -264,6 +302,44 @@ def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
         wall_seconds=time.perf_counter() - start,
         resumed=len(shards) - len(pending),
     )
+
+
+def check_writable(out: str) -> None:
+    """Refuse a ``--run.out`` that is a file or cannot be written, before any model loads."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--run.out {path} is a file, not a directory; choose a directory path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # access(2), not a probe file: nothing is written into a directory not yet known
+        # to be ours, and it reports a read-only filesystem even to root.
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(f"not writable: {path}")
+    except OSError as err:
+        raise ValueError(
+            f"--run.out {path} cannot be written ({err.strerror or err}); choose a writable "
+            "directory (--run.out DIR)"
+        ) from err
+
+
+def recheck_shards(store: StoreWriter, shards) -> list[str]:
+    """Verify every done shard against its marker; damaged ones are removed to be redone."""
+    damaged = []
+    for shard in shards:
+        marked, present = store.marker_path(shard).is_file(), store.arrow_path(shard).is_file()
+        why = (
+            f"{store.arrow_path(shard)} is missing"
+            if marked and not present
+            else store.damaged(shard)
+            if marked
+            else None
+        )
+        if why:
+            log.warning("redoing %s/%s: %s", shard.split, shard.name, why)
+            print(f"data_prep: redoing {shard.split}/{shard.name}: {why}")
+            store.redo(shard)
+            damaged.append(f"{shard.split}/{shard.name}")
+    return damaged
 
 
 def _predict(cfg, listing, pending, shards, models, captions, store, feats) -> bool:

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from feature_store.layout import FORMAT_VERSION
+from feature_store.integrity import shard_record
+from feature_store.layout import make_manifest
 
 PACKAGES = ("torch", "transformers", "timm", "datasets", "lightning", "tokenizers", "pillow",
             "numpy", "pyarrow", "bitsandbytes")  # fmt: skip
@@ -35,14 +36,19 @@ def finalize(*, cfg, plain, listing, shards, store, feats, models, load_seconds,
             "rerun the same command to resume."
         )
     counts: dict[str, dict[str, int]] = {}
+    records: dict[str, list[dict[str, Any]]] = {}
     failures: list[dict[str, str]] = []
     model_seconds: dict[str, float] = {}
     for split, items in listing.splits.items():
         split_shards = [s for s in shards if s.split == split]
         c = {"inputs": len(items), "rows": 0, "failed": 0}
         c.update(captions_empty=0, captions_degenerate=0)
+        records[split] = []
         for s in split_shards:
             m = store.marker(s)
+            if "sha256" not in m:  # a shard written before checksums were recorded
+                m = {**m, **shard_record(store.arrow_path(s), m["rows"])}
+            records[split].append({k: m[k] for k in ("file", "rows", "bytes", "sha256")})
             c["rows"] += m["rows"]
             c["failed"] += len(m["failed"])
             c["captions_empty"] += m["captions_empty"]
@@ -55,17 +61,17 @@ def finalize(*, cfg, plain, listing, shards, store, feats, models, load_seconds,
         counts[split] = c
         store.finalize_split(split, split_shards, feats)
     store.write_failures(failures)
-    manifest: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "class_names": list(listing.class_names),
-        "dims": {"image_emb": feats["image_emb"].length, "text_emb": feats["text_emb"].length},
-        "emb_dtype": cfg.run.emb_dtype,
-        "splits": counts,
-        "models": models,
-        "source": getattr(listing, "source", ""),
-        "failures": len(failures),
-        "unused_files": list(listing.unused_files),
-        "timing": {
+    manifest = make_manifest(
+        class_names=list(listing.class_names),
+        dims={"image_emb": feats["image_emb"].length, "text_emb": feats["text_emb"].length},
+        emb_dtype=cfg.run.emb_dtype,
+        splits=counts,
+        shards=records,  # rows, bytes, sha256 per shard: checked by every reader
+        models=models,
+        source=getattr(listing, "source", ""),
+        failures=len(failures),
+        unused_files=list(listing.unused_files),
+        timing={
             "wall_seconds_last_run": round(wall_seconds, 3),
             "extract_seconds_last_run": round(extract_seconds, 3),  # Trainer.predict
             "model_load_seconds_last_run": {k: round(v, 3) for k, v in load_seconds.items()},
@@ -73,11 +79,11 @@ def finalize(*, cfg, plain, listing, shards, store, feats, models, load_seconds,
             "shards": len(shards),
             "shards_reused": resumed,
         },
-        "package_versions": package_versions(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": plain,
-    }
+        package_versions=package_versions(),
+        command=" ".join([Path(sys.executable).name, *sys.argv]),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        config=plain,
+    )
     store.write_manifest(manifest)  # last: its presence marks the store complete
     if cfg.run.progress:
         print(summary(store.root, manifest))

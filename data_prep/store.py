@@ -7,7 +7,9 @@ Layout while it grows (see feature_store/layout.py for the finished contract)::
     STORE/_prep/<split>/shard-00012.json    the done marker, written after the rename
 
 Each row is written once. A shard is redone unless both its Arrow file and its marker
-exist, so a kill at any moment loses at most the shards in flight. At the end the split
+exist, so a kill at any moment loses at most the shards in flight. The marker records the
+shard's row count and checksum; a store that looks complete is verified against them and
+damaged shards are redone (feature_store.integrity). At the end the split
 directories get the ``state.json`` / ``dataset_info.json`` that ``datasets.load_from_disk``
 reads (listing the shard files as they are, no rows rewritten), then ``failures.csv``,
 then ``manifest.json`` last: its presence marks the store complete.
@@ -15,7 +17,6 @@ then ``manifest.json`` last: its presence marks the store complete.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from feature_store.integrity import shard_problem, shard_record
+from feature_store.layout import store_features, write_failures, write_manifest
 
 PREP_DIR = "_prep"
 FINGERPRINT = "fingerprint.json"
@@ -58,27 +62,20 @@ def plan_shards(split_sizes: dict[str, int], shard_size: int) -> list[Shard]:
     ]
 
 
-def features(image_dim: int, text_dim: int, emb_dtype: str):
-    """The store's `datasets.Features` (the column contract of feature_store/layout.py)."""
-    import datasets
-
-    return datasets.Features(
-        {
-            "id": datasets.Value("string"),
-            "label": datasets.Value("int64"),
-            "path": datasets.Value("string"),
-            "caption": datasets.Value("string"),
-            "image_emb": datasets.List(datasets.Value(emb_dtype), length=image_dim),
-            "text_emb": datasets.List(datasets.Value(emb_dtype), length=text_dim),
-        }
-    )
+features = store_features  # the column contract is feature_store's
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Write to a temporary name and rename: readers see the old file or the whole new one."""
+    """Write to a temporary name and rename: readers see the old file or the whole new one.
+
+    On any error (a full disk) the temporary file is removed, never left at 0 bytes.
+    """
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class StoreWriter:
@@ -98,6 +95,34 @@ class StoreWriter:
 
     def marker(self, shard: Shard) -> dict[str, Any]:
         return json.loads(self.marker_path(shard).read_text())
+
+    def damaged(self, shard: Shard) -> str | None:
+        """Why a done shard no longer matches its marker (rows, bytes, checksum), or None.
+
+        Markers from before checksums were recorded are trusted as they are.
+        """
+        try:
+            marker = self.marker(shard)
+        except (OSError, ValueError) as err:
+            return f"{self.marker_path(shard)} unreadable ({err})"
+        if "sha256" not in marker:
+            return None
+        return shard_problem(self.arrow_path(shard).parent, marker)
+
+    def redo(self, shard: Shard) -> None:
+        """Forget a shard (marker first, then its file) so the next extraction rewrites it."""
+        self.marker_path(shard).unlink(missing_ok=True)
+        self.arrow_path(shard).unlink(missing_ok=True)
+
+    def manifest_ok(self) -> bool:
+        """True when manifest.json exists and is a readable store manifest."""
+        from feature_store.layout import StoreError, open_store
+
+        try:
+            open_store(self.root)
+        except StoreError:
+            return False
+        return True
 
     def remove_partial_files(self) -> int:
         """Delete temporary files a killed run left behind (run before any rank writes)."""
@@ -162,11 +187,18 @@ class StoreWriter:
             pa.table(arrays, schema=feats.arrow_schema) if n else feats.arrow_schema.empty_table()
         )
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        with ArrowWriter(features=feats, path=str(tmp)) as writer:
-            writer.write_table(table)
-            writer.finalize()
-        os.replace(tmp, path)
-        _write_json(self.marker_path(shard), {"rows": n, **info})
+        try:
+            with ArrowWriter(features=feats, path=str(tmp)) as writer:
+                writer.write_table(table)
+                writer.finalize()
+            # Recorded now, checked by every later reader: a shard truncated or swapped
+            # after this point is caught by its size and checksum.
+            record = shard_record(tmp, n)
+            record["file"] = path.name
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no partial file behind
+        _write_json(self.marker_path(shard), {**record, **info})
 
     # -- the end -----------------------------------------------------------------------
     def finalize_split(self, split: str, shards: list[Shard], feats) -> None:
@@ -189,19 +221,10 @@ class StoreWriter:
         _write_json(split_dir / "dataset_info.json", {k: info[k] for k in sorted(info)})
 
     def write_failures(self, rows: list[dict[str, str]]) -> Path:
-        path = self.root / "failures.csv"
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["file", "reason", "split", "id"])
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-        return path
+        return write_failures(self.root, rows)
 
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
-        path = self.root / "manifest.json"
-        _write_json(path, manifest)
-        return path
+        return write_manifest(self.root, manifest)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

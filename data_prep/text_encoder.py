@@ -2,9 +2,12 @@
 
 $ python -c "from data_prep.text_encoder import masked_mean; help(masked_mean)"
 
-The code this project grew from averaged BERT's output over padding tokens too, so a
-caption's embedding depended on the longest caption in its batch. Here ``mean`` averages
-only the positions the attention mask marks as real tokens.
+The code this project grew from (the reference report's) averaged BERT's output over
+padding tokens too, so a caption's embedding depended on the longest caption in its batch.
+Here ``mean`` averages only the positions the attention mask marks as real tokens. That
+reference behaviour survives only as ``mean_unmasked_reference``, for exact reproduction of
+the report's embeddings; it matches them only where the batches match too (the reference
+batched 64 images of one class folder at a time, in sorted file order).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from data_prep.config import TextConfig
+from data_prep.config import POOLINGS_TEXT, TextConfig
 from data_prep.loading import load_pretrained, model_source
 
 
@@ -30,8 +33,8 @@ class TextEncoder(nn.Module):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
-        if cfg.pooling not in ("cls", "mean"):
-            raise ValueError(f"--text.pooling {cfg.pooling!r}: use cls or mean")
+        if cfg.pooling not in POOLINGS_TEXT:
+            raise ValueError(f"--text.pooling {cfg.pooling!r}: use one of {list(POOLINGS_TEXT)}")
         self.cfg = cfg
         self.tokenizer = load_pretrained(
             "text encoder tokenizer",
@@ -65,6 +68,9 @@ class TextEncoder(nn.Module):
         hidden = out.last_hidden_state
         if self.cfg.pooling == "cls":
             return hidden[:, 0].float()
+        if self.cfg.pooling == "mean_unmasked_reference":
+            # The reference's outputs.last_hidden_state.mean(dim=1): padding averaged in.
+            return hidden.float().mean(dim=1)
         return masked_mean(hidden.float(), attention_mask)
 
     def encode(self, captions: list[str]) -> torch.Tensor:

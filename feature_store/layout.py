@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ MANIFEST_NAME = "manifest.json"
 FAILURES_NAME = "failures.csv"
 FORMAT_VERSION = 1
 COLUMNS = ("id", "label", "path", "caption", "image_emb", "text_emb")
+# One row per input that has no row in the store: the file, why, its split and id.
+FAILURES_COLUMNS = ("file", "reason", "split", "id")
 
 
 class StoreError(ValueError):
@@ -76,10 +79,19 @@ def open_store(root: str | os.PathLike) -> StoreInfo:
             "Build one with `python -m data_prep --config configs/prep/<name>.yaml` "
             "(a run that stopped part-way resumes when rerun with the same command)."
         )
-    manifest = json.loads(manifest_path.read_text())
-    missing = [k for k in ("class_names", "dims", "splits") if k not in manifest]
-    if missing:
-        raise StoreError(f"{manifest_path} lacks {missing}; rebuild the store with data_prep.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StoreError(
+            f"{manifest_path} is not valid JSON ({err}); rerun the data_prep command that "
+            "built the store: it rewrites the manifest."
+        ) from err
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise StoreError(
+            f"{manifest_path}: {problem}; rerun the data_prep command that built the store "
+            "(it rewrites the manifest)."
+        )
     if manifest.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
         raise StoreError(
             f"{manifest_path} has format_version {manifest['format_version']}, newer than this "
@@ -88,9 +100,123 @@ def open_store(root: str | os.PathLike) -> StoreInfo:
     return StoreInfo(root=root, manifest=manifest)
 
 
-def load_split(root: str | os.PathLike, split: str):
-    """The split as a `datasets.Dataset` (memory-mapped Arrow, nothing copied)."""
+def _manifest_problem(manifest: Any) -> str | None:
+    """What makes ``manifest`` unusable (wrong types, missing keys), or None."""
+    if not isinstance(manifest, dict):
+        return f"holds a {type(manifest).__name__}, not an object"
+    missing = [k for k in ("class_names", "dims", "splits") if k not in manifest]
+    if missing:
+        return f"lacks {missing}"
+    names, dims, splits = manifest["class_names"], manifest["dims"], manifest["splits"]
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        return "class_names is not a list of strings"
+    if not isinstance(dims, dict) or not all(
+        isinstance(dims.get(k), int) and dims[k] > 0 for k in ("image_emb", "text_emb")
+    ):
+        return "dims needs positive integers image_emb and text_emb"
+    if not isinstance(splits, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("rows"), int) for v in splits.values()
+    ):
+        return "splits needs {split: {rows: int, ...}}"
+    if not isinstance(manifest.get("format_version", FORMAT_VERSION), int):
+        return "format_version is not an integer"
+    return None
+
+
+def store_features(image_dim: int, text_dim: int, emb_dtype: str):
+    """The store's `datasets.Features`: the column contract every writer uses."""
     import datasets
+
+    return datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "label": datasets.Value("int64"),
+            "path": datasets.Value("string"),
+            "caption": datasets.Value("string"),
+            "image_emb": datasets.List(datasets.Value(emb_dtype), length=image_dim),
+            "text_emb": datasets.List(datasets.Value(emb_dtype), length=text_dim),
+        }
+    )
+
+
+def make_manifest(
+    *,
+    class_names: list[str],
+    dims: dict[str, int],
+    emb_dtype: str,
+    splits: dict[str, dict[str, int]],
+    shards: dict[str, list[dict[str, Any]]],
+    models: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The manifest every writer produces: the fields readers rely on, then ``extra``.
+
+    ``splits``: per split ``inputs``, ``rows``, ``failed`` (inputs = rows + failed);
+    ``shards``: per split the records of :func:`feature_store.integrity.shard_record`;
+    ``models``: what data_prep's models resolved to (the source of the model fingerprint).
+    """
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "class_names": list(class_names),
+        "dims": {"image_emb": int(dims["image_emb"]), "text_emb": int(dims["text_emb"])},
+        "emb_dtype": emb_dtype,
+        "splits": splits,
+        "shards": shards,
+        "models": models,
+        **extra,
+    }
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ValueError(f"refusing to write a manifest that {problem}")
+    return manifest
+
+
+def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    """``root/manifest.json`` via a temporary name: readers see no half-written manifest."""
+    path = Path(root) / MANIFEST_NAME
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_failures(root: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
+    """``root/failures.csv`` (:data:`FAILURES_COLUMNS`), written to a temp name, renamed."""
+    path = Path(root) / FAILURES_NAME
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(FAILURES_COLUMNS))
+            writer.writeheader()
+            writer.writerows({k: row.get(k, "") for k in FAILURES_COLUMNS} for row in rows)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_failures(root: str | os.PathLike, split: str | None = None) -> list[dict[str, str]]:
+    """The rows of ``root/failures.csv`` (of one split when given); [] when absent."""
+    path = Path(root) / FAILURES_NAME
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [r for r in rows if split is None or r.get("split") == split]
+
+
+def load_split(root: str | os.PathLike, split: str):
+    """The split as a `datasets.Dataset` (memory-mapped Arrow, nothing copied).
+
+    Each shard's size and checksum are checked against the manifest first; a damaged,
+    missing or unreadable shard raises :class:`StoreError` naming it and the fix.
+    """
+    import datasets
+
+    from feature_store.integrity import REBUILD_HINT, verify_split
 
     info = open_store(root)
     path = info.root / split
@@ -99,7 +225,20 @@ def load_split(root: str | os.PathLike, split: str):
             f"{info.root} has no split {split!r} (it has {info.splits}); "
             "check the split names in the prep config."
         )
-    return datasets.load_from_disk(str(path))
+    verify_split(root, split, info)
+    try:
+        state = json.loads((path / "state.json").read_text())
+        if not state.get("_data_files"):  # a split with no rows (every input failed)
+            feats = store_features(info.image_dim, info.text_dim, info.manifest["emb_dtype"])
+            return datasets.Dataset.from_dict({k: [] for k in feats}, features=feats)
+        return datasets.load_from_disk(str(path))
+    except Exception as err:  # noqa: BLE001 - pyarrow/datasets/OS errors all mean "damaged"
+        raise StoreError(f"{path} cannot be read ({_short(err)}); {REBUILD_HINT}.") from err
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text[:200]
 
 
 def _matrix(table, column: str, dim: int) -> np.ndarray:
@@ -116,20 +255,27 @@ def _matrix(table, column: str, dim: int) -> np.ndarray:
 
 def load_arrays(root: str | os.PathLike, split: str) -> SplitArrays:
     """One split's columns as numpy arrays, dims checked against the manifest."""
+    from feature_store.integrity import REBUILD_HINT
+
     info = open_store(root)
     ds = load_split(root, split)
     table = ds.data.table if hasattr(ds.data, "table") else ds.data
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise StoreError(f"{info.root / split} lacks columns {missing}; rebuild the store.")
-    return SplitArrays(
-        ids=table.column("id").to_pylist(),
-        labels=table.column("label").to_numpy().astype(np.int64),  # astype copies: writable
-        image_emb=_matrix(table, "image_emb", info.image_dim),
-        text_emb=_matrix(table, "text_emb", info.text_dim),
-        captions=table.column("caption").to_pylist(),
-        paths=table.column("path").to_pylist(),
-    )
+    try:
+        return SplitArrays(
+            ids=table.column("id").to_pylist(),
+            labels=table.column("label").to_numpy().astype(np.int64),  # astype copies
+            image_emb=_matrix(table, "image_emb", info.image_dim),
+            text_emb=_matrix(table, "text_emb", info.text_dim),
+            captions=table.column("caption").to_pylist(),
+            paths=table.column("path").to_pylist(),
+        )
+    except Exception as err:  # noqa: BLE001 - a shard whose contents do not fit the schema
+        raise StoreError(
+            f"{info.root / split} cannot be read ({_short(err)}); {REBUILD_HINT}."
+        ) from err
 
 
 def write_store(
@@ -154,17 +300,10 @@ def write_store(
         "image_emb": int(np.asarray(first["image_emb"]).shape[1]),
         "text_emb": int(np.asarray(first["text_emb"]).shape[1]),
     }
-    features = datasets.Features(
-        {
-            "id": datasets.Value("string"),
-            "label": datasets.Value("int64"),
-            "path": datasets.Value("string"),
-            "caption": datasets.Value("string"),
-            "image_emb": datasets.List(datasets.Value(emb_dtype), length=dims["image_emb"]),
-            "text_emb": datasets.List(datasets.Value(emb_dtype), length=dims["text_emb"]),
-        }
-    )
-    counts = {}
+    from feature_store.integrity import shard_record
+
+    features = store_features(dims["image_emb"], dims["text_emb"], emb_dtype)
+    counts, shards = {}, {}
     for name, cols in splits.items():
         n = len(cols["id"])
         data = {
@@ -175,17 +314,23 @@ def write_store(
             "image_emb": np.asarray(cols["image_emb"], dtype=emb_dtype),
             "text_emb": np.asarray(cols["text_emb"], dtype=emb_dtype),
         }
-        datasets.Dataset.from_dict(data, features=features).save_to_disk(str(root / name))
+        ds = datasets.Dataset.from_dict(data, features=features)
+        ds.save_to_disk(str(root / name))
         counts[name] = {"inputs": n, "rows": n, "failed": 0}
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "class_names": list(class_names),
-        "dims": dims,
-        "emb_dtype": emb_dtype,
-        "splits": counts,
-        "models": {},
-        **(extra_manifest or {}),
-    }
-    (root / FAILURES_NAME).write_text("file,reason\n")
-    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+        state = json.loads((root / name / "state.json").read_text())
+        files = [root / name / f["filename"] for f in state["_data_files"]]
+        # save_to_disk writes one file unless the split is large; count rows per file.
+        rows = [len(datasets.Dataset.from_file(str(f))) for f in files]
+        shards[name] = [shard_record(f, r) for f, r in zip(files, rows, strict=True)]
+    extra = {"models": {}, **(extra_manifest or {})}
+    manifest = make_manifest(
+        class_names=class_names,
+        dims=dims,
+        emb_dtype=emb_dtype,
+        splits=counts,
+        shards=shards,
+        **extra,
+    )
+    write_failures(root, [])
+    write_manifest(root, manifest)
     return StoreInfo(root=root, manifest=manifest)

@@ -87,3 +87,113 @@ def make_synthetic_store(
         emb_dtype=emb_dtype,
         extra_manifest={"synthetic": {"signal": signal, "noise": noise, "seed": seed}},
     )
+
+
+CAPTION_KINDS = ("informative", "neutral", "misleading", "noise")
+
+
+def caption_kind(caption: str, label: int, class_names: list[str]) -> str:
+    """The kind of a caption written by :func:`make_caption_mix_store`, read back from its text."""
+    if caption.startswith("noise"):
+        return "noise"
+    if label >= 0 and caption.endswith(class_names[label]):
+        return "informative"
+    return "misleading" if caption.startswith("a sketch of") else "neutral"
+
+
+def make_caption_mix_store(
+    root: str | os.PathLike,
+    *,
+    num_classes: int = 20,
+    per_class: dict[str, int] | None = None,
+    image_dim: int = 64,
+    text_dim: int = 32,
+    image_rank: int | None = None,
+    image_noise: float = 1.0,
+    text_noise: float = 0.5,
+    caption_mix: dict[str, float] | None = None,
+    seed: int = 0,
+) -> StoreInfo:
+    """A store whose captions carry class information on a chosen share of the rows.
+
+    Image embeddings: a class mean in a random ``image_rank``-dim subspace plus isotropic
+    noise of std ``image_noise`` in all ``image_dim`` dims (so the Bayes-optimal rule is the
+    nearest class mean, and :func:`bayes_accuracy` gives its accuracy).
+    Text embeddings, per row, by ``caption_mix`` (shares summing to 1):
+
+    - ``informative``: the row's class text mean + noise (caption "a sketch of a <class>");
+    - ``neutral``: one shared mean + noise, the same for every class (caption "a sketch");
+    - ``misleading``: another class's text mean + noise (caption "a sketch of a <other>");
+    - ``noise``: pure noise, no structure at all (caption "noise").
+
+    Every split, test included, keeps its true labels, so benchmarks can score any split;
+    :func:`caption_kind` reads a row's kind back from its caption.
+    """
+    mix = caption_mix or {"informative": 0.5, "neutral": 0.5}
+    unknown = set(mix) - set(CAPTION_KINDS)
+    if unknown or abs(sum(mix.values()) - 1) > 1e-6:
+        raise ValueError(f"caption_mix needs shares of {CAPTION_KINDS} summing to 1, got {mix}")
+    per_class = per_class or {"train": 40, "val": 10, "test": 20}
+    rng = np.random.default_rng(seed)
+    rank = image_rank or image_dim
+    basis = np.linalg.qr(rng.standard_normal((image_dim, rank)))[0].T  # [rank, image_dim]
+    img_means = (rng.standard_normal((num_classes, rank)) @ basis).astype(np.float32)
+    txt_means = 2.0 * rng.standard_normal((num_classes + 1, text_dim)).astype(np.float32)
+    class_names = [f"class_{i:03d}" for i in range(num_classes)]
+    kinds, shares = list(mix), np.array(list(mix.values()))
+    splits = {}
+    for split, n in per_class.items():
+        labels = np.repeat(np.arange(num_classes), n)
+        rng.shuffle(labels)
+        img = _features(rng, labels, img_means, image_noise, image_dim)
+        row_kind = rng.choice(len(kinds), size=len(labels), p=shares)
+        other = (labels + rng.integers(1, num_classes, size=len(labels))) % num_classes
+        text_class = (
+            np.where(row_kind == kinds.index("misleading"), other, labels)
+            if ("misleading" in kinds)
+            else labels
+        )
+        neutral = np.array([kinds[k] == "neutral" for k in row_kind])
+        text_class = np.where(neutral, num_classes, text_class)  # the shared neutral mean
+        txt = _features(rng, text_class, txt_means, text_noise, text_dim)
+        is_noise = np.array([kinds[k] == "noise" for k in row_kind])
+        txt[is_noise] = rng.standard_normal((int(is_noise.sum()), text_dim)).astype(np.float32)
+        captions = [
+            "noise"
+            if kinds[k] == "noise"
+            else "a sketch"
+            if kinds[k] == "neutral"
+            else f"a sketch of a {class_names[c]}"
+            for k, c in zip(row_kind, text_class, strict=True)
+        ]
+        ids = [f"{split}_{i:05d}" for i in range(len(labels))]
+        splits[split] = {
+            "id": ids,
+            "label": labels,
+            "caption": captions,
+            "image_emb": img,
+            "text_emb": txt,
+        }
+    extra = {
+        "synthetic": {
+            "kind": "caption_mix",
+            "caption_mix": mix,
+            "image_noise": image_noise,
+            "text_noise": text_noise,
+            "seed": seed,
+        }
+    }
+    info = write_store(root, splits=splits, class_names=class_names, extra_manifest=extra)
+    np.save(os.path.join(root, "image_means.npy"), img_means)
+    return info
+
+
+def bayes_accuracy(root: str | os.PathLike, split: str = "test") -> float:
+    """Accuracy of the Bayes-optimal image classifier (nearest true class mean) of a
+    :func:`make_caption_mix_store` store on ``split``: the ceiling for the image modality."""
+    from feature_store.layout import load_arrays
+
+    means = np.load(os.path.join(root, "image_means.npy"))
+    arrays = load_arrays(root, split)
+    dist = ((arrays.image_emb[:, None, :] - means[None]) ** 2).sum(-1)
+    return float((dist.argmin(1) == arrays.labels).mean())

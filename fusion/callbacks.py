@@ -1,22 +1,147 @@
-"""End-of-fit artefacts of a run: the alpha/beta plot and the validation predictions.
+"""The callbacks ``train.py`` adds to every fit (the run directory is ``default_root_dir``).
 
-Added by ``train.py`` to every fit; writes into the run directory (the trainer's
-``default_root_dir``)::
-
-    RUN/alpha_beta.png        dual-logit heads only; also logged to W&B as fusion/alpha_beta
-    RUN/val_predictions.csv   id,label,pred,confidence from the best checkpoint
+- :class:`RunArtifacts`: at the end of fit, ``RUN/alpha_beta.png`` (dual-logit heads;
+  also logged to W&B) and ``RUN/val_predictions.csv`` (id,label,pred,confidence of best).
+- :class:`RunCheckpoint`: ``best.ckpt`` by the monitored metric and ``last.ckpt`` at the
+  end of *every* epoch and on SIGTERM (Lightning 2.6 rewrites last only with a new best).
+- :class:`ResumeMetrics`: on resume, drops ``metrics.csv`` rows logged after the restored
+  step, so every epoch appears once.
+- :class:`StopOnNonFiniteLoss`: a NaN/inf training loss stops the fit with an error.
+- :class:`StoreFingerprint`: every checkpoint records the store's model fingerprint.
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.loggers import WandbLogger
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from feature_store import load_arrays
+from feature_store import load_arrays, open_store
+from feature_store.integrity import model_fingerprint
 from fusion.plots import plot_alpha_beta
-from fusion.predict import predict_probs, write_csv
+from fusion.predict import FINGERPRINT_KEY, predict_probs, write_csv
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is the end of every epoch, and of a SIGTERM.
+
+    Lightning 2.6 writes ``last`` only on a step where a top-k checkpoint was saved, so
+    with ``monitor`` set it trails the best epoch; ``--ckpt_path last`` would then go back
+    in time. A SIGTERM (Lightning raises ``SIGTERMException`` at the next batch) saves the
+    current state as ``last.ckpt``, never as ``best.ckpt``.
+    """
+
+    _last_saved_step = -1
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_now(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_now(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
+            self._save_last_now(trainer, on_exception=True)
+
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_saved_step = trainer.global_step
+
+    def _save_last_now(self, trainer: L.Trainer, *, on_exception: bool = False) -> None:
+        skip = (
+            not self.save_last
+            or bool(trainer.fast_dev_run)
+            or trainer.sanity_checking
+            or (trainer.state.fn != TrainerFn.FITTING and not on_exception)
+            or self._last_saved_step == trainer.global_step
+        )
+        if not skip:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class ResumeMetrics(L.Callback):
+    """On resume, cut ``metrics.csv`` back to the rows logged before the restored step.
+
+    A run killed after logging epoch 4 but with ``last.ckpt`` at epoch 3 would otherwise
+    hold epoch 4 twice after the resume. Runs at ``on_train_start``: the checkpoint is
+    restored (``global_step`` is its step) and nothing new is logged yet.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.global_step == 0:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                drop_rows_from_step(Path(logger.experiment.metrics_file_path), trainer.global_step)
+
+
+def drop_rows_from_step(path: Path, step: int) -> int:
+    """Rewrite the CSV log ``path`` without rows whose ``step`` is ``>= step``; return how many.
+
+    Epoch-level rows are logged at the epoch's last step (``global_step - 1``), so an
+    epoch the checkpoint contains keeps its rows.
+    """
+    if not path.is_file():
+        return 0
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames or [], list(reader)
+    keep = [r for r in rows if not r.get("step") or int(float(r["step"])) < step]
+    if len(keep) < len(rows):
+        write_csv(path, header, ([r.get(k, "") for k in header] for r in keep))
+    return len(rows) - len(keep)
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Raise :class:`NonFiniteLossError` on the first NaN or infinite training loss.
+
+    (``EarlyStopping(check_finite=True)`` checks the monitored val metric only, once per
+    epoch, after a NaN "best" could already be saved.)
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
+            raise NonFiniteLossError(
+                f"the training loss is {float(loss)} at epoch {trainer.current_epoch}, step "
+                f"{trainer.global_step}; the fit stops and checkpoints/last.ckpt keeps the "
+                "last good epoch. Lower --model.lr or check the store's embeddings."
+            )
+
+
+class StoreFingerprint(L.Callback):
+    """Put the training store's model fingerprint into every checkpoint.
+
+    predict.py compares it with the store it is given and refuses one whose embeddings
+    come from other models, pooling or preprocessing, even when the dims match.
+    """
+
+    def __init__(self) -> None:
+        self.fingerprint: dict | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if datamodule is not None and hasattr(datamodule, "store"):
+            self.fingerprint = model_fingerprint(open_store(datamodule.store))
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self.fingerprint is not None:
+            checkpoint[FINGERPRINT_KEY] = dict(self.fingerprint)
 
 
 class RunArtifacts(L.Callback):

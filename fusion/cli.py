@@ -5,8 +5,12 @@ $ python train.py fit --config configs/dual_logit_l0.1.yaml --ckpt_path last   #
 $ python train.py fit --config configs/concat.yaml --print_config             # scaffold
 
 Each fit gets a run directory ``RUN`` (``--run_dir``, default
-``runs/<config name>/<YYYYmmdd-HHMMSS>``; with ``--ckpt_path last`` the newest run of that
-config that has ``checkpoints/last.ckpt``; on several nodes pass ``--run_dir``)::
+``runs/<experiment>/<YYYYmmdd-HHMMSS>``, the experiment being ``--experiment`` or the
+config file's name; with ``--ckpt_path last`` the newest run of that experiment that has
+``checkpoints/last.ckpt``; on several nodes pass ``--run_dir``). A new fit never writes
+into an existing run, checkpoint paths always come from the run directory, and
+``RUN/config.yaml`` holds no run paths, so ``--config RUN/config.yaml`` starts a new run
+of the same experiment. A resume writes nothing before its checkpoint is restored::
 
     RUN/config.yaml           the resolved config
     RUN/metrics.csv           CSV log (train/*, val/*, fusion/alpha, fusion/beta)
@@ -23,20 +27,34 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from fusion.callbacks import RunArtifacts
+from fusion.callbacks import (
+    ResumeMetrics,
+    RunArtifacts,
+    RunCheckpoint,
+    StopOnNonFiniteLoss,
+    StoreFingerprint,
+)
 from fusion.datamodule import FeatureDataModule
 from fusion.loggers import make_loggers
 from fusion.module import FusionModule
+from fusion.predict import CheckpointError, load_checkpoint
+from fusion.probe_run import latest_probe, probe_line
+from fusion.recipe import Recipe
+from fusion.runs import (
+    ResumeError,
+    RunConfigSaver,
+    RunDirError,
+    check_resume,
+    check_settings,
+    experiment_name,
+    is_existing_run,
+)
 
 RUN_DIR_ENV = "SKETCHFUSION_RUN_DIR"
-
-
-class ResumeError(FileNotFoundError):
-    """``--ckpt_path last`` was asked for but there is no checkpoint to resume."""
 
 
 def new_run_dir(base: Path) -> Path:
@@ -70,16 +88,35 @@ class FusionCLI(LightningCLI):
     """LightningCLI with the store's dims linked into the model and a run directory per fit."""
 
     def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
+        kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resume rewrites it
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(FusionModule, FeatureDataModule, args=args, **kwargs)
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads a --ckpt_path file's hyper-parameters before anything else;
+        # a truncated or foreign file must be a one-line error here, not torch's traceback.
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path and path not in ("last", "best", "hpc", "registry"):
+            try:
+                load_checkpoint(path)
+            except CheckpointError as err:
+                raise ResumeError(f"--ckpt_path: {err}") from err
+        super()._parse_ckpt_path()
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_dir", type=str | None, default=None, help="run directory")
         parser.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")
         parser.add_argument("--wandb_project", type=str, default="sketchfusion")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_argument(
+            "--experiment",
+            type=str | None,
+            default=None,
+            help="name of the runs/<experiment>/ folder (default: the config file's name)",
+        )
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc_top1",
@@ -98,27 +135,46 @@ class FusionCLI(LightningCLI):
                 "early_stopping.patience": 10,
             }
         )
+        parser.add_class_arguments(Recipe, "recipe")
         for key in ("image_dim", "text_dim", "class_names"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        configs = cfg.get("config") or []
-        self.experiment = Path(str(configs[0])).stem if configs else "default"
+        check_settings(cfg)
+        self.experiment = experiment_name(cfg)
+        cfg["experiment"] = self.experiment  # saved in RUN/config.yaml for reruns
         base = Path(cfg["runs_root"]) / self.experiment
+        ckpt_path = cfg.get("ckpt_path")
+        # Resuming: `last`, or a checkpoint file of the run given by --run_dir.
+        self.resuming = ckpt_path == "last" or bool(
+            ckpt_path
+            and cfg.get("run_dir")
+            and Path(cfg["run_dir"]).resolve() in Path(ckpt_path).resolve().parents
+        )
         if os.environ.get(RUN_DIR_ENV) and int(os.environ.get("LOCAL_RANK", "0")) > 0:
             # A DDP worker that Lightning launched: use rank 0's directory, whose timestamp
             # may be a second older than this process.
             self.run_dir = Path(os.environ[RUN_DIR_ENV])
-        elif cfg.get("ckpt_path") == "last":
+        elif ckpt_path == "last":
             self.run_dir = resume_run_dir(base, cfg.get("run_dir"))
         elif cfg.get("run_dir"):
             self.run_dir = Path(cfg["run_dir"])
+            if not self.resuming and is_existing_run(self.run_dir):
+                raise RunDirError(
+                    f"--run_dir {self.run_dir} is an existing run; a new fit never writes "
+                    "into one. Pass a new --run_dir (or none for runs/<experiment>/<time>), "
+                    "or add --ckpt_path last to resume it."
+                )
         else:
             self.run_dir = new_run_dir(base)
+        self.ckpt_file = (
+            self.run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else ckpt_path
+        )
         os.environ[RUN_DIR_ENV] = str(self.run_dir)  # inherited by DDP workers
+        # Always from the run directory, never from a config (a saved one names another run).
         cfg["trainer"]["default_root_dir"] = str(self.run_dir)
-        if cfg.get("checkpoint") is not None and not cfg["checkpoint"].get("dirpath"):
+        if cfg.get("checkpoint") is not None:
             cfg["checkpoint"]["dirpath"] = str(self.run_dir / "checkpoints")
 
     def instantiate_trainer(self, **kwargs):
@@ -130,12 +186,45 @@ class FusionCLI(LightningCLI):
                 project=cfg["wandb_project"],
                 name=f"{self.experiment}/{self.run_dir.name}",
             )
+        self.apply_recipe(kwargs)
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        kwargs["callbacks"] = [*callbacks, RunArtifacts()]
-        return super().instantiate_trainer(**kwargs)
+        extra = [RunArtifacts(), ResumeMetrics(), StopOnNonFiniteLoss(), StoreFingerprint()]
+        kwargs["callbacks"] = [*callbacks, *extra]
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.callbacks:
+            if isinstance(callback, RunConfigSaver):
+                callback.resuming = self.resuming
+        return trainer
+
+    def apply_recipe(self, kwargs: dict) -> None:
+        """Fill in the training length from the store (fusion/recipe.py) when the config
+        sets neither ``max_epochs`` nor ``max_steps``, and keep early stopping off until
+        ``min_fraction`` of it has run."""
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        recipe = self._get(self.config_init, "recipe", default=None)
+        dm = self.datamodule
+        if (
+            recipe is None
+            or self.subcommand not in ("fit", None)
+            or not getattr(dm, "train_rows", 0)
+        ):
+            return
+        max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps", -1)
+        if max_epochs is None and max_steps in (None, -1):
+            kwargs["max_steps"] = recipe.steps(dm.train_rows, dm.batch_size)
+            kwargs["max_epochs"] = -1
+            if trainer_cfg.get("min_steps") is None:
+                kwargs["min_steps"] = round(recipe.min_fraction * kwargs["max_steps"])
+            rank_zero_info(
+                f"recipe: batch {dm.batch_size}, {kwargs['max_steps']} steps "
+                f"({kwargs['max_steps'] * dm.batch_size / dm.train_rows:.1f} epochs of "
+                f"{dm.train_rows} rows), lr {self.model.effective_lr_for(dm.batch_size):.2e}"
+            )
 
     def before_fit(self) -> None:
+        if self.ckpt_file:
+            check_resume(Path(self.ckpt_file), self.model)
         rank_zero_info(f"run directory: {self.run_dir}")
 
     def after_fit(self) -> None:
@@ -145,6 +234,14 @@ class FusionCLI(LightningCLI):
             rank_zero_info(
                 f"best checkpoint: {ckpt.best_model_path} (val/acc_top1 "
                 f"{float(score):.4f}); run directory: {self.run_dir}"
+            )
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            probe = latest_probe(cfg["data"]["store"], cfg["runs_root"])
+            rank_zero_info(
+                probe_line(probe)
+                if probe
+                else "no linear probe on this store yet: `python train.py probe --data.store "
+                f"{cfg['data']['store']}` gives the baseline to beat"
             )
 
 

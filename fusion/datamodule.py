@@ -9,12 +9,15 @@ The store's dims and class names are read from its manifest when the module is b
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from feature_store import SplitArrays, StoreError, load_arrays, open_store
+from feature_store.integrity import check_finite
+from fusion.recipe import auto_batch_size
 
 
 def _passthrough(batch: dict) -> dict:
@@ -69,7 +72,8 @@ class FeatureDataModule(L.LightningDataModule):
 
     Args:
         store: the feature-store directory (``python -m data_prep`` writes one).
-        batch_size: training batch size.
+        batch_size: training batch size, or ``auto`` (``fusion.recipe.auto_batch_size``:
+            about 1/64 of the train rows, a power of two in [16, 512]).
         eval_batch_size: batch size for validation and prediction (no gradients: larger).
         train_split, val_split, predict_split: split names in the store.
         num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
@@ -79,7 +83,7 @@ class FeatureDataModule(L.LightningDataModule):
         self,
         store: str = "stores/demo",
         *,
-        batch_size: int = 256,
+        batch_size: int | Literal["auto"] = "auto",
         eval_batch_size: int = 1024,
         train_split: str = "train",
         val_split: str = "val",
@@ -93,7 +97,8 @@ class FeatureDataModule(L.LightningDataModule):
         self.image_dim = info.image_dim
         self.text_dim = info.text_dim
         self.class_names = info.class_names
-        self.batch_size = batch_size
+        self.train_rows = info.rows(train_split) if train_split in info.manifest["splits"] else 0
+        self.batch_size = auto_batch_size(self.train_rows) if batch_size == "auto" else batch_size
         self.eval_batch_size = eval_batch_size
         self.train_split = train_split
         self.val_split = val_split
@@ -105,6 +110,8 @@ class FeatureDataModule(L.LightningDataModule):
     def _load(self, split: str, *, labelled: bool) -> EmbeddingRows:
         if split not in self._rows:
             arrays = load_arrays(self.store, split)
+            # A NaN row makes the loss, alpha and beta NaN and every prediction class 0.
+            check_finite(arrays, f"{self.store}/{split}")
             if labelled:
                 bad = (arrays.labels < 0) | (arrays.labels >= len(self.class_names))
                 if bad.any():
@@ -122,9 +129,21 @@ class FeatureDataModule(L.LightningDataModule):
         """The ids of a loaded split, in row order (batches carry row indices)."""
         return self._ids[split]
 
+    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The train split's image and text embeddings (for input standardisation)."""
+        rows = self._load(self.train_split, labelled=True)
+        return rows.image, rows.text
+
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            self._load(self.train_split, labelled=True)
+            train = self._load(self.train_split, labelled=True)
+            classes = len(set(train.label.tolist()))
+            if len(self.class_names) < 2 or classes < 2:
+                raise StoreError(
+                    f"{self.store}/{self.train_split} has {classes} class(es) among its rows "
+                    f"({len(self.class_names)} in the manifest); a classifier needs at least "
+                    "two. Rebuild the store with images of two or more classes."
+                )
         if stage in ("fit", "validate"):
             self._load(self.val_split, labelled=True)
         if stage == "predict":

@@ -59,20 +59,96 @@ def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int, dropout: float) -
     return nn.Sequential(*layers)
 
 
-def norm_layer(dim: int, enabled: bool) -> nn.Module:
-    # One LayerNorm per modality: DINOv2 and BERT features live on different scales, and a
-    # shared norm over the concatenation would let the larger one dominate.
-    return nn.LayerNorm(dim) if enabled else nn.Identity()
+NORMS = ("standardize", "layernorm", "none")
+
+
+class Standardize(nn.Module):
+    """``(x - mean) / std`` with the train split's per-feature statistics.
+
+    What the linear probe's ``StandardScaler`` does: frozen DINOv2 and BERT features have
+    per-dimension scales that differ by orders of magnitude, and a per-sample LayerNorm
+    keeps those differences. The statistics are buffers, so checkpoints carry them and
+    ``predict.py`` needs nothing else; :meth:`FusionHead.fit_input_stats` sets them once
+    from the train split before the first step.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> None:
+        x = x.double()
+        std = x.std(dim=0, unbiased=False)
+        # A constant feature (std 0) is left unscaled, as StandardScaler does.
+        self.mean.copy_(x.mean(dim=0))
+        self.std.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def norm_layer(dim: int, kind: str | bool) -> nn.Module:
+    """The input normalisation of one modality: ``standardize`` (train statistics, the
+    default), ``layernorm`` or ``none`` (``True``/``False`` are the old spellings)."""
+    kind = {True: "layernorm", False: "none"}.get(kind, kind)  # type: ignore[arg-type]
+    if kind == "standardize":
+        return Standardize(dim)
+    if kind == "layernorm":
+        # One LayerNorm per modality: a shared norm over the concatenation would let the
+        # larger modality dominate.
+        return nn.LayerNorm(dim)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"input_norm must be one of {NORMS}, got {kind!r}")
 
 
 class FusionHead(nn.Module):
-    """Base class: ``forward(image_emb, text_emb) -> logits [N, num_classes]``."""
+    """Base class: ``forward(image_emb, text_emb) -> logits [N, num_classes]``.
+
+    Every head normalises each modality with ``image_norm`` / ``text_norm`` first.
+    Two-modality heads also take ``modality_dropout``: during training each row loses its
+    whole text input with that probability, or else its whole image input with the same
+    probability (a dropped input is zero after normalisation, i.e. the train mean), so the
+    head learns to classify from either modality alone and never leans on one that is
+    absent or says nothing.
+    """
 
     kind: str = ""
+    image_norm: nn.Module
+    text_norm: nn.Module
+    modality_dropout: float = 0.0
+
+    def _init_norms(self, image_dim: int, text_dim: int, input_norm: str | bool) -> None:
+        self.image_norm = norm_layer(image_dim, input_norm)
+        self.text_norm = norm_layer(text_dim, input_norm)
+
+    @torch.no_grad()
+    def fit_input_stats(self, image_emb: Tensor, text_emb: Tensor) -> None:
+        """Set the ``standardize`` statistics from the train split (no-op otherwise)."""
+        for norm, x in ((self.image_norm, image_emb), (self.text_norm, text_emb)):
+            if isinstance(norm, Standardize):
+                norm.fit(x)
+
+    def normalised(self, image_emb: Tensor, text_emb: Tensor) -> tuple[Tensor, Tensor]:
+        """Both inputs normalised, with modality dropout applied in training."""
+        image, text = self.image_norm(image_emb), self.text_norm(text_emb)
+        p = self.modality_dropout
+        if self.training and p > 0:
+            draw = torch.rand(len(image), 1, device=image.device)
+            text = text * (draw >= p)
+            image = image * ((draw < p) | (draw >= 2 * p))
+        return image, text
 
     def aux_loss(self) -> Tensor | None:
         """A regulariser added to the training loss (``None`` when the head has none)."""
         return None
+
+    def branch_logits(self) -> tuple[Tensor, ...]:
+        """Per-modality logits of the last forward, for heads trained with a loss on each
+        branch too (``branch_loss`` of the module); empty for the others."""
+        return ()
 
     def fusion_weights(self) -> Tensor | None:
         """``tensor([alpha, beta])`` for heads that weight the modalities, else ``None``."""
@@ -92,20 +168,23 @@ class _SingleModalityHead(FusionHead):
         num_classes: int,
         hidden_dims: Sequence[int] = (512,),
         dropout: float = 0.0,
-        input_norm: bool = True,
+        input_norm: str | bool = "standardize",
     ) -> None:
         super().__init__()
+        self._init_norms(image_dim, text_dim, input_norm)
         dim = image_dim if self.modality == "image" else text_dim
-        self.norm = norm_layer(dim, input_norm)
         self.mlp = mlp(dim, hidden_dims, num_classes, dropout)
 
     def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
-        return self.mlp(self.norm(image_emb if self.modality == "image" else text_emb))
+        if self.modality == "image":
+            return self.mlp(self.image_norm(image_emb))
+        return self.mlp(self.text_norm(text_emb))
 
 
 @register("visual_only")
 class VisualOnlyHead(_SingleModalityHead):
-    """MLP on the image embedding alone (the report's DINOv2 baseline)."""
+    """MLP on the image embedding alone (the report's DINOv2 baseline; ``hidden_dims: []``
+    makes it the linear layer on frozen features)."""
 
     modality = "image"
 
@@ -129,15 +208,16 @@ class ConcatHead(FusionHead):
         num_classes: int,
         hidden_dims: Sequence[int] = (512,),
         dropout: float = 0.0,
-        input_norm: bool = True,
+        input_norm: str | bool = "standardize",
+        modality_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.image_norm = norm_layer(image_dim, input_norm)
-        self.text_norm = norm_layer(text_dim, input_norm)
+        self._init_norms(image_dim, text_dim, input_norm)
+        self.modality_dropout = float(modality_dropout)
         self.mlp = mlp(image_dim + text_dim, hidden_dims, num_classes, dropout)
 
     def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
-        return self.mlp(torch.cat([self.image_norm(image_emb), self.text_norm(text_emb)], dim=1))
+        return self.mlp(torch.cat(self.normalised(image_emb, text_emb), dim=1))
 
 
 @register("projection")
@@ -153,19 +233,19 @@ class ProjectionHead(FusionHead):
         fusion_dim: int = 512,
         hidden_dims: Sequence[int] = (512,),
         dropout: float = 0.0,
-        input_norm: bool = True,
+        input_norm: str | bool = "standardize",
+        modality_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self.image_proj = nn.Sequential(
-            norm_layer(image_dim, input_norm), nn.Linear(image_dim, fusion_dim)
-        )
-        self.text_proj = nn.Sequential(
-            norm_layer(text_dim, input_norm), nn.Linear(text_dim, fusion_dim)
-        )
+        self._init_norms(image_dim, text_dim, input_norm)
+        self.modality_dropout = float(modality_dropout)
+        self.image_proj = nn.Linear(image_dim, fusion_dim)
+        self.text_proj = nn.Linear(text_dim, fusion_dim)
         self.mlp = nn.Sequential(nn.ReLU(), mlp(2 * fusion_dim, hidden_dims, num_classes, dropout))
 
     def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
-        return self.mlp(torch.cat([self.image_proj(image_emb), self.text_proj(text_emb)], dim=1))
+        image, text = self.normalised(image_emb, text_emb)
+        return self.mlp(torch.cat([self.image_proj(image), self.text_proj(text)], dim=1))
 
 
 @register("dual_logit")
@@ -186,21 +266,20 @@ class DualLogitHead(FusionHead):
         num_classes: int,
         hidden_dims: Sequence[int] = (512,),
         dropout: float = 0.0,
-        input_norm: bool = True,
+        input_norm: str | bool = "standardize",
+        modality_dropout: float = 0.0,
         weighting: str = "penalty",
         penalty_lambda: float = 0.1,
     ) -> None:
         super().__init__()
         if weighting not in ("penalty", "softmax"):
             raise ValueError(f"weighting must be 'penalty' or 'softmax', got {weighting!r}")
+        self._init_norms(image_dim, text_dim, input_norm)
+        self.modality_dropout = float(modality_dropout)
         self.weighting = weighting
         self.penalty_lambda = float(penalty_lambda)
-        self.image_mlp = nn.Sequential(
-            norm_layer(image_dim, input_norm), mlp(image_dim, hidden_dims, num_classes, dropout)
-        )
-        self.text_mlp = nn.Sequential(
-            norm_layer(text_dim, input_norm), mlp(text_dim, hidden_dims, num_classes, dropout)
-        )
+        self.image_mlp = mlp(image_dim, hidden_dims, num_classes, dropout)
+        self.text_mlp = mlp(text_dim, hidden_dims, num_classes, dropout)
         init = torch.full((2,), 0.5) if weighting == "penalty" else torch.zeros(2)
         # Raw weights for "penalty", logits for "softmax"; fusion_weights() maps either to
         # (alpha, beta).
@@ -217,5 +296,89 @@ class DualLogitHead(FusionHead):
         return self.penalty_lambda * (negative + (alpha + beta - 1).abs())
 
     def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
+        image, text = self.normalised(image_emb, text_emb)
         alpha, beta = self.fusion_weights()
-        return alpha * self.image_mlp(image_emb) + beta * self.text_mlp(text_emb)
+        return alpha * self.image_mlp(image) + beta * self.text_mlp(text)
+
+
+@register("gated")
+class GatedHead(FusionHead):
+    """``z = g * f(image) + (1 - g) * h(text)`` with a per-row gate ``g = sigmoid(q([image;
+    text]))``.
+
+    Where dual-logit learns one (alpha, beta) for the whole data set, the gate looks at each
+    row: a caption that names the class opens it toward the text, a caption that says
+    nothing ("a sketch") closes it toward the image. ``f`` and ``h`` are also trained on
+    their own (the module's ``branch_loss``), so each branch is a full single-modality
+    classifier whichever way the gate swings. ``fusion_weights()`` is the batch mean of
+    ``(g, 1 - g)``, logged as alpha/beta.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_dim: int,
+        text_dim: int,
+        num_classes: int,
+        hidden_dims: Sequence[int] = (512,),
+        dropout: float = 0.0,
+        input_norm: str | bool = "standardize",
+        modality_dropout: float = 0.0,
+        gate_hidden: int = 64,
+    ) -> None:
+        super().__init__()
+        self._init_norms(image_dim, text_dim, input_norm)
+        self.modality_dropout = float(modality_dropout)
+        self.image_mlp = mlp(image_dim, hidden_dims, num_classes, dropout)
+        self.text_mlp = mlp(text_dim, hidden_dims, num_classes, dropout)
+        self.gate = mlp(image_dim + text_dim, [gate_hidden] if gate_hidden else [], 1, 0.0)
+        self._last: tuple[Tensor, ...] = ()
+        self._mean_gate = torch.tensor(0.5)
+
+    def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
+        image, text = self.normalised(image_emb, text_emb)
+        f, h = self.image_mlp(image), self.text_mlp(text)
+        g = torch.sigmoid(self.gate(torch.cat([image, text], dim=1)))
+        self._last = (f, h) if self.training else ()
+        self._mean_gate = g.detach().mean()
+        return g * f + (1 - g) * h
+
+    def gate_values(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
+        """The per-row gate ``g`` (weight of the image branch), shape ``[N]``."""
+        image, text = self.image_norm(image_emb), self.text_norm(text_emb)
+        return torch.sigmoid(self.gate(torch.cat([image, text], dim=1)))[:, 0]
+
+    def branch_logits(self) -> tuple[Tensor, ...]:
+        return self._last
+
+    def fusion_weights(self) -> Tensor:
+        return torch.stack([self._mean_gate, 1 - self._mean_gate])
+
+
+@register("projection_ref")
+class ReferenceProjectionHead(FusionHead):
+    """The reference code's ``FusionClassifier`` (its "fusion" model), for reproduction.
+
+    Each modality linearly projected to ``fusion_dim``, concatenated, then
+    Linear -> ReLU -> Dropout -> Linear: unlike ``projection`` there is no ReLU between the
+    projections and the MLP, and no input normalisation.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_dim: int,
+        text_dim: int,
+        num_classes: int,
+        fusion_dim: int = 512,
+        hidden_dims: Sequence[int] = (512,),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self._init_norms(image_dim, text_dim, "none")  # the reference normalises nothing
+        self.image_proj = nn.Linear(image_dim, fusion_dim)
+        self.text_proj = nn.Linear(text_dim, fusion_dim)
+        self.mlp = mlp(2 * fusion_dim, hidden_dims, num_classes, dropout)
+
+    def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
+        return self.mlp(torch.cat([self.image_proj(image_emb), self.text_proj(text_emb)], dim=1))

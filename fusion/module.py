@@ -113,12 +113,26 @@ class FusionModule(L.LightningModule):
         head: name in ``fusion.heads.HEADS`` (visual_only, text_only, concat, projection,
             dual_logit).
         image_dim, text_dim, class_names: from the feature store (linked by train.py).
-        hidden_dims, dropout, input_norm, fusion_dim, weighting, penalty_lambda: the head's
-            options (each head uses the ones it knows).
+        hidden_dims: hidden sizes of each MLP (``[]``: one linear layer, the linear probe's
+            model); the default is ``[512]``.
+        dropout: after each hidden layer.
+        input_norm: per modality: ``standardize`` (train mean/std, as the probe), ``layernorm``
+            or ``none``.
+        fusion_dim: projection head: width each modality is projected to.
+        weighting, penalty_lambda: dual_logit head: ``penalty`` (the report's) or ``softmax``.
+        modality_dropout: two-modality heads: per-row chance of dropping the text input, and
+            the same chance of dropping the image input, during training.
+        gate_hidden: gated head: hidden width of the gate (0: a linear gate).
+        branch_loss: gated head: weight of the cross-entropy of each single-modality branch.
         label_smoothing: for the training loss; validation loss is plain cross-entropy.
         optimizer: "adamw" or "sgd" (with ``momentum``).
+        lr: learning rate at batch size 256, scaled to the real batch by ``lr_scaling``
+            (``sqrt``: times sqrt(batch/256), ``linear``, or ``none`` to use it as is).
+        weight_decay: on weight matrices only; biases, norms, alpha/beta never decay.
+        fusion_lr_scale: alpha/beta (dual_logit) learn this many times faster than the rest,
+            so they reach their regime early in training.
         schedule: "cosine", "step" (times ``gamma`` every ``step_epochs``) or "constant",
-            after ``warmup_epochs`` of linear warm-up.
+            after a linear warm-up of ``warmup_fraction`` of the steps (or ``warmup_epochs``).
     """
 
     def __init__(
@@ -130,17 +144,23 @@ class FusionModule(L.LightningModule):
         class_names: list[str],
         hidden_dims: list[int] | None = None,
         dropout: float = 0.3,
-        input_norm: bool = True,
+        input_norm: Literal["standardize", "layernorm", "none"] | bool = "standardize",
         fusion_dim: int = 512,
         weighting: Literal["penalty", "softmax"] = "penalty",
         penalty_lambda: float = 0.1,
+        modality_dropout: float = 0.0,
+        gate_hidden: int = 64,
+        branch_loss: float = 0.5,
         label_smoothing: float = 0.0,
         optimizer: Literal["adamw", "sgd"] = "adamw",
         lr: float = 1e-3,
+        lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt",
         weight_decay: float = 0.01,
+        fusion_lr_scale: float = 10.0,
         momentum: float = 0.9,
         schedule: Literal["cosine", "step", "constant"] = "cosine",
-        warmup_epochs: float = 1.0,
+        warmup_fraction: float = 0.05,
+        warmup_epochs: float | None = None,
         step_epochs: int = 10,
         gamma: float = 0.1,
         min_lr_ratio: float = 0.0,
@@ -165,6 +185,13 @@ class FusionModule(L.LightningModule):
         # run's plot covers the whole run.
         self.alpha_beta_history: list[list[float]] = []
 
+    def setup(self, stage: str) -> None:
+        # Standardisation statistics from the train split, before the first step (a resumed
+        # run then restores the same values from its checkpoint).
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if stage == "fit" and hasattr(datamodule, "train_tensors"):
+            self.head.fit_input_stats(*datamodule.train_tensors())
+
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.head(image, text)
 
@@ -172,6 +199,8 @@ class FusionModule(L.LightningModule):
         labels = batch["label"]
         logits = self.head(batch["image"], batch["text"])
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        for branch in self.head.branch_logits():
+            loss = loss + self.hparams.branch_loss * F.cross_entropy(branch, labels)
         penalty = self.head.aux_loss()
         if penalty is not None:
             loss = loss + penalty
@@ -232,20 +261,54 @@ class FusionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.alpha_beta_history = list(checkpoint.get("alpha_beta_history", []))
 
+    def effective_lr(self) -> float:
+        """``lr`` scaled from batch 256 to the training batch size."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        return self.effective_lr_for(getattr(datamodule, "batch_size", 256))
+
+    def effective_lr_for(self, batch: int) -> float:
+        hp = self.hparams
+        ratio = batch / 256
+        factor = {"sqrt": math.sqrt(ratio), "linear": ratio}.get(hp.lr_scaling, 1.0)
+        return hp.lr * factor
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Weight matrices decay; biases, norms and alpha/beta do not (nanoGPT's rule), and
+        alpha/beta learn ``fusion_lr_scale`` times faster."""
+        hp = self.hparams
+        decay, no_decay, fusion = [], [], []
+        for name, param in self.head.named_parameters():
+            if name == "weights":
+                fusion.append(param)
+            elif param.ndim >= 2:
+                decay.append(param)
+            else:
+                no_decay.append(param)
+        groups = [
+            {"params": decay, "weight_decay": hp.weight_decay, "lr": lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+            {"params": fusion, "weight_decay": 0.0, "lr": lr * hp.fusion_lr_scale},
+        ]
+        return [g for g in groups if g["params"]]
+
     def configure_optimizers(self):
         hp = self.hparams
+        groups = self.param_groups(self.effective_lr())
         if hp.optimizer == "adamw":
-            opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+            opt = torch.optim.AdamW(groups)
         else:
-            opt = torch.optim.SGD(
-                self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
-            )
+            opt = torch.optim.SGD(groups, momentum=hp.momentum)
         total = int(self.trainer.estimated_stepping_batches)
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs not in (None, -1) else 1
-        per_epoch = max(1, total // max(1, epochs))
+        batches = self.trainer.num_training_batches
+        per_epoch = int(batches) if batches not in (None, float("inf")) else total
+        per_epoch = max(1, per_epoch // max(1, self.trainer.accumulate_grad_batches))
+        if hp.warmup_epochs is not None:
+            warmup = round(hp.warmup_epochs * per_epoch)
+        else:
+            warmup = round(hp.warmup_fraction * total)
         options = {
             "total_steps": total,
-            "warmup_steps": round(hp.warmup_epochs * per_epoch),
+            "warmup_steps": warmup,
             "schedule": hp.schedule,
             "step_every": hp.step_epochs * per_epoch,
             "gamma": hp.gamma,

@@ -4,11 +4,19 @@ $ python predict.py --checkpoint runs/concat/RUN/checkpoints/best.ckpt --store s
       --out submission.csv
 $ python predict.py --checkpoint A.ckpt --checkpoint B.ckpt --store STORE --out ens.csv
 
-Writes ``OUT`` (``Id,Category``, one row per id of the split) and ``OUT`` with suffix
+Writes ``OUT`` (``Id,Category``, one row per *input* of the split) and ``OUT`` with suffix
 ``.probs.npz`` (``ids``, ``probs`` [N, classes], ``class_names``, ``checkpoints``) so runs
 can be averaged later. Several ``--checkpoint`` average their class probabilities. Each
 checkpoint is rebuilt from its own plain hyper-parameters (``torch.load(weights_only=True)``)
-and refused if its dims or class names differ from the store's.
+and refused if its dims, class names or store model fingerprint (models, revisions,
+pooling, preprocessing) differ from the store's; ``--allow_store_mismatch`` overrides
+the fingerprint check only.
+
+Inputs that failed extraction (``failures.csv``) have no embedding; they still get a
+row, predicted from the fallback: the train split's class prior (its most frequent
+class), with a warning listing them. ``--strict`` fails instead. Exit code 2 with one line
+for any bad input; outputs that are inputs (a checkpoint, anything in the store) are
+refused.
 """
 
 from __future__ import annotations
@@ -17,27 +25,65 @@ import argparse
 import csv
 import io
 import os
+import pickle
+import sys
 import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from feature_store import StoreError, StoreInfo, load_arrays, open_store
+from feature_store import StoreError, StoreInfo, load_arrays, open_store, read_failures
+from feature_store.integrity import fingerprint_diff, model_fingerprint
+from fusion.exit import ExitError
 from fusion.heads import FusionHead, build_head
 from fusion.module import head_options
 
+FINGERPRINT_KEY = "store_fingerprint"  # written by fusion.callbacks.StoreFingerprint
 
-def load_head(checkpoint: str | os.PathLike) -> tuple[FusionHead, dict]:
-    """The head of a training checkpoint, in eval mode, and its hyper-parameters."""
-    ckpt = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
-    hp = ckpt.get("hyper_parameters")
-    if not hp or "head" not in hp or "class_names" not in hp:
-        raise ValueError(
-            f"{checkpoint} has no fusion-head hyper-parameters; pass a checkpoint written "
+
+class CheckpointError(ValueError):
+    """A file given as a checkpoint is not a readable train.py checkpoint."""
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """``torch.load(path, weights_only=True)`` of a train.py checkpoint, or CheckpointError.
+
+    The error names the file and says to pass a train.py checkpoint; never torch's advice
+    to load with ``weights_only=False`` (which would run code from an untrusted file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
+            pickle.UnpicklingError) as err:  # fmt: skip
+        first = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        raise CheckpointError(
+            f"{path} is not a readable train.py checkpoint (truncated, another format, or "
+            f"holding objects other than plain weights: {type(err).__name__} {first}); pass "
+            "RUN/checkpoints/best.ckpt or last.ckpt written by `python train.py fit`."
+        ) from err
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not hp or "head" not in hp or "class_names" not in hp or "state_dict" not in ckpt:
+        raise CheckpointError(
+            f"{path} has no fusion-head hyper-parameters; pass a checkpoint written "
             "by `python train.py fit` (RUN/checkpoints/best.ckpt or last.ckpt)."
         )
+    return ckpt
+
+
+def load_head(checkpoint: str | os.PathLike) -> tuple[FusionHead, dict]:
+    """The head of a training checkpoint, in eval mode, and its hyper-parameters.
+
+    The returned hyper-parameters also carry the checkpoint's store fingerprint under
+    :data:`FINGERPRINT_KEY` (None for checkpoints written before it was recorded).
+    """
+    ckpt = load_checkpoint(checkpoint)
+    hp = ckpt["hyper_parameters"]
     head = build_head(
         hp["head"],
         image_dim=hp["image_dim"],
@@ -47,7 +93,27 @@ def load_head(checkpoint: str | os.PathLike) -> tuple[FusionHead, dict]:
     )
     state = {k[5:]: v for k, v in ckpt["state_dict"].items() if k.startswith("head.")}
     head.load_state_dict(state)  # strict: a key mismatch means a different head version
-    return head.eval(), dict(hp)
+    return head.eval(), {**hp, FINGERPRINT_KEY: ckpt.get(FINGERPRINT_KEY)}
+
+
+def check_fingerprint(hparams: dict, info: StoreInfo, checkpoint: str | os.PathLike) -> None:
+    """Raise :class:`StoreError` listing how the store's models differ from training's."""
+    saved = hparams.get(FINGERPRINT_KEY)
+    flag = "pass --allow_store_mismatch to predict anyway"
+    if saved is None:
+        raise StoreError(
+            f"{checkpoint} does not record the models of its training store (written before "
+            "store fingerprints); retrain it, or, if the store was built with the same "
+            f"models, pooling and preprocessing, {flag}."
+        )
+    diffs = fingerprint_diff(saved, model_fingerprint(info))
+    if diffs:
+        raise StoreError(
+            f"{info.root} was built with other models than {checkpoint}'s training store "
+            f"(training -> this store): {'; '.join(diffs[:6])}"
+            f"{'; ...' if len(diffs) > 6 else ''}. Predict on a store built with the same "
+            f"prep config, or {flag}."
+        )
 
 
 def check_compatible(hparams: dict, info: StoreInfo, checkpoint: str | os.PathLike) -> None:
@@ -91,8 +157,13 @@ def predict_probs(
     split: str = "test",
     *,
     batch_size: int = 4096,
+    allow_store_mismatch: bool = False,
 ) -> tuple[list[str], np.ndarray]:
-    """``(ids, probs)`` for ``split``: class probabilities averaged over ``checkpoints``."""
+    """``(ids, probs)`` for the stored rows of ``split``, averaged over ``checkpoints``.
+
+    Refuses a store whose dims, classes or (unless ``allow_store_mismatch``) model
+    fingerprint differ from a checkpoint's, and NaN or infinite probabilities.
+    """
     if not checkpoints:
         raise ValueError("give at least one checkpoint")
     info = open_store(store)
@@ -100,25 +171,94 @@ def predict_probs(
     for path in checkpoints:
         head, hp = load_head(path)
         check_compatible(hp, info, path)
+        if not allow_store_mismatch:
+            check_fingerprint(hp, info, path)
         heads.append(head)
     arrays = load_arrays(store, split)
     probs = np.zeros((len(arrays), info.num_classes), dtype=np.float64)
-    for head in heads:
-        probs += head_probs(head, arrays.image_emb, arrays.text_emb, batch_size=batch_size)
-    return arrays.ids, (probs / len(heads)).astype(np.float32)
+    if len(arrays):
+        for head in heads:
+            probs += head_probs(head, arrays.image_emb, arrays.text_emb, batch_size=batch_size)
+    probs /= len(heads)
+    bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+    if len(bad):
+        ids = [arrays.ids[i] for i in bad[:5]]
+        raise StoreError(
+            f"{info.root}/{split}: {len(bad)} rows give NaN or infinite probabilities (ids "
+            f"{ids}); their embeddings are not finite. Rebuild the store with data_prep, "
+            "which lists such rows in failures.csv instead of storing them."
+        )
+    return arrays.ids, probs.astype(np.float32)
+
+
+def class_prior(store: str | os.PathLike, split: str = "train") -> np.ndarray:
+    """Class frequencies of the store's ``split`` (uniform when it has no labelled rows)."""
+    info = open_store(store)
+    counts = np.zeros(info.num_classes, dtype=np.float64)
+    if split in info.splits:
+        labels = load_arrays(store, split).labels
+        labels = labels[(labels >= 0) & (labels < info.num_classes)]
+        counts += np.bincount(labels, minlength=info.num_classes)
+    if counts.sum() == 0:
+        counts[:] = 1.0
+    return (counts / counts.sum()).astype(np.float32)
+
+
+def complete_split(
+    store: str | os.PathLike, split: str, ids: list[str], probs: np.ndarray
+) -> tuple[list[str], np.ndarray, list[dict[str, str]]]:
+    """Add a row for every input of ``split`` that failed extraction (``failures.csv``).
+
+    Such an input has no embedding: its probabilities are the train class prior, the
+    documented fallback (its argmax is the most frequent train class). Returns the ids
+    and probabilities of every input, in id order when the stored ids were, and the
+    failure rows used. Raises StoreError when the manifest counts inputs that neither the
+    store nor failures.csv accounts for.
+    """
+    info = open_store(store)
+    failed = [r for r in read_failures(store, split) if r.get("id") and r["id"] not in ids]
+    counts = info.manifest["splits"].get(split, {})
+    inputs = int(counts.get("inputs", len(ids)))
+    if len(ids) + len(failed) != inputs:
+        raise StoreError(
+            f"{info.root}: split {split!r} has {inputs} inputs but {len(ids)} rows and "
+            f"{len(failed)} failures with an id; rerun the data_prep command that built it."
+        )
+    if not failed:
+        return ids, probs, []
+    prior = class_prior(store)
+    all_ids = list(ids) + [r["id"] for r in failed]
+    all_probs = np.concatenate(
+        [probs.reshape(len(ids), len(prior)), np.tile(prior, (len(failed), 1))]
+    )
+    if ids == sorted(ids):  # data_prep stores rows in id order: keep the submission so
+        order = sorted(range(len(all_ids)), key=all_ids.__getitem__)
+        all_ids, all_probs = [all_ids[i] for i in order], all_probs[order]
+    return all_ids, all_probs.astype(np.float32), failed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place.
+
+    The file gets the ordinary mode of a new file (0666 less the umask), not mkstemp's
+    private 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_csv(path: Path, header: Sequence[str], rows) -> None:
@@ -162,8 +302,15 @@ def write_submission(
     return out, npz
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--checkpoint",
         action="append",
@@ -173,28 +320,79 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--store", required=True, help="feature-store directory")
     parser.add_argument("--out", default="submission.csv", help="submission CSV to write")
     parser.add_argument("--split", default="test", help="store split to predict (default test)")
-    parser.add_argument("--batch_size", type=int, default=4096)
+    parser.add_argument("--batch_size", type=_positive_int, default=4096)
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail when an input of the split failed extraction instead of using the fallback",
+    )
+    parser.add_argument(
+        "--allow_store_mismatch",
+        action="store_true",
+        help="predict even if the store was built with other models than the training store",
+    )
     return parser.parse_args(argv)
+
+
+def check_outputs(out: Path, checkpoints: Sequence[str], store: str | os.PathLike) -> None:
+    """Refuse outputs that would overwrite an input or land inside the store."""
+    store_dir = Path(store).resolve()
+    for target in (out, probs_path(out)):
+        resolved = target.resolve()
+        if any(resolved == Path(c).resolve() for c in checkpoints):
+            raise ExitError(f"predict.py: error: --out {out} would overwrite the checkpoint "
+                            f"{target}; choose another --out path.")  # fmt: skip
+        if resolved == store_dir or store_dir in resolved.parents:
+            raise ExitError(f"predict.py: error: --out {out} is inside the store {store} "
+                            "(stores are written by data_prep only); write the submission "
+                            "elsewhere.")  # fmt: skip
+    if out.is_dir():
+        raise ExitError(f"predict.py: error: --out {out} is a directory; give a file path "
+                        f"such as {out / 'submission.csv'}.")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``predict.py``; returns the submission path."""
     args = parse_args(argv)
-    missing = [c for c in args.checkpoint if not Path(c).is_file()]
-    if missing:
-        raise SystemExit(f"checkpoint not found: {', '.join(missing)}")
+    out = Path(args.out)
+    check_outputs(out, args.checkpoint, args.store)
     try:
         ids, probs = predict_probs(
-            args.checkpoint, args.store, args.split, batch_size=args.batch_size
+            args.checkpoint,
+            args.store,
+            args.split,
+            batch_size=args.batch_size,
+            allow_store_mismatch=args.allow_store_mismatch,
         )
-    except StoreError as err:
-        raise SystemExit(str(err)) from err
-    out, npz = write_submission(
-        args.out,
-        ids,
-        probs,
-        class_names=open_store(args.store).class_names,
-        checkpoints=args.checkpoint,
-    )
+        ids, probs, failed = complete_split(args.store, args.split, ids, probs)
+        class_names = open_store(args.store).class_names
+    except (StoreError, CheckpointError) as err:
+        raise ExitError(f"predict.py: error: {err}") from err
+    if failed:
+        listed = ", ".join(f"{r['id']} ({r['reason']})" for r in failed[:10])
+        more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+        if args.strict:
+            raise ExitError(
+                f"predict.py: error: {len(failed)} {args.split} inputs failed extraction "
+                f"({listed}{more}); --strict refuses a submission with fallback rows. Fix "
+                f"or replace the images listed in {Path(args.store) / 'failures.csv'} and "
+                "rerun data_prep, or drop --strict."
+            )
+        print(
+            f"WARNING: {len(failed)} {args.split} inputs failed extraction and have no "
+            f"embedding; their rows use the fallback (the train class prior, class "
+            f"{int(probs[ids.index(failed[0]['id'])].argmax())}): {listed}{more}. "
+            f"See {Path(args.store) / 'failures.csv'}; --strict fails instead.",
+            file=sys.stderr,
+        )
+    try:
+        out, npz = write_submission(
+            out, ids, probs, class_names=class_names, checkpoints=args.checkpoint
+        )
+    except OSError as err:
+        raise ExitError(
+            f"predict.py: error: cannot write {out} ({err.strerror or err}); choose a "
+            "writable --out path."
+        ) from err
     print(f"wrote {out} ({len(ids)} rows, {len(args.checkpoint)} checkpoint(s)) and {npz}")
     return out

@@ -51,6 +51,7 @@ def draw_kaggle_tree(root: Path, *, classes=("cat", "dog", "fish"), train=5, val
     for i in range(test):
         sketch(test_dir / f"t{i:03d}.jpg")
     if bad_images:
+        test_dir.mkdir(parents=True, exist_ok=True)
         for f in BAD_IMAGES.iterdir():
             if f.is_file():
                 shutil.copy(f, test_dir / f.name)

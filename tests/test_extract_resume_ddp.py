@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 import data_prep
-from data_prep.extract import PAUSE_ENV
 from feature_store import load_arrays, open_store
 from tests.fixtures_extraction import (  # noqa: F401 - fixtures
     assert_same_store,
@@ -38,10 +37,7 @@ def reference(tmp_path_factory, tiny_models):  # noqa: F811
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **extra}
-    env.pop(PAUSE_ENV, None)
-    env.update(extra)
-    return env
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), **extra}
 
 
 def _markers(out: Path) -> list[Path]:
@@ -51,8 +47,10 @@ def _markers(out: Path) -> list[Path]:
 def test_kill_9_then_resume_equals_uninterrupted(reference, tiny_models, tmp_path):  # noqa: F811
     root, ref = reference
     out = tmp_path / "store"
-    cmd = [sys.executable, "-m", "data_prep", *prep_argv(root, tiny_models, out)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(**{PAUSE_ENV: "2"}),
+    # tests/prep_runner.py runs data_prep with the shard writer stopping after 2 shards.
+    cmd = [sys.executable, "-m", "tests.prep_runner", "--pause-after", "2", "--",
+           *prep_argv(root, tiny_models, out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(),
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + 180

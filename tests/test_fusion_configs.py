@@ -33,7 +33,11 @@ def test_config_instantiates(config: Path, tmp_path, monkeypatch):
     assert (hp.image_dim, hp.text_dim, len(hp.class_names)) == (16, 12, 6)
     for key, value in spec["model"].items():
         assert hp[key] == value, key
-    assert cli.trainer.max_epochs == spec["trainer"]["max_epochs"]
+    if "max_epochs" in spec["trainer"]:
+        assert cli.trainer.max_epochs == spec["trainer"]["max_epochs"]
+    else:  # the recipe: length in steps from the store's rows (fusion/recipe.py)
+        batch = cli.datamodule.batch_size
+        assert cli.trainer.max_steps == cli.config_init["recipe"].steps(6 * 24, batch)
     assert cli.trainer.default_root_dir.startswith(str(tmp_path / "runs" / config.stem))
     assert cli.trainer.checkpoint_callback.monitor == "val/acc_top1"
     if spec["model"]["head"] == "dual_logit":

@@ -25,7 +25,7 @@ def stores(tmp_path_factory):
 
 @pytest.mark.parametrize("signal", ["text", "image"])
 def test_dual_logit_weights_the_modality_that_carries_the_label(stores, signal):
-    model, metrics = fit_module(stores[signal], "dual_logit", epochs=10, penalty_lambda=0.1)
+    model, metrics = fit_module(stores[signal], "dual_logit", epochs=30, penalty_lambda=0.1)
     alpha, beta = model.head.fusion_weights().tolist()
     if signal == "text":
         assert beta > alpha, (alpha, beta)
@@ -39,7 +39,7 @@ def test_dual_logit_weights_the_modality_that_carries_the_label(stores, signal):
 
 def test_concat_beats_both_single_modality_heads_when_only_both_decide(stores):
     accs = {
-        head: fit_module(stores["joint"], head, epochs=10)[1]["val/acc_top1"]
+        head: fit_module(stores["joint"], head, epochs=30)[1]["val/acc_top1"]
         for head in ("visual_only", "text_only", "concat")
     }
     # Each modality knows one bit of a two-bit label: alone at most ~50%.

@@ -1,0 +1,137 @@
+"""Store integrity: per-shard row counts and checksums, non-finite rows, model fingerprints.
+
+$ python -c "from feature_store.integrity import verify_split; verify_split('STORE', 'train')"
+
+Every shard file's rows and SHA-256 are recorded when it is written (data_prep's done
+markers, then ``manifest.json["shards"]``) and checked again by every stage that opens
+the split, so a truncated, deleted or swapped shard is one line naming the file and the
+fix instead of a pyarrow traceback later. The model fingerprint is the part of the
+manifest that decides what an embedding means (models, revisions, pooling, preprocessing,
+text settings); checkpoints carry it so predict.py can refuse a store built differently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feature_store.layout import SplitArrays, StoreError, StoreInfo, open_store
+
+REBUILD_HINT = (
+    "rerun the data_prep command that built the store (it redoes damaged shards), "
+    "or rebuild it into a new --run.out"
+)
+# Machine-specific or cosmetic entries that do not change what an embedding means.
+FINGERPRINT_SKIP = {"local_path", "seconds"}
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shard_record(path: str | os.PathLike, rows: int) -> dict[str, Any]:
+    """What the manifest records of one shard file: name, rows, bytes, sha256."""
+    path = Path(path)
+    return {
+        "file": path.name,
+        "rows": int(rows),
+        "bytes": path.stat().st_size,
+        "sha256": file_sha256(path),
+    }
+
+
+def shard_problem(split_dir: Path, record: dict[str, Any]) -> str | None:
+    """Why the shard ``record`` describes is not intact, or None when it is."""
+    path = split_dir / record["file"]
+    if not path.is_file():
+        return f"{path} is missing"
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        return f"{path} has {size} bytes, {record['bytes']} were written (truncated or replaced)"
+    if file_sha256(path) != record["sha256"]:
+        return f"{path} does not match the checksum written with it (replaced or corrupted)"
+    return None
+
+
+def verify_split(root: str | os.PathLike, split: str, info: StoreInfo | None = None) -> None:
+    """Raise :class:`StoreError` naming the first damaged shard of ``split`` and the fix.
+
+    Stores written before checksums were recorded (no ``shards`` in the manifest) are
+    not checked here; reading them still turns Arrow errors into a StoreError.
+    """
+    info = info or open_store(root)
+    records = (info.manifest.get("shards") or {}).get(split)
+    if not records:
+        return
+    for record in records:
+        problem = shard_problem(info.root / split, record)
+        if problem:
+            raise StoreError(f"{problem}; {REBUILD_HINT}.")
+    rows = sum(int(r["rows"]) for r in records)
+    expected = info.manifest["splits"].get(split, {}).get("rows", rows)
+    if rows != expected:
+        raise StoreError(
+            f"{info.root / split}: shards hold {rows} rows, the manifest says {expected}; "
+            f"{REBUILD_HINT}."
+        )
+
+
+def non_finite_rows(arrays: SplitArrays) -> np.ndarray:
+    """Row indices whose image or text embedding holds a NaN or an infinity."""
+    bad = ~np.isfinite(arrays.image_emb).all(axis=1) | ~np.isfinite(arrays.text_emb).all(axis=1)
+    return np.flatnonzero(bad)
+
+
+def check_finite(arrays: SplitArrays, where: str) -> None:
+    """Raise :class:`StoreError` if any embedding of ``arrays`` is NaN or infinite."""
+    bad = non_finite_rows(arrays)
+    if len(bad):
+        ids = [arrays.ids[i] for i in bad[:5]]
+        raise StoreError(
+            f"{where}: {len(bad)} rows have NaN or infinite embeddings (ids {ids}); rebuild "
+            "the store with data_prep, which lists such rows in failures.csv instead of "
+            "storing them."
+        )
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k in sorted(value):
+            if k not in FINGERPRINT_SKIP:
+                _flatten(value[k], f"{prefix}.{k}" if prefix else str(k), out)
+    elif isinstance(value, list | tuple):
+        out[prefix] = repr(list(value))
+    else:
+        out[prefix] = value if isinstance(value, str | int | float | bool | None) else repr(value)
+
+
+def model_fingerprint(info: StoreInfo) -> dict[str, Any]:
+    """What decides the meaning of a store's embeddings, as flat ``{dotted key: value}``.
+
+    The image, caption and text models (names, revisions, pooling, preprocessing, prompt,
+    max length...) from the manifest's ``models``, plus the embedding dims. Plain values
+    only, so it can sit in a checkpoint loaded with ``weights_only=True``.
+    """
+    out: dict[str, Any] = {}
+    _flatten(info.manifest.get("models") or {}, "models", out)
+    _flatten(info.manifest.get("dims") or {}, "dims", out)
+    return out
+
+
+def fingerprint_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: saved -> current`` for every entry that differs."""
+    keys = sorted(set(saved) | set(current))
+    return [
+        f"{k}: {saved.get(k, '(absent)')!r} -> {current.get(k, '(absent)')!r}"
+        for k in keys
+        if saved.get(k, "(absent)") != current.get(k, "(absent)")
+    ]

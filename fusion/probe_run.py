@@ -1,0 +1,167 @@
+"""The tuned linear probe as a run: the baseline every head is measured against.
+
+$ python train.py probe --data.store stores/kaggle
+$ python train.py probe --data.store stores/kaggle --probe.cs [0.01,0.1,1] --probe.max_dim 256
+
+Fits :func:`fusion.probe.fit_probe` (standardise, logistic regression, C swept on val) on
+the image, text and concatenated embeddings and writes a run directory like a fit's
+(``runs/probe/<time>/`` or ``--run_dir``)::
+
+    config.yaml             the resolved options
+    probe.json              per feature set: best C, val top-1, the whole sweep; the store
+    metrics.csv             features,C,val/acc_top1 for every fit of the sweep
+    val_predictions.csv     id,label,pred,confidence of the best feature set on val
+    submission.csv          Id,Category of the best feature set on the test split
+    submission.probs.npz    its probabilities (ensemble them like a head's)
+    wandb/                  the W&B run (offline unless logged in)
+
+Every later ``train.py fit`` on the same store prints its best val accuracy next to these.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from jsonargparse import ArgumentParser
+from lightning.pytorch.loggers import WandbLogger
+
+from feature_store import load_arrays, open_store
+from fusion.predict import write_csv, write_submission
+from fusion.probe import DEFAULT_CS, fit_probe
+
+VIEWS = ("image", "text", "concat")
+PROBE_FILE = "probe.json"
+
+
+def views(arrays) -> dict[str, np.ndarray]:
+    return {
+        "image": arrays.image_emb,
+        "text": arrays.text_emb,
+        "concat": np.concatenate([arrays.image_emb, arrays.text_emb], axis=1),
+    }
+
+
+def store_key(store: str | Path) -> dict:
+    """What identifies a store for matching probe results to later fits."""
+    info = open_store(store)
+    return {
+        "path": str(Path(store).resolve()),
+        "splits": {s: info.manifest["splits"][s].get("rows") for s in info.manifest["splits"]},
+        "class_names_head": info.class_names[:5],
+        "dims": info.manifest["dims"],
+    }
+
+
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="train.py probe", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", "-c", action="config", help="a YAML of these options")
+    p.add_argument("--data.store", type=str, required=True, help="feature-store directory")
+    p.add_argument("--data.train_split", type=str, default="train")
+    p.add_argument("--data.val_split", type=str, default="val")
+    p.add_argument("--data.predict_split", type=str, default="test", help="'' to skip")
+    p.add_argument("--probe.cs", type=list[float], default=list(DEFAULT_CS), help="C values")
+    p.add_argument("--probe.max_iter", type=int, default=300, help="L-BFGS iterations per C")
+    p.add_argument("--probe.max_dim", type=int | None, default=None, help="PCA past this many dims")
+    p.add_argument("--probe.views", type=list[str], default=list(VIEWS), help="feature sets")
+    p.add_argument("--run_dir", type=str | None, default=None, help="run directory")
+    p.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")
+    p.add_argument("--wandb_project", type=str, default="sketchfusion")
+    return p
+
+
+def run_probe(argv: Sequence[str] | None = None) -> Path:
+    """Entry point of ``python train.py probe``; returns the run directory."""
+    from fusion.cli import new_run_dir
+    from fusion.loggers import make_loggers
+
+    p = parser()
+    cfg = p.parse_args(list(argv) if argv is not None else None)
+    store = Path(cfg.data.store)
+    info = open_store(store)
+    run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "probe")
+    if run.exists() and any(run.iterdir()):
+        raise SystemExit(f"train.py probe: {run} already holds a run; pass a new --run_dir")
+    run.mkdir(parents=True, exist_ok=True)
+    print(f"run directory: {run}")
+    p.save(cfg, run / "config.yaml", overwrite=True)
+    train = load_arrays(store, cfg.data.train_split)
+    val = load_arrays(store, cfg.data.val_split)
+    x_train, x_val = views(train), views(val)
+    results, probes, sweep_rows = {}, {}, []
+    for name in cfg.probe.views:
+        start = time.perf_counter()
+        probe = fit_probe(
+            x_train[name],
+            train.labels,
+            x_val[name],
+            val.labels,
+            cs=tuple(cfg.probe.cs),
+            max_iter=cfg.probe.max_iter,
+            max_dim=cfg.probe.max_dim,
+            num_classes=info.num_classes,
+        )
+        probes[name] = probe
+        results[name] = {
+            "C": probe.best_c,
+            "val_acc_top1": probe.val_acc,
+            "sweep": {str(c): a for c, a in probe.sweep.items()},
+            "unconverged_fits": probe.unconverged,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        sweep_rows += [(name, c, f"{a:.6f}") for c, a in probe.sweep.items()]
+        print(f"probe {name:>6}: val/acc_top1 {probe.val_acc:.4f} (C={probe.best_c:g})")
+    best = max(results, key=lambda v: results[v]["val_acc_top1"])
+    write_csv(run / "metrics.csv", ["features", "C", "val/acc_top1"], sweep_rows)
+    val_probs = probes[best].predict_proba(x_val[best])
+    write_csv(
+        run / "val_predictions.csv",
+        ["id", "label", "pred", "confidence"],
+        (
+            (i, int(lab), int(pr), f"{c:.6f}")
+            for i, lab, pr, c in zip(
+                val.ids, val.labels, val_probs.argmax(1), val_probs.max(1), strict=True
+            )
+        ),
+    )
+    if cfg.data.predict_split:
+        test = load_arrays(store, cfg.data.predict_split)
+        probs = probes[best].predict_proba(views(test)[best])
+        write_submission(run / "submission.csv", test.ids, probs, class_names=info.class_names)
+    summary = {"store": store_key(store), "best": best, "results": results}
+    (run / PROBE_FILE).write_text(json.dumps(summary, indent=2))
+    loggers = make_loggers(run, project=cfg.wandb_project, name=f"probe/{run.name}")
+    for logger in (lg for lg in loggers if isinstance(lg, WandbLogger)):  # metrics.csv is ours
+        logger.log_hyperparams({"probe": dict(cfg.probe), "data": dict(cfg.data)})
+        logger.log_metrics(
+            {f"probe/{v}/val_acc_top1": r["val_acc_top1"] for v, r in results.items()}, step=0
+        )
+        logger.finalize("success")
+    print(f"best: {best} (val/acc_top1 {results[best]['val_acc_top1']:.4f}); wrote {run}")
+    return run
+
+
+def latest_probe(store: str | Path, runs_root: str | Path = "runs") -> dict | None:
+    """The newest ``probe.json`` under ``runs_root/probe`` made on this very store."""
+    try:
+        key = store_key(store)
+    except Exception:
+        return None
+    found = sorted(Path(runs_root).glob(f"probe/*/{PROBE_FILE}"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(found):
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if summary.get("store") == key:
+            return summary
+    return None
+
+
+def probe_line(summary: dict) -> str:
+    """``probe on this store: image 0.930, text 0.420, concat 0.885`` for a fit's last line."""
+    parts = [f"{v} {r['val_acc_top1']:.4f}" for v, r in summary["results"].items()]
+    return "linear probe on this store (val/acc_top1): " + ", ".join(parts)

@@ -1,0 +1,127 @@
+"""Run directories of train.py: what a new fit, a rerun and a resume may write, and where.
+
+$ python train.py fit --config RUN/config.yaml          # a new run of RUN's experiment
+$ python train.py fit --config RUN/config.yaml --ckpt_path last --run_dir RUN   # resume RUN
+
+Rules (issue 9): a new fit never writes into an existing run; ``RUN/config.yaml`` holds
+no run paths (:data:`RUN_PATHS`) but the experiment name, so rerunning it starts a fresh
+run of the same experiment; a resume is checked against its checkpoint before anything
+is written, and its config is rewritten only once the checkpoint is restored. Values that
+would fail deep inside a fit (an unknown head, a negative learning rate, a batch of 0)
+are refused here with one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.cli import SaveConfigCallback
+
+from fusion.heads import HEADS
+from fusion.predict import CheckpointError, load_checkpoint
+
+# Paths that belong to one run: never saved in RUN/config.yaml (a rerun gets its own).
+RUN_PATHS = ("run_dir", "ckpt_path", "trainer.default_root_dir", "checkpoint.dirpath")
+
+
+class ResumeError(FileNotFoundError):
+    """``--ckpt_path last`` was asked for but there is no checkpoint to resume."""
+
+
+class RunDirError(ValueError):
+    """A new fit was pointed at an existing run, or a setting is out of range."""
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """``RUN/config.yaml`` without the run's own paths (:data:`RUN_PATHS`).
+
+    A new run writes it at setup; a resume only once its checkpoint is restored
+    (``on_train_start``), so a resume that fails leaves the run's config as it was.
+    """
+
+    resuming = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if not self.resuming:
+            self._save(trainer)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._save(trainer)
+
+    def _save(self, trainer) -> None:
+        if self.already_saved:
+            return
+        config = self.config.clone()
+        for key in RUN_PATHS:
+            if key in config:
+                config[key] = None
+        if trainer.is_global_zero:
+            path = Path(trainer.default_root_dir) / self.config_filename
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.parser.save(config, str(path), skip_none=False, overwrite=True)
+        self.already_saved = True
+
+
+def is_existing_run(run_dir: Path) -> bool:
+    """True when ``run_dir`` already holds a run (anything in it)."""
+    return run_dir.is_dir() and any(run_dir.iterdir())
+
+
+def experiment_name(cfg) -> str:
+    """``--experiment``, else the first config file's name; a saved ``RUN/config.yaml`` of
+    an older run (without ``experiment``) is named after its run's experiment folder."""
+    if cfg.get("experiment"):
+        return str(cfg["experiment"])
+    configs = cfg.get("config") or []
+    if not configs:
+        return "default"
+    path = Path(str(configs[0]))
+    if path.name == "config.yaml" and (path.parent / "checkpoints").is_dir():
+        return path.parent.parent.name
+    return path.stem
+
+
+def check_settings(cfg) -> None:
+    """One-line errors for values that would otherwise fail deep inside a fit."""
+    head = cfg.get("model.head")
+    if head is not None and head not in HEADS:
+        raise RunDirError(f"--model.head {head!r} is not a head; choose one of {sorted(HEADS)}")
+    checks = [
+        ("model.lr", lambda v: v > 0, "> 0"),
+        ("model.weight_decay", lambda v: v >= 0, ">= 0"),
+        ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("model.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("model.modality_dropout", lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
+        ("model.fusion_lr_scale", lambda v: v > 0, "> 0"),
+        ("recipe.min_steps", lambda v: v >= 1, ">= 1"),
+        ("data.batch_size", lambda v: v >= 1, ">= 1"),
+        ("data.eval_batch_size", lambda v: v >= 1, ">= 1"),
+    ]
+    for key, ok, rule in checks:
+        value = cfg.get(key)
+        if isinstance(value, int | float) and not ok(value):
+            raise RunDirError(f"--{key} {value} is out of range: it must be {rule}")
+
+
+def check_resume(ckpt_path: Path, model) -> None:
+    """Refuse, before anything is written, a checkpoint this model cannot continue from."""
+    try:
+        ckpt = load_checkpoint(ckpt_path)
+    except CheckpointError as err:
+        raise ResumeError(f"--ckpt_path: {err}") from err
+    hp, want = ckpt["hyper_parameters"], model.hparams
+    diffs = [
+        f"{k}: checkpoint {hp.get(k)!r}, config {want.get(k)!r}"
+        for k in ("head", "image_dim", "text_dim", "class_names")
+        if hp.get(k) != want.get(k)
+    ]
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    if not diffs and mine != theirs:
+        changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        diffs.append(f"weights differ in shape or name ({', '.join(changed[:3])})")
+    if diffs:
+        raise ResumeError(
+            f"cannot resume from {ckpt_path}: {'; '.join(diffs)}. Resume with the run's own "
+            "config (--config RUN/config.yaml), or start a new run without --ckpt_path."
+        )

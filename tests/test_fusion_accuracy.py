@@ -1,0 +1,231 @@
+"""Issue 8's behaviours on small synthetic stores with a known answer: input
+standardisation, the step recipe, parameter groups, the gated head, modality dropout,
+stacking with cross-fitting, and the probe run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.preprocessing import StandardScaler
+
+from feature_store import load_arrays
+from feature_store.synthetic import caption_kind, make_caption_mix_store
+from fusion.heads import GatedHead, Standardize, build_head
+from fusion.recipe import Recipe, auto_batch_size
+from fusion.stacking import Stacker, cross_fit
+from tests.fixtures_training import fit_module, small_store
+
+
+@pytest.fixture(scope="module")
+def mix_store(tmp_path_factory):
+    """Half the captions name the class, half say nothing; images are noisy."""
+    root = tmp_path_factory.mktemp("mix") / "store"
+    make_caption_mix_store(
+        root,
+        num_classes=6,
+        per_class={"train": 60, "val": 20, "test": 20},
+        image_dim=16,
+        image_rank=4,
+        image_noise=0.8,
+        text_dim=12,
+        caption_mix={"informative": 0.5, "neutral": 0.5},
+    )
+    return root
+
+
+def test_standardize_matches_sklearn_standard_scaler():
+    x = np.random.default_rng(0).normal(3.0, [0.1, 5.0, 50.0], size=(200, 3)).astype(np.float32)
+    x[:, 0] = 7.0  # a constant feature is left unscaled, as StandardScaler does
+    norm = Standardize(3)
+    norm.fit(torch.from_numpy(x))
+    expected = StandardScaler().fit_transform(x)
+    torch.testing.assert_close(norm(torch.from_numpy(x)), torch.from_numpy(expected).float())
+
+
+def test_heads_fit_their_standardisation_from_train_and_checkpoint_it(tmp_path):
+    store = small_store(tmp_path / "s")
+    model, _ = fit_module(store, "concat", epochs=1)
+    train = load_arrays(store, "train")
+    torch.testing.assert_close(
+        model.head.image_norm.mean, torch.from_numpy(train.image_emb.mean(0))
+    )
+    assert "head.image_norm.std" in model.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("rows", "batch"), [(10, 16), (500, 16), (1100, 16), (20_000, 256), (500_000, 512)]
+)
+def test_auto_batch_size_scales_with_rows_within_bounds(rows, batch):
+    assert auto_batch_size(rows) == batch
+
+
+def test_recipe_steps_have_a_floor_and_a_ceiling():
+    recipe = Recipe(epochs=30, min_steps=3000, max_steps=100_000)
+    assert recipe.steps(500, 16) == 3000  # 30 epochs would be 960 steps: the floor wins
+    assert recipe.steps(200_000, 512) == 30 * 391  # 30 epochs of 391 batches
+    assert recipe.steps(5_000_000, 512) == 100_000
+
+
+def test_cli_fills_training_length_from_the_store_but_keeps_explicit_epochs(tmp_path):
+    from fusion.cli import FusionCLI
+    from tests.fixtures_training import DEMO_CONFIG
+
+    store = small_store(tmp_path / "s")  # 120 train rows -> batch 16
+    base = ["--config", DEMO_CONFIG, "--data.store", str(store), "--trainer.logger", "false"]
+    cli = FusionCLI(
+        args=[*base, "--run_dir", str(tmp_path / "a"), "--recipe.min_steps", "40"]
+        + ["--recipe.epochs", "2"]
+        + ["--trainer.max_epochs", "null"],
+        run=False,
+    )
+    assert cli.datamodule.batch_size == 16
+    assert cli.trainer.max_steps == 40
+    assert cli.trainer.fit_loop.min_steps == 36  # early stopping waits for 90% of the steps
+    cli = FusionCLI(
+        args=[*base, "--run_dir", str(tmp_path / "b"), "--trainer.max_epochs", "3"], run=False
+    )
+    assert cli.trainer.max_epochs == 3 and cli.trainer.max_steps == -1
+
+
+def test_param_groups_never_decay_biases_or_alpha_beta_and_speed_up_alpha_beta():
+    from fusion.module import FusionModule
+
+    model = FusionModule(
+        "dual_logit", image_dim=4, text_dim=3, class_names=["a", "b"], fusion_lr_scale=10
+    )
+    groups = model.param_groups(lr=1e-3)
+    fusion = next(g for g in groups if any(p is model.head.weights for p in g["params"]))
+    assert fusion["weight_decay"] == 0 and fusion["lr"] == pytest.approx(1e-2)
+    for group in groups:
+        if group["weight_decay"] > 0:
+            assert all(p.ndim >= 2 for p in group["params"])
+
+
+def test_gate_opens_toward_the_informative_caption(mix_store):
+    model, metrics = fit_module(
+        mix_store, "gated", epochs=15, modality_dropout=0.1, branch_loss=0.5
+    )
+    val = load_arrays(mix_store, "val")
+    names = [f"class_{i:03d}" for i in range(6)]
+    kinds = np.array(
+        [caption_kind(c, int(y), names) for c, y in zip(val.captions, val.labels, strict=True)]
+    )
+    head = model.head.eval()
+    assert isinstance(head, GatedHead)
+    with torch.no_grad():
+        gate = head.gate_values(torch.from_numpy(val.image_emb), torch.from_numpy(val.text_emb))
+    image_weight = {k: float(gate[torch.from_numpy(kinds == k)].mean()) for k in set(kinds)}
+    # The gate is the image branch's weight: low where the caption names the class.
+    assert image_weight["informative"] < 0.4 < 0.6 < image_weight["neutral"], image_weight
+    assert metrics["val/acc_top1"] > 0.75
+
+
+def test_modality_dropout_keeps_image_only_accuracy(tmp_path):
+    # Every caption names its class: without modality dropout concat needs only the text.
+    store = tmp_path / "s"
+    make_caption_mix_store(
+        store,
+        num_classes=5,
+        per_class={"train": 60, "val": 30, "test": 2},
+        image_dim=16,
+        image_rank=6,
+        image_noise=1.0,
+        text_noise=0.05,
+        caption_mix={"informative": 1.0},
+    )
+    val = load_arrays(store, "val")
+
+    def image_only_acc(model) -> float:
+        head = model.head.eval()
+        text_mean = head.text_norm.mean.expand(len(val.labels), -1)  # a caption that says nothing
+        with torch.no_grad():
+            logits = head(torch.from_numpy(val.image_emb), text_mean)
+        return float((logits.argmax(1).numpy() == val.labels).mean())
+
+    visual = fit_module(store, "visual_only", epochs=15)[1]["val/acc_top1"]
+    dropped = image_only_acc(fit_module(store, "concat", epochs=15, modality_dropout=0.3)[0])
+    # With its caption replaced by one that says nothing, the concat head trained with
+    # modality dropout classifies from the image as well as the image-only head.
+    assert dropped >= visual - 0.05, (dropped, visual)
+
+
+def test_cross_fitting_never_scores_a_row_with_a_stacker_fitted_on_it(monkeypatch):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 15)
+    log_probs = np.log(rng.dirichlet(np.ones(4), size=(2, len(labels))))
+    seen = []
+    real_fit = Stacker.fit
+
+    def spy(self, lp, y):
+        seen.append({tuple(row) for row in lp[0]})
+        return real_fit(self, lp, y)
+
+    monkeypatch.setattr(Stacker, "fit", spy)
+    original = {tuple(row) for row in log_probs[0]}
+    out = cross_fit(log_probs, labels, method="logistic", folds=5)
+    assert len(seen) == 5 and out.shape == (60, 4)
+    for fitted in seen:
+        held_out = original - fitted
+        assert len(held_out) == 12  # each fold's 12 scored rows were never fitted on
+
+
+def test_stacker_weights_the_informative_member_and_beats_both_per_row():
+    rng = np.random.default_rng(0)
+    n, c = 400, 5
+    labels = rng.integers(0, c, n)
+    informative_caption = rng.random(n) < 0.5
+
+    def member(correct_rows, sharpness):
+        logits = rng.normal(size=(n, c))
+        logits[correct_rows, labels[correct_rows]] += sharpness
+        return torch.log_softmax(torch.from_numpy(logits), 1).numpy()
+
+    image = member(rng.random(n) < 0.7, 3.0)  # right 70% of the time, everywhere
+    text = member(informative_caption, 6.0)  # sure and right only where the caption names it
+    lp = np.stack([image, text])
+    crossed = cross_fit(lp, labels, method="logistic", folds=5)
+    accs = {
+        "image": (image.argmax(1) == labels).mean(),
+        "text": (text.argmax(1) == labels).mean(),
+        "stack": (crossed.argmax(1) == labels).mean(),
+    }
+    assert accs["stack"] > max(accs["image"], accs["text"]) + 0.05, accs
+    noise = torch.log_softmax(torch.from_numpy(rng.normal(size=(n, c)) * 3), 1).numpy()
+    weights = Stacker(2, "weights").fit(np.stack([image, noise]), labels)
+    assert weights.mean_weights(np.stack([image, noise]))[0] > 0.8  # a useless member: ~0
+
+
+def test_probe_run_writes_a_run_and_fits_print_it(tmp_path, caplog):
+    from fusion.probe_run import latest_probe, run_probe
+    from tests.fixtures_training import fit_cli
+
+    store = small_store(tmp_path / "s")
+    run = run_probe(["--data.store", str(store), "--runs_root", str(tmp_path / "runs")])
+    summary = json.loads((run / "probe.json").read_text())
+    assert set(summary["results"]) == {"image", "text", "concat"}
+    rows = (run / "submission.csv").read_text().splitlines()
+    assert rows[0] == "Id,Category" and len(rows) == 1 + len(load_arrays(store, "test"))
+    assert (run / "val_predictions.csv").is_file() and (run / "metrics.csv").is_file()
+    assert latest_probe(store, tmp_path / "runs")["best"] == summary["best"]
+    with caplog.at_level("INFO", logger="lightning.pytorch"):
+        fit_cli(store, tmp_path / "runs" / "fit", "--runs_root", str(tmp_path / "runs"), epochs=1)
+    assert "linear probe on this store (val/acc_top1): image" in caplog.text
+
+
+def test_dual_logit_weights_settle_within_the_first_fifth_of_training(tmp_path):
+    store = small_store(tmp_path / "s", signal="image", per_class={"train": 60, "val": 20})
+    model, _ = fit_module(store, "dual_logit", epochs=40, penalty_lambda=0.1)
+    history = np.array(model.alpha_beta_history)
+    alpha = history[:, 1]
+    early = alpha[len(alpha) // 5]
+    assert alpha[-1] > 0.6
+    assert early - 0.5 > 0.8 * (alpha[-1] - 0.5), (early, alpha[-1])
+
+
+def test_every_head_builds_with_an_empty_hidden_list():
+    for kind in ("visual_only", "concat", "dual_logit", "gated"):
+        head = build_head(kind, image_dim=4, text_dim=3, num_classes=2, hidden_dims=[])
+        assert head(torch.randn(5, 4), torch.randn(5, 3)).shape == (5, 2)
