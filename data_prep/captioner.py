@@ -58,7 +58,9 @@ class CaptionPreprocessor:
         # Always a text, "" included: the processor then puts the image tokens (and the
         # tokenizer its BOS or EOS) in front, for OPT and T5 alike. With text=None,
         # Blip2ForConditionalGeneration.generate builds the ids itself from
-        # text_config.bos_token_id, which T5 configs do not have (an AttributeError).
+        # text_config.bos_token_id, which T5 configs do not have (an AttributeError). For
+        # Flan-T5 and "" the ids are the image tokens + "</s>" (id 1), the same as that
+        # default built from the hub config's bos_token_id=1 in older transformers.
         enc = self.processor(images=images, text=[self.prompt] * len(images), return_tensors="pt")
         return {k: enc[k] for k in ("pixel_values", "input_ids", "attention_mask")}
 
