@@ -67,7 +67,9 @@ def test_every_prompt_holds_num_query_tokens_image_tokens(tiny_blip2s, lm):  # n
         assert counts.tolist() == [config["num_query_tokens"]] * 2
         if lm == "t5" and not prompt:  # what the report's captioner fed the T5 encoder
             eos = pre.processor.tokenizer.eos_token_id
-            assert ids[0].tolist() == [config["image_token_index"]] * config["num_query_tokens"] + [eos]
+            assert ids[0].tolist() == [config["image_token_index"]] * config["num_query_tokens"] + [
+                eos
+            ]
         with pytest.raises(CaptionSetupError, match="image tokens"):
             pre.check_image_tokens(ids[:, 1:], where="x")  # one image token short
 
