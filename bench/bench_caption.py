@@ -4,6 +4,7 @@ $ HF_HUB_OFFLINE=1 python bench/bench_caption.py --lm opt --dtype bf16        # 
 $ HF_HUB_OFFLINE=1 python bench/bench_caption.py --lm t5 --dtype bf16 --prompt ""
 $ python bench/bench_caption.py --lm t5 --device cuda --dtype bf16 --images 256 --batch-size 32
 $ python bench/bench_caption.py --model Salesforce/blip2-flan-t5-xl --device cuda   # real weights
+$ python bench/bench_caption.py --lm t5 --device cuda --dtype fp16 --load-in-8bit   # the report's
 
 Without ``--model`` it builds (once, in a child process, into ``--cache``) a BLIP-2 with
 random weights from the real configs: ``opt`` is Salesforce/blip2-opt-2.7b (EVA ViT-g,
@@ -135,10 +136,13 @@ def measure(args) -> dict:
 
     dtype = getattr(torch, TORCH_DTYPES[args.dtype])
     cfg = CaptionConfig(model=args.model, prompt=args.prompt, keep_prompt=True,
-                        max_new_tokens=args.max_new_tokens, num_beams=1)  # fmt: skip
+                        max_new_tokens=args.max_new_tokens, num_beams=1,
+                        load_in_8bit=args.load_in_8bit)  # fmt: skip
     start = time.perf_counter()
     pre = CaptionPreprocessor(cfg)
-    cap = Captioner(cfg, dtype=dtype).to(args.device)
+    cap = Captioner(cfg, dtype=dtype)
+    if not args.load_in_8bit:  # bitsandbytes has already put the 8-bit model on the GPU
+        cap = cap.to(args.device)
     cap.model.generation_config.min_new_tokens = args.max_new_tokens  # see the docstring
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     cap.check(pre)
@@ -161,6 +165,7 @@ def measure(args) -> dict:
         "model": args.model,
         "random_weights_shaped_as": REAL[args.lm] if args.built else None,
         "dtype": args.dtype,
+        "load_in_8bit": args.load_in_8bit,
         "device": args.device,
         "prompt": args.prompt,
         "images": len(images),
@@ -189,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--model", help="a real BLIP-2 (hub id or directory) instead of a built one")
     p.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default="bf16")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--load-in-8bit", action="store_true", help="the report's setting (CUDA)")
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=20)
