@@ -73,6 +73,23 @@ def probe_scores(splits, labels, kinds) -> dict[str, dict[str, float]]:
     return out
 
 
+def settle_fraction(run: Path, band: float = 0.2) -> float | None:
+    """Share of the steps after which alpha (or the mean gate) stays within ``band`` of its
+    total move from the start: when the fusion weights have reached their final regime."""
+    import torch
+
+    last = run / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
+    history = torch.load(last, map_location="cpu", weights_only=True).get("alpha_beta_history")
+    if not history:
+        return None
+    alpha = np.array([row[1] for row in history])
+    move = abs(alpha[-1] - alpha[0])
+    outside = np.nonzero(np.abs(alpha - alpha[-1]) > band * max(move, 1e-3))[0]
+    return float((outside[-1] + 1) / len(alpha)) if len(outside) else 0.0
+
+
 def head_scores(store: Path, config: str, runs: Path, labels, kinds, extra: list[str]):
     from fusion.cli import main as cli_main
     from fusion.predict import predict_probs
@@ -92,12 +109,14 @@ def head_scores(store: Path, config: str, runs: Path, labels, kinds, extra: list
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     ckpt = cli.trainer.checkpoint_callback
+    settle = settle_fraction(Path(cli.trainer.default_root_dir))
     _, probs = predict_probs([ckpt.best_model_path], store, "test")
     return {
         **scores(probs, labels, kinds),
         "checkpoint": ckpt.best_model_path,
         "val": float(ckpt.best_model_score),
         "steps": int(cli.trainer.global_step),
+        **({"settled": settle} if settle is not None else {}),
         "seconds": seconds,
     }
 
@@ -126,12 +145,15 @@ def stack_scores(store: Path, results: dict, labels, kinds) -> dict[str, dict[st
 def table(name: str, results: dict[str, dict[str, float]]) -> str:
     kinds = [k for k in KIND_ORDER if any(k in r for r in results.values())]
     cols = ["val", "all", *kinds]
-    lines = [f"\n### {name}\n", "| model | " + " | ".join(cols) + " | steps | s |"]
-    lines.append("|---" * (len(cols) + 3) + "|")
+    lines = [f"\n### {name}\n", "| model | " + " | ".join(cols) + " | steps | settled | s |"]
+    lines.append("|---" * (len(cols) + 4) + "|")
     for model, r in results.items():
         cells = [f"{r[c]:.3f}" if c in r else "" for c in cols]
+        settled = f"{r['settled']:.0%}" if "settled" in r else ""
         lines.append(
-            f"| {model} | " + " | ".join(cells) + f" | {r.get('steps', '')} | {r['seconds']:.0f} |"
+            f"| {model} | "
+            + " | ".join(cells)
+            + f" | {r.get('steps', '')} | {settled} | {r['seconds']:.0f} |"
         )
     return "\n".join(lines)
 
@@ -154,6 +176,10 @@ def main() -> None:
         splits, labels, kinds = load(store)
         info = open_store(store)
         results = probe_scores(splits, labels, kinds)
+        if (store / "image_means.npy").is_file():
+            from feature_store.synthetic import bayes_accuracy
+
+            results["bayes:image"] = {"all": bayes_accuracy(store), "seconds": 0.0}
         for config in a.configs.split(","):
             results[config] = head_scores(store, config, Path(a.runs), labels, kinds, a.extra)
         if "visual_only" in results and "text_only" in results:
