@@ -118,10 +118,15 @@ def run_config(config: Mapping[str, Any] | str) -> dict[str, Any]:
 
 
 class BestSummary(L.Callback):
-    """Keep the W&B summary on the best epoch: ``val/acc_top1`` (max), ``val/loss`` (min),
-    ``best/epoch`` and ``best/step`` (the best checkpoint's), and at the end of the fit the
-    final ``fusion/alpha``/``fusion/beta``. W&B's default summary is the last value, which
-    ranks runs by their last epoch. Its state is in the checkpoint, so a resume keeps it."""
+    """Make the W&B summary rank runs by their best epoch, not their last one.
+
+    W&B's summary of a metric is its last value by default. Here ``val/acc_top1`` is
+    summarised by its max and ``val/loss`` by its min (``define_metric``), and
+    ``best/val/acc_top1``, ``best/val/loss``, ``best/epoch`` and ``best/step`` (the best
+    checkpoint's) are written after every validation. The latter survive a resume (this
+    callback's state is in the checkpoint); ``fusion/alpha``/``beta`` keep their last value,
+    the final one.
+    """
 
     def __init__(self, monitor: str = "val/acc_top1", loss: str = "val/loss") -> None:
         self.monitor, self.loss = monitor, loss
@@ -133,30 +138,31 @@ class BestSummary(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = dict(state_dict.get("best", {}))
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for run in wandb_runs(trainer):
+            # Same x-axis as Lightning's WandbLogger gives every other metric.
+            step = {"step_metric": "trainer/global_step", "step_sync": True}
+            run.define_metric(self.monitor, summary="max", **step)
+            run.define_metric(self.loss, summary="min", **step)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Runs after Lightning logged the epoch's val metrics, so these values stay.
         if trainer.sanity_checking:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         acc, loss = metrics.get(self.monitor), metrics.get(self.loss)
-        if acc is not None and acc == acc and acc > self.best.get(self.monitor, -np.inf):
+        best_acc, best_loss = f"best/{self.monitor}", f"best/{self.loss}"
+        if acc is not None and acc == acc and acc > self.best.get(best_acc, -np.inf):
             self.best.update(
                 {
-                    self.monitor: acc,
+                    best_acc: acc,
                     "best/epoch": trainer.current_epoch,
                     "best/step": trainer.global_step,
                 }
             )
-        if loss is not None and loss == loss and loss < self.best.get(self.loss, np.inf):
-            self.best[self.loss] = loss
+        if loss is not None and loss == loss and loss < self.best.get(best_loss, np.inf):
+            self.best[best_loss] = loss
         for run in wandb_runs(trainer):
             run.summary.update(self.best)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        history = getattr(pl_module, "alpha_beta_history", [])
-        final = {"fusion/alpha": history[-1][1], "fusion/beta": history[-1][2]} if history else {}
-        for run in wandb_runs(trainer):
-            run.summary.update({**self.best, **final})
 
 
 def misclassified_first(
