@@ -182,7 +182,12 @@ def make_loggers(run_dir: Path, *, settings: dict) -> list[Logger]:
         save_run_id(run_dir, settings["id"])
         loggers.append(
             RunWandbLogger(
-                save_dir=str(run_dir), offline=mode == "offline", log_model=False, **settings
+                # Absolute: W&B's service process (shared by the runs of this process) may
+                # have started in another working directory.
+                save_dir=str(Path(run_dir).resolve()),
+                offline=mode == "offline",
+                log_model=False,
+                **settings,
             )
         )
     return loggers
@@ -207,7 +212,7 @@ def adopt_user_loggers(loggers: Sequence[Logger], run_dir: Path, *, settings: di
         if not isinstance(logger, WandbLogger) or logger._experiment is not None:
             continue
         init = logger._wandb_init
-        values = {**settings, "dir": str(run_dir)}
+        values = {**settings, "dir": str(Path(run_dir).resolve())}
         for key, value in values.items():
             if init.get(key) in _UNSET.get(key, (None,)):
                 init[key] = value

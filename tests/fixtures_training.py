@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import struct
+import time
 from pathlib import Path
 
 import lightning as L
@@ -86,7 +87,8 @@ def wandb_records(run_file: Path) -> list:
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = run_file.read_bytes()
-    assert data[:4] == b":W&B", f"{run_file} is not a W&B transaction log"
+    if data[:4] != b":W&B":
+        raise ValueError(f"{run_file} is not a W&B transaction log")
     block, pos, pending, records = 32768, 7, b"", []
     while pos + 7 <= len(data):
         left = block - pos % block
@@ -106,6 +108,31 @@ def wandb_records(run_file: Path) -> list:
         record.ParseFromString(pending)
         records.append(record)
     return records
+
+
+def wandb_run_files(run: Path, count: int = 1, timeout: float = 60.0) -> list[Path]:
+    """The ``count`` offline W&B run files of the run directory ``run``, once complete.
+
+    ``wandb.finish()`` returns before W&B's service has written the run file to the end
+    (it is a separate process, shared by every run of this one), so wait for each file's
+    last record to be ``exit``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        files = sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
+        done = [f for f in files if _last_kind(f) == "exit"]
+        if len(done) >= count or time.monotonic() > deadline:
+            assert len(done) == count, f"{len(done)} complete W&B run files in {run}: {files}"
+            return done
+        time.sleep(0.2)
+
+
+def _last_kind(run_file: Path) -> str | None:
+    try:
+        records = wandb_records(run_file)
+    except Exception:  # caught mid-write
+        return None
+    return records[-1].WhichOneof("record_type") if records else None
 
 
 def _key(item) -> str:

@@ -26,6 +26,7 @@ from tests.fixtures_training import (
     wandb_config,
     wandb_history,
     wandb_records,
+    wandb_run_files,
     wandb_run_id,
     wandb_summary,
 )
@@ -41,10 +42,6 @@ def offline(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     for var in ("WANDB_API_KEY", "WANDB_PROJECT", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
-
-
-def run_files(run: Path) -> list[Path]:
-    return sorted(run.glob("wandb/offline-run-*/run-*.wandb"))
 
 
 def run_record(run_file: Path):
@@ -67,7 +64,7 @@ def test_offline_fit_dashboard(tmp_path, offline, monkeypatch):
     # Noisy embeddings and a high learning rate: val accuracy peaks early, so best != last.
     store = small_store(tmp_path / "s", noise=2.0)
     fit_cli(store, run, "--wandb.tags", "[a, b]", "--model.lr", "0.3", epochs=6)
-    (run_file,) = run_files(run)
+    (run_file,) = wandb_run_files(run)
     record = run_record(run_file)
     assert record.run_id == (run / RUN_ID_FILE).read_text().strip()
     assert (record.project, record.run_group, record.job_type) == ("my-project", "demo", "train")
@@ -132,7 +129,7 @@ def test_resume_continues_the_same_wandb_run(store, tmp_path, offline):
     run = tmp_path / "run"
     fit_cli(store, run, epochs=1)
     fit_cli(store, run, "--ckpt_path", "last", epochs=3)
-    first, second = run_files(run)
+    first, second = wandb_run_files(run, count=2)
     run_id = (run / RUN_ID_FILE).read_text().strip()
     assert wandb_run_id(first) == wandb_run_id(second) == run_id
     # The resumed part's summary still ranks by the best of all three epochs.
@@ -152,7 +149,7 @@ def test_user_wandb_logger_with_log_model(store, tmp_path, offline, monkeypatch)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     for name in ("config.yaml", "metrics.csv", "val_predictions.csv", RUN_ID_FILE):
         assert (run / name).is_file(), name
-    (run_file,) = run_files(run)
+    (run_file,) = wandb_run_files(run)
     run_id = wandb_run_id(run_file)
     models = [a for a in wandb_artifacts(run_file) if a["name"] == f"model-{run_id}"]
     # Lightning's logger uploads best and last; we add no third copy.
@@ -165,7 +162,7 @@ def test_demo_logs_its_submission(tmp_path, monkeypatch, offline):
     monkeypatch.chdir(tmp_path)
     small_store(tmp_path / "stores" / "demo", per_class={"train": 12, "val": 4, "test": 3})
     paths = train.run_demo(overrides=["--trainer.max_epochs=1"])
-    (run_file,) = run_files(Path(paths["run directory"]))
+    (run_file,) = wandb_run_files(Path(paths["run directory"]))
     (sub,) = [a for a in wandb_artifacts(run_file) if a["type"] == "submission"]
     assert sub["name"] == f"submission-{wandb_run_id(run_file)}"
     assert sub["files"] == ["submission.csv", paths["test probabilities"].name]
