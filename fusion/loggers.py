@@ -134,6 +134,7 @@ def wandb_settings(
     tags: Sequence[str] | None = None,
     job_type: str | None = None,
     group_override: str | None = None,
+    default_job_type: str = "train",
 ) -> dict:
     """``wandb.init`` arguments of a run: our options, else W&B's environment, else ours.
 
@@ -148,7 +149,7 @@ def wandb_settings(
         "entity": entity or env.get("WANDB_ENTITY") or None,
         "group": group_override or env.get("WANDB_RUN_GROUP") or group,
         "tags": list(tags) if tags else (tag_env or None),
-        "job_type": job_type or env.get("WANDB_JOB_TYPE") or "train",
+        "job_type": job_type or env.get("WANDB_JOB_TYPE") or default_job_type,
         "name": Path(run_dir).name,
         "id": run_id_for(run_dir),
         "resume": "allow",
