@@ -201,13 +201,14 @@ _UNSET = {"dir": (None, "."), "project": (None, "lightning_logs"), "name": (None
 def adopt_user_loggers(loggers: Sequence[Logger], run_dir: Path, *, settings: dict) -> list[Logger]:
     """A user's ``--trainer.logger`` list, completed so the run directory layout holds.
 
-    ``RUN/metrics.csv`` is added unless the user has a CSV logger; a ``WandbLogger`` the
+    ``RUN/metrics.csv`` is always added (a user's CSVLogger writes its own file besides);
+    a ``WandbLogger`` the
     user configured gets the run's directory, name, id, project, group... where its config
     leaves them at WandbLogger's defaults, and runs offline when W&B cannot run online.
     """
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     out = list(loggers)
-    if not any(isinstance(lg, CSVLogger) for lg in out):
+    if not any(isinstance(lg, RunCSVLogger) for lg in out):
         out.insert(0, RunCSVLogger(run_dir))
     for logger in out:
         if not isinstance(logger, WandbLogger) or logger._experiment is not None:

@@ -127,9 +127,10 @@ def test_offline_fit_dashboard(tmp_path, offline, monkeypatch):
 @pytest.mark.slow
 def test_resume_continues_the_same_wandb_run(store, tmp_path, offline):
     run = tmp_path / "run"
-    fit_cli(store, run, epochs=1)
-    fit_cli(store, run, "--ckpt_path", "last", epochs=3)
+    fit_cli(store, run, "--wandb_project", "legacy", epochs=1)  # the old option still works
+    fit_cli(store, run, "--wandb_project", "legacy", "--ckpt_path", "last", epochs=3)
     first, second = wandb_run_files(run, count=2)
+    assert run_record(first).project == run_record(second).project == "legacy"
     run_id = (run / RUN_ID_FILE).read_text().strip()
     assert wandb_run_id(first) == wandb_run_id(second) == run_id
     # The resumed part's summary still ranks by the best of all three epochs.
@@ -155,6 +156,17 @@ def test_user_wandb_logger_with_log_model(store, tmp_path, offline, monkeypatch)
     # Lightning's logger uploads best and last; we add no third copy.
     assert len(models) == 2 and any("best" in a["aliases"] for a in models)
     assert wandb_config(run_file)["trainer.logger.class_path"].endswith("WandbLogger")
+
+
+@pytest.mark.slow
+def test_user_csv_logger_keeps_run_metrics(store, tmp_path, offline, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    logger = '{"class_path": "CSVLogger", "init_args": {"save_dir": "mylogs"}}'
+    fit_cli(store, run, "--trainer.logger", logger, epochs=1)
+    assert (run / "metrics.csv").is_file() and (run / "config.yaml").is_file()
+    assert list(tmp_path.glob("mylogs/**/metrics.csv"))  # the user's own log as well
+    assert not (run / "wandb").exists()  # no W&B logger asked for
 
 
 @pytest.mark.slow
