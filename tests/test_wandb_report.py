@@ -294,3 +294,26 @@ def test_many_classes_get_a_heatmap_pairs_and_a_capped_table(tmp_path):
         assert (thumb is not None) == has_file
         if thumb is not None:
             assert max(thumb.image.size) == 32
+
+
+def test_store_config_names_the_models_revisions_and_rows(tmp_path):
+    from fusion.wandb_report import run_config
+
+    store = small_store(tmp_path / "s")
+    manifest = json.loads((store / "manifest.json").read_text())
+    manifest["models"] = {
+        "image": {"name": "facebook/dinov2-base", "revision": "abc", "pooling": "cls+mean"},
+        "caption": {"name": "Salesforce/blip2-opt-2.7b", "revision": "def"},
+        "text": {"name": "bert-base-uncased", "revision": "123", "pooling": "cls"},
+    }
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    config = run_config(json.dumps({"data": {"store": str(store)}, "model": {"head": "concat"}}))
+    assert config["model.head"] == "concat"
+    assert config["store.models.image.name"] == "facebook/dinov2-base"
+    assert config["store.models.image.pooling"] == "cls+mean"
+    assert config["store.models.caption.revision"] == "def"
+    assert config["store.models.text.name"] == "bert-base-uncased"
+    assert config["store.rows.test"] == 20 and config["store.failed.val"] == 0
+    # A store that cannot be read is named in the config, not a crash of the fit's logging.
+    bad = run_config({"data": {"store": str(tmp_path / "missing")}})
+    assert "manifest.json" in bad["store.error"]
