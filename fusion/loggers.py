@@ -168,7 +168,7 @@ class RunWandbLogger(WandbLogger):
 def _say_mode(mode: str, why: str) -> None:
     if mode == "offline":
         rank_zero_info(
-            f"W&B offline ({why}); upload later with `wandb sync RUN/wandb/offline-run-*`"
+            f"W&B offline: {why}. Upload later with `wandb sync RUN/wandb/offline-run-*`"
         )
 
 
@@ -219,7 +219,8 @@ def adopt_user_loggers(loggers: Sequence[Logger], run_dir: Path, *, settings: di
             if init.get(key) in _UNSET.get(key, (None,)):
                 init[key] = value
         mode, why = wandb_mode_and_reason()
-        if "mode" not in init and not logger._offline:
+        # LightningCLI fills every wandb.init argument the config leaves out with None.
+        if init.get("mode") is None and not logger._offline:
             # Not WandbLogger(offline=True): that refuses log_model, which works offline.
             init["mode"] = mode if mode != "online" else None
             _say_mode(mode, why)

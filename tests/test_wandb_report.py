@@ -142,12 +142,16 @@ def test_resume_continues_the_same_wandb_run(store, tmp_path, offline):
 @pytest.mark.slow
 def test_user_wandb_logger_with_log_model(store, tmp_path, offline, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # No WANDB_MODE and no API key, as a new user: the user's logger must go offline too.
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "home" / ".netrc"))
     run = tmp_path / "run"
     args = ["fit", "--config", DEMO_CONFIG, "--data.store", str(store), "--run_dir", str(run)]
     args += ["--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
     train.main([*args, "--trainer.logger", "WandbLogger", "--trainer.logger.log_model", "true"])
     # The run directory layout holds with the user's logger; nothing lands in the cwd.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["run"]
     for name in ("config.yaml", "metrics.csv", "val_predictions.csv", RUN_ID_FILE):
         assert (run / name).is_file(), name
     (run_file,) = wandb_run_files(run)
