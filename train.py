@@ -61,12 +61,40 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
     ``overrides`` are extra CLI arguments for the fit (tests shorten it with them).
     """
     from fusion.cli import main as cli_main
-    from fusion.predict import complete_split, predict_probs, write_submission
+    from fusion.wandb_report import finish_runs, log_submission, wandb_runs
 
     store = build_demo_store(store)
-    cli = cli_main(
-        ["fit", "--config", _repo_file(DEMO_TRAIN_CONFIG), "--data.store", str(store), *overrides]
+    args = ["fit", "--config", _repo_file(DEMO_TRAIN_CONFIG), "--data.store", str(store)]
+    # The W&B run stays open until the submission is logged to it.
+    cli = cli_main([*args, *overrides], finish_wandb=False)
+    try:
+        paths = _predict_demo(cli, store)
+        for wandb_run in wandb_runs(cli.trainer):
+            log_submission(wandb_run, paths["submission"], paths["test probabilities"])
+    except BaseException:
+        finish_runs(cli.trainer, exit_code=1)
+        raise
+    finish_runs(cli.trainer)
+    run = paths["run directory"]
+    wandb_dirs = sorted((run / "wandb").glob("*run-*")) if (run / "wandb").is_dir() else []
+    if wandb_dirs:
+        paths["W&B run"] = wandb_dirs[-1]
+    score = cli.trainer.checkpoint_callback.best_model_score
+    print(
+        "\nDemo done" + (f": best val/acc_top1 = {float(score):.3f}" if score is not None else "")
     )
+    width = max(map(len, paths))
+    for what, path in paths.items():
+        print(f"  {what:<{width}}  {path}")
+    if wandb_dirs and "offline" in wandb_dirs[-1].name:
+        print(f"  upload the W&B run later with: wandb sync {wandb_dirs[-1]}")
+    return paths
+
+
+def _predict_demo(cli, store: Path) -> dict[str, Path]:
+    """Write the demo's submission from the best checkpoint; return the paths of the run."""
+    from fusion.predict import complete_split, predict_probs, write_submission
+
     run = Path(cli.trainer.default_root_dir)
     ckpt_cb = cli.trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path or ckpt_cb.last_model_path)
@@ -84,8 +112,7 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
         class_names=cli.datamodule.class_names,
         checkpoints=[best],
     )
-    wandb_runs = sorted((run / "wandb").glob("*run-*")) if (run / "wandb").is_dir() else []
-    paths = {
+    return {
         "feature store": store,
         "run directory": run,
         "resolved config": run / "config.yaml",
@@ -97,18 +124,6 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
         "submission": submission,
         "test probabilities": probs_file,
     }
-    if wandb_runs:
-        paths["W&B run"] = wandb_runs[-1]
-    score = ckpt_cb.best_model_score
-    print(
-        "\nDemo done" + (f": best val/acc_top1 = {float(score):.3f}" if score is not None else "")
-    )
-    width = max(map(len, paths))
-    for what, path in paths.items():
-        print(f"  {what:<{width}}  {path}")
-    if wandb_runs and "offline" in wandb_runs[-1].name:
-        print(f"  upload the W&B run later with: wandb sync {wandb_runs[-1]}")
-    return paths
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """The callbacks ``train.py`` adds to every fit (the run directory is ``default_root_dir``).
 
 - :class:`RunArtifacts`: at the end of fit, ``RUN/alpha_beta.png`` (dual-logit heads;
-  also logged to W&B) and ``RUN/val_predictions.csv`` (id,label,pred,confidence of best).
+  also logged to W&B), ``RUN/val_predictions.csv`` (id,label,pred,confidence of best) and
+  the W&B report of the best checkpoint (fusion/wandb_report.py).
 - :class:`RunCheckpoint`: ``best.ckpt`` by the monitored metric and ``last.ckpt`` at the
   end of *every* epoch and on SIGTERM (Lightning 2.6 rewrites last only with a new best).
 - :class:`ResumeMetrics`: on resume, drops ``metrics.csv`` rows logged after the restored
@@ -26,6 +27,7 @@ from feature_store import load_arrays, open_store
 from feature_store.integrity import model_fingerprint
 from fusion.plots import plot_alpha_beta
 from fusion.predict import FINGERPRINT_KEY, predict_probs, write_csv
+from fusion.wandb_report import log_checkpoint, log_store_manifest, log_val_report, wandb_runs
 
 
 class NonFiniteLossError(RuntimeError):
@@ -145,7 +147,9 @@ class StoreFingerprint(L.Callback):
 
 
 class RunArtifacts(L.Callback):
-    """Write the plot and val predictions when fit ends, then close the W&B run."""
+    """Write the plot and val predictions when fit ends, and give W&B its end-of-fit report
+    (fusion/wandb_report.py). The W&B run stays open: Lightning's WandbLogger uploads
+    ``log_model`` checkpoints after this, and the CLI finishes the run after the fit."""
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -162,15 +166,41 @@ class RunArtifacts(L.Callback):
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_path", "") or getattr(ckpt, "last_model_path", "")
         datamodule = trainer.datamodule
-        if best and datamodule is not None and hasattr(datamodule, "store"):
-            write_val_predictions(best, datamodule.store, datamodule.val_split, run)
-        for logger in wandb_loggers:
-            # Finish now so a second fit in the same process starts its own W&B run.
-            logger.experiment.finish()
+        if not (best and datamodule is not None and hasattr(datamodule, "store")):
+            return
+        _, ids, probs = write_val_predictions(best, datamodule.store, datamodule.val_split, run)
+        if not wandb_loggers:
+            return
+        val = load_arrays(datamodule.store, datamodule.val_split)
+        # A user's WandbLogger(log_model=...) uploads checkpoints itself, after this hook.
+        own_checkpoint = not any(lg._log_model for lg in wandb_loggers)
+        score = getattr(ckpt, "best_model_score", None)
+        for wandb_run in wandb_runs(trainer):
+            log_val_report(
+                wandb_run,
+                ids=ids,
+                labels=val.labels,
+                probs=probs,
+                class_names=datamodule.class_names,
+                captions=val.captions,
+                paths=val.paths,
+                out_dir=run,
+            )
+            if own_checkpoint:
+                log_checkpoint(
+                    wandb_run,
+                    best,
+                    score=None if score is None else float(score),
+                    monitor=str(getattr(ckpt, "monitor", "")),
+                )
+            log_store_manifest(wandb_run, datamodule.store)
 
 
-def write_val_predictions(checkpoint: str, store: Path, split: str, run: Path) -> Path:
-    """``RUN/val_predictions.csv``: id, true label, predicted label, its probability."""
+def write_val_predictions(checkpoint: str, store: Path, split: str, run: Path):
+    """``RUN/val_predictions.csv``: id, true label, predicted label, its probability.
+
+    Returns ``(path, ids, probs)``.
+    """
     ids, probs = predict_probs([checkpoint], store, split)
     labels = load_arrays(store, split).labels
     pred = probs.argmax(axis=1)
@@ -181,4 +211,4 @@ def write_val_predictions(checkpoint: str, store: Path, split: str, run: Path) -
     )
     out = run / "val_predictions.csv"
     write_csv(out, ["id", "label", "pred", "confidence"], rows)
-    return out
+    return out, ids, probs

@@ -16,8 +16,16 @@ of the same experiment. A resume writes nothing before its checkpoint is restore
     RUN/metrics.csv           CSV log (train/*, val/*, fusion/alpha, fusion/beta)
     RUN/checkpoints/best.ckpt best val/acc_top1; RUN/checkpoints/last.ckpt
     RUN/wandb/                the W&B run (offline unless logged in and online)
+    RUN/wandb_run_id          its id: a resume continues the same W&B run
     RUN/alpha_beta.png        dual-logit heads
     RUN/val_predictions.csv   id,label,pred,confidence from best.ckpt
+    RUN/confusion_top.png     over 50 classes: the most confused classes (also in W&B)
+
+W&B (fusion/loggers.py, fusion/wandb_report.py): ``--wandb.project/entity/group/tags/
+job_type`` (``--wandb_project`` is an alias of ``--wandb.project``), else W&B's
+environment variables, else project ``sketchfusion`` grouped by experiment. A logger of
+your own (``--trainer.logger WandbLogger --trainer.logger.log_model true``, or any
+Lightning logger in the config) gets the same run directory, and metrics.csv beside it.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -39,7 +47,7 @@ from fusion.callbacks import (
     StoreFingerprint,
 )
 from fusion.datamodule import FeatureDataModule
-from fusion.loggers import make_loggers
+from fusion.loggers import adopt_user_loggers, make_loggers, wandb_settings
 from fusion.module import FusionModule
 from fusion.predict import CheckpointError, load_checkpoint
 from fusion.probe_run import latest_probe, probe_line
@@ -53,6 +61,7 @@ from fusion.runs import (
     experiment_name,
     is_existing_run,
 )
+from fusion.wandb_report import BestSummary, finish_runs
 
 RUN_DIR_ENV = "SKETCHFUSION_RUN_DIR"
 
@@ -87,7 +96,11 @@ def resume_run_dir(base: Path, run_dir: str | None) -> Path:
 class FusionCLI(LightningCLI):
     """LightningCLI with the store's dims linked into the model and a run directory per fit."""
 
-    def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
+    def __init__(
+        self, args: Sequence[str] | None = None, *, finish_wandb: bool = True, **kwargs
+    ) -> None:
+        # False: the caller logs more (train.py's demo: the submission), then finishes.
+        self.finish_wandb = finish_wandb
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resume rewrites it
         kwargs.setdefault("seed_everything_default", 0)
@@ -109,7 +122,33 @@ class FusionCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--run_dir", type=str | None, default=None, help="run directory")
         parser.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")
-        parser.add_argument("--wandb_project", type=str, default="sketchfusion")
+        parser.add_argument(
+            "--wandb_project", type=str | None, default=None, help="= --wandb.project"
+        )
+        parser.add_argument(
+            "--wandb.project",
+            type=str | None,
+            default=None,
+            help="default: $WANDB_PROJECT, else sketchfusion",
+        )
+        parser.add_argument(
+            "--wandb.entity", type=str | None, default=None, help="default: $WANDB_ENTITY"
+        )
+        parser.add_argument(
+            "--wandb.group",
+            type=str | None,
+            default=None,
+            help="default: $WANDB_RUN_GROUP, else the experiment",
+        )
+        parser.add_argument(
+            "--wandb.tags", type=list[str] | None, default=None, help="default: $WANDB_TAGS"
+        )
+        parser.add_argument(
+            "--wandb.job_type",
+            type=str | None,
+            default=None,
+            help="default: $WANDB_JOB_TYPE, else train",
+        )
         parser.add_argument(
             "--experiment",
             type=str | None,
@@ -177,19 +216,38 @@ class FusionCLI(LightningCLI):
         if cfg.get("checkpoint") is not None:
             cfg["checkpoint"]["dirpath"] = str(self.run_dir / "checkpoints")
 
+    def wandb_settings(self) -> dict:
+        """``wandb.init`` arguments from ``--wandb.*`` (fusion/loggers.py:wandb_settings)."""
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        return wandb_settings(
+            self.run_dir,
+            group=self.experiment,
+            project=cfg.get("wandb.project") or cfg.get("wandb_project"),
+            entity=cfg.get("wandb.entity"),
+            tags=cfg.get("wandb.tags"),
+            job_type=cfg.get("wandb.job_type"),
+            group_override=cfg.get("wandb.group"),
+        )
+
     def instantiate_trainer(self, **kwargs):
         trainer_cfg = self._get(self.config_init, "trainer", default={})
-        if trainer_cfg.get("logger") in (None, True):
-            cfg = self.config[self.subcommand] if self.subcommand else self.config
-            kwargs["logger"] = make_loggers(
-                self.run_dir,
-                project=cfg["wandb_project"],
-                name=f"{self.experiment}/{self.run_dir.name}",
+        user_logger = trainer_cfg.get("logger")
+        if user_logger in (None, True):
+            kwargs["logger"] = make_loggers(self.run_dir, settings=self.wandb_settings())
+        elif user_logger is not False:
+            user = user_logger if isinstance(user_logger, list) else [user_logger]
+            kwargs["logger"] = adopt_user_loggers(
+                user, self.run_dir, settings=self.wandb_settings()
             )
         self.apply_recipe(kwargs)
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         extra = [RunArtifacts(), ResumeMetrics(), StopOnNonFiniteLoss(), StoreFingerprint()]
+        extra.append(BestSummary())
+        if user_logger is not False and not any(
+            isinstance(c, LearningRateMonitor) for c in callbacks
+        ):
+            extra.append(LearningRateMonitor(logging_interval="step"))
         kwargs["callbacks"] = [*callbacks, *extra]
         trainer = super().instantiate_trainer(**kwargs)
         for callback in trainer.callbacks:
@@ -222,6 +280,15 @@ class FusionCLI(LightningCLI):
                 f"{dm.train_rows} rows), lr {self.model.effective_lr_for(dm.batch_size):.2e}"
             )
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            finish_runs(getattr(self, "trainer", None), exit_code=1)
+            raise
+        if self.finish_wandb:
+            finish_runs(self.trainer)
+
     def before_fit(self) -> None:
         if self.ckpt_file:
             check_resume(Path(self.ckpt_file), self.model)
@@ -245,6 +312,9 @@ class FusionCLI(LightningCLI):
             )
 
 
-def main(args: Sequence[str] | None = None) -> FusionCLI:
-    """Run the CLI on ``args`` (``sys.argv[1:]`` when None); return it for its trainer."""
-    return FusionCLI(args=args)
+def main(args: Sequence[str] | None = None, *, finish_wandb: bool = True) -> FusionCLI:
+    """Run the CLI on ``args`` (``sys.argv[1:]`` when None); return it for its trainer.
+
+    ``finish_wandb=False`` leaves the W&B run open for the caller to log more and finish
+    (``fusion.wandb_report.finish_runs(cli.trainer)``)."""
+    return FusionCLI(args=args, finish_wandb=finish_wandb)

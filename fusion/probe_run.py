@@ -69,14 +69,19 @@ def parser() -> ArgumentParser:
     p.add_argument("--probe.views", type=list[str], default=list(VIEWS), help="feature sets")
     p.add_argument("--run_dir", type=str | None, default=None, help="run directory")
     p.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")
-    p.add_argument("--wandb_project", type=str, default="sketchfusion")
+    p.add_argument("--wandb_project", type=str | None, default=None, help="= --wandb.project")
+    p.add_argument("--wandb.project", type=str | None, default=None, help="else $WANDB_PROJECT")
+    p.add_argument("--wandb.entity", type=str | None, default=None, help="else $WANDB_ENTITY")
+    p.add_argument("--wandb.group", type=str | None, default=None, help="default: probe")
+    p.add_argument("--wandb.tags", type=list[str] | None, default=None, help="else $WANDB_TAGS")
+    p.add_argument("--wandb.job_type", type=str | None, default=None, help="default: probe")
     return p
 
 
 def run_probe(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``python train.py probe``; returns the run directory."""
     from fusion.cli import new_run_dir
-    from fusion.loggers import make_loggers
+    from fusion.loggers import make_loggers, wandb_settings
 
     p = parser()
     cfg = p.parse_args(list(argv) if argv is not None else None)
@@ -133,13 +138,24 @@ def run_probe(argv: Sequence[str] | None = None) -> Path:
         write_submission(run / "submission.csv", test.ids, probs, class_names=info.class_names)
     summary = {"store": store_key(store), "best": best, "results": results}
     (run / PROBE_FILE).write_text(json.dumps(summary, indent=2))
-    loggers = make_loggers(run, project=cfg.wandb_project, name=f"probe/{run.name}")
+    settings = wandb_settings(
+        run,
+        group="probe",
+        project=cfg.wandb.project or cfg.wandb_project,
+        entity=cfg.wandb.entity,
+        tags=cfg.wandb.tags,
+        job_type=cfg.wandb.job_type,
+        default_job_type="probe",
+        group_override=cfg.wandb.group,
+    )
+    loggers = make_loggers(run, settings=settings)
     for logger in (lg for lg in loggers if isinstance(lg, WandbLogger)):  # metrics.csv is ours
         logger.log_hyperparams({"probe": dict(cfg.probe), "data": dict(cfg.data)})
         logger.log_metrics(
             {f"probe/{v}/val_acc_top1": r["val_acc_top1"] for v, r in results.items()}, step=0
         )
         logger.finalize("success")
+        logger.experiment.finish()
     print(f"best: {best} (val/acc_top1 {results[best]['val_acc_top1']:.4f}); wrote {run}")
     return run
 

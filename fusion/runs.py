@@ -19,6 +19,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 
 from fusion.heads import HEADS
 from fusion.predict import CheckpointError, load_checkpoint
+from fusion.wandb_report import run_config, wandb_runs
 
 # Paths that belong to one run: never saved in RUN/config.yaml (a rerun gets its own).
 RUN_PATHS = ("run_dir", "ckpt_path", "trainer.default_root_dir", "checkpoint.dirpath")
@@ -33,7 +34,9 @@ class RunDirError(ValueError):
 
 
 class RunConfigSaver(SaveConfigCallback):
-    """``RUN/config.yaml`` without the run's own paths (:data:`RUN_PATHS`).
+    """``RUN/config.yaml`` without the run's own paths (:data:`RUN_PATHS`), and the same
+    config flattened into the W&B run's config (with the store's essentials and package
+    versions, fusion/wandb_report.py:run_config).
 
     A new run writes it at setup; a resume only once its checkpoint is restored
     (``on_train_start``), so a resume that fails leaves the run's config as it was.
@@ -59,6 +62,11 @@ class RunConfigSaver(SaveConfigCallback):
             path = Path(trainer.default_root_dir) / self.config_filename
             path.parent.mkdir(parents=True, exist_ok=True)
             self.parser.save(config, str(path), skip_none=False, overwrite=True)
+            runs = wandb_runs(trainer)
+            if runs:
+                flat = run_config(self.parser.dump(config, format="json", skip_none=False))
+                for run in runs:
+                    run.config.update(flat, allow_val_change=True)
         self.already_saved = True
 
 

@@ -8,7 +8,13 @@ import torch
 import train
 from fusion.cli import ResumeError
 from fusion.predict import load_head
-from tests.fixtures_training import fit_cli, read_csv, small_store, wandb_history
+from tests.fixtures_training import (
+    fit_cli,
+    read_csv,
+    small_store,
+    wandb_history,
+    wandb_run_files,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +55,7 @@ def test_fit_writes_the_run_directory_contract(store, tmp_path, monkeypatch):
     assert (hp["head"], hp["image_dim"], hp["text_dim"]) == ("dual_logit", 16, 12)
     assert hp["class_names"] == [f"class_{i:03d}" for i in range(5)]
     # W&B ran offline into RUN/wandb and its history holds alpha/beta of every step.
-    runs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(runs) == 1
+    runs = wandb_run_files(run)
     history = wandb_history(runs[0])
     logged = [float(r["fusion/alpha"]) for r in history if "fusion/alpha" in r]
     assert len(logged) == steps
