@@ -121,24 +121,35 @@ def head_scores(store: Path, config: str, runs: Path, labels, kinds, extra: list
     }
 
 
+STACKS = {
+    "stack": ("visual_only", "text_only"),
+    # With the linear head as a third member the stacker can pick, per store, whichever
+    # image head generalises (the linear one where rows per class are few).
+    "stack3": ("linear", "visual_only", "text_only"),
+}
+
+
 def stack_scores(store: Path, results: dict, labels, kinds) -> dict[str, dict[str, float]]:
-    """Late fusion of the separately trained visual_only and text_only heads."""
+    """Late fusion of separately trained heads (``python train.py stack``)."""
     from fusion.stacking import Stacker, cross_fit, member_log_probs
 
-    members = [results[c]["checkpoint"] for c in ("visual_only", "text_only")]
-    _, val_lp = member_log_probs(members, str(store), "val")
-    _, test_lp = member_log_probs(members, str(store), "test")
-    val_labels = load_arrays(store, "val").labels
     out = {}
-    for method in ("weights", "logistic"):
-        t0 = time.perf_counter()
-        crossed = cross_fit(val_lp, val_labels, method=method)
-        stacker = Stacker(len(members), method).fit(val_lp, val_labels)
-        out[f"stack:{method}"] = {
-            **scores(stacker.predict_proba(test_lp), labels, kinds),
-            "val": float((crossed.argmax(1) == val_labels).mean()),
-            "seconds": time.perf_counter() - t0,
-        }
+    val_labels = load_arrays(store, "val").labels
+    for name, configs in STACKS.items():
+        if not all(c in results for c in configs):
+            continue
+        members = [results[c]["checkpoint"] for c in configs]
+        _, val_lp = member_log_probs(members, str(store), "val")
+        _, test_lp = member_log_probs(members, str(store), "test")
+        for method in ("weights", "logistic"):
+            t0 = time.perf_counter()
+            crossed = cross_fit(val_lp, val_labels, method=method)
+            stacker = Stacker(len(members), method).fit(val_lp, val_labels)
+            out[f"{name}:{method}"] = {
+                **scores(stacker.predict_proba(test_lp), labels, kinds),
+                "val": float((crossed.argmax(1) == val_labels).mean()),
+                "seconds": time.perf_counter() - t0,
+            }
     return out
 
 
@@ -165,6 +176,9 @@ def main() -> None:
     p.add_argument("--root", default="bench/stores", help="where stores are built and kept")
     p.add_argument("--runs", default="bench/runs", help="run directories of the fits")
     p.add_argument("--json", default=None, help="write all figures to this JSON file")
+    p.add_argument(
+        "--reuse", default=None, help="a --json file of an earlier run: refit only the stacks"
+    )
     p.add_argument("extra", nargs="*", help="overrides for every fit, after --")
     a = p.parse_args()
     import lightning as L
@@ -175,6 +189,15 @@ def main() -> None:
         store = build_store(name, Path(a.root))
         splits, labels, kinds = load(store)
         info = open_store(store)
+        if a.reuse:
+            previous = json.loads(Path(a.reuse).read_text())[name]
+            results = {k: v for k, v in previous.items() if not k.startswith("stack")}
+            results.update(stack_scores(store, results, labels, kinds))
+            everything[name] = results
+            print(
+                table(f"{name}: {info.num_classes} classes, {len(splits['train'])} rows", results)
+            )
+            continue
         results = probe_scores(splits, labels, kinds)
         if (store / "image_means.npy").is_file():
             from feature_store.synthetic import bayes_accuracy
@@ -182,8 +205,7 @@ def main() -> None:
             results["bayes:image"] = {"all": bayes_accuracy(store), "seconds": 0.0}
         for config in a.configs.split(","):
             results[config] = head_scores(store, config, Path(a.runs), labels, kinds, a.extra)
-        if "visual_only" in results and "text_only" in results:
-            results.update(stack_scores(store, results, labels, kinds))
+        results.update(stack_scores(store, results, labels, kinds))
         everything[name] = results
         print(
             table(f"{name}: {info.num_classes} classes, {len(splits['train'])} train rows", results)
