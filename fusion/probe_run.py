@@ -30,6 +30,7 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch.loggers import WandbLogger
 
 from feature_store import load_arrays, open_store
+from fusion.exit import ExitError
 from fusion.predict import write_csv, write_submission
 from fusion.probe import DEFAULT_CS, fit_probe
 
@@ -89,13 +90,23 @@ def run_probe(argv: Sequence[str] | None = None) -> Path:
     info = open_store(store)
     run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "probe")
     if run.exists() and any(run.iterdir()):
-        raise SystemExit(f"train.py probe: {run} already holds a run; pass a new --run_dir")
-    run.mkdir(parents=True, exist_ok=True)
-    print(f"run directory: {run}")
-    p.save(cfg, run / "config.yaml", overwrite=True)
+        raise ExitError(f"train.py probe: {run} already holds a run; pass a new --run_dir")
+    unknown = [v for v in cfg.probe.views if v not in VIEWS]
+    if unknown or not cfg.probe.views or min(cfg.probe.cs, default=0) <= 0:
+        raise ExitError(
+            f"train.py probe: --probe.views takes some of {list(VIEWS)} (got "
+            f"{cfg.probe.views}) and --probe.cs positive values (got {cfg.probe.cs})"
+        )
     train = load_arrays(store, cfg.data.train_split)
     val = load_arrays(store, cfg.data.val_split)
+    if len(np.unique(train.labels)) < 2:
+        raise ExitError(
+            f"train.py probe: {store}/{cfg.data.train_split} holds fewer than 2 classes"
+        )
     x_train, x_val = views(train), views(val)
+    run.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
+    print(f"run directory: {run}")
+    p.save(cfg, run / "config.yaml", overwrite=True)
     results, probes, sweep_rows = {}, {}, []
     for name in cfg.probe.views:
         start = time.perf_counter()

@@ -138,11 +138,14 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
 
     from feature_store import load_arrays, open_store
     from fusion.cli import new_run_dir
+    from fusion.exit import ExitError
     from fusion.predict import write_csv, write_submission
 
     p = ArgumentParser(prog="train.py stack", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", "-c", action="config", help="a YAML of these options")
-    p.add_argument("--checkpoint", type=list[str], required=True, help="member checkpoints")
+    p.add_argument(
+        "--checkpoint", action="append", required=True, help="a member checkpoint; repeat it"
+    )
     p.add_argument("--data.store", type=str, required=True, help="feature-store directory")
     p.add_argument("--data.val_split", type=str, default="val")
     p.add_argument("--data.predict_split", type=str, default="test", help="'' to skip")
@@ -152,15 +155,21 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--runs_root", type=str, default="runs")
     cfg = p.parse_args(list(argv) if argv is not None else None)
     if len(cfg.checkpoint) < 2:
-        raise SystemExit("train.py stack: give at least two --checkpoint members")
+        raise ExitError("train.py stack: give at least two --checkpoint members")
+    if cfg.stack.method not in METHODS:
+        raise ExitError(f"train.py stack: --stack.method must be one of {METHODS}")
+    missing = [c for c in cfg.checkpoint if not Path(c).is_file()]
+    if missing:
+        raise ExitError(f"train.py stack: checkpoint not found: {', '.join(missing)}")
     store, method = cfg.data.store, cfg.stack.method
     run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "stack")
     if run.exists() and any(run.iterdir()):
-        raise SystemExit(f"train.py stack: {run} already holds a run; pass a new --run_dir")
-    run.mkdir(parents=True, exist_ok=True)
-    p.save(cfg, run / "config.yaml", overwrite=True)
+        raise ExitError(f"train.py stack: {run} already holds a run; pass a new --run_dir")
+    # Every member is loaded and checked against the store before the run directory exists.
     ids, val_lp = member_log_probs(cfg.checkpoint, store, cfg.data.val_split)
     labels = load_arrays(store, cfg.data.val_split).labels
+    run.mkdir(parents=True, exist_ok=True)
+    p.save(cfg, run / "config.yaml", overwrite=True)
     crossed = cross_fit(val_lp, labels, method=method, folds=cfg.stack.folds)
     stacker = Stacker(len(val_lp), method).fit(val_lp, labels)
     summary = {

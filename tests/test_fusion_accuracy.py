@@ -229,3 +229,45 @@ def test_every_head_builds_with_an_empty_hidden_list():
     for kind in ("visual_only", "concat", "dual_logit", "gated"):
         head = build_head(kind, image_dim=4, text_dim=3, num_classes=2, hidden_dims=[])
         assert head(torch.randn(5, 4), torch.randn(5, 3)).shape == (5, 2)
+
+
+def test_stack_entry_point_writes_a_run_and_refuses_bad_members(tmp_path):
+    import train
+    from tests.fixtures_training import fit_cli
+
+    store = small_store(tmp_path / "s")
+    members = []
+    for head in ("visual_only", "text_only"):
+        cli = fit_cli(store, tmp_path / head, "--model.head", head, "--trainer.logger", "false")
+        members += ["--checkpoint", cli.trainer.checkpoint_callback.best_model_path]
+    runs = tmp_path / "runs"
+    base = ["stack", "--data.store", str(store), "--runs_root", str(runs)]
+    train.main([*base, *members])
+    (run,) = (runs / "stack").iterdir()
+    summary = json.loads((run / "stack.json").read_text())
+    assert len(summary["member_val_acc_top1"]) == 2
+    assert 0 <= summary["val_acc_top1_cross_fitted"] <= 1
+    rows = (run / "submission.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(load_arrays(store, "test"))
+    other = small_store(tmp_path / "other", image_dim=8)  # another store's dims
+    for bad in (
+        [*base, members[1]],  # --checkpoint missing: one member given as a bare path
+        [*base, "--checkpoint", str(tmp_path / "missing.ckpt"), *members[:2]],
+        ["stack", "--data.store", str(other), "--runs_root", str(runs), *members],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(bad)
+        assert exit_info.value.code == 2
+    assert len(list((runs / "stack").iterdir())) == 1  # a refused stack leaves no run behind
+
+
+def test_probe_entry_point_refuses_bad_options_before_writing(tmp_path):
+    import train
+
+    store = small_store(tmp_path / "s")
+    runs = tmp_path / "runs"
+    for bad in (["--probe.views", "[imag]"], ["--probe.cs", "[0, 1]"]):
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(["probe", "--data.store", str(store), "--runs_root", str(runs), *bad])
+        assert exit_info.value.code == 2
+    assert not runs.exists()
