@@ -25,7 +25,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from feature_store import load_arrays, open_store
 from feature_store.integrity import model_fingerprint
 from fusion.plots import plot_alpha_beta
-from fusion.predict import FINGERPRINT_KEY, predict_probs, write_csv
+from fusion.predict import (
+    FINGERPRINT_KEY,
+    head_probs,
+    load_head,
+    predict_probs,
+    save_probs,
+    write_csv,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -163,16 +170,33 @@ class RunArtifacts(L.Callback):
         best = getattr(ckpt, "best_model_path", "") or getattr(ckpt, "last_model_path", "")
         datamodule = trainer.datamodule
         if best and datamodule is not None and hasattr(datamodule, "store"):
-            write_val_predictions(best, datamodule.store, datamodule.val_split, run)
+            write_val_predictions(best, datamodule, run)
         for logger in wandb_loggers:
             # Finish now so a second fit in the same process starts its own W&B run.
             logger.experiment.finish()
 
 
-def write_val_predictions(checkpoint: str, store: Path, split: str, run: Path) -> Path:
-    """``RUN/val_predictions.csv``: id, true label, predicted label, its probability."""
-    ids, probs = predict_probs([checkpoint], store, split)
-    labels = load_arrays(store, split).labels
+def write_val_predictions(checkpoint: str, datamodule, run: Path) -> Path:
+    """``RUN/val_predictions.csv`` (id, true label, predicted label, its probability) and
+    ``RUN/val.probs.npz`` (every class's probability: out-of-fold rows in a CV fold, the
+    inputs ``fusion/ensemble.py`` fits member weights on)."""
+    if getattr(datamodule, "folds", 0):  # the held-out fold, not the store's val split
+        ids, rows = datamodule.val_rows()
+        head, hp = load_head(checkpoint)
+        probs = head_probs(head, rows.image.numpy(), rows.text.numpy())
+        labels, class_names = rows.label.numpy(), hp["class_names"]
+    else:
+        store, split = datamodule.store, datamodule.val_split
+        ids, probs = predict_probs([checkpoint], store, split)
+        labels, class_names = load_arrays(store, split).labels, open_store(store).class_names
+    save_probs(
+        run / "val.probs.npz",
+        ids,
+        probs,
+        class_names=class_names,
+        checkpoints=[checkpoint],
+        labels=labels,
+    )
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
     rows = (
