@@ -87,7 +87,15 @@ def resume_run_dir(base: Path, run_dir: str | None) -> Path:
 class FusionCLI(LightningCLI):
     """LightningCLI with the store's dims linked into the model and a run directory per fit."""
 
-    def __init__(self, args: Sequence[str] | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        args: Sequence[str] | None = None,
+        *,
+        extra_callbacks: Sequence = (),
+        **kwargs,
+    ) -> None:
+        # Callbacks a caller adds to this fit only (train.py tune: the Optuna pruner).
+        self.extra_callbacks = list(extra_callbacks)
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resume rewrites it
         kwargs.setdefault("seed_everything_default", 0)
@@ -190,6 +198,7 @@ class FusionCLI(LightningCLI):
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         extra = [RunArtifacts(), ResumeMetrics(), StopOnNonFiniteLoss(), StoreFingerprint()]
+        extra += self.extra_callbacks
         kwargs["callbacks"] = [*callbacks, *extra]
         trainer = super().instantiate_trainer(**kwargs)
         for callback in trainer.callbacks:
@@ -245,6 +254,6 @@ class FusionCLI(LightningCLI):
             )
 
 
-def main(args: Sequence[str] | None = None) -> FusionCLI:
+def main(args: Sequence[str] | None = None, *, extra_callbacks: Sequence = ()) -> FusionCLI:
     """Run the CLI on ``args`` (``sys.argv[1:]`` when None); return it for its trainer."""
-    return FusionCLI(args=args)
+    return FusionCLI(args=args, extra_callbacks=extra_callbacks)
