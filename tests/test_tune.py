@@ -126,3 +126,18 @@ def test_bad_search_space_is_refused(tmp_path):
         load_space(bad)
     with pytest.raises(SearchSpaceError, match="not found"):
         load_space(tmp_path / "none.yaml")
+
+
+@pytest.mark.parametrize("space", sorted((REPO / "configs" / "search").glob("*.yaml")), ids=str)
+def test_every_search_space_parses_as_its_config_options(space, capsys):
+    from fusion.tune import suggest
+
+    config = REPO / "configs" / space.name
+    assert config.is_file(), f"{space} has no experiment config beside it"
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    overrides = suggest(trial, load_space(space))
+    with pytest.raises(SystemExit) as exc:  # --print_config parses, type-checks, prints, exits 0
+        FusionCLI(args=["fit", "--config", str(config), *overrides, "--print_config"])
+    assert exc.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert f"lr: {trial.params['model.lr']}" in printed
