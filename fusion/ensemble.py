@@ -111,6 +111,9 @@ def check_members(members: Sequence[Member]) -> list[Member]:
                 f"{len(first.ids)} rows; only here: {extra}, only there: {lacking}); "
                 "ensemble predictions of the same split of the same store."
             )
+        if m.ids == first.ids:  # the usual case: same split, same store order; no copy
+            out.append(m)
+            continue
         order = np.fromiter((position[i] for i in m.ids), dtype=np.int64, count=len(m.ids))
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
