@@ -1,7 +1,8 @@
 """The callbacks ``train.py`` adds to every fit (the run directory is ``default_root_dir``).
 
 - :class:`RunArtifacts`: at the end of fit, ``RUN/alpha_beta.png`` (dual-logit heads;
-  also logged to W&B) and ``RUN/val_predictions.csv`` (id,label,pred,confidence of best).
+  also logged to W&B), ``RUN/val_predictions.csv`` (id,label,pred,confidence of best) and
+  ``RUN/val.probs.npz`` (its probabilities; the held-out fold's in a CV fold).
 - :class:`RunCheckpoint`: ``best.ckpt`` by the monitored metric and ``last.ckpt`` at the
   end of *every* epoch and on SIGTERM (Lightning 2.6 rewrites last only with a new best).
 - :class:`ResumeMetrics`: on resume, drops ``metrics.csv`` rows logged after the restored

@@ -18,6 +18,7 @@ of the same experiment. A resume writes nothing before its checkpoint is restore
     RUN/wandb/                the W&B run (offline unless logged in and online)
     RUN/alpha_beta.png        dual-logit heads
     RUN/val_predictions.csv   id,label,pred,confidence from best.ckpt
+    RUN/val.probs.npz         every class's val probability from best.ckpt (ensemble weights)
 """
 
 from __future__ import annotations

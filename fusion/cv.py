@@ -3,7 +3,8 @@
 $ python train.py cv --config configs/concat.yaml --data.folds 5 --data.store stores/kaggle
 $ python train.py cv --config configs/concat.yaml --data.folds 5 --data.group_regex '^(.*)_aug'
 
-Every other argument is a ``train.py fit`` argument. Train and val are pooled and cut
+Every other argument is a ``train.py fit`` argument; ``--message`` goes into the
+submission's metadata (``CV/submission.json``). Train and val are pooled and cut
 into K stratified (group-aware with ``--data.group_regex``) folds by ``fusion/folds.py``;
 fold i is a normal fit (``--data.fold i``) into ``CV/fold_i/``. ``CV`` is ``--cv_dir``,
 default ``runs/<experiment>/cv<K>``; rerunning the same command skips the finished folds
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,8 +82,8 @@ def run_cv(argv: Sequence[str]) -> Path:
     for banned in ("--data.fold", "--run_dir", "--ckpt_path"):
         if option(args, banned) is not None:
             raise SystemExit(f"train.py cv: error: {banned} is set per fold by cv; drop it")
-    cv_dir = option(args, "--cv_dir")
-    args = without(args, "--cv_dir")
+    cv_dir, message = option(args, "--cv_dir"), option(args, "--message")
+    args = without(without(args, "--cv_dir"), "--message")
     if cv_dir is None:
         config = option(args, "--config") or option(args, "-c") or "cv"
         experiment = config_value(args, "experiment") or Path(config).stem
@@ -103,7 +105,11 @@ def run_cv(argv: Sequence[str]) -> Path:
             continue
         if run.exists():  # a fold killed part-way: ours alone, redone from scratch
             shutil.rmtree(run)
-        cli = cli_main(["fit", *args, "--data.fold", str(fold), "--run_dir", str(run)])
+        saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args, not our argv
+        try:
+            cli = cli_main(["fit", *args, "--data.fold", str(fold), "--run_dir", str(run)])
+        finally:
+            sys.argv = saved
         dm, ckpt = cli.datamodule, cli.trainer.checkpoint_callback
         best = ckpt.best_model_path or ckpt.last_model_path
         if dm.predict_split:
@@ -111,10 +117,10 @@ def run_cv(argv: Sequence[str]) -> Path:
             # Inputs that failed extraction get the train class prior (predict.py's rule).
             ids, probs, _ = complete_split(dm.store, dm.predict_split, ids, probs)
             save_probs(run / DONE, ids, probs, class_names=dm.class_names, checkpoints=[best])
-    return summarise(cv_dir, folds)
+    return summarise(cv_dir, folds, message=message)
 
 
-def summarise(cv_dir: Path, folds: int) -> Path:
+def summarise(cv_dir: Path, folds: int, *, message: str | None = None) -> Path:
     """Join the folds' out-of-fold and test probabilities; print the CV score."""
     from fusion.ensemble import average, check_members, load_probs, write_ensemble
     from fusion.predict import save_probs
@@ -148,6 +154,7 @@ def summarise(cv_dir: Path, folds: int) -> Path:
             members,
             average(members),
             meta={"kind": "cv", **summary},
+            message=message,
         )
     (cv_dir / "cv.json").write_text(json.dumps(summary, indent=2))
     print(
