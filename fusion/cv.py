@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from fusion.exit import ExitError
+
 DONE = "test.probs.npz"  # written last in a fold: its presence marks the fold finished
 
 
@@ -78,10 +80,10 @@ def run_cv(argv: Sequence[str]) -> Path:
     args = list(argv)
     folds = int(config_value(args, "data.folds") or 0)
     if folds < 2:
-        raise SystemExit("train.py cv: error: give --data.folds K (K >= 2), e.g. --data.folds 5")
+        raise ExitError("train.py cv: error: give --data.folds K (K >= 2), e.g. --data.folds 5")
     for banned in ("--data.fold", "--run_dir", "--ckpt_path"):
         if option(args, banned) is not None:
-            raise SystemExit(f"train.py cv: error: {banned} is set per fold by cv; drop it")
+            raise ExitError(f"train.py cv: error: {banned} is set per fold by cv; drop it")
     cv_dir, message = option(args, "--cv_dir"), option(args, "--message")
     args = without(without(args, "--cv_dir"), "--message")
     if cv_dir is None:
@@ -92,7 +94,7 @@ def run_cv(argv: Sequence[str]) -> Path:
     plan = {"args": args, "folds": folds}
     plan_file = cv_dir / "cv_args.json"
     if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
-        raise SystemExit(
+        raise ExitError(
             f"train.py cv: error: {cv_dir} holds folds of another command "
             f"({plan_file}); rerun that command to finish it, or pass a new --cv_dir."
         )

@@ -42,6 +42,7 @@ import yaml
 from lightning.pytorch.loggers import WandbLogger
 
 from fusion.cv import config_value, option, without
+from fusion.exit import ExitError
 
 OWN_OPTIONS = ("--n_trials", "--search", "--study_dir", "--storage", "--study_name", "--seed",
                "--pruner")  # fmt: skip
@@ -169,14 +170,17 @@ def run_tune(argv: Sequence[str]) -> Path:
         args = without(args, name)
     for banned in ("--run_dir", "--ckpt_path"):
         if option(args, banned) is not None:
-            raise SystemExit(f"train.py tune: error: {banned} is set per trial; drop it")
+            raise ExitError(f"train.py tune: error: {banned} is set per trial; drop it")
     config = option(args, "--config") or option(args, "-c")
     if not own["--n_trials"] or int(own["--n_trials"]) < 1:
-        raise SystemExit("train.py tune: error: give --n_trials N (N >= 1)")
+        raise ExitError("train.py tune: error: give --n_trials N (N >= 1)")
     n_trials = int(own["--n_trials"])
     experiment = config_value(args, "experiment") or (Path(config).stem if config else "tune")
     search = Path(own["--search"] or Path(config or ".").parent / "search" / f"{experiment}.yaml")
-    space = load_space(search)
+    try:
+        space = load_space(search)
+    except SearchSpaceError as err:
+        raise ExitError(f"train.py tune: error: {err}") from err
     root = Path(config_value(args, "runs_root") or "runs")
     study_dir = Path(own["--study_dir"] or root / experiment / "tune")
     name = own["--study_name"] or experiment

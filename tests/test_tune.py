@@ -141,3 +141,26 @@ def test_every_search_space_parses_as_its_config_options(space, capsys):
     assert exc.value.code in (0, None)
     printed = capsys.readouterr().out
     assert f"lr: {trial.params['model.lr']}" in printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["tune", "--config", DEMO_CONFIG], "--n_trials"),
+        (
+            ["tune", "--config", DEMO_CONFIG, "--n_trials", "2", "--search", "nope.yaml"],
+            "nope.yaml not found",
+        ),  # fmt: skip
+        (["tune", "--config", DEMO_CONFIG, "--n_trials", "2", "--run_dir", "x"], "--run_dir"),
+        (["cv", "--config", DEMO_CONFIG], "--data.folds"),
+        (["cv", "--config", DEMO_CONFIG, "--data.folds", "3", "--data.fold", "1"], "--data.fold"),
+    ],
+)
+def test_bad_tune_and_cv_arguments_exit_2(argv, message, capsys):
+    import train
+
+    with pytest.raises(SystemExit) as exc:
+        train.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
