@@ -164,3 +164,14 @@ def test_bad_tune_and_cv_arguments_exit_2(argv, message, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_storage_url_keeps_the_study_in_that_database(tmp_path):
+    args = _setup(tmp_path)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"  # stands for postgresql://... here
+    run_tune([*args, "--n_trials", "2", "--storage", url, "--study_name", "shared",
+              "--pruner", "none"])  # fmt: skip
+    study = optuna.load_study(study_name="shared", storage=url)
+    assert len(study.get_trials(states=FINISHED)) == 2
+    assert not (tmp_path / "study" / "study.db").exists()
+    assert (tmp_path / "study" / "best.yaml").is_file()
