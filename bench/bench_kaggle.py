@@ -106,7 +106,7 @@ def bench_ensemble(tmp: Path, *, members: int, rows: int, classes: int, fit_rows
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--part", choices=("all", "trial", "ensemble"), default="all")
-    p.add_argument("--train_rows", type=int, default=20000)
+    p.add_argument("--train_rows", type=int, default=4000)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--members", type=int, default=10)

@@ -162,6 +162,7 @@ def open_study(study_dir: Path, *, name: str, storage_url: str | None, seed: int
 
 def run_tune(argv: Sequence[str]) -> Path:
     """Entry point of ``python train.py tune``; returns the study directory."""
+    from fusion.callbacks import NonFiniteLossError
     from fusion.cli import main as cli_main
 
     args = list(argv)
@@ -214,6 +215,9 @@ def run_tune(argv: Sequence[str]) -> Path:
             objective,
             n_trials=n_trials - done,
             callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)],
+            # A diverging trial (NaN loss at a high lr) is a FAIL in the table, not the end
+            # of the search; it does not count toward --n_trials.
+            catch=(NonFiniteLossError,),
         )
     return report(study, study_dir)
 
