@@ -162,7 +162,6 @@ def open_study(study_dir: Path, *, name: str, storage_url: str | None, seed: int
 
 def run_tune(argv: Sequence[str]) -> Path:
     """Entry point of ``python train.py tune``; returns the study directory."""
-    from fusion.callbacks import NonFiniteLossError
     from fusion.cli import main as cli_main
 
     args = list(argv)
@@ -192,7 +191,6 @@ def run_tune(argv: Sequence[str]) -> Path:
         seed=int(own["--seed"] or 0),
         pruner=own["--pruner"] or "median",
     )
-    os.environ["WANDB_RUN_GROUP"] = name  # every trial's W&B run lands in the study's group
 
     def objective(trial: optuna.Trial) -> float:
         run = study_dir / "trials" / f"trial_{trial.number}"
@@ -209,6 +207,21 @@ def run_tune(argv: Sequence[str]) -> Path:
         return float(score)
 
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    saved_group = os.environ.get("WANDB_RUN_GROUP")
+    os.environ["WANDB_RUN_GROUP"] = name  # every trial's W&B run lands in the study's group
+    try:
+        _optimize(study, objective, n_trials=n_trials, done=done, name=name)
+    finally:
+        if saved_group is None:
+            os.environ.pop("WANDB_RUN_GROUP", None)
+        else:
+            os.environ["WANDB_RUN_GROUP"] = saved_group
+    return report(study, study_dir)
+
+
+def _optimize(study: optuna.Study, objective, *, n_trials: int, done: int, name: str) -> None:
+    from fusion.callbacks import NonFiniteLossError
+
     if done < n_trials:
         print(f"tune: study {name!r}: {done} finished trial(s), running {n_trials - done} more")
         study.optimize(
@@ -219,7 +232,6 @@ def run_tune(argv: Sequence[str]) -> Path:
             # of the search; it does not count toward --n_trials.
             catch=(NonFiniteLossError,),
         )
-    return report(study, study_dir)
 
 
 def report(study: optuna.Study, study_dir: Path) -> Path:

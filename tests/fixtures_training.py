@@ -76,7 +76,16 @@ def fit_module(store: Path, head: str, *, epochs: int, seed: int = 0, **hparams)
 
 
 def wandb_history(run_file: Path) -> list[dict[str, str]]:
-    """History rows of an offline W&B run file (``run-<id>.wandb``), values as JSON text.
+    """History rows of an offline W&B run file (``run-<id>.wandb``), values as JSON text."""
+    return [
+        {it.key or "/".join(it.nested_key): it.value_json for it in record.history.item}
+        for record in wandb_records(run_file)
+        if record.WhichOneof("record_type") == "history"
+    ]
+
+
+def wandb_records(run_file: Path) -> list:
+    """Every ``Record`` protobuf of an offline W&B run file (``run-<id>.wandb``).
 
     The file is W&B's LevelDB-style log (7-byte header, 32 KiB blocks, records split into
     FULL/FIRST/MIDDLE/LAST chunks, each a serialised ``Record`` protobuf); wandb no longer
@@ -103,8 +112,5 @@ def wandb_history(run_file: Path) -> list[dict[str, str]]:
             continue
         record = pb.Record()
         record.ParseFromString(pending)
-        if record.WhichOneof("record_type") == "history":
-            rows.append(
-                {it.key or "/".join(it.nested_key): it.value_json for it in record.history.item}
-            )
+        rows.append(record)
     return rows

@@ -8,7 +8,7 @@ import time
 
 import optuna
 import pytest
-from fixtures_training import DEMO_CONFIG, REPO, read_csv
+from fixtures_training import DEMO_CONFIG, REPO, read_csv, wandb_records
 
 from feature_store.synthetic import make_synthetic_store
 from fusion.cli import FusionCLI
@@ -49,6 +49,13 @@ def test_study_completes_and_best_yaml_refits_to_its_score(tmp_path):
         config = (study_dir / "trials" / f"trial_{t.number}" / "config.yaml").read_text()
         assert f"lr: {t.params['model.lr']}" in config
     assert (study_dir / "history.png").stat().st_size > 0
+    # Each trial is a W&B run of the study's group (WANDB_MODE=offline in the tests).
+    run_file = next((study_dir / "trials" / "trial_0" / "wandb").glob("offline-run-*/run-*.wandb"))
+    groups = [
+        r.run.run_group for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run"
+    ]
+    assert groups and set(groups) == {"demo"}
+    assert "WANDB_RUN_GROUP" not in os.environ  # restored after the search
     best = study_dir / "best.yaml"
     cli = FusionCLI(args=["fit", "--config", str(best), "--run_dir", str(tmp_path / "refit")])
     assert float(cli.trainer.checkpoint_callback.best_model_score) == pytest.approx(
