@@ -5,7 +5,7 @@ $ python bench/bench_kaggle.py --part ensemble --members 10 --rows 10000 --class
 
 ``trial``: the same fit (configs/demo.yaml, fixed values, ``--epochs`` epochs on a
 synthetic store of ``--train_rows`` rows) run as a plain ``train.py fit`` and as a trial of
-``train.py tune`` (alternating; SQLite study, TPE sampler, median pruner reporting after every
+``train.py tune`` (in ABBA order; SQLite study, TPE sampler, median pruner reporting after every
 validation, W&B offline in both). Reports each trial's own wall time (Optuna's start to
 complete) and the study's whole wall time per trial (one ``train.py tune`` call that adds
 one trial: study open, trial, best.yaml, trials.csv and plots included), each as a ratio to the plain fit's median. Goal: <= 1.10x.
@@ -53,14 +53,23 @@ def bench_trial(tmp: Path, *, train_rows: int, epochs: int, rounds: int) -> None
     space.write_text("model.lr: {choices: [0.003]}\nmodel.dropout: {choices: [0.2]}\n")
     cli_main(["fit", *base, "--run_dir", str(tmp / "warmup")])  # caches warm, untimed
     plain, calls = [], []
-    for r in range(rounds):  # alternate, so load from other processes hits both alike
+
+    def plain_fit(r: int) -> None:
         t0 = time.perf_counter()
         cli_main(["fit", *base, "--model.lr", "0.003", "--run_dir", str(tmp / f"plain{r}")])
         plain.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()  # one more trial: open the study, run it, report, plots
+
+    def one_more_trial(r: int) -> None:  # open the study, run a trial, report, plots
+        t0 = time.perf_counter()
         run_tune([*base, "--search", str(space), "--n_trials", str(r + 1),
                   "--study_dir", str(tmp / "study")])  # fmt: skip
         calls.append(time.perf_counter() - t0)
+
+    for r in range(rounds):  # ABBA order: which one runs first changes every round
+        for step in (plain_fit, one_more_trial)[:: 1 if r % 2 == 0 else -1]:
+            step(r)
+    print("plain fits s:", [round(t, 1) for t in plain], "tune calls s:",
+          [round(t, 1) for t in calls])  # fmt: skip
     study_wall = statistics.median(calls)
     study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp / 'study/study.db'}")
     trial = [(t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials]
@@ -109,7 +118,7 @@ def main() -> None:
     p.add_argument("--part", choices=("all", "trial", "ensemble"), default="all")
     p.add_argument("--train_rows", type=int, default=4000)
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--members", type=int, default=10)
     p.add_argument("--rows", type=int, default=10000)
     p.add_argument("--classes", type=int, default=500)
