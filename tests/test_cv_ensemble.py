@@ -153,7 +153,10 @@ def test_ensemble_cli_from_probs_files(tmp_path, capsys):
     assert meta["mean_weights"][0] > meta["mean_weights"][1]
     assert [r["Id"] for r in read_csv(out)] == [f"t{i}" for i in range(8)]
     # A plain average needs no --fit_on; mismatched member files exit 2 with one line.
-    ensemble_main(["--probs", str(members[0]), "--probs", str(members[1]), "--out", str(out)])
+    import predict  # the script's own entry point: `python predict.py ensemble ...`
+
+    predict.main(["ensemble", "--probs", str(members[0]), "--probs", str(members[1]),
+                  "--out", str(out)])  # fmt: skip
     avg = (load_probs(members[0]).probs + load_probs(members[1]).probs) / 2
     np.testing.assert_allclose(load_probs(tmp_path / "ens.probs.npz").probs, avg, atol=1e-6)
     with pytest.raises(SystemExit) as exc:
