@@ -182,3 +182,13 @@ def test_storage_url_keeps_the_study_in_that_database(tmp_path):
     assert len(study.get_trials(states=FINISHED)) == 2
     assert not (tmp_path / "study" / "study.db").exists()
     assert (tmp_path / "study" / "best.yaml").is_file()
+
+
+def test_a_diverging_trial_fails_alone(tmp_path):
+    args = _setup(tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text("model.lr: {choices: [1.0e+30]}\n")  # the loss is not finite at once
+    study_dir = run_tune([*args, "--n_trials", "1"])
+    states = [t.state for t in _study(tmp_path).trials]
+    assert states == [optuna.trial.TrialState.FAIL]
+    assert not (study_dir / "best.yaml").exists()
