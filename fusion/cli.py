@@ -120,6 +120,9 @@ class FusionCLI(LightningCLI):
         parser.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")
         parser.add_argument("--wandb_project", type=str, default="sketchfusion")
         parser.add_argument(
+            "--wandb_group", type=str | None, default=None, help="W&B run group (tune, cv)"
+        )
+        parser.add_argument(
             "--experiment",
             type=str | None,
             default=None,
@@ -194,6 +197,7 @@ class FusionCLI(LightningCLI):
                 self.run_dir,
                 project=cfg["wandb_project"],
                 name=f"{self.experiment}/{self.run_dir.name}",
+                group=cfg.get("wandb_group"),
             )
         self.apply_recipe(kwargs)
         callbacks = trainer_cfg.get("callbacks") or []

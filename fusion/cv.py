@@ -109,7 +109,8 @@ def run_cv(argv: Sequence[str]) -> Path:
             shutil.rmtree(run)
         saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args, not our argv
         try:
-            cli = cli_main(["fit", *args, "--data.fold", str(fold), "--run_dir", str(run)])
+            group = [] if option(args, "--wandb_group") else ["--wandb_group", str(cv_dir)]
+            cli = cli_main(["fit", *args, *group, "--data.fold", str(fold), "--run_dir", str(run)])
         finally:
             sys.argv = saved
         dm, ckpt = cli.datamodule, cli.trainer.checkpoint_callback

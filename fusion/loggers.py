@@ -84,7 +84,9 @@ def wandb_mode() -> str:
     )
 
 
-def make_loggers(run_dir: Path, *, project: str, name: str) -> list[Logger]:
+def make_loggers(
+    run_dir: Path, *, project: str, name: str, group: str | None = None
+) -> list[Logger]:
     """CSV always; W&B unless ``WANDB_MODE=disabled``."""
     # Exists before W&B starts, so wandb finds the git repository above it.
     Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -95,6 +97,7 @@ def make_loggers(run_dir: Path, *, project: str, name: str) -> list[Logger]:
             WandbLogger(
                 project=project,
                 name=name,
+                group=group,  # W&B's run group: a tune study, a cv's folds
                 save_dir=str(run_dir),
                 offline=mode == "offline",
                 log_model=False,

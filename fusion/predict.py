@@ -368,7 +368,15 @@ def check_outputs(out: Path, checkpoints: Sequence[str], store: str | os.PathLik
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Entry point of ``predict.py``; returns the submission path."""
+    """Entry point of ``predict.py``; returns the submission path.
+
+    ``predict.py ensemble ...`` goes to :func:`fusion.ensemble.main` (saved ``.probs.npz``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ensemble"]:
+        from fusion.ensemble import main as ensemble_main
+
+        return ensemble_main(argv[1:])
     args = parse_args(argv)
     out = Path(args.out)
     check_outputs(out, args.checkpoint, args.store)

@@ -30,7 +30,6 @@ failed and retried by the next process that finds it stale.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -140,7 +139,9 @@ def open_study(study_dir: Path, *, name: str, storage_url: str | None, seed: int
             storage_url,
             heartbeat_interval=60,
             grace_period=180,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1
+            ),
         )
     else:
         study_dir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +196,9 @@ def run_tune(argv: Sequence[str]) -> Path:
     def objective(trial: optuna.Trial) -> float:
         run = study_dir / "trials" / f"trial_{trial.number}"
         trial.set_user_attr("run_dir", str(run))
-        fit_args = ["fit", *args, *suggest(trial, space), "--run_dir", str(run)]
+        # Every trial's W&B run lands in the study's group (unless the user names one).
+        group = [] if option(args, "--wandb_group") else ["--wandb_group", name]
+        fit_args = ["fit", *args, *group, *suggest(trial, space), "--run_dir", str(run)]
         saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args, not our argv
         try:
             cli = cli_main(fit_args, extra_callbacks=[PruneOnVal(trial)])
@@ -207,15 +210,7 @@ def run_tune(argv: Sequence[str]) -> Path:
         return float(score)
 
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    saved_group = os.environ.get("WANDB_RUN_GROUP")
-    os.environ["WANDB_RUN_GROUP"] = name  # every trial's W&B run lands in the study's group
-    try:
-        _optimize(study, objective, n_trials=n_trials, done=done, name=name)
-    finally:
-        if saved_group is None:
-            os.environ.pop("WANDB_RUN_GROUP", None)
-        else:
-            os.environ["WANDB_RUN_GROUP"] = saved_group
+    _optimize(study, objective, n_trials=n_trials, done=done, name=name)
     return report(study, study_dir)
 
 
