@@ -3,7 +3,10 @@
 $ python predict.py --checkpoint runs/dual_logit_l0.1/RUN/checkpoints/best.ckpt \
       --store stores/kaggle --out submission.csv
 
-See ``fusion/predict.py`` for the options (repeat ``--checkpoint`` to average runs).
+$ python predict.py ensemble --probs A.probs.npz --probs B.probs.npz --out ens.csv
+
+See ``fusion/predict.py`` for the options (repeat ``--checkpoint`` to average runs) and
+``fusion/ensemble.py`` for ensembles of saved ``.probs.npz`` files.
 """
 
 from fusion.predict import main

@@ -6,6 +6,8 @@ $ python train.py fit --config configs/concat.yaml --model.dropout 0.5 --trainer
 $ python train.py fit --config configs/concat.yaml --ckpt_path last      # resume the newest run
 $ python train.py probe --data.store stores/kaggle        # the tuned linear-probe baseline
 $ python train.py stack --checkpoint A.ckpt --checkpoint B.ckpt --data.store stores/kaggle
+$ python train.py cv --config configs/concat.yaml --data.folds 5      # K-fold CV + submission
+$ python train.py tune --config configs/concat.yaml --n_trials 50     # Optuna search
 
 With no arguments: build ``stores/demo`` if it is missing (``python -m data_prep --config
 configs/prep/demo.yaml``), fit ``configs/demo.yaml`` (the dual-logit head), write the
@@ -147,6 +149,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             from fusion.probe_run import run_probe
 
             run_probe(args[1:])
+            return
+        if args[0] == "cv":
+            from fusion.cv import run_cv
+
+            run_cv(args[1:])
+            return
+        if args[0] == "tune":
+            from fusion.tune import run_tune
+
+            run_tune(args[1:])
             return
         if args[0] == "stack":
             from fusion.stacking import run_stack

@@ -2,7 +2,8 @@
 
 - :class:`RunArtifacts`: at the end of fit, ``RUN/alpha_beta.png`` (dual-logit heads;
   also logged to W&B), ``RUN/val_predictions.csv`` (id,label,pred,confidence of best) and
-  the W&B report of the best checkpoint (fusion/wandb_report.py).
+  the W&B report of the best checkpoint (fusion/wandb_report.py), and ``RUN/val.probs.npz``
+  (its probabilities; the held-out fold's in a CV fold).
 - :class:`RunCheckpoint`: ``best.ckpt`` by the monitored metric and ``last.ckpt`` at the
   end of *every* epoch and on SIGTERM (Lightning 2.6 rewrites last only with a new best).
 - :class:`ResumeMetrics`: on resume, drops ``metrics.csv`` rows logged after the restored
@@ -26,7 +27,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from feature_store import load_arrays, open_store
 from feature_store.integrity import model_fingerprint
 from fusion.plots import plot_alpha_beta
-from fusion.predict import FINGERPRINT_KEY, predict_probs, write_csv
+from fusion.predict import (
+    FINGERPRINT_KEY,
+    head_probs,
+    load_head,
+    predict_probs,
+    save_probs,
+    write_csv,
+)
 from fusion.wandb_report import log_checkpoint, log_store_manifest, log_val_report, wandb_runs
 
 
@@ -168,10 +176,10 @@ class RunArtifacts(L.Callback):
         datamodule = trainer.datamodule
         if not (best and datamodule is not None and hasattr(datamodule, "store")):
             return
-        _, ids, probs = write_val_predictions(best, datamodule.store, datamodule.val_split, run)
+        _, ids, labels, probs = write_val_predictions(best, datamodule, run)
         if not wandb_loggers:
             return
-        val = load_arrays(datamodule.store, datamodule.val_split)
+        captions, paths = val_texts(datamodule, ids)
         # A user's WandbLogger(log_model=...) uploads checkpoints itself, after this hook.
         own_checkpoint = not any(lg._log_model for lg in wandb_loggers)
         score = getattr(ckpt, "best_model_score", None)
@@ -179,11 +187,11 @@ class RunArtifacts(L.Callback):
             log_val_report(
                 wandb_run,
                 ids=ids,
-                labels=val.labels,
+                labels=labels,
                 probs=probs,
                 class_names=datamodule.class_names,
-                captions=val.captions,
-                paths=val.paths,
+                captions=captions,
+                paths=paths,
                 out_dir=run,
             )
             if own_checkpoint:
@@ -196,13 +204,42 @@ class RunArtifacts(L.Callback):
             log_store_manifest(wandb_run, datamodule.store)
 
 
-def write_val_predictions(checkpoint: str, store: Path, split: str, run: Path):
-    """``RUN/val_predictions.csv``: id, true label, predicted label, its probability.
+def val_texts(datamodule, ids: list[str]) -> tuple[list[str], list[str]]:
+    """Captions and image paths of the validated rows (a CV fold's come from train + val)."""
+    splits = [datamodule.val_split]
+    if getattr(datamodule, "folds", 0):
+        splits = [datamodule.train_split, datamodule.val_split]
+    by_id = {}
+    for split in splits:
+        arrays = load_arrays(datamodule.store, split)
+        by_id.update(zip(arrays.ids, zip(arrays.captions, arrays.paths, strict=True), strict=True))
+    return [by_id[i][0] for i in ids], [by_id[i][1] for i in ids]
 
-    Returns ``(path, ids, probs)``.
+
+def write_val_predictions(checkpoint: str, datamodule, run: Path):
+    """``RUN/val_predictions.csv`` (id, true label, predicted label, its probability) and
+    ``RUN/val.probs.npz`` (every class's probability: out-of-fold rows in a CV fold, the
+    inputs ``fusion/ensemble.py`` fits member weights on).
+
+    Returns ``(csv path, ids, labels, probs)``.
     """
-    ids, probs = predict_probs([checkpoint], store, split)
-    labels = load_arrays(store, split).labels
+    if getattr(datamodule, "folds", 0):  # the held-out fold, not the store's val split
+        ids, rows = datamodule.val_rows()
+        head, hp = load_head(checkpoint)
+        probs = head_probs(head, rows.image.numpy(), rows.text.numpy())
+        labels, class_names = rows.label.numpy(), hp["class_names"]
+    else:
+        store, split = datamodule.store, datamodule.val_split
+        ids, probs = predict_probs([checkpoint], store, split)
+        labels, class_names = load_arrays(store, split).labels, open_store(store).class_names
+    save_probs(
+        run / "val.probs.npz",
+        ids,
+        probs,
+        class_names=class_names,
+        checkpoints=[checkpoint],
+        labels=labels,
+    )
     pred = probs.argmax(axis=1)
     conf = probs.max(axis=1)
     rows = (
@@ -211,4 +248,4 @@ def write_val_predictions(checkpoint: str, store: Path, split: str, run: Path):
     )
     out = run / "val_predictions.csv"
     write_csv(out, ["id", "label", "pred", "confidence"], rows)
-    return out, ids, probs
+    return out, ids, labels, probs

@@ -26,6 +26,7 @@ job_type`` (``--wandb_project`` is an alias of ``--wandb.project``), else W&B's
 environment variables, else project ``sketchfusion`` grouped by experiment. A logger of
 your own (``--trainer.logger WandbLogger --trainer.logger.log_model true``, or any
 Lightning logger in the config) gets the same run directory, and metrics.csv beside it.
+    RUN/val.probs.npz         every class's val probability from best.ckpt (ensemble weights)
 """
 
 from __future__ import annotations
@@ -97,10 +98,17 @@ class FusionCLI(LightningCLI):
     """LightningCLI with the store's dims linked into the model and a run directory per fit."""
 
     def __init__(
-        self, args: Sequence[str] | None = None, *, finish_wandb: bool = True, **kwargs
+        self,
+        args: Sequence[str] | None = None,
+        *,
+        finish_wandb: bool = True,
+        extra_callbacks: Sequence = (),
+        **kwargs,
     ) -> None:
-        # False: the caller logs more (train.py's demo: the submission), then finishes.
+        # finish_wandb False: the caller logs more (train.py's demo: the submission), then
+        # finishes. extra_callbacks: added to this fit only (train.py tune: the pruner).
         self.finish_wandb = finish_wandb
+        self.extra_callbacks = list(extra_callbacks)
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resume rewrites it
         kwargs.setdefault("seed_everything_default", 0)
@@ -148,6 +156,9 @@ class FusionCLI(LightningCLI):
             type=str | None,
             default=None,
             help="default: $WANDB_JOB_TYPE, else train",
+        )
+        parser.add_argument(
+            "--wandb_group", type=str | None, default=None, help="= --wandb.group (tune, cv)"
         )
         parser.add_argument(
             "--experiment",
@@ -226,7 +237,7 @@ class FusionCLI(LightningCLI):
             entity=cfg.get("wandb.entity"),
             tags=cfg.get("wandb.tags"),
             job_type=cfg.get("wandb.job_type"),
-            group_override=cfg.get("wandb.group"),
+            group_override=cfg.get("wandb.group") or cfg.get("wandb_group"),
         )
 
     def instantiate_trainer(self, **kwargs):
@@ -248,6 +259,7 @@ class FusionCLI(LightningCLI):
             isinstance(c, LearningRateMonitor) for c in callbacks
         ):
             extra.append(LearningRateMonitor(logging_interval="step"))
+        extra += self.extra_callbacks
         kwargs["callbacks"] = [*callbacks, *extra]
         trainer = super().instantiate_trainer(**kwargs)
         for callback in trainer.callbacks:
@@ -312,9 +324,15 @@ class FusionCLI(LightningCLI):
             )
 
 
-def main(args: Sequence[str] | None = None, *, finish_wandb: bool = True) -> FusionCLI:
+def main(
+    args: Sequence[str] | None = None,
+    *,
+    finish_wandb: bool = True,
+    extra_callbacks: Sequence = (),
+) -> FusionCLI:
     """Run the CLI on ``args`` (``sys.argv[1:]`` when None); return it for its trainer.
 
     ``finish_wandb=False`` leaves the W&B run open for the caller to log more and finish
-    (``fusion.wandb_report.finish_runs(cli.trainer)``)."""
-    return FusionCLI(args=args, finish_wandb=finish_wandb)
+    (``fusion.wandb_report.finish_runs(cli.trainer)``); ``extra_callbacks`` join this fit's
+    (``train.py tune``'s pruner)."""
+    return FusionCLI(args=args, finish_wandb=finish_wandb, extra_callbacks=extra_callbacks)

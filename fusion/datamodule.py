@@ -1,6 +1,7 @@
 """A LightningDataModule over a feature store: embeddings loaded once, batched by index.
 
 $ python train.py fit --config configs/concat.yaml --data.store stores/kaggle --data.batch_size 512
+$ python train.py fit --config configs/concat.yaml --data.folds 5 --data.fold 2   # CV fold 2
 
 The store's dims and class names are read from its manifest when the module is built, so
 ``train.py`` links them into the model (``link_arguments``) before any weight exists.
@@ -12,12 +13,25 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from feature_store import SplitArrays, StoreError, load_arrays, open_store
 from feature_store.integrity import check_finite
+from fusion.folds import assign_folds, group_keys
 from fusion.recipe import auto_batch_size
+
+
+def _take(arrays: SplitArrays, idx: np.ndarray) -> SplitArrays:
+    return SplitArrays(
+        ids=[arrays.ids[i] for i in idx],
+        labels=arrays.labels[idx],
+        image_emb=arrays.image_emb[idx],
+        text_emb=arrays.text_emb[idx],
+        captions=[arrays.captions[i] for i in idx],
+        paths=[arrays.paths[i] for i in idx],
+    )
 
 
 def _passthrough(batch: dict) -> dict:
@@ -77,6 +91,15 @@ class FeatureDataModule(L.LightningDataModule):
         eval_batch_size: batch size for validation and prediction (no gradients: larger).
         train_split, val_split, predict_split: split names in the store.
         num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
+        folds: 0 for the store's own train/val split; K >= 2 pools train+val and cuts it
+            into K stratified folds (``fusion/folds.py``): fold ``fold`` is validated on,
+            the other K-1 are trained on (``python train.py cv`` runs every fold).
+        fold: which fold is held out, in [0, folds).
+        fold_seed: the folds' shuffle seed (folds are a pure function of ids, labels,
+            groups, K and this seed).
+        group_regex: a regex over each row's id (or path, ``group_on: path``) whose first
+            capture group names its group; rows of one group never straddle two folds.
+        group_on: ``id`` or ``path``: what ``group_regex`` is searched in.
     """
 
     def __init__(
@@ -89,6 +112,11 @@ class FeatureDataModule(L.LightningDataModule):
         val_split: str = "val",
         predict_split: str = "test",
         num_workers: int = 0,
+        folds: int = 0,
+        fold: int = 0,
+        fold_seed: int = 0,
+        group_regex: str | None = None,
+        group_on: Literal["id", "path"] = "id",
     ) -> None:
         super().__init__()
         self.store = Path(store)
@@ -98,29 +126,71 @@ class FeatureDataModule(L.LightningDataModule):
         self.text_dim = info.text_dim
         self.class_names = info.class_names
         self.train_rows = info.rows(train_split) if train_split in info.manifest["splits"] else 0
-        self.batch_size = auto_batch_size(self.train_rows) if batch_size == "auto" else batch_size
-        self.eval_batch_size = eval_batch_size
-        self.train_split = train_split
-        self.val_split = val_split
-        self.predict_split = predict_split
-        self.num_workers = num_workers
+        self.folds, self.fold, self.fold_seed = folds, fold, fold_seed
+        self.group_regex, self.group_on = group_regex, group_on
         self._rows: dict[str, EmbeddingRows] = {}
         self._ids: dict[str, list[str]] = {}
+        self.train_split = train_split
+        self.val_split = val_split
+        if folds:
+            self._split_folds()
+            self.train_rows = len(self._rows[train_split])
+        self.batch_size = auto_batch_size(self.train_rows) if batch_size == "auto" else batch_size
+        self.eval_batch_size = eval_batch_size
+        self.predict_split = predict_split
+        self.num_workers = num_workers
+
+    def _split_folds(self) -> None:
+        """Pool train+val, then hold out fold ``fold`` as the val rows (fusion/folds.py)."""
+        if not 0 <= self.fold < self.folds:
+            raise StoreError(
+                f"--data.fold {self.fold} is outside [0, {self.folds}); pass a fold index "
+                f"below --data.folds {self.folds}."
+            )
+        parts = [self._checked(s, labelled=True) for s in (self.train_split, self.val_split)]
+        pooled = SplitArrays(
+            ids=[i for a in parts for i in a.ids],
+            labels=np.concatenate([a.labels for a in parts]),
+            image_emb=np.concatenate([a.image_emb for a in parts]),
+            text_emb=np.concatenate([a.text_emb for a in parts]),
+            captions=[c for a in parts for c in a.captions],
+            paths=[p for a in parts for p in a.paths],
+        )
+        keys = pooled.ids if self.group_on == "id" else pooled.paths
+        try:
+            groups = group_keys(keys, self.group_regex) if self.group_regex else None
+            folds = assign_folds(
+                pooled.ids, pooled.labels, k=self.folds, seed=self.fold_seed, groups=groups
+            )
+        except ValueError as err:
+            raise StoreError(f"{self.store}: {err}") from err
+        self.fold_of_row = folds  # aligned with the pooled train+val rows
+        for split, rows in (
+            (self.train_split, folds != self.fold),
+            (self.val_split, folds == self.fold),
+        ):
+            idx = np.flatnonzero(rows)
+            self._rows[split] = EmbeddingRows(_take(pooled, idx))
+            self._ids[split] = [pooled.ids[i] for i in idx]
+
+    def _checked(self, split: str, *, labelled: bool) -> SplitArrays:
+        arrays = load_arrays(self.store, split)
+        # A NaN row makes the loss, alpha and beta NaN and every prediction class 0.
+        check_finite(arrays, f"{self.store}/{split}")
+        if labelled:
+            bad = (arrays.labels < 0) | (arrays.labels >= len(self.class_names))
+            if bad.any():
+                first = arrays.ids[int(bad.nonzero()[0][0])]
+                raise StoreError(
+                    f"{self.store}/{split}: {int(bad.sum())} rows have labels outside "
+                    f"[0, {len(self.class_names)}) (first id {first!r}); a split used "
+                    "for training or validation needs every label (is it the test split?)."
+                )
+        return arrays
 
     def _load(self, split: str, *, labelled: bool) -> EmbeddingRows:
         if split not in self._rows:
-            arrays = load_arrays(self.store, split)
-            # A NaN row makes the loss, alpha and beta NaN and every prediction class 0.
-            check_finite(arrays, f"{self.store}/{split}")
-            if labelled:
-                bad = (arrays.labels < 0) | (arrays.labels >= len(self.class_names))
-                if bad.any():
-                    first = arrays.ids[int(bad.nonzero()[0][0])]
-                    raise StoreError(
-                        f"{self.store}/{split}: {int(bad.sum())} rows have labels outside "
-                        f"[0, {len(self.class_names)}) (first id {first!r}); a split used "
-                        "for training or validation needs every label (is it the test split?)."
-                    )
+            arrays = self._checked(split, labelled=labelled)
             self._rows[split] = EmbeddingRows(arrays)
             self._ids[split] = arrays.ids
         return self._rows[split]
@@ -128,6 +198,11 @@ class FeatureDataModule(L.LightningDataModule):
     def ids(self, split: str) -> list[str]:
         """The ids of a loaded split, in row order (batches carry row indices)."""
         return self._ids[split]
+
+    def val_rows(self) -> tuple[list[str], EmbeddingRows]:
+        """The ids and rows validated on: the val split, or the held-out fold."""
+        rows = self._load(self.val_split, labelled=True)
+        return self._ids[self.val_split], rows
 
     def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The train split's image and text embeddings (for input standardisation)."""

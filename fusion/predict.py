@@ -289,17 +289,33 @@ def write_submission(
         raise ValueError(f"duplicate ids in the predicted split; {out} not written")
     preds = probs.argmax(axis=1)
     write_csv(out, ["Id", "Category"], zip(ids, preds.tolist(), strict=True))
-    buf = io.BytesIO()
-    np.savez_compressed(
-        buf,
-        ids=np.asarray(ids, dtype=str),
-        probs=probs.astype(np.float32),
-        class_names=np.asarray(class_names, dtype=str),
-        checkpoints=np.asarray([str(c) for c in checkpoints], dtype=str),
-    )
-    npz = probs_path(out)
-    atomic_write_bytes(npz, buf.getvalue())
+    npz = save_probs(probs_path(out), ids, probs, class_names=class_names, checkpoints=checkpoints)
     return out, npz
+
+
+def save_probs(
+    path: str | os.PathLike,
+    ids: Sequence[str],
+    probs: np.ndarray,
+    *,
+    class_names: Sequence[str],
+    checkpoints: Sequence[str | os.PathLike] = (),
+    labels: np.ndarray | None = None,
+) -> Path:
+    """Write a ``.probs.npz`` (``ids``, ``probs``, ``class_names``, ``checkpoints`` and,
+    for a labelled split, ``labels``) atomically; ``fusion/ensemble.py`` reads them."""
+    arrays = {
+        "ids": np.asarray(ids, dtype=str),
+        "probs": probs.astype(np.float32),
+        "class_names": np.asarray(class_names, dtype=str),
+        "checkpoints": np.asarray([str(c) for c in checkpoints], dtype=str),
+    }
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
 
 
 def _positive_int(text: str) -> int:
@@ -352,7 +368,15 @@ def check_outputs(out: Path, checkpoints: Sequence[str], store: str | os.PathLik
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Entry point of ``predict.py``; returns the submission path."""
+    """Entry point of ``predict.py``; returns the submission path.
+
+    ``predict.py ensemble ...`` goes to :func:`fusion.ensemble.main` (saved ``.probs.npz``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ensemble"]:
+        from fusion.ensemble import main as ensemble_main
+
+        return ensemble_main(argv[1:])
     args = parse_args(argv)
     out = Path(args.out)
     check_outputs(out, args.checkpoint, args.store)

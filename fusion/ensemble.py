@@ -1,0 +1,240 @@
+"""Ensemble saved ``.probs.npz`` files into one submission, without re-running any model.
+
+$ python predict.py ensemble --probs runs/concat/cv5/submission.probs.npz \\
+      --probs runs/gated/cv5/submission.probs.npz --out ens.csv --message "concat+gated"
+$ python predict.py ensemble --probs A/submission.probs.npz --probs B/submission.probs.npz \\
+      --fit_on A/oof.probs.npz --fit_on B/oof.probs.npz --method weights --out ens.csv
+
+Members are ``.probs.npz`` files (``predict.py`` writes ``OUT.probs.npz``, every fit
+``RUN/val.probs.npz``, ``train.py cv`` ``CV/oof.probs.npz`` and ``CV/submission.probs.npz``).
+All members must hold the same ids (rows are aligned by id) and the same class names in
+the same order; anything else is refused with the file named.
+
+Without ``--fit_on`` the members' probabilities are averaged. With it, pooling weights are
+fitted by ``fusion/stacking.py``'s :class:`Stacker` on labelled probabilities of the same
+members on *other* rows: out-of-fold (``CV/oof.probs.npz``) or val (``RUN/val.probs.npz``)
+files, in the same member order. Rows that are scored are never fitted on: an id in both
+the fitted and the scored files is refused, and the accuracy printed for the fitted rows
+is cross-fitted (each row scored by weights fitted on the other folds).
+
+Writes ``OUT`` (``Id,Category``), ``OUT.probs.npz`` and ``OUT.json`` (members, weights,
+scores, ``--message``): the metadata of what ``kaggle competitions submit -f OUT -m
+MESSAGE`` uploads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fusion.exit import ExitError
+
+
+class EnsembleError(ValueError):
+    """Members that cannot be ensembled (unreadable, other ids, other classes)."""
+
+
+@dataclass
+class Member:
+    path: Path
+    ids: list[str]
+    probs: np.ndarray  # [N, C]
+    class_names: list[str]
+    labels: np.ndarray | None
+    checkpoints: list[str]
+
+
+def load_probs(path: str | Path) -> Member:
+    """A ``.probs.npz`` file, checked to be well formed."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise EnsembleError(
+            f"{path} is not a readable .probs.npz ({type(err).__name__}); pass a file "
+            "written by predict.py, train.py fit (RUN/val.probs.npz) or train.py cv."
+        ) from err
+    missing = {"ids", "probs", "class_names"} - set(data)
+    probs = data.get("probs")
+    if missing or probs.ndim != 2 or probs.shape != (len(data["ids"]), len(data["class_names"])):
+        raise EnsembleError(
+            f"{path}: expected arrays ids [N], probs [N, classes], class_names [classes]"
+            + (f"; missing {sorted(missing)}" if missing else f", got probs {probs.shape}")
+        )
+    if not np.isfinite(probs).all():
+        raise EnsembleError(f"{path}: probs holds NaN or infinite values; regenerate it")
+    return Member(
+        path=path,
+        ids=data["ids"].tolist(),
+        probs=probs.astype(np.float32),
+        class_names=data["class_names"].tolist(),
+        labels=data.get("labels"),
+        checkpoints=data.get("checkpoints", np.array([], dtype=str)).tolist(),
+    )
+
+
+def check_members(members: Sequence[Member]) -> list[Member]:
+    """The members with rows in the first member's id order; refuse other ids or classes."""
+    if not members:
+        raise EnsembleError("no members to ensemble")
+    first = members[0]
+    if len(set(first.ids)) != len(first.ids):
+        raise EnsembleError(f"{first.path}: duplicate ids")
+    position = {i: n for n, i in enumerate(first.ids)}
+    out = [first]
+    for m in members[1:]:
+        if m.class_names != first.class_names:
+            diff = next(
+                (
+                    n
+                    for n, (a, b) in enumerate(zip(m.class_names, first.class_names, strict=False))
+                    if a != b
+                ),
+                min(len(m.class_names), len(first.class_names)),
+            )
+            raise EnsembleError(
+                f"{m.path}: class order differs from {first.path} (first at label {diff}, "
+                f"{len(m.class_names)} vs {len(first.class_names)} classes); ensemble "
+                "members trained on stores with the same class list."
+            )
+        if len(m.ids) != len(first.ids) or set(m.ids) != position.keys():
+            extra = sorted(set(m.ids) - position.keys())[:3]
+            lacking = sorted(position.keys() - set(m.ids))[:3]
+            raise EnsembleError(
+                f"{m.path}: ids differ from {first.path} ({len(m.ids)} vs "
+                f"{len(first.ids)} rows; only here: {extra}, only there: {lacking}); "
+                "ensemble predictions of the same split of the same store."
+            )
+        if m.ids == first.ids:  # the usual case: same split, same store order; no copy
+            out.append(m)
+            continue
+        order = np.fromiter((position[i] for i in m.ids), dtype=np.int64, count=len(m.ids))
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        labels = m.labels[inverse] if m.labels is not None else None
+        out.append(
+            Member(m.path, first.ids, m.probs[inverse], m.class_names, labels, m.checkpoints)
+        )
+    return out
+
+
+def average(members: Sequence[Member]) -> np.ndarray:
+    """The members' probabilities averaged (aligned members, see :func:`check_members`)."""
+    total = np.zeros_like(members[0].probs, dtype=np.float64)
+    for m in members:
+        total += m.probs
+    return (total / len(members)).astype(np.float32)
+
+
+def log_probs(members: Sequence[Member]) -> np.ndarray:
+    return np.log(np.clip(np.stack([m.probs for m in members]), 1e-12, None))
+
+
+def fit_weights(fit: Sequence[Member], scored: Sequence[Member], *, method: str, folds: int = 5):
+    """A :class:`Stacker` fitted on the labelled ``fit`` members, to score ``scored``.
+
+    Returns ``(stacker, cross-fitted top-1 on the fit rows, each member's top-1 there)``.
+    Refuses any id present in both: weights are never fitted on rows they score.
+    """
+    from fusion.stacking import Stacker, cross_fit
+
+    fit = check_members(fit)
+    overlap = set(fit[0].ids) & set(scored[0].ids)
+    if overlap:
+        raise EnsembleError(
+            f"{len(overlap)} ids (e.g. {sorted(overlap)[:3]}) are in both {fit[0].path} and "
+            f"{scored[0].path}; fit weights on out-of-fold or val rows, not on the scored ones."
+        )
+    labels = fit[0].labels
+    if labels is None or any(m.labels is None or (m.labels != labels).any() for m in fit):
+        raise EnsembleError(
+            "every --fit_on file needs the same labels (RUN/val.probs.npz or CV/oof.probs.npz)"
+        )
+    lp = log_probs(fit)
+    crossed = cross_fit(lp, labels, method=method, folds=folds)
+    stacker = Stacker(len(fit), method).fit(lp, labels)
+    member_acc = [float((m.probs.argmax(1) == labels).mean()) for m in fit]
+    return stacker, float((crossed.argmax(1) == labels).mean()), member_acc
+
+
+def write_ensemble(
+    out: str | Path, members: Sequence[Member], probs: np.ndarray, *, meta: dict,
+    message: str | None = None,
+) -> Path:  # fmt: skip
+    """``OUT`` (Id,Category), ``OUT.probs.npz`` and ``OUT.json`` (the submission's metadata)."""
+    from fusion.predict import write_submission
+
+    out = Path(out)
+    checkpoints = [c for m in members for c in m.checkpoints]
+    write_submission(
+        out, members[0].ids, probs, class_names=members[0].class_names, checkpoints=checkpoints
+    )
+    info = {
+        "submission": str(out),
+        "message": message,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rows": len(members[0].ids),
+        "members": [str(m.path) for m in members],
+        "checkpoints": checkpoints,
+        **meta,
+        "submit": f"kaggle competitions submit -c COMPETITION -f {out} -m "
+        + json.dumps(message or out.stem),
+    }
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Entry point of ``python predict.py ensemble`` / ``python -m fusion.ensemble``."""
+    import argparse
+
+    from fusion.stacking import METHODS
+
+    p = argparse.ArgumentParser(prog="predict.py ensemble", description=__doc__.split("\n")[0])
+    p.add_argument("--probs", action="append", required=True, help="a member's .probs.npz")
+    p.add_argument("--fit_on", action="append", default=[], help="its labelled OOF/val file")
+    p.add_argument("--method", default="weights", choices=METHODS, help="with --fit_on")
+    p.add_argument("--folds", type=int, default=5, help="cross-fitting folds for the score")
+    p.add_argument("--out", default="ensemble.csv", help="submission CSV to write")
+    p.add_argument("--message", default=None, help="the Kaggle submission message")
+    args = p.parse_args(argv)
+    try:
+        members = check_members([load_probs(f) for f in args.probs])
+        meta: dict = {"method": "mean"}
+        if args.fit_on:
+            if len(args.fit_on) != len(args.probs):
+                raise EnsembleError(
+                    f"{len(args.fit_on)} --fit_on files for {len(args.probs)} --probs; give "
+                    "one labelled file per member, in the same order"
+                )
+            fit = [load_probs(f) for f in args.fit_on]
+            stacker, score, member_acc = fit_weights(fit, members, method=args.method,
+                                                     folds=args.folds)  # fmt: skip
+            probs = stacker.predict_proba(log_probs(members))
+            meta = {
+                "method": args.method,
+                "fit_on": args.fit_on,
+                "mean_weights": stacker.mean_weights(log_probs(members)),
+                "fit_acc_top1_cross_fitted": score,
+                "member_fit_acc_top1": member_acc,
+            }
+            print(f"ensemble ({args.method}): cross-fitted top-1 {score:.4f} on the fit rows "
+                  f"vs members {[round(a, 4) for a in member_acc]}")  # fmt: skip
+        else:
+            probs = average(members)
+        out = write_ensemble(args.out, members, probs, meta=meta, message=args.message)
+    except EnsembleError as err:
+        raise ExitError(f"predict.py ensemble: error: {err}") from err
+    print(f"wrote {out} ({len(members[0].ids)} rows, {len(members)} members) and "
+          f"{out.with_suffix('.json')}")  # fmt: skip
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Hyper-parameter search with Optuna: each trial a normal fit, resumable, shareable.
+
+$ python train.py tune --config configs/concat.yaml --n_trials 50 --data.store stores/kaggle
+$ python train.py tune --config configs/concat.yaml --n_trials 50 \\
+      --storage postgresql://user:pw@host/db --study_name concat     # one study, many machines
+
+Every argument other than the ones below is a ``train.py fit`` argument, shared by all
+trials. The search space is ``--search`` (default ``configs/search/<config name>.yaml``):
+one entry per fit option, ``{low, high[, log]}`` (a float, or an int when both bounds are
+ints) or ``{choices: [...]}``. A TPE sampler (``--seed``) proposes values; a median
+pruner stops a trial whose val/acc_top1 at the same share of its training falls below
+the median of earlier trials (``--pruner none`` to switch it off).
+
+``STUDY`` is ``--study_dir`` (default ``runs/<experiment>/tune``)::
+
+    STUDY/study.db          the Optuna storage (SQLite) unless --storage names another
+    STUDY/trials/trial_N/   trial N's run directory (W&B runs grouped by the study name)
+    STUDY/best.yaml         the best trial's config: `python train.py fit --config` reruns it
+    STUDY/trials.csv        every trial: number, state, val/acc_top1, params, run directory
+    STUDY/history.png, STUDY/importance.png   Optuna's plots
+
+Rerunning the same command resumes: ``--n_trials`` counts finished (complete or pruned)
+trials, so a killed search runs only the missing ones and never repeats a finished one.
+With the default SQLite file (one process at a time), trials a killed process left
+RUNNING are marked FAIL and their parameters are tried again first. With ``--storage``
+(several processes), each process sends a heartbeat and a trial whose process died is
+failed and retried by the next process that finds it stale.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import optuna
+import yaml
+from lightning.pytorch.loggers import WandbLogger
+
+from fusion.cv import config_value, option, without
+from fusion.exit import ExitError
+
+OWN_OPTIONS = ("--n_trials", "--search", "--study_dir", "--storage", "--study_name", "--seed",
+               "--pruner")  # fmt: skip
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+class SearchSpaceError(ValueError):
+    """A search-space YAML that cannot be read."""
+
+
+def load_space(path: Path) -> dict[str, dict]:
+    """The search space ``{fit option: spec}``, checked."""
+    if not path.is_file():
+        raise SearchSpaceError(
+            f"search space {path} not found; write one (see configs/search/concat.yaml) "
+            "or pass --search FILE"
+        )
+    space = yaml.safe_load(path.read_text()) or {}
+    for name, spec in space.items():
+        ok = isinstance(spec, dict) and (
+            ("choices" in spec and len(spec["choices"]) > 0)
+            or ("low" in spec and "high" in spec and spec["low"] <= spec["high"])
+        )
+        if not ok:
+            raise SearchSpaceError(
+                f"{path}: {name}: expected {{low: L, high: H, log: bool}} with L <= H or "
+                f"{{choices: [...]}}, got {spec!r}"
+            )
+    return space
+
+
+def suggest(trial: optuna.Trial, space: dict[str, dict]) -> list[str]:
+    """Sample every option of ``space``; return them as fit arguments."""
+    args = []
+    for name, spec in space.items():
+        if "choices" in spec:
+            # Optuna's categorical values must be scalars: a list ([1024, 512]) goes as JSON.
+            encoded = [json.dumps(c) for c in spec["choices"]]
+            value = json.loads(trial.suggest_categorical(name, encoded))
+        elif isinstance(spec["low"], int) and isinstance(spec["high"], int):
+            value = trial.suggest_int(name, spec["low"], spec["high"], log=spec.get("log", False))
+        else:
+            value = trial.suggest_float(
+                name, float(spec["low"]), float(spec["high"]), log=spec.get("log", False)
+            )
+        args += [f"--{name}", json.dumps(value)]
+    return args
+
+
+class PruneOnVal(L.Callback):
+    """Report val/acc_top1 to the trial after each validation; stop it when Optuna says so.
+
+    The step reported is the percent of the fit's planned steps done, so trials with other
+    batch sizes (other step counts) are compared at the same point of their training.
+    """
+
+    def __init__(self, trial: optuna.Trial, monitor: str = "val/acc_top1") -> None:
+        self.trial, self.monitor = trial, monitor
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None:
+            return
+        if trainer.max_steps and trainer.max_steps > 0:
+            progress = trainer.global_step / trainer.max_steps
+        else:
+            progress = (trainer.current_epoch + 1) / max(1, trainer.max_epochs or 1)
+        self.trial.report(float(value), step=int(100 * progress))
+        if self.trial.should_prune():
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):  # the next trial starts its own W&B run
+                    logger.experiment.finish()
+            raise optuna.TrialPruned(f"val/acc_top1 {float(value):.4f} at {progress:.0%}")
+
+
+def recover_local(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
+    """Fail the RUNNING trials a killed process left in a one-process study; retry them."""
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in stale:
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+    return len(stale)
+
+
+def open_study(study_dir: Path, *, name: str, storage_url: str | None, seed: int, pruner: str):
+    """The study (created or loaded) and its storage."""
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    pruning = (
+        optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=20)
+        if pruner == "median"
+        else optuna.pruners.NopPruner()
+    )
+    if storage_url:
+        storage = optuna.storages.RDBStorage(
+            storage_url,
+            heartbeat_interval=60,
+            grace_period=180,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1
+            ),
+        )
+    else:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir.resolve() / 'study.db'}")
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruning,
+        direction="maximize",
+        load_if_exists=True,
+    )
+    if not storage_url:
+        retried = recover_local(study, storage)
+        if retried:
+            print(f"tune: {retried} trial(s) left running by a killed search will be retried")
+    return study
+
+
+def run_tune(argv: Sequence[str]) -> Path:
+    """Entry point of ``python train.py tune``; returns the study directory."""
+    from fusion.cli import main as cli_main
+
+    args = list(argv)
+    own = {name: option(args, name) for name in OWN_OPTIONS}
+    for name in OWN_OPTIONS:
+        args = without(args, name)
+    for banned in ("--run_dir", "--ckpt_path"):
+        if option(args, banned) is not None:
+            raise ExitError(f"train.py tune: error: {banned} is set per trial; drop it")
+    config = option(args, "--config") or option(args, "-c")
+    if not own["--n_trials"] or int(own["--n_trials"]) < 1:
+        raise ExitError("train.py tune: error: give --n_trials N (N >= 1)")
+    n_trials = int(own["--n_trials"])
+    experiment = config_value(args, "experiment") or (Path(config).stem if config else "tune")
+    search = Path(own["--search"] or Path(config or ".").parent / "search" / f"{experiment}.yaml")
+    try:
+        space = load_space(search)
+    except SearchSpaceError as err:
+        raise ExitError(f"train.py tune: error: {err}") from err
+    root = Path(config_value(args, "runs_root") or "runs")
+    study_dir = Path(own["--study_dir"] or root / experiment / "tune")
+    name = own["--study_name"] or experiment
+    study = open_study(
+        study_dir,
+        name=name,
+        storage_url=own["--storage"],
+        seed=int(own["--seed"] or 0),
+        pruner=own["--pruner"] or "median",
+    )
+
+    def objective(trial: optuna.Trial) -> float:
+        run = study_dir / "trials" / f"trial_{trial.number}"
+        trial.set_user_attr("run_dir", str(run))
+        # Every trial's W&B run lands in the study's group (unless the user names one).
+        group = [] if option(args, "--wandb_group") else ["--wandb_group", name]
+        fit_args = ["fit", *args, *group, *suggest(trial, space), "--run_dir", str(run)]
+        saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args, not our argv
+        try:
+            cli = cli_main(fit_args, extra_callbacks=[PruneOnVal(trial)])
+        finally:
+            sys.argv = saved
+        score = cli.trainer.checkpoint_callback.best_model_score
+        if score is None:
+            raise RuntimeError(f"trial {trial.number}: no val/acc_top1 was logged ({run})")
+        return float(score)
+
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    _optimize(study, objective, n_trials=n_trials, done=done, name=name)
+    return report(study, study_dir)
+
+
+def _optimize(study: optuna.Study, objective, *, n_trials: int, done: int, name: str) -> None:
+    from fusion.callbacks import NonFiniteLossError
+
+    if done < n_trials:
+        print(f"tune: study {name!r}: {done} finished trial(s), running {n_trials - done} more")
+        study.optimize(
+            objective,
+            n_trials=n_trials - done,
+            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)],
+            # A diverging trial (NaN loss at a high lr) is a FAIL in the table, not the end
+            # of the search; it does not count toward --n_trials.
+            catch=(NonFiniteLossError,),
+        )
+
+
+def report(study: optuna.Study, study_dir: Path) -> Path:
+    """best.yaml, trials.csv, the plots and a printed table of the best trials."""
+    study_dir.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    rows = [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "val_acc_top1": t.value,
+            **{f"params_{k}": v for k, v in t.params.items()},
+            "run_dir": t.user_attrs.get("run_dir", ""),
+        }
+        for t in trials
+    ]
+    from fusion.predict import write_csv
+
+    header = list(dict.fromkeys(k for r in rows for k in r))
+    write_csv(study_dir / "trials.csv", header, ([r.get(k, "") for k in header] for r in rows))
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        print(f"tune: no complete trial yet in {study_dir}")
+        return study_dir
+    best = study.best_trial
+    best_run = Path(best.user_attrs["run_dir"])
+    (study_dir / "best.yaml").write_text(
+        f"# best trial {best.number} of study {study.study_name!r}: val/acc_top1 "
+        f"{best.value:.4f}\n# $ python train.py fit --config {study_dir / 'best.yaml'}\n"
+        + (best_run / "config.yaml").read_text()
+    )
+    _plots(study, study_dir)
+    print(f"tune: {len(complete)} complete trial(s); best {best.number}: {best.value:.4f}")
+    print("  trial  val/acc_top1  params")
+    for t in sorted(complete, key=lambda t: -t.value)[:10]:
+        print(f"  {t.number:5d}  {t.value:12.4f}  {json.dumps(t.params)}")
+    print(f"best config: {study_dir / 'best.yaml'}; all trials: {study_dir / 'trials.csv'}")
+    return study_dir
+
+
+def _plots(study: optuna.Study, study_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna.visualization import matplotlib as ovm
+
+    plots = {
+        "history.png": ovm.plot_optimization_history,
+        "importance.png": ovm.plot_param_importances,
+    }
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():  # "experimental" on every call: not news to us
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ax = plot(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:
+            # Importance needs two complete trials whose parameters differ.
+            print(f"tune: no {name} ({err})")
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+        fig.savefig(study_dir / name, dpi=100, bbox_inches="tight")
+        matplotlib.pyplot.close(fig)
