@@ -33,7 +33,7 @@ def cv_run(tmp_path_factory):
         seed=0,
     )
     args = ["--config", DEMO_CONFIG, "--data.store", str(store), "--data.folds", str(K),
-            "--trainer.max_epochs", "4", "--trainer.enable_progress_bar", "false",
+            "--trainer.max_epochs", "15", "--trainer.enable_progress_bar", "false",
             "--cv_dir", str(root / "cv")]  # fmt: skip
     cv_dir = run_cv(args)
     return store, cv_dir, args
