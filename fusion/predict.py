@@ -418,5 +418,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
             f"predict.py: error: cannot write {out} ({err.strerror or err}); choose a "
             "writable --out path."
         ) from err
+    try:  # the submission joins each fit's W&B run; a logging failure never loses it
+        from fusion.wandb_report import log_submission_to_fit_runs
+
+        log_submission_to_fit_runs(args.checkpoint, out, npz)
+    except Exception as err:  # noqa: BLE001
+        print(f"WARNING: the submission was written but not logged to W&B: {err}", file=sys.stderr)
     print(f"wrote {out} ({len(ids)} rows, {len(args.checkpoint)} checkpoint(s)) and {npz}")
     return out

@@ -348,3 +348,38 @@ def log_submission(run, submission: str | Path, probs_file: str | Path | None = 
     if probs_file and Path(probs_file).is_file():
         artifact.add_file(str(probs_file), name=Path(probs_file).name)
     run.log_artifact(artifact, aliases=["latest"])
+
+
+def log_submission_to_fit_runs(
+    checkpoints: Sequence[str | Path], submission: str | Path, probs_file: str | Path
+) -> list[str]:
+    """After ``predict.py``: the submission as an artifact of each checkpoint's fit run.
+
+    The fit saved its W&B run id in ``RUN/wandb_run_id`` (``RUN/checkpoints/x.ckpt``); that
+    run is resumed, given the artifact and finished again. Checkpoints from elsewhere are
+    skipped. Returns the run ids logged to.
+    """
+    import yaml
+
+    from fusion.loggers import saved_run_id, wandb_mode_and_reason, wandb_settings
+
+    mode, _ = wandb_mode_and_reason()
+    if mode == "disabled":
+        return []
+    import wandb
+
+    logged = []
+    for ckpt in checkpoints:
+        run_dir = Path(ckpt).resolve().parent.parent
+        if saved_run_id(run_dir) is None or saved_run_id(run_dir) in logged:
+            continue
+        config_file = run_dir / "config.yaml"
+        config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+        config = config if isinstance(config, dict) else {}
+        project = (config.get("wandb") or {}).get("project") or config.get("wandb_project")
+        settings = wandb_settings(run_dir, group=run_dir.parent.name, project=project)
+        run = wandb.init(dir=str(run_dir), mode=mode, **settings)
+        log_submission(run, submission, probs_file)
+        run.finish()
+        logged.append(settings["id"])
+    return logged
