@@ -22,7 +22,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.neighbors import KNeighborsClassifier
 
 from analysis.data import balanced_sample
-from fusion.probe import fit_probe
+from fusion.probe import fit_probe, project
 from fusion.probe import standardise as probe_standardise
 
 DEFAULT_CS = (0.01, 0.1, 1.0)
@@ -39,10 +39,7 @@ class ProbeResult:
 def standardise(x_train, x_val, *, max_dim: int | None = None):
     """Both splits scaled by train's mean/std, then PCA-projected if wider than max_dim."""
     scaler, pca = probe_standardise(x_train, max_dim=max_dim)
-    xt, xv = scaler.transform(x_train), scaler.transform(x_val)
-    if pca is not None:
-        xt, xv = pca.transform(xt), pca.transform(xv)
-    return xt, xv
+    return project(x_train, scaler, pca), project(x_val, scaler, pca)
 
 
 def probe_sweep(

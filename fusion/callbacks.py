@@ -34,6 +34,7 @@ from fusion.predict import (
     predict_probs,
     save_probs,
     write_csv,
+    write_predictions_csv,
 )
 from fusion.wandb_report import log_checkpoint, log_store_manifest, log_val_report, wandb_runs
 
@@ -240,12 +241,5 @@ def write_val_predictions(checkpoint: str, datamodule, run: Path):
         checkpoints=[checkpoint],
         labels=labels,
     )
-    pred = probs.argmax(axis=1)
-    conf = probs.max(axis=1)
-    rows = (
-        (i, int(lab), int(p), f"{c:.6f}")
-        for i, lab, p, c in zip(ids, labels, pred, conf, strict=True)
-    )
-    out = run / "val_predictions.csv"
-    write_csv(out, ["id", "label", "pred", "confidence"], rows)
+    out = write_predictions_csv(run / "val_predictions.csv", ids, labels, probs)
     return out, ids, labels, probs

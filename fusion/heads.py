@@ -335,18 +335,21 @@ class GatedHead(FusionHead):
         self._last: tuple[Tensor, ...] = ()
         self._mean_gate = torch.tensor(0.5)
 
+    def _gate(self, image: Tensor, text: Tensor) -> Tensor:
+        """``g`` of normalised inputs, shape ``[N, 1]``."""
+        return torch.sigmoid(self.gate(torch.cat([image, text], dim=1)))
+
     def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
         image, text = self.normalised(image_emb, text_emb)
         f, h = self.image_mlp(image), self.text_mlp(text)
-        g = torch.sigmoid(self.gate(torch.cat([image, text], dim=1)))
+        g = self._gate(image, text)
         self._last = (f, h) if self.training else ()
         self._mean_gate = g.detach().mean()
         return g * f + (1 - g) * h
 
     def gate_values(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
         """The per-row gate ``g`` (weight of the image branch), shape ``[N]``."""
-        image, text = self.image_norm(image_emb), self.text_norm(text_emb)
-        return torch.sigmoid(self.gate(torch.cat([image, text], dim=1)))[:, 0]
+        return self._gate(self.image_norm(image_emb), self.text_norm(text_emb))[:, 0]
 
     def branch_logits(self) -> tuple[Tensor, ...]:
         return self._last

@@ -269,6 +269,19 @@ def write_csv(path: Path, header: Sequence[str], rows) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
+def write_predictions_csv(
+    path: Path, ids: Sequence[str], labels: np.ndarray, probs: np.ndarray
+) -> Path:
+    """``id,label,pred,confidence``: each row's true label, argmax and its probability (the
+    ``val_predictions.csv`` of fits, probes and stacks)."""
+    rows = (
+        (i, int(y), int(p), f"{c:.6f}")
+        for i, y, p, c in zip(ids, labels, probs.argmax(axis=1), probs.max(axis=1), strict=True)
+    )
+    write_csv(path, ["id", "label", "pred", "confidence"], rows)
+    return path
+
+
 def probs_path(out: str | os.PathLike) -> Path:
     """Where the probabilities beside submission ``out`` go: ``OUT.probs.npz``."""
     out = Path(out)

@@ -40,8 +40,7 @@ class LinearProbe:
     unconverged: int = 0  # fits that hit max_iter (their accuracy is still reported)
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        x = self.scaler.transform(x)
-        return self.pca.transform(x) if self.pca is not None else x
+        return project(x, self.scaler, self.pca)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities ``[N, num_classes]`` (classes absent from train get 0)."""
@@ -57,6 +56,12 @@ def standardise(x_train: np.ndarray, *, max_dim: int | None = None):
     if max_dim is not None and x_train.shape[1] > max_dim:
         pca = PCA(n_components=max_dim, random_state=0).fit(scaler.transform(x_train))
     return scaler, pca
+
+
+def project(x: np.ndarray, scaler: StandardScaler, pca: PCA | None) -> np.ndarray:
+    """``x`` standardised, then PCA-projected when a PCA was fitted."""
+    x = scaler.transform(x)
+    return pca.transform(x) if pca is not None else x
 
 
 def fit_probe(
@@ -77,22 +82,18 @@ def fit_probe(
     if len(np.unique(y_train)) < 2:
         raise ValueError("a linear probe needs at least 2 classes in the train split")
     scaler, pca = standardise(x_train, max_dim=max_dim)
-    xt = scaler.transform(x_train)
-    xv = scaler.transform(x_val)
-    if pca is not None:
-        xt, xv = pca.transform(xt), pca.transform(xv)
+    xt, xv = project(x_train, scaler, pca), project(x_val, scaler, pca)
     sweep: dict[float, float] = {}
     unconverged = 0
-    best: LogisticRegression | None = None
+    best_c, best = None, None
     clf = LogisticRegression(max_iter=max_iter, warm_start=True)
-    for c in sorted(cs):
+    for c in sorted(float(c) for c in cs):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
-            clf.set_params(C=float(c)).fit(xt, y_train)
+            clf.set_params(C=c).fit(xt, y_train)
         unconverged += any(issubclass(w.category, ConvergenceWarning) for w in caught)
-        sweep[float(c)] = float((clf.predict(xv) == y_val).mean())
-        if best is None or sweep[float(c)] > max(v for k, v in sweep.items() if k != float(c)):
-            best = copy.deepcopy(clf)  # strictly better: keep (ties keep the smaller C)
-    best_c = max(sweep, key=lambda c: (sweep[c], -c))
+        sweep[c] = float((clf.predict(xv) == y_val).mean())
+        if best_c is None or sweep[c] > sweep[best_c]:  # ties keep the smaller C
+            best_c, best = c, copy.deepcopy(clf)
     n_cls = num_classes if num_classes is not None else int(max(y_train.max(), y_val.max())) + 1
     return LinearProbe(scaler, pca, best, n_cls, best_c, sweep[best_c], sweep, unconverged)

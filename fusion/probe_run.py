@@ -31,7 +31,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from feature_store import load_arrays, open_store
 from fusion.exit import ExitError
-from fusion.predict import write_csv, write_submission
+from fusion.predict import write_csv, write_predictions_csv, write_submission
 from fusion.probe import DEFAULT_CS, fit_probe
 
 VIEWS = ("image", "text", "concat")
@@ -133,16 +133,7 @@ def run_probe(argv: Sequence[str] | None = None) -> Path:
     best = max(results, key=lambda v: results[v]["val_acc_top1"])
     write_csv(run / "metrics.csv", ["features", "C", "val/acc_top1"], sweep_rows)
     val_probs = probes[best].predict_proba(x_val[best])
-    write_csv(
-        run / "val_predictions.csv",
-        ["id", "label", "pred", "confidence"],
-        (
-            (i, int(lab), int(pr), f"{c:.6f}")
-            for i, lab, pr, c in zip(
-                val.ids, val.labels, val_probs.argmax(1), val_probs.max(1), strict=True
-            )
-        ),
-    )
+    write_predictions_csv(run / "val_predictions.csv", val.ids, val.labels, val_probs)
     if cfg.data.predict_split:
         test = load_arrays(store, cfg.data.predict_split)
         probs = probes[best].predict_proba(views(test)[best])

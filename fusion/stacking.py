@@ -139,7 +139,7 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
     from feature_store import load_arrays, open_store
     from fusion.cli import new_run_dir
     from fusion.exit import ExitError
-    from fusion.predict import write_csv, write_submission
+    from fusion.predict import write_predictions_csv, write_submission
 
     p = ArgumentParser(prog="train.py stack", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", "-c", action="config", help="a YAML of these options")
@@ -179,14 +179,7 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
         "val_acc_top1_cross_fitted": float((crossed.argmax(1) == labels).mean()),
         "member_val_acc_top1": [float((lp.argmax(1) == labels).mean()) for lp in val_lp],
     }
-    write_csv(
-        run / "val_predictions.csv",
-        ["id", "label", "pred", "confidence"],
-        (
-            (i, int(y), int(pr), f"{c:.6f}")
-            for i, y, pr, c in zip(ids, labels, crossed.argmax(1), crossed.max(1), strict=True)
-        ),
-    )
+    write_predictions_csv(run / "val_predictions.csv", ids, labels, crossed)
     if cfg.data.predict_split:
         test_ids, test_lp = member_log_probs(cfg.checkpoint, store, cfg.data.predict_split)
         write_submission(

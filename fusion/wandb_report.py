@@ -182,17 +182,11 @@ def thumbnail(path: str, size: int):
     """A ``wandb.Image`` of the file at ``path`` shrunk to ``size`` px, or None when it is
     not there (a store moved to another machine keeps its embeddings, not its images)."""
     import wandb
-    from PIL import Image
 
-    if not path or not Path(path).is_file():
-        return None
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            img.thumbnail((size, size))
-            return wandb.Image(img)
-    except OSError:
-        return None
+    from analysis.thumbs import load_thumb  # the analysis report's thumbnails, same rules
+
+    pixels = load_thumb(path, None, size) if path else None
+    return None if pixels is None else wandb.Image(pixels)
 
 
 def confused_pairs(labels: np.ndarray, pred: np.ndarray, num_classes: int, top: int) -> list:
