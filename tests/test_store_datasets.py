@@ -180,3 +180,23 @@ def test_an_empty_split_still_loads(tmp_path):
     assert len(dd["test"]) == 0 and len(load_arrays(tmp_path, "test")) == 0
     shutil.rmtree(tmp_path / "test")
     assert open_store(tmp_path).splits == ["train"]
+
+
+def test_rerunning_data_prep_upgrades_a_format1_store(tmp_path, tiny_models):  # noqa: F811
+    root = draw_kaggle_tree(tmp_path / "data", bad_images=False, train=2, val=1, test=2)
+    argv = prep_argv(root, tiny_models, tmp_path / "store")
+    store = data_prep.main(argv)
+    info = open_store(store)
+    # Turn it into what format 1 left: no DatasetDict index, int64 labels, version 1.
+    (store / "dataset_dict.json").unlink()
+    old = store_features(info.image_dim, info.text_dim, info.manifest["emb_dtype"])
+    for split in info.splits:
+        state = json.loads((store / split / "state.json").read_text())
+        files = [f["filename"] for f in state["_data_files"]]
+        index_split(store, split, files, old, state["_fingerprint"])
+    (store / "dataset_dict.json").unlink()
+    write_manifest(store, {**info.manifest, "format_version": 1})
+    assert datasets.load_from_disk(str(store / "train")).features["label"].dtype == "int64"
+    data_prep.main(argv)  # complete and intact: only the metadata is rewritten
+    assert open_store(store).manifest == info.manifest
+    assert datasets.load_from_disk(str(store))["val"].features["label"].names == info.class_names
