@@ -34,6 +34,10 @@ class StoreInfo:
     root: Path
     manifest: dict[str, Any]
 
+    def __fspath__(self) -> str:
+        # A StoreInfo stands for its directory wherever a store path is taken.
+        return str(self.root)
+
     @property
     def class_names(self) -> list[str]:
         return list(self.manifest["class_names"])
