@@ -1,4 +1,10 @@
-"""Read (and, for small in-memory stores, write) the feature-store layout."""
+"""Read the feature-store layout; the manifest and failures.csv writers.
+
+$ python -c "from feature_store import open_store; print(open_store('stores/demo').splits)"
+
+The other files (shards, split indexes, dataset_dict.json) are written by
+feature_store/writer.py; docs/architecture.md describes the whole contract.
+"""
 
 from __future__ import annotations
 
@@ -247,7 +253,7 @@ def load_split(root: str | os.PathLike, split: str):
     verify_split(root, split, info)
     try:
         state = json.loads((path / "state.json").read_text())
-        if not state.get("_data_files"):  # a split with no rows (every input failed)
+        if not state.get("_data_files"):  # format 1: a split without any shard file
             feats = store_features(info.image_dim, info.text_dim, info.manifest["emb_dtype"])
             return datasets.Dataset.from_dict({k: [] for k in feats}, features=feats)
         return datasets.load_from_disk(str(path))
