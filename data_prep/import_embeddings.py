@@ -277,7 +277,7 @@ def _fingerprint(cfg: PrepConfig, splits: dict[str, str], sources: dict[str, Any
 def import_store(cfg: PrepConfig, plain: dict[str, Any], *, cache_dir: str | None = None) -> Path:
     """Write ``cfg.run.out`` from the embeddings dataset ``cfg.input.dataset``; return it."""
     from data_prep.report import package_versions
-    from feature_store import write_store
+    from feature_store import upgrade_store, write_store
 
     if not cfg.input.dataset:
         raise ValueError(
@@ -295,6 +295,7 @@ def import_store(cfg: PrepConfig, plain: dict[str, Any], *, cache_dir: str | Non
     if out.exists() and any(out.iterdir()):
         old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
         if old.get("imported", {}).get("fingerprint") == fingerprint:
+            upgrade_store(out)  # a format-1 store gets its DatasetDict metadata, rows kept
             print(f"feature store: {out} (already imported from {cfg.input.dataset})")
             return out
         raise StoreMixError(

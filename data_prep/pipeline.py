@@ -22,6 +22,7 @@ from typing import Any
 
 from data_prep.config import PrepConfig
 from data_prep.store import PREP_DIR, StoreWriter, features, plan_shards
+from feature_store.writer import upgrade_store
 
 log = logging.getLogger("data_prep")
 
@@ -266,6 +267,7 @@ def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
     manifest = Path(cfg.run.out) / "manifest.json"
     if not damaged and store.manifest_ok() and all(store.is_done(s) for s in shards):
         # Same inputs and config, every shard done and intact: nothing to load or run.
+        upgrade_store(store.root)  # a format-1 store gets its DatasetDict metadata, rows kept
         if cfg.run.progress:
             from data_prep.report import summary
 
@@ -279,7 +281,9 @@ def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
     described = models.describe(cfg)
     store.check_fingerprint("resolved", described)
     pending = [s for s in shards if not store.is_done(s)]
-    feats = features(models.image.dim, models.text.dim, cfg.run.emb_dtype)
+    feats = features(
+        models.image.dim, models.text.dim, cfg.run.emb_dtype, list(listing.class_names)
+    )
     is_zero = True
     extract_start = time.perf_counter()
     if pending:
