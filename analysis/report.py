@@ -34,7 +34,9 @@ class ReportOptions:
     store: Path
     out: Path
     run: Path | None = None
-    classes: str | None = None  # a count ("10") or names for the 2-D maps
+    # A count ("10") or names: the classes on the 2-D maps (default: the 10 most frequent)
+    # and, when given, the only classes retrieval queries are drawn from.
+    classes: str | None = None
     map_points: int = 2000
     tsne_points: int = 1000
     probe_train: int | None = 5000
@@ -103,7 +105,9 @@ def build_report(opts: ReportOptions) -> ReportResult:
             cs=opts.probe_cs, max_iter=opts.probe_max_iter, max_dim=opts.probe_dim,
             k=opts.knn_k)),
         ("clustering", lambda: add_clustering(report, views, cap=opts.cluster_points)),
-        ("retrieval", lambda: add_image_retrieval(report, views, n_queries=opts.n_query_images)),
+        ("retrieval", lambda: add_image_retrieval(
+            report, views, n_queries=opts.n_query_images,
+            classes=classes if opts.classes is not None else None)),
         ("text_search", lambda: add_text_search(report, views, queries=opts.queries)),
         ("captions", lambda: add_captions(report, views)),
         ("patches", lambda: add_patch_view(report, views, n_images=opts.patch_images)),

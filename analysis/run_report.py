@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from analysis.html import MIN_TEXT_PT
+from analysis.run_summary import run_summary, summary_table
 from analysis.thumbs import Tile, tile_grid
 
 
@@ -138,6 +139,9 @@ def add_run(report, views, run_dir: Path, *, worst: int = 20, pairs: int = 15) -
         return out
     metrics = run_dir / "metrics.csv"
     rows = read_metrics(metrics) if metrics.is_file() else []
+    out["summary"] = run_summary(run_dir, views.info.root, rows)
+    header, row = summary_table(out["summary"], views.info.root)
+    sec.table(header, [row], "summary (the best checkpoint's epoch and val accuracy)")
     if rows:
         _plot_curves(sec, rows)
     else:
