@@ -75,6 +75,27 @@ def caption_stats(captions: list[str], labels: np.ndarray, class_names: list[str
     }
 
 
+def manifest_mismatch(views, st: dict) -> str:
+    """A note when the manifest counted empty/degenerate captions differently: a store
+    written by an older data_prep, whose definition has changed since."""
+    splits = views.info.manifest.get("splits") or {}
+    got = [splits.get(n) or {} for n in (views.train_name, views.val_name) if n]
+    if not got or any("captions_degenerate" not in m for m in got):
+        return ""
+    rows = sum(m.get("rows", -1) for m in got)
+    if rows != st["n"]:  # unlabelled rows were dropped: the counts cover other rows
+        return ""
+    said = {k: sum(m.get(f"captions_{k}", 0) for m in got) for k in ("empty", "degenerate")}
+    if said == {k: st[k] for k in said}:
+        return ""
+    return (
+        f"manifest.json counts {said['empty']} empty and {said['degenerate']} degenerate "
+        f"captions in these splits, this report {st['empty']} and {st['degenerate']} with "
+        "data_prep.caption_quality: the store was built by an older data_prep; rebuild it "
+        "to update the manifest."
+    )
+
+
 def add_captions(report, views) -> dict:
     sec = report.section("Captions")
     splits = [s for s in (views.train, views.val) if s is not None]
@@ -90,6 +111,9 @@ def add_captions(report, views) -> dict:
           np.median(st["lengths"])]],
         "train and val captions",
     )  # fmt: skip
+    stale = manifest_mismatch(views, st)
+    if stale:
+        sec.note(stale)
     if st["shared_words"]:
         shared = set(st["shared_words"])
         example = next(i for i, n in enumerate(views.class_names) if shared & set(name_words(n)))

@@ -27,6 +27,8 @@ class StoreViews:
     train: SplitArrays | None
     val: SplitArrays | None
     notes: list[str] = field(default_factory=list)
+    train_name: str | None = None  # the store's split names behind ``train`` and ``val``
+    val_name: str | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -83,7 +85,7 @@ def load_views(store: str | Path) -> StoreViews:
     if train is not None and len(train) == 0:
         notes.append("The train split has no labelled rows.")
         train = None
-    return StoreViews(info=info, train=train, val=val, notes=notes)
+    return StoreViews(info, train, val, notes, train_name if train is not None else None, val_name)
 
 
 def balanced_sample(labels: np.ndarray, cap: int | None, *, seed: int = 0) -> np.ndarray:

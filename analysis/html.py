@@ -20,8 +20,7 @@ import numpy as np
 matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
 import matplotlib.pyplot as plt  # noqa: E402
 
-DPI = 90  # PNGs are shown at their pixel size: a font of F points is F * DPI / 72 px high
-MIN_TEXT_PT = 9.5  # 9.5 pt at 90 dpi is 12 px, the smallest caption that reads comfortably
+from analysis.style import DPI  # noqa: E402
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from sklearn.decomposition import PCA
 
-from analysis.html import MIN_TEXT_PT
+from analysis.style import MIN_TEXT_PT
 from analysis.text_encoder import model_ref
 from analysis.thumbs import resolve
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from analysis.html import MIN_TEXT_PT
 from analysis.run_summary import run_summary, summary_table
+from analysis.style import MIN_TEXT_PT
 from analysis.thumbs import Tile, tile_grid
 
 

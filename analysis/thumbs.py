@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from analysis.html import MIN_TEXT_PT
+from analysis.style import MIN_TEXT_PT
 
 THUMB = 160
 TILE_INCHES = 2.2  # 6 tiles of 2.2 in at 90 dpi fill the page's width without being shrunk
@@ -64,7 +64,7 @@ def tile_grid(rows: list[list[Tile]], root: Path | None, *, wrap: int = 22):
                   for t, img in zip(row, imgs, strict=True) if t.path)  # fmt: skip
     text_only = all(img is None for imgs in images for img in imgs)
     ncols = max(len(r) for r in rows)
-    height = 1.4 if text_only else 3.4  # room for 5 caption lines above the thumbnail
+    height = 1.4 if text_only else 3.3  # room for 5 caption lines above the thumbnail
     fig, axes = plt.subplots(
         len(rows), ncols, figsize=(TILE_INCHES * ncols, height * len(rows)), squeeze=False
     )

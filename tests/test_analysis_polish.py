@@ -11,12 +11,13 @@ import pytest
 from matplotlib.colors import to_hex
 
 from analysis.__main__ import main
-from analysis.captions import caption_stats, class_keywords, mentions_class
+from analysis.captions import caption_stats, class_keywords, manifest_mismatch, mentions_class
 from analysis.clustering import ZERO, add_clustering, k_distance, k_distance_figure, knee
 from analysis.data import load_views
-from analysis.html import DPI, Report, fmt_number
+from analysis.html import Report, fmt_number
 from analysis.report import ReportOptions, build_report
 from analysis.run_report import ZERO_STUB, per_class_figure
+from analysis.style import DPI
 from analysis.thumbs import Tile, tile_grid
 from feature_store.synthetic import make_synthetic_store
 from fusion.probe_run import PROBE_FILE, store_key
@@ -229,3 +230,23 @@ def test_class_mentions_on_distinctive_words(tmp_path):
     row = page.split("train and val captions</caption>", 1)[1].split("</table>", 1)[0]
     assert re.findall(r"<td class='num'>([^<]*)</td>", row)[3:5] == ["60", "0.5000"]
     assert "a caption mentions digit_zero when it says &#x27;zero&#x27;" in page
+
+
+def test_degenerate_is_the_manifests_definition_and_a_stale_count_is_flagged(tmp_path):
+    import analysis.captions
+    import data_prep.caption_quality
+
+    assert analysis.captions.caption_quality is data_prep.caption_quality.caption_quality
+    store = digit_store(tmp_path / "s")
+    manifest = json.loads((store / "manifest.json").read_text())
+    for split, degenerate in (("train", 0), ("val", 0)):
+        manifest["splits"][split] |= {"captions_empty": 0, "captions_degenerate": degenerate}
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    views = load_views(store)
+    st = caption_stats(views.train.captions + views.val.captions,
+                       np.r_[views.train.labels, views.val.labels], views.class_names)  # fmt: skip
+    assert st["degenerate"] == 0 and manifest_mismatch(views, st) == ""
+    manifest["splits"]["train"]["captions_degenerate"] = 5  # an older definition's count
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    note = manifest_mismatch(load_views(store), st)
+    assert "counts 0 empty and 5 degenerate" in note and "rebuild" in note
