@@ -36,6 +36,12 @@ def parse_args(argv: list[str]) -> ReportOptions:
         "most frequent) and, when given, the only classes image-retrieval queries come from "
         "(their neighbours are searched in all classes)",
     )
+    p.add_argument(
+        "--display-names",
+        type=Path,
+        help="CSV class,name: names to show and to find in captions instead of the store's "
+        "class names (e.g. n01440764,tench)",
+    )
     p.add_argument("--map-points", type=int, default=2000, help="rows on the PCA/LDA maps")
     p.add_argument("--tsne-points", type=int, default=1000, help="rows on the t-SNE map")
     p.add_argument("--probe-train", type=_cap, default=5000, help="train rows for probes")
@@ -58,6 +64,7 @@ def parse_args(argv: list[str]) -> ReportOptions:
         out=a.out,
         run=a.run,
         classes=a.classes,
+        display_names=a.display_names,
         map_points=a.map_points,
         tsne_points=a.tsne_points,
         probe_train=a.probe_train,

@@ -125,7 +125,8 @@ def add_captions(report, views) -> dict:
     if st["mention_rate"] == 0 and all(WNID.match(n) for n in views.class_names[:20]):
         sec.note(
             "Class names look like WordNet ids (n01234567), which captions never contain: "
-            "the mention rate says nothing here. A class map with readable names would."
+            "the mention rate says nothing here. Give readable names with --display-names "
+            "FILE (a class,name CSV)."
         )
     fig, ax = plt.subplots(figsize=(7, 3.2))
     ax.hist(st["lengths"], bins=np.arange(st["lengths"].max() + 2) - 0.5, color="#4a7ab5")

@@ -250,3 +250,43 @@ def test_degenerate_is_the_manifests_definition_and_a_stale_count_is_flagged(tmp
     (store / "manifest.json").write_text(json.dumps(manifest))
     note = manifest_mismatch(load_views(store), st)
     assert "counts 0 empty and 5 degenerate" in note and "rebuild" in note
+
+
+def test_display_names_replace_wordnet_ids(tmp_path, capsys):
+    from feature_store.layout import write_store
+
+    wnids, shown = (
+        ["n01440764", "n01443537", "n01484850"],
+        ["tench", "goldfish", "great white shark"],
+    )
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 6)
+    captions = [f"a photo of a {shown[y]}" if i % 2 else "a fish" for i, y in enumerate(labels)]
+    split = {
+        "id": [f"r{i}" for i in range(18)],
+        "label": labels,
+        "caption": captions,
+        "image_emb": rng.standard_normal((3, 8))[labels] + 0.1 * rng.standard_normal((18, 8)),
+        "text_emb": rng.standard_normal((18, 4)),
+    }
+    store = tmp_path / "s"
+    write_store(store, splits={"train": split, "val": split}, class_names=wnids)
+    names = tmp_path / "names.csv"
+    rows = [f"{w},{n}" for w, n in zip(wnids, shown, strict=True)] + ["n99999999,extra"]
+    names.write_text("class,name\n" + "\n".join(rows) + "\n")
+    plain = build_report(ReportOptions(store=store, out=tmp_path / "o1", patch_images=0))
+    assert plain.numbers["captions"]["mention_rate"] == 0
+    assert any("--display-names" in n for n in plain.report.notes)  # the WordNet-id note
+    opts = ReportOptions(store=store, out=tmp_path / "o2", display_names=names, patch_images=0,
+                         classes="goldfish,n01484850", n_query_images=2)  # fmt: skip
+    named = build_report(opts)
+    assert named.numbers["captions"]["mention_rate"] == pytest.approx(0.5)
+    assert not any("WordNet" in n for n in named.report.notes)
+    assert sorted(named.numbers["retrieval"]) == [1, 2]  # a display name and a store name
+    assert "great white shark" in named.page.read_text()
+    # a file without the header: one line naming the option, exit 2
+    names.write_text("n01440764,tench\n")
+    argv = ["--store", str(store), "--out", str(tmp_path / "o3"), "--display-names", str(names)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--display-names" in err and "class,name" in err
