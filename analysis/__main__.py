@@ -30,7 +30,18 @@ def parse_args(argv: list[str]) -> ReportOptions:
     p.add_argument("--run", type=Path, help="training run directory (metrics.csv, ...)")
     p.add_argument("--out", type=Path, required=True, help="report directory to write")
     p.add_argument("--query", action="append", default=[], help="free-text caption query")
-    p.add_argument("--classes", help="classes on the 2-D maps: a count (default 10) or names")
+    p.add_argument(
+        "--classes",
+        help="a count or comma-separated names: the classes on the 2-D maps (default: the 10 "
+        "most frequent) and, when given, the only classes image-retrieval queries come from "
+        "(their neighbours are searched in all classes)",
+    )
+    p.add_argument(
+        "--display-names",
+        type=Path,
+        help="CSV class,name: names to show and to find in captions instead of the store's "
+        "class names (e.g. n01440764,tench)",
+    )
     p.add_argument("--map-points", type=int, default=2000, help="rows on the PCA/LDA maps")
     p.add_argument("--tsne-points", type=int, default=1000, help="rows on the t-SNE map")
     p.add_argument("--probe-train", type=_cap, default=5000, help="train rows for probes")
@@ -53,6 +64,7 @@ def parse_args(argv: list[str]) -> ReportOptions:
         out=a.out,
         run=a.run,
         classes=a.classes,
+        display_names=a.display_names,
         map_points=a.map_points,
         tsne_points=a.tsne_points,
         probe_train=a.probe_train,
