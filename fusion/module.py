@@ -282,9 +282,14 @@ class FusionModule(L.LightningModule):
             {"val/loss": mean_loss.compute(), **metrics.compute()}
             for metrics, mean_loss in zip(self.val_metrics, self.val_loss, strict=True)
         ]
-        # The best member on val answers from now on (the first of equals: the lists run
-        # from weak to strong regularisation only if the user wrote them so).
-        best = max(range(len(per_member)), key=lambda i: float(per_member[i]["val/acc_top1"]))
+        # The best member on val answers from now on; among equals the one with the
+        # largest weight decay, as the probe keeps the smallest C among equals.
+        decays = self.hparams.weight_decay
+        decays = decays if isinstance(decays, list) else [decays]
+        best = max(
+            range(len(per_member)),
+            key=lambda i: (float(per_member[i]["val/acc_top1"]), decays[i]),
+        )
         metrics = per_member[best]
         if isinstance(self.head, HeadSweep):
             self.head.selected.fill_(best)

@@ -124,3 +124,19 @@ def test_sweep_loss_is_the_sum_of_member_losses():
         for m in copy.deepcopy(module.head).members
     )
     torch.testing.assert_close(loss, expected)
+
+
+def test_sweep_ties_go_to_the_stronger_weight_decay():
+    """As the probe keeps the smallest C among equal val scores."""
+    torch.manual_seed(0)
+    module = FusionModule(
+        "visual_only", image_dim=4, text_dim=2, class_names=list("abc"), hidden_dims=[],
+        weight_decay=[0.0, 0.1, 0.01],
+    )  # fmt: skip
+    for member in module.head.members[1:]:
+        member.load_state_dict(module.head.members[0].state_dict())
+    batch = {"image": torch.randn(9, 4), "text": torch.randn(9, 2), "label": torch.arange(9) % 3}
+    module.eval()
+    module.validation_step(batch, 0)
+    module.on_validation_epoch_end()
+    assert int(module.head.selected) == 1
