@@ -131,6 +131,12 @@ def check_settings(cfg) -> None:
         value = cfg.get(key)
         if isinstance(value, int | float) and not ok(value):
             raise RunDirError(f"--{key} {value} is out of range: it must be {rule}")
+    hidden = cfg.get("model.hidden_dims") or []
+    if any(not isinstance(h, int) or h < 1 for h in hidden):
+        raise RunDirError(
+            f"--model.hidden_dims {list(hidden)} is out of range: every hidden size must be "
+            ">= 1 ([] for one linear layer)"
+        )
 
 
 def check_resume(ckpt_path: Path, model) -> None:
