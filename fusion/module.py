@@ -120,8 +120,8 @@ class FusionModule(L.LightningModule):
         class_names: the class list, read from the store's manifest (linked by train.py).
         hidden_dims: hidden sizes of each MLP; ``[]`` is one linear layer (the probe's model).
         dropout: dropout after each hidden layer.
-        input_norm: per-modality input normalisation: ``standardize`` (train mean/std, as
-            the probe), ``layernorm`` or ``none``.
+        input_norm: every head but projection_ref: per-modality input normalisation:
+            ``standardize`` (train mean/std, as the probe), ``layernorm`` or ``none``.
         fusion_dim: projection, projection_ref only: width each modality is projected to.
         weighting: dual_logit only: ``penalty`` (alpha, beta free, the report's penalty) or
             ``softmax`` ((alpha, beta) = softmax(w), no penalty).
