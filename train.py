@@ -190,6 +190,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     from fusion.predict import CheckpointError
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[0] in ("cv", "tune") and {"-h", "--help"} & set(args[1:]):
+        # Their own options are few; the rest are fit's, which fit --help lists.
+        import importlib
+
+        doc = importlib.import_module(f"fusion.{args[0]}").__doc__
+        print(f"usage: python train.py {args[0]} [OPTIONS]; every option not named below is "
+              f"a `train.py fit` option (python train.py fit --help)\n\n{doc}")  # fmt: skip
+        return
     try:
         if args[0] == "probe":
             from fusion.probe_run import run_probe

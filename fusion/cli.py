@@ -43,6 +43,7 @@ submission predict.py would write (``fusion/submission_writer.py``), by default 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -381,7 +382,18 @@ class FusionCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         if self.subcommand in EVAL_SUBCOMMANDS:
             return self.instantiate_eval_trainer(**kwargs)
-        return self.instantiate_fit_trainer(**kwargs)
+        # The loggers create the run directory before Trainer(...) checks its options; a
+        # refused option must not leave an empty run behind.
+        missing = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
+        try:
+            return self.instantiate_fit_trainer(**kwargs)
+        except UsageError:
+            for d in missing:  # deepest first: the new run, then folders made for it
+                if d == self.run_dir:
+                    shutil.rmtree(d, ignore_errors=True)
+                elif d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+            raise
 
     def _trainer(self, **kwargs):
         try:
