@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 DEMO_STORE = Path("stores/demo")
 DEMO_PREP_CONFIG = "configs/prep/demo.yaml"
 DEMO_TRAIN_CONFIG = "configs/demo.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "probe", "stack", "cv", "tune")
 
 # `python train.py --help`, printed before anything heavy is imported (Lightning and torch
 # take seconds); each subcommand's own --help lists its options.
@@ -177,16 +178,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not (sys.argv[1:] if argv is None else argv):
         run_demo()
         return
-    if list(sys.argv[1:] if argv is None else argv)[:1] in (["-h"], ["--help"]):
+    first = list(sys.argv[1:] if argv is None else argv)[0]
+    if first in ("-h", "--help"):
         print(HELP, end="")
         return
+    from fusion.exit import ExitError
+
+    if not first.startswith("-") and first not in SUBCOMMANDS:
+        # Before Lightning loads: LightningCLI would list only its own four subcommands.
+        raise ExitError(
+            f"train.py: error: unknown subcommand {first!r}; choose one of "
+            f"{', '.join(SUBCOMMANDS)} (python train.py --help)"
+        )
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from feature_store import StoreError
     from fusion.callbacks import NonFiniteLossError
     from fusion.cli import ResumeError, RunDirError
     from fusion.cli import main as cli_main
-    from fusion.exit import EXIT_INTERNAL, EXIT_SIGTERM, ExitError, UsageError
+    from fusion.exit import EXIT_INTERNAL, EXIT_SIGTERM, UsageError
     from fusion.predict import CheckpointError
 
     args = list(sys.argv[1:] if argv is None else argv)

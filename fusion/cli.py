@@ -179,7 +179,14 @@ class FusionCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resume rewrites it
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault("parser_kwargs", {k: {"description": v} for k, v in DESCRIPTIONS.items()})
+        kwargs.setdefault(
+            "parser_kwargs",
+            {
+                "description": "Train, score and predict with fusion heads on a feature store "
+                "(python train.py --help: the overview and the other subcommands).",
+                **{k: {"description": v} for k, v in DESCRIPTIONS.items()},
+            },
+        )
         super().__init__(FusionModule, FeatureDataModule, args=args, **kwargs)
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
