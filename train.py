@@ -175,10 +175,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Exit codes (fusion/exit.py): 0 done; 2 bad input or usage (one line naming it and
     the fix); 1 an internal error or a non-finite loss; 143 stopped by SIGTERM after saving
     ``last.ckpt`` (resume: --ckpt_path last)."""
-    if not (sys.argv[1:] if argv is None else argv):
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
         run_demo()
         return
-    first = list(sys.argv[1:] if argv is None else argv)[0]
+    first = args[0]
     if first in ("-h", "--help"):
         print(HELP, end="")
         return
@@ -199,7 +200,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     from fusion.exit import EXIT_INTERNAL, EXIT_SIGTERM, UsageError
     from fusion.predict import CheckpointError
 
-    args = list(sys.argv[1:] if argv is None else argv)
     if args[0] in ("cv", "tune") and {"-h", "--help"} & set(args[1:]):
         # Their own options are few; the rest are fit's, which fit --help lists.
         import importlib
