@@ -1,9 +1,12 @@
 """Train a fusion head on a feature store (LightningCLI), or run the offline demo.
 
 $ python train.py                                                   # the demo, end to end
+$ python train.py --help                                            # what follows, in short
 $ python train.py fit --config configs/dual_logit_l0.1.yaml --data.store stores/kaggle
 $ python train.py fit --config configs/concat.yaml --model.dropout 0.5 --trainer.max_epochs 80
 $ python train.py fit --config configs/concat.yaml --ckpt_path last      # resume the newest run
+$ python train.py test --ckpt_path RUN/checkpoints/best.ckpt --data.test_split val
+$ python train.py predict --ckpt_path RUN/checkpoints/best.ckpt --data.store stores/kaggle
 $ python train.py probe --data.store stores/kaggle        # the tuned linear-probe baseline
 $ python train.py stack --checkpoint A.ckpt --checkpoint B.ckpt --data.store stores/kaggle
 $ python train.py cv --config configs/concat.yaml --data.folds 5      # K-fold CV + submission
@@ -25,6 +28,46 @@ HERE = Path(__file__).resolve().parent
 DEMO_STORE = Path("stores/demo")
 DEMO_PREP_CONFIG = "configs/prep/demo.yaml"
 DEMO_TRAIN_CONFIG = "configs/demo.yaml"
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "probe", "stack", "cv", "tune")
+
+# `python train.py --help`, printed before anything heavy is imported (Lightning and torch
+# take seconds); each subcommand's own --help lists its options.
+HELP = """\
+usage: python train.py [SUBCOMMAND [OPTIONS]]
+
+Train fusion heads (PyTorch Lightning, LightningCLI) on a feature store written by
+`python -m data_prep`, score them, and write Kaggle submissions. No foundation model runs
+here: only the store's embeddings are read.
+
+With no arguments: the offline demo, end to end. It builds stores/demo if it is missing,
+fits configs/demo.yaml (the dual-logit head) and writes the submission of the demo test
+split into the run directory, printing where everything went (about 30 s on a CPU).
+
+subcommands (python train.py SUBCOMMAND --help lists its options):
+  fit       train a head into runs/<experiment>/<time>/:
+              python train.py fit --config configs/concat.yaml --data.store STORE
+  validate  score a checkpoint on the val split:
+              python train.py validate --ckpt_path RUN/checkpoints/best.ckpt --data.store STORE
+  test      score a checkpoint on a labelled split (the Kaggle test split has none):
+              python train.py test --ckpt_path RUN/checkpoints/best.ckpt --data.test_split val
+  predict   write a checkpoint's submission (the same files as predict.py) into RUN/predict/:
+              python train.py predict --ckpt_path RUN/checkpoints/best.ckpt --data.store STORE
+  probe     the tuned linear-probe baseline (standardised features, logistic regression)
+  stack     late fusion of trained heads: python train.py stack --checkpoint A --checkpoint B
+  cv        K-fold cross-validation of a config and its submission (--data.folds K)
+  tune      Optuna search over a config's options (configs/search/<config>.yaml)
+
+Configs: configs/<experiment>.yaml, each composed from configs/base.yaml; every value can be
+overridden on the command line (--model.lr 0.001) and `fit --print_config` shows them all.
+
+Submissions: python predict.py --checkpoint RUN/checkpoints/best.ckpt --store STORE
+  --out submission.csv (repeat --checkpoint to average runs; predict.py ensemble averages
+  saved .probs.npz files).
+
+Exit codes: 0 done; 2 bad input or usage (one line naming it and the fix); 1 internal error
+or a diverged run (non-finite loss); 143 stopped by SIGTERM after saving last.ckpt (resume
+with --ckpt_path last). More: README.md, section "Training and prediction".
+"""
 
 
 def _repo_file(relative: str) -> str:
@@ -96,25 +139,24 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
 
 def _predict_demo(cli, store: Path) -> dict[str, Path]:
     """Write the demo's submission from the best checkpoint; return the paths of the run."""
-    from feature_store.console import show_path
-    from fusion.predict import complete_split, predict_probs, write_submission
+    from fusion.predict import predict_probs, submit
 
     run = Path(cli.trainer.default_root_dir)
     ckpt_cb = cli.trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path or ckpt_cb.last_model_path)
     split = cli.datamodule.predict_split
     ids, probs = predict_probs([best], store, split)
-    # One row per test input: images that failed extraction get the train class prior.
-    ids, probs, failed = complete_split(store, split, ids, probs)
-    if failed:
-        print(f"WARNING: {len(failed)} {split} images failed extraction; their rows use the "
-              f"train class prior (see {show_path(store / 'failures.csv')})")  # fmt: skip
-    submission, probs_file = write_submission(
+    # predict.py's own writer: one row per test input (a failed image gets the train class
+    # prior); run_demo logs the submission to the still-open W&B run itself.
+    submission, probs_file = submit(
         run / "submission.csv",
         ids,
         probs,
-        class_names=cli.datamodule.class_names,
+        store=store,
+        split=split,
         checkpoints=[best],
+        log_to_fit_runs=False,
+        prog="train.py",
     )
     return {
         "feature store": store,
@@ -131,21 +173,42 @@ def _predict_demo(cli, store: Path) -> dict[str, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Exit codes: 0 done; 2 bad input (one line naming it and the fix); 1 a non-finite
-    loss; 143 stopped by SIGTERM after saving ``last.ckpt`` (resume: --ckpt_path last)."""
-    if not (sys.argv[1:] if argv is None else argv):
+    """Exit codes (fusion/exit.py): 0 done; 2 bad input or usage (one line naming it and
+    the fix); 1 an internal error or a non-finite loss; 143 stopped by SIGTERM after saving
+    ``last.ckpt`` (resume: --ckpt_path last)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
         run_demo()
         return
+    first = args[0]
+    if first in ("-h", "--help"):
+        print(HELP, end="")
+        return
+    from fusion.exit import ExitError
+
+    if not first.startswith("-") and first not in SUBCOMMANDS:
+        # Before Lightning loads: LightningCLI would list only its own four subcommands.
+        raise ExitError(
+            f"train.py: error: unknown subcommand {first!r}; choose one of "
+            f"{', '.join(SUBCOMMANDS)} (python train.py --help)"
+        )
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from feature_store import StoreError
     from fusion.callbacks import NonFiniteLossError
     from fusion.cli import ResumeError, RunDirError
     from fusion.cli import main as cli_main
-    from fusion.exit import EXIT_SIGTERM, ExitError
+    from fusion.exit import EXIT_INTERNAL, EXIT_SIGTERM, UsageError
     from fusion.predict import CheckpointError
 
-    args = list(sys.argv[1:] if argv is None else argv)
+    if args[0] in ("cv", "tune") and {"-h", "--help"} & set(args[1:]):
+        # Their own options are few; the rest are fit's, which fit --help lists.
+        import importlib
+
+        doc = importlib.import_module(f"fusion.{args[0]}").__doc__
+        print(f"usage: python train.py {args[0]} [OPTIONS]; every option not named below is "
+              f"a `train.py fit` option (python train.py fit --help)\n\n{doc}")  # fmt: skip
+        return
     try:
         if args[0] == "probe":
             from fusion.probe_run import run_probe
@@ -168,11 +231,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             run_stack(args[1:])
             return
         cli_main(None if argv is None else list(argv))  # None: LightningCLI reads sys.argv
-    except (StoreError, ResumeError, RunDirError, CheckpointError) as err:
+    except (StoreError, ResumeError, RunDirError, CheckpointError, UsageError) as err:
         # Bad input the user can fix: the message says how, a traceback would bury it.
         raise ExitError(f"train.py: error: {err}") from err
     except NonFiniteLossError as err:
-        raise ExitError(f"train.py: error: {err}", code=1) from err
+        raise ExitError(f"train.py: error: {err}", code=EXIT_INTERNAL) from err
     except SIGTERMException as err:
         # Lightning raises this (a SystemExit with code 0) at the next batch after SIGTERM;
         # RunCheckpoint has saved the current state as last.ckpt by now.

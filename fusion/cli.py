@@ -27,19 +27,33 @@ environment variables, else project ``sketchfusion`` grouped by experiment. A lo
 your own (``--trainer.logger WandbLogger --trainer.logger.log_model true``, or any
 Lightning logger in the config) gets the same run directory, and metrics.csv beside it.
     RUN/val.probs.npz         every class's val probability from best.ckpt (ensemble weights)
+
+``validate``, ``test`` and ``predict`` score a trained checkpoint (``--ckpt_path FILE``,
+or ``best``/``last`` of ``--run_dir RUN`` or of the experiment's newest run) on the
+store, after checking that the store matches it (dims, classes, models). They start no
+run: no run directory, no logger, no W&B run. ``validate`` and ``test`` print the metrics
+(``--data.test_split`` names the labelled split ``test`` scores); ``predict`` writes the
+submission predict.py would write (``fusion/submission_writer.py``), by default into
+``RUN/predict/<split>/submission.csv``::
+
+    $ python train.py test --ckpt_path RUN/checkpoints/best.ckpt --data.store S --data.test_split val
+    $ python train.py predict --config configs/concat.yaml --ckpt_path best --data.store S
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
+from feature_store import open_store
 from feature_store.console import quiet_lightning, show_path
 from fusion.callbacks import (
     EpochSummary,
@@ -50,9 +64,17 @@ from fusion.callbacks import (
     StoreFingerprint,
 )
 from fusion.datamodule import FeatureDataModule
+from fusion.exit import UsageError
 from fusion.loggers import adopt_user_loggers, make_loggers, wandb_settings
 from fusion.module import FusionModule
-from fusion.predict import CheckpointError, load_checkpoint
+from fusion.predict import (
+    FINGERPRINT_KEY,
+    CheckpointError,
+    check_compatible,
+    check_fingerprint,
+    check_outputs,
+    load_checkpoint,
+)
 from fusion.probe_run import latest_probe, probe_line
 from fusion.recipe import Recipe
 from fusion.runs import (
@@ -64,9 +86,53 @@ from fusion.runs import (
     experiment_name,
     is_existing_run,
 )
+from fusion.submission_writer import SubmissionWriter
 from fusion.wandb_report import BestSummary, finish_runs
 
 RUN_DIR_ENV = "SKETCHFUSION_RUN_DIR"
+# Subcommands that score a trained checkpoint and start no run.
+EVAL_SUBCOMMANDS = ("validate", "test", "predict")
+DESCRIPTIONS = {
+    "fit": "Train a fusion head on a feature store into a new run directory "
+    "(runs/<experiment>/<time>/), or resume one (--ckpt_path last).",
+    "validate": "Score a trained checkpoint (--ckpt_path) on the store's val split "
+    "(--data.val_split) and print val/loss and val/acc_top1/5; writes nothing.",
+    "test": "Score a trained checkpoint (--ckpt_path) on a labelled split "
+    "(--data.test_split; the Kaggle test split has no labels: use val) and print "
+    "test/loss and test/acc_top1/5; writes nothing.",
+    "predict": "Write the submission of --data.predict_split from a trained checkpoint "
+    "(--ckpt_path): the same Id,Category CSV and .probs.npz as predict.py, by default in "
+    "RUN/predict/<split>/submission.csv.",
+}
+
+
+def run_of_checkpoint(ckpt: Path) -> Path:
+    """The run directory a checkpoint belongs to (``RUN/checkpoints/x.ckpt`` -> ``RUN``)."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def eval_checkpoint(cfg, subcommand: str) -> Path:
+    """The checkpoint ``validate``/``test``/``predict`` score: ``--ckpt_path FILE``, or
+    ``best``/``last`` (default ``best``) of ``--run_dir RUN``, or (``best``/``last`` only)
+    of the newest run of the experiment under ``--runs_root``."""
+    path = cfg.get("ckpt_path")
+    if path not in (None, "best", "last"):
+        if path in ("hpc", "registry"):
+            raise UsageError(f"--ckpt_path {path} is not supported; pass a checkpoint file")
+        return Path(path)
+    name = f"{path or 'best'}.ckpt"
+    if cfg.get("run_dir"):
+        return Path(cfg["run_dir"]) / "checkpoints" / name
+    base = Path(cfg["runs_root"]) / experiment_name(cfg)
+    found = sorted(base.glob(f"*/checkpoints/{name}"), key=lambda p: p.stat().st_mtime)
+    if path is None or not found:
+        where = f"no {base}/*/checkpoints/{name}; " if path else ""
+        raise UsageError(
+            f"{subcommand} scores a trained checkpoint: {where}pass --ckpt_path "
+            "RUN/checkpoints/best.ckpt, or --run_dir RUN, or --config CONFIG --ckpt_path "
+            "best for the newest run of that experiment."
+        )
+    return found[-1]
 
 
 def new_run_dir(base: Path) -> Path:
@@ -115,12 +181,49 @@ class FusionCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resume rewrites it
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault(
+            "parser_kwargs",
+            {
+                "description": "Train, score and predict with fusion heads on a feature store "
+                "(python train.py --help: the overview and the other subcommands).",
+                **{k: {"description": v} for k, v in DESCRIPTIONS.items()},
+            },
+        )
         super().__init__(FusionModule, FeatureDataModule, args=args, **kwargs)
+
+    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in EVAL_SUBCOMMANDS:
+            parser.add_argument(
+                "--allow_store_mismatch",
+                type=bool,
+                default=False,
+                help="score the checkpoint even if the store was built with other models "
+                "than its training store (dims and classes must still match)",
+            )
+        if subcommand == "predict":
+            parser.add_argument(
+                "--out",
+                type=str | None,
+                default=None,
+                help="submission CSV to write (default: RUN/predict/<split>/submission.csv "
+                "beside the checkpoint's run); OUT.probs.npz is written beside it",
+            )
+            parser.add_argument(
+                "--strict",
+                type=bool,
+                default=False,
+                help="fail when an input of the split failed extraction instead of giving "
+                "it the train class prior",
+            )
+        return parser
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads a --ckpt_path file's hyper-parameters before anything else;
         # a truncated or foreign file must be a one-line error here, not torch's traceback.
         sub = self.config.get("subcommand")
+        if sub in EVAL_SUBCOMMANDS:
+            self.config[sub]["ckpt_path"] = str(eval_checkpoint(self.config[sub], sub))
         path = self.config[sub].get("ckpt_path") if sub else None
         if path and path not in ("last", "best", "hpc", "registry"):
             try:
@@ -130,43 +233,62 @@ class FusionCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--run_dir", type=str | None, default=None, help="run directory")
-        parser.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")
         parser.add_argument(
-            "--wandb_project", type=str | None, default=None, help="= --wandb.project"
+            "--run_dir",
+            type=str | None,
+            default=None,
+            help="fit: this run's directory (default: RUNS_ROOT/<experiment>/<time>; an "
+            "existing run only with --ckpt_path last); validate/test/predict: the run whose "
+            "checkpoints/best.ckpt (or --ckpt_path last) is scored",
+        )
+        parser.add_argument(
+            "--runs_root", type=str, default="runs", help="parent of the experiments' run dirs"
+        )
+        parser.add_argument(
+            "--wandb_project", type=str | None, default=None, help="alias of --wandb.project"
         )
         parser.add_argument(
             "--wandb.project",
             type=str | None,
             default=None,
-            help="default: $WANDB_PROJECT, else sketchfusion",
+            help="fit: W&B project (default: $WANDB_PROJECT, else sketchfusion)",
         )
         parser.add_argument(
-            "--wandb.entity", type=str | None, default=None, help="default: $WANDB_ENTITY"
+            "--wandb.entity",
+            type=str | None,
+            default=None,
+            help="fit: W&B entity, user or team (default: $WANDB_ENTITY)",
         )
         parser.add_argument(
             "--wandb.group",
             type=str | None,
             default=None,
-            help="default: $WANDB_RUN_GROUP, else the experiment",
+            help="fit: W&B run group (default: $WANDB_RUN_GROUP, else the experiment)",
         )
         parser.add_argument(
-            "--wandb.tags", type=list[str] | None, default=None, help="default: $WANDB_TAGS"
+            "--wandb.tags",
+            type=list[str] | None,
+            default=None,
+            help="fit: W&B run tags (default: $WANDB_TAGS)",
         )
         parser.add_argument(
             "--wandb.job_type",
             type=str | None,
             default=None,
-            help="default: $WANDB_JOB_TYPE, else train",
+            help="fit: W&B job type (default: $WANDB_JOB_TYPE, else train)",
         )
         parser.add_argument(
-            "--wandb_group", type=str | None, default=None, help="= --wandb.group (tune, cv)"
+            "--wandb_group",
+            type=str | None,
+            default=None,
+            help="alias of --wandb.group (set by train.py tune and cv)",
         )
         parser.add_argument(
             "--experiment",
             type=str | None,
             default=None,
-            help="name of the runs/<experiment>/ folder (default: the config file's name)",
+            help="name of the runs/<experiment>/ folder and W&B group (default: the config "
+            "file's name, e.g. concat for configs/concat.yaml)",
         )
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -195,6 +317,9 @@ class FusionCLI(LightningCLI):
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         check_settings(cfg)
         self.experiment = experiment_name(cfg)
+        if self.subcommand in EVAL_SUBCOMMANDS:
+            self.prepare_eval(cfg)
+            return
         cfg["experiment"] = self.experiment  # saved in RUN/config.yaml for reruns
         base = Path(cfg["runs_root"]) / self.experiment
         ckpt_path = cfg.get("ckpt_path")
@@ -229,6 +354,27 @@ class FusionCLI(LightningCLI):
         if cfg.get("checkpoint") is not None:
             cfg["checkpoint"]["dirpath"] = str(self.run_dir / "checkpoints")
 
+    def prepare_eval(self, cfg) -> None:
+        """validate/test/predict: check the checkpoint against the store and point the
+        trainer at the checkpoint's run, where nothing is written but predict's output."""
+        self.ckpt_file = Path(cfg["ckpt_path"])
+        self.run_dir = run_of_checkpoint(self.ckpt_file)
+        self.resuming = False
+        ckpt = load_checkpoint(self.ckpt_file)
+        hparams = {**ckpt["hyper_parameters"], FINGERPRINT_KEY: ckpt.get(FINGERPRINT_KEY)}
+        info = open_store(cfg["data"]["store"])
+        check_compatible(hparams, info, self.ckpt_file)
+        if not cfg.get("allow_store_mismatch"):
+            check_fingerprint(hparams, info, self.ckpt_file)
+        cfg["trainer"]["default_root_dir"] = str(self.run_dir)
+        if cfg.get("checkpoint") is not None:  # the run's own; nothing is saved in eval
+            cfg["checkpoint"]["dirpath"] = str(self.ckpt_file.parent)
+        if self.subcommand == "predict":
+            split = cfg["data"]["predict_split"]
+            default = self.run_dir / "predict" / split / "submission.csv"
+            self.predict_out = Path(cfg.get("out") or default)
+            check_outputs(self.predict_out, [str(self.ckpt_file)], info.root, "train.py predict")
+
     def wandb_settings(self) -> dict:
         """``wandb.init`` arguments from ``--wandb.*`` (fusion/loggers.py:wandb_settings)."""
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -243,6 +389,52 @@ class FusionCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs):
+        if self.subcommand in EVAL_SUBCOMMANDS:
+            return self.instantiate_eval_trainer(**kwargs)
+        # The loggers create the run directory before Trainer(...) checks its options; a
+        # refused option must not leave an empty run behind.
+        missing = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
+        try:
+            return self.instantiate_fit_trainer(**kwargs)
+        except UsageError:
+            for d in missing:  # deepest first: the new run, then folders made for it
+                if d == self.run_dir:
+                    shutil.rmtree(d, ignore_errors=True)
+                elif d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+            raise
+
+    def _trainer(self, **kwargs):
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as err:
+            # Trainer(...) refuses the --trainer.* options (an accelerator this machine
+            # lacks, devices 0, an unknown strategy): bad input, not a crash.
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(f"--trainer options: {first}") from err
+
+    def instantiate_eval_trainer(self, **kwargs):
+        """No logger, no run files: only the user's callbacks (and predict's writer)."""
+        kwargs["logger"] = False
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        callbacks = trainer_cfg.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        # BestSummary has state in every fit checkpoint (Lightning warns when it is absent);
+        # with no logger it writes nothing.
+        callbacks = [*callbacks, BestSummary()]
+        if self.subcommand == "predict":
+            cfg = self.config_init[self.subcommand]
+            self.writer = SubmissionWriter(
+                self.predict_out, self.ckpt_file, strict=bool(cfg.get("strict"))
+            )
+            callbacks = [*callbacks, self.writer]
+        kwargs["callbacks"] = callbacks
+        trainer = self._trainer(**kwargs)
+        # LightningCLI adds the config saver to every trainer; a scored run is not a new run.
+        trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
+        return trainer
+
+    def instantiate_fit_trainer(self, **kwargs):
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         user_logger = trainer_cfg.get("logger")
         if user_logger in (None, True):
@@ -264,7 +456,7 @@ class FusionCLI(LightningCLI):
             extra.append(LearningRateMonitor(logging_interval="step"))
         extra += self.extra_callbacks
         kwargs["callbacks"] = [*callbacks, *extra]
-        trainer = super().instantiate_trainer(**kwargs)
+        trainer = self._trainer(**kwargs)
         for callback in trainer.callbacks:
             if isinstance(callback, RunConfigSaver):
                 callback.resuming = self.resuming
@@ -303,6 +495,13 @@ class FusionCLI(LightningCLI):
             raise
         if self.finish_wandb:
             finish_runs(self.trainer)
+
+    def before_predict(self) -> None:
+        if self.trainer.world_size > 1:
+            raise UsageError(
+                "train.py predict writes one submission from one process; pass "
+                "--trainer.devices 1 (or use predict.py)."
+            )
 
     def before_fit(self) -> None:
         if self.ckpt_file:

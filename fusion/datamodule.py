@@ -82,14 +82,18 @@ def index_loader(
 
 
 class FeatureDataModule(L.LightningDataModule):
-    """Train/val/predict splits of one feature store.
+    """Train/val/test/predict splits of one feature store.
 
     Args:
         store: the feature-store directory (``python -m data_prep`` writes one).
         batch_size: training batch size, or ``auto`` (``fusion.recipe.auto_batch_size``:
             about 1/64 of the train rows, a power of two in [16, 512]).
-        eval_batch_size: batch size for validation and prediction (no gradients: larger).
-        train_split, val_split, predict_split: split names in the store.
+        eval_batch_size: batch size for validation, test and prediction (no gradients:
+            larger).
+        train_split: the store split trained on.
+        val_split: the store split validated on (checkpoints and early stopping).
+        predict_split: the store split ``predict`` writes a submission for.
+        test_split: the labelled store split ``train.py test`` scores (e.g. ``val``).
         num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
         folds: 0 for the store's own train/val split; K >= 2 pools train+val and cuts it
             into K stratified folds (``fusion/folds.py``): fold ``fold`` is validated on,
@@ -111,6 +115,7 @@ class FeatureDataModule(L.LightningDataModule):
         train_split: str = "train",
         val_split: str = "val",
         predict_split: str = "test",
+        test_split: str = "test",
         num_workers: int = 0,
         folds: int = 0,
         fold: int = 0,
@@ -138,6 +143,7 @@ class FeatureDataModule(L.LightningDataModule):
         self.batch_size = auto_batch_size(self.train_rows) if batch_size == "auto" else batch_size
         self.eval_batch_size = eval_batch_size
         self.predict_split = predict_split
+        self.test_split = test_split
         self.num_workers = num_workers
 
     def _split_folds(self) -> None:
@@ -184,7 +190,12 @@ class FeatureDataModule(L.LightningDataModule):
                 raise StoreError(
                     f"{self.store}/{split}: {int(bad.sum())} rows have labels outside "
                     f"[0, {len(self.class_names)}) (first id {first!r}); a split used "
-                    "for training or validation needs every label (is it the test split?)."
+                    "for training, validation or testing needs every label "
+                    + (
+                        "(`train.py test` scores a labelled split: --data.test_split val)."
+                        if split == getattr(self, "test_split", None)
+                        else "(is it the test split?)."
+                    )
                 )
         return arrays
 
@@ -221,6 +232,8 @@ class FeatureDataModule(L.LightningDataModule):
                 )
         if stage in ("fit", "validate"):
             self._load(self.val_split, labelled=True)
+        if stage == "test":
+            self._load(self.test_split, labelled=True)
         if stage == "predict":
             self._load(self.predict_split, labelled=False)
 
@@ -235,6 +248,14 @@ class FeatureDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return index_loader(
             self._rows[self.val_split],
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        return index_loader(
+            self._rows[self.test_split],
             batch_size=self.eval_batch_size,
             shuffle=False,
             num_workers=self.num_workers,

@@ -1,9 +1,11 @@
-"""One-line errors for the command lines (train.py, predict.py): stderr, then exit code.
+"""One-line errors and exit codes for the command lines (train.py, predict.py).
 
 $ python predict.py --checkpoint missing.ckpt --store STORE    # "predict.py: error: ..." rc 2
 
-Bad input exits 2 with one line naming the input and the fix; a run stopped by SIGTERM
-exits 143 (128 + SIGTERM) after saving what a rerun needs.
+Exit codes, the same for every entry point: 0 done; 2 bad input or usage (one line on
+stderr naming the input and the fix, no traceback; jsonargparse's own usage errors exit 2
+too); 1 an internal error (a bug, or a run that diverged: a non-finite loss); 143
+(128 + SIGTERM) a run stopped by SIGTERM after saving what a rerun needs.
 """
 
 from __future__ import annotations
@@ -11,7 +13,12 @@ from __future__ import annotations
 import sys
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
 EXIT_SIGTERM = 143
+
+
+class UsageError(ValueError):
+    """Bad input or usage the user can fix; the entry point exits 2 with this one line."""
 
 
 class ExitError(SystemExit):

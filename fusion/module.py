@@ -11,6 +11,7 @@ head from them alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import lightning as L
@@ -110,36 +111,48 @@ def lr_factor(
 class FusionModule(L.LightningModule):
     """Train one registered head with cross-entropy.
 
+    Options used by some heads only start with the heads they apply to.
+
     Args:
-        head: name in ``fusion.heads.HEADS`` (visual_only, text_only, concat, projection,
-            dual_logit).
-        image_dim, text_dim, class_names: from the feature store (linked by train.py).
-        hidden_dims: hidden sizes of each MLP (``[]``: one linear layer, the linear probe's
-            model); the default is ``[512]``.
-        dropout: after each hidden layer.
-        input_norm: per modality: ``standardize`` (train mean/std, as the probe), ``layernorm``
-            or ``none``.
-        fusion_dim: projection head: width each modality is projected to.
-        weighting, penalty_lambda: dual_logit head: ``penalty`` (the report's) or ``softmax``.
-        modality_dropout: two-modality heads: per-row chance of dropping the text input, and
-            the same chance of dropping the image input, during training.
-        gate_hidden: gated head: hidden width of the gate (0: a linear gate).
-        branch_loss: gated head: weight of the cross-entropy of each single-modality branch.
-        label_smoothing: for the training loss; validation loss is plain cross-entropy.
-        optimizer: "adamw" or "sgd" (with ``momentum``).
-        lr: learning rate at batch size 256, scaled to the real batch by ``lr_scaling``
-            (``sqrt``: times sqrt(batch/256), ``linear``, or ``none`` to use it as is).
+        head: the head, a name in ``fusion.heads.HEADS``: visual_only, text_only, concat,
+            projection, projection_ref, dual_logit or gated.
+        image_dim: image-embedding width, read from the store's manifest (linked by train.py).
+        text_dim: text-embedding width, read from the store's manifest (linked by train.py).
+        class_names: the class list, read from the store's manifest (linked by train.py).
+        hidden_dims: hidden sizes of each MLP; ``[]`` is one linear layer (the probe's model).
+        dropout: dropout after each hidden layer.
+        input_norm: every head but projection_ref: per-modality input normalisation:
+            ``standardize`` (train mean/std, as the probe), ``layernorm`` or ``none``.
+        fusion_dim: projection, projection_ref only: width each modality is projected to.
+        weighting: dual_logit only: ``penalty`` (alpha, beta free, the report's penalty) or
+            ``softmax`` ((alpha, beta) = softmax(w), no penalty).
+        penalty_lambda: dual_logit only: weight of the penalty keeping alpha + beta near 1.
+        modality_dropout: concat, projection, dual_logit, gated only: per-row chance of
+            dropping the text input, and the same chance of dropping the image, in training.
+        gate_hidden: gated only: hidden width of the gate (0: a linear gate).
+        branch_loss: gated only: weight of the cross-entropy of each single-modality branch.
+        label_smoothing: label smoothing of the training loss (validation loss is plain).
+        optimizer: ``adamw`` or ``sgd`` (with ``momentum``).
+        lr: learning rate at batch size 256, scaled to the real batch by ``lr_scaling``.
+        lr_scaling: how ``lr`` follows the batch size: ``sqrt`` (times sqrt(batch/256)),
+            ``linear`` (times batch/256) or ``none`` (as given).
         weight_decay: on weight matrices only; biases, norms, alpha/beta never decay. A list
             (``[1e-4, 1e-3, 1e-2]``) trains one copy of the head per value on the same
             batches and keeps the copy with the best val accuracy (the probe's sweep of C
             inside one fit; :class:`fusion.heads.HeadSweep`).
-        linear_skip: heads with hidden layers: add a linear map from the input to the
+        linear_skip: heads with hidden layers only: add a linear map from the input to the
             logits and start the MLP's last layer at zero, so the head begins as the linear
             model and cannot fall far below it where rows per class are few.
-        fusion_lr_scale: alpha/beta (dual_logit) learn this many times faster than the rest,
-            so they reach their regime early in training.
-        schedule: "cosine", "step" (times ``gamma`` every ``step_epochs``) or "constant",
-            after a linear warm-up of ``warmup_fraction`` of the steps (or ``warmup_epochs``).
+        fusion_lr_scale: dual_logit only: alpha/beta learn this many times faster than the
+            rest, so they reach their regime early in training.
+        momentum: sgd only: momentum of the SGD optimizer.
+        schedule: learning-rate schedule after the warm-up: ``cosine``, ``step`` (times
+            ``gamma`` every ``step_epochs``) or ``constant``.
+        warmup_fraction: linear warm-up length as a fraction of all optimizer steps.
+        warmup_epochs: warm-up length in epochs instead (wins over ``warmup_fraction``).
+        step_epochs: step schedule only: epochs between two learning-rate drops.
+        gamma: step schedule only: factor of each learning-rate drop.
+        min_lr_ratio: cosine schedule only: final learning rate as a fraction of ``lr``.
     """
 
     def __init__(
@@ -149,7 +162,7 @@ class FusionModule(L.LightningModule):
         image_dim: int,
         text_dim: int,
         class_names: list[str],
-        hidden_dims: list[int] | None = None,
+        hidden_dims: Sequence[int] = (512,),
         dropout: float = 0.3,
         input_norm: Literal["standardize", "layernorm", "none"] | bool = "standardize",
         fusion_dim: int = 512,
@@ -176,7 +189,7 @@ class FusionModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         # Plain lists only (no tuples or config objects): checkpoints load with weights_only.
-        self.hparams.hidden_dims = [512] if hidden_dims is None else [int(h) for h in hidden_dims]
+        self.hparams.hidden_dims = [int(h) for h in hidden_dims]
         self.hparams.class_names = [str(c) for c in class_names]
         if isinstance(weight_decay, (list, tuple)):
             if not weight_decay:
@@ -295,6 +308,19 @@ class FusionModule(L.LightningModule):
             self.head.selected.fill_(best)
             metrics = {**metrics, "val/weight_decay": self.hparams.weight_decay[best]}
         self.log_dict(metrics, prog_bar=True)
+        for metric in (*self.val_metrics, *self.val_loss):
+            metric.reset()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        # `train.py test`: scored exactly as validation (the same metric objects, reset at
+        # the end of each epoch), logged as test/*.
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        # A sweep is scored by the member chosen on val, never re-chosen on the test split.
+        chosen = int(self.head.selected) if isinstance(self.head, HeadSweep) else 0
+        metrics = {"val/loss": self.val_loss[chosen].compute(), **self.val_metrics[chosen].compute()}
+        self.log_dict({"test/" + k.split("/", 1)[1]: v for k, v in metrics.items()})
         for metric in (*self.val_metrics, *self.val_loss):
             metric.reset()
 

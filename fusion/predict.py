@@ -364,20 +364,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_outputs(out: Path, checkpoints: Sequence[str], store: str | os.PathLike) -> None:
+def check_outputs(
+    out: Path, checkpoints: Sequence[str], store: str | os.PathLike, prog: str = "predict.py"
+) -> None:
     """Refuse outputs that would overwrite an input or land inside the store."""
     store_dir = Path(store).resolve()
     for target in (out, probs_path(out)):
         resolved = target.resolve()
         if any(resolved == Path(c).resolve() for c in checkpoints):
-            raise ExitError(f"predict.py: error: --out {out} would overwrite the checkpoint "
+            raise ExitError(f"{prog}: error: --out {out} would overwrite the checkpoint "
                             f"{target}; choose another --out path.")  # fmt: skip
         if resolved == store_dir or store_dir in resolved.parents:
-            raise ExitError(f"predict.py: error: --out {out} is inside the store {store} "
+            raise ExitError(f"{prog}: error: --out {out} is inside the store {store} "
                             "(stores are written by data_prep only); write the submission "
                             "elsewhere.")  # fmt: skip
     if out.is_dir():
-        raise ExitError(f"predict.py: error: --out {out} is a directory; give a file path "
+        raise ExitError(f"{prog}: error: --out {out} is a directory; give a file path "
                         f"such as {out / 'submission.csv'}.")  # fmt: skip
 
 
@@ -402,44 +404,84 @@ def main(argv: Sequence[str] | None = None) -> Path:
             batch_size=args.batch_size,
             allow_store_mismatch=args.allow_store_mismatch,
         )
-        ids, probs, failed = complete_split(args.store, args.split, ids, probs)
-        class_names = open_store(args.store).class_names
     except (StoreError, CheckpointError) as err:
         raise ExitError(f"predict.py: error: {err}") from err
+    out, _ = submit(
+        out,
+        ids,
+        probs,
+        store=args.store,
+        split=args.split,
+        checkpoints=args.checkpoint,
+        strict=args.strict,
+    )
+    return out
+
+
+def submit(
+    out: str | os.PathLike,
+    ids: list[str],
+    probs: np.ndarray,
+    *,
+    store: str | os.PathLike,
+    split: str,
+    checkpoints: Sequence[str | os.PathLike],
+    strict: bool = False,
+    log_to_fit_runs: bool = True,
+    prog: str = "predict.py",
+) -> tuple[Path, Path]:
+    """Write the submission of ``split`` from its stored rows' probabilities; both paths.
+
+    The one implementation behind ``predict.py``, ``train.py predict`` and the demo: every
+    input that failed extraction gets a row with the train class prior (a warning lists
+    them; ``strict`` refuses them), then ``OUT`` and ``OUT.probs.npz`` are written and,
+    with ``log_to_fit_runs``, logged to each checkpoint's W&B fit run. Bad input is an
+    :class:`ExitError` whose line starts with ``prog``.
+    """
+    out = Path(out)
+    try:
+        ids, probs, failed = complete_split(store, split, ids, probs)
+        class_names = open_store(store).class_names
+    except StoreError as err:
+        raise ExitError(f"{prog}: error: {err}") from err
     if failed:
         listed = ", ".join(f"{r['id']} ({r['reason']})" for r in failed[:10])
         more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
-        if args.strict:
+        if strict:
             raise ExitError(
-                f"predict.py: error: {len(failed)} {args.split} inputs failed extraction "
+                f"{prog}: error: {len(failed)} {split} inputs failed extraction "
                 f"({listed}{more}); --strict refuses a submission with fallback rows. Fix "
-                f"or replace the images listed in {show_path(Path(args.store) / 'failures.csv')} and "
+                f"or replace the images listed in {show_path(Path(store) / 'failures.csv')} and "
                 "rerun data_prep, or drop --strict."
             )
         print(
-            f"WARNING: {len(failed)} {args.split} inputs failed extraction and have no "
+            f"WARNING: {len(failed)} {split} inputs failed extraction and have no "
             f"embedding; their rows use the fallback (the train class prior, class "
             f"{int(probs[ids.index(failed[0]['id'])].argmax())}): {listed}{more}. "
-            f"See {show_path(Path(args.store) / 'failures.csv')}; --strict fails instead.",
+            f"See {show_path(Path(store) / 'failures.csv')}; --strict fails instead.",
             file=sys.stderr,
         )
     try:
         out, npz = write_submission(
-            out, ids, probs, class_names=class_names, checkpoints=args.checkpoint
+            out, ids, probs, class_names=class_names, checkpoints=checkpoints
         )
     except OSError as err:
         raise ExitError(
-            f"predict.py: error: cannot write {out} ({err.strerror or err}); choose a "
+            f"{prog}: error: cannot write {out} ({err.strerror or err}); choose a "
             "writable --out path."
         ) from err
-    try:  # the submission joins each fit's W&B run; a logging failure never loses it
-        from fusion.wandb_report import log_submission_to_fit_runs
+    if log_to_fit_runs:
+        try:  # the submission joins each fit's W&B run; a logging failure never loses it
+            from fusion.wandb_report import log_submission_to_fit_runs
 
-        log_submission_to_fit_runs(args.checkpoint, out, npz)
-    except Exception as err:  # noqa: BLE001
-        print(f"WARNING: the submission was written but not logged to W&B: {err}", file=sys.stderr)
+            log_submission_to_fit_runs(checkpoints, out, npz)
+        except Exception as err:  # noqa: BLE001
+            print(
+                f"WARNING: the submission was written but not logged to W&B: {err}",
+                file=sys.stderr,
+            )
     print(
-        f"wrote {show_path(out)} ({len(ids)} rows, {len(args.checkpoint)} checkpoint(s)) "
+        f"wrote {show_path(out)} ({len(ids)} rows, {len(checkpoints)} checkpoint(s)) "
         f"and {show_path(npz)}"
     )
-    return out
+    return out, npz

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 
 from fusion.heads import HEADS
@@ -76,17 +77,38 @@ def is_existing_run(run_dir: Path) -> bool:
 
 
 def experiment_name(cfg) -> str:
-    """``--experiment``, else the first config file's name; a saved ``RUN/config.yaml`` of
-    an older run (without ``experiment``) is named after its run's experiment folder."""
+    """``--experiment``, else the name of the first config file that no other given config
+    file includes (``config: base.yaml`` in configs/concat.yaml names the run ``concat``);
+    a saved ``RUN/config.yaml`` of an older run (without ``experiment``) is named after its
+    run's experiment folder."""
     if cfg.get("experiment"):
         return str(cfg["experiment"])
-    configs = cfg.get("config") or []
+    configs = [_config_path(p) for p in cfg.get("config") or []]
+    included = {inc for p in configs for inc in _includes(p)}
+    configs = [p for p in configs if p.resolve() not in included]
     if not configs:
         return "default"
-    path = Path(str(configs[0]))
+    path = configs[0]
     if path.name == "config.yaml" and (path.parent / "checkpoints").is_dir():
         return path.parent.parent.name
     return path.stem
+
+
+def _config_path(path) -> Path:
+    # jsonargparse's Path knows the directory it was given relative to (a nested include
+    # is relative to its including file); a plain string is relative to the cwd.
+    return Path(getattr(path, "absolute", None) or str(path))
+
+
+def _includes(path: Path) -> set[Path]:
+    """The files a config file includes with its own ``config:`` key, resolved."""
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return set()
+    names = spec.get("config") if isinstance(spec, dict) else None
+    names = [names] if isinstance(names, str) else names or []
+    return {(path.parent / str(n)).resolve() for n in names}
 
 
 def check_settings(cfg) -> None:
@@ -109,6 +131,12 @@ def check_settings(cfg) -> None:
         value = cfg.get(key)
         if isinstance(value, int | float) and not ok(value):
             raise RunDirError(f"--{key} {value} is out of range: it must be {rule}")
+    hidden = cfg.get("model.hidden_dims") or []
+    if any(not isinstance(h, int) or h < 1 for h in hidden):
+        raise RunDirError(
+            f"--model.hidden_dims {list(hidden)} is out of range: every hidden size must be "
+            ">= 1 ([] for one linear layer)"
+        )
 
 
 def check_resume(ckpt_path: Path, model) -> None:

@@ -1,4 +1,8 @@
-"""Every experiment YAML under configs/ (not configs/prep/) builds its model, data, trainer."""
+"""Every training YAML under configs/ (not configs/prep/) builds its model, data, trainer;
+each experiment config, composed from configs/base.yaml, resolves to what it did before.
+
+$ python -m pytest -q tests/test_fusion_configs.py
+"""
 
 from pathlib import Path
 
@@ -6,42 +10,95 @@ import pytest
 import yaml
 
 from fusion.cli import FusionCLI
+from fusion.tune import load_space
 from tests.fixtures_training import REPO, small_store
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+EXPERIMENTS = [p for p in CONFIGS if p.stem != "base"]
+REPORT = sorted((REPO / "configs" / "report").glob("*.yaml"))
+BEFORE = yaml.safe_load(
+    (REPO / "tests" / "fixtures" / "configs_before_composition.yaml").read_text()
+)
+
+
+def resolved(capsys, *configs: Path) -> dict:
+    """``train.py fit --config ... --print_config``: the config every option resolves to."""
+    args = ["fit"] + [a for c in configs for a in ("--config", str(c))] + ["--print_config"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        FusionCLI(args=args)
+    assert exit_.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
 
 
 def test_the_table_1_configs_exist():
     names = {p.stem for p in CONFIGS}
     assert {"visual_only", "concat", "dual_logit_l0.1", "dual_logit_l0.3"} <= names
-    assert {"dual_logit_softmax", "demo"} <= names
+    assert {"dual_logit_softmax", "demo", "base"} <= names
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
-def test_config_instantiates(config: Path, tmp_path, monkeypatch):
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.stem)
+def test_composed_config_resolves_to_its_old_values(config: Path, tmp_path, capsys):
+    # The old file (full, before base.yaml existed) and the composed one give the same
+    # complete config: every Trainer, model, data and callback value.
+    old = tmp_path / config.name
+    old.write_text(yaml.safe_dump(BEFORE[config.stem]))
+    assert resolved(capsys, config) == resolved(capsys, old)
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.stem)
+def test_experiment_files_say_only_what_differs(config: Path):
+    # Each experiment file includes base.yaml first and sets no value base.yaml already has.
+    spec = yaml.safe_load(config.read_text())
+    assert list(spec)[0] == "config" and spec["config"] == "base.yaml"
+    base = yaml.safe_load((config.parent / "base.yaml").read_text())
+    flat_base = {
+        f"{g}.{k}": v for g, d in base.items() if isinstance(d, dict) for k, v in d.items()
+    }
+    repeated = {k for k, v in spec.items() if k in flat_base and flat_base[k] == v}
+    assert not repeated, f"{config.name} repeats base.yaml's {sorted(repeated)}"
+    assert len(config.read_text().splitlines()) < 25
+
+
+def test_base_given_twice_changes_nothing(capsys):
+    # `--config configs/base.yaml --config configs/concat.yaml` (LightningCLI's usual
+    # composition) resolves like the experiment file alone.
+    concat = REPO / "configs" / "concat.yaml"
+    assert resolved(capsys, REPO / "configs" / "base.yaml", concat) == resolved(capsys, concat)
+
+
+@pytest.mark.parametrize("config", CONFIGS + REPORT, ids=lambda p: p.parent.name + "/" + p.stem)
+def test_config_instantiates(config: Path, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    spec = resolved(capsys, config)
     store = small_store(tmp_path / "store", num_classes=6)
     cli = FusionCLI(
         args=["--config", str(config), "--data.store", str(store)]
         + ["--runs_root", str(tmp_path / "runs")],
         run=False,
     )
-    spec = yaml.safe_load(config.read_text())
     assert cli.model.head.kind == spec["model"]["head"]
     hp = cli.model.hparams
     # Dims and classes come from the store, never from the YAML.
     assert (hp.image_dim, hp.text_dim, len(hp.class_names)) == (16, 12, 6)
     for key, value in spec["model"].items():
-        assert hp[key] == value, key
-    if "max_epochs" in spec["trainer"]:
+        assert hp[key] == (list(value) if isinstance(value, tuple) else value), key
+    if spec["trainer"]["max_epochs"] is not None:
         assert cli.trainer.max_epochs == spec["trainer"]["max_epochs"]
     else:  # the recipe: length in steps from the store's rows (fusion/recipe.py)
         batch = cli.datamodule.batch_size
         assert cli.trainer.max_steps == cli.config_init["recipe"].steps(6 * 24, batch)
+    # The run is named after the experiment file, never after the base it includes.
     assert cli.trainer.default_root_dir.startswith(str(tmp_path / "runs" / config.stem))
-    assert cli.trainer.checkpoint_callback.monitor == "val/acc_top1"
+    assert cli.trainer.checkpoint_callback.monitor == spec["checkpoint"]["monitor"]
     if spec["model"]["head"] == "dual_logit":
         weighting = spec["model"]["weighting"]
         assert cli.model.head.weighting == weighting
         if weighting == "penalty":
             assert cli.model.head.penalty_lambda == spec["model"]["penalty_lambda"]
+
+
+@pytest.mark.parametrize("space", sorted((REPO / "configs" / "search").glob("*.yaml")), ids=str)
+def test_search_spaces_load_and_name_an_experiment(space: Path):
+    assert load_space(space)
+    assert (REPO / "configs" / space.name).is_file()
