@@ -140,9 +140,10 @@ class FusionModule(L.LightningModule):
             (``[1e-4, 1e-3, 1e-2]``) trains one copy of the head per value on the same
             batches and keeps the copy with the best val accuracy (the probe's sweep of C
             inside one fit; :class:`fusion.heads.HeadSweep`).
-        linear_skip: heads with hidden layers only: add a linear map from the input to the
-            logits and start the MLP's last layer at zero, so the head begins as the linear
-            model and cannot fall far below it where rows per class are few.
+        linear_skip: visual_only, text_only, concat, dual_logit, gated only: with hidden
+            layers, add a linear map from the input to the logits and start the MLP's last
+            layer at zero, so the head begins as the linear model and cannot fall far below
+            it where rows per class are few.
         fusion_lr_scale: dual_logit only: alpha/beta learn this many times faster than the
             rest, so they reach their regime early in training.
         momentum: sgd only: momentum of the SGD optimizer.
@@ -319,7 +320,10 @@ class FusionModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         # A sweep is scored by the member chosen on val, never re-chosen on the test split.
         chosen = int(self.head.selected) if isinstance(self.head, HeadSweep) else 0
-        metrics = {"val/loss": self.val_loss[chosen].compute(), **self.val_metrics[chosen].compute()}
+        metrics = {
+            "val/loss": self.val_loss[chosen].compute(),
+            **self.val_metrics[chosen].compute(),
+        }
         self.log_dict({"test/" + k.split("/", 1)[1]: v for k, v in metrics.items()})
         for metric in (*self.val_metrics, *self.val_loss):
             metric.reset()
