@@ -157,7 +157,7 @@ BAD = [  # entry, argv ({store}, {tmp} filled in), what the one line must name
     ("predict", ["--checkpoint", "x.ckpt", "--store", "{store}", "--batch_size", "0"],
      "--batch_size"),
     ("predict", ["-c", "{tmp}/missing.yaml"], "--config: File does not exist"),
-    ("predict", ["--store", "{store}"], "required: checkpoint"),
+    ("predict", ["--store", "{store}"], "checkpoint"),
     ("ensemble", ["--probs", "{tmp}/gone.probs.npz"], "{tmp}/gone.probs.npz"),
     ("ensemble", ["--probs", "a.npz", "--folds", "1"], "--folds"),
     ("ensemble", ["--probs", "a.npz", "--method", "median"], "--method"),
