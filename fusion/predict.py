@@ -38,7 +38,6 @@ from feature_store import StoreError, StoreInfo, load_arrays, open_store, read_f
 from feature_store.integrity import fingerprint_diff, model_fingerprint
 from fusion.exit import ExitError
 from fusion.heads import FusionHead, build_head
-from fusion.module import head_options
 
 FINGERPRINT_KEY = "store_fingerprint"  # written by fusion.callbacks.StoreFingerprint
 
@@ -81,6 +80,8 @@ def load_head(checkpoint: str | os.PathLike) -> tuple[FusionHead, dict]:
     The returned hyper-parameters also carry the checkpoint's store fingerprint under
     :data:`FINGERPRINT_KEY` (None for checkpoints written before it was recorded).
     """
+    from fusion.module import head_options  # Lightning: imported when needed, not for --help
+
     ckpt = load_checkpoint(checkpoint)
     hp = ckpt["hyper_parameters"]
     head = build_head(
