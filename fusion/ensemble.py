@@ -229,7 +229,7 @@ def parser():
         default=None,
         help="the Kaggle submission message (default: OUT's name)",
     )
-    return p  # fmt: skip
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
