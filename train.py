@@ -62,6 +62,7 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
 
     ``overrides`` are extra CLI arguments for the fit (tests shorten it with them).
     """
+    from feature_store.console import show_path
     from fusion.cli import main as cli_main
     from fusion.wandb_report import finish_runs, log_submission, wandb_runs
 
@@ -87,14 +88,15 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
     )
     width = max(map(len, paths))
     for what, path in paths.items():
-        print(f"  {what:<{width}}  {path}")
+        print(f"  {what:<{width}}  {show_path(path)}")
     if wandb_dirs and "offline" in wandb_dirs[-1].name:
-        print(f"  upload the W&B run later with: wandb sync {wandb_dirs[-1]}")
+        print(f"  upload the W&B run later with: wandb sync {show_path(wandb_dirs[-1])}")
     return paths
 
 
 def _predict_demo(cli, store: Path) -> dict[str, Path]:
     """Write the demo's submission from the best checkpoint; return the paths of the run."""
+    from feature_store.console import show_path
     from fusion.predict import complete_split, predict_probs, write_submission
 
     run = Path(cli.trainer.default_root_dir)
@@ -106,7 +108,7 @@ def _predict_demo(cli, store: Path) -> dict[str, Path]:
     ids, probs, failed = complete_split(store, split, ids, probs)
     if failed:
         print(f"WARNING: {len(failed)} {split} images failed extraction; their rows use the "
-              f"train class prior (see {store / 'failures.csv'})")  # fmt: skip
+              f"train class prior (see {show_path(store / 'failures.csv')})")  # fmt: skip
     submission, probs_file = write_submission(
         run / "submission.csv",
         ids,

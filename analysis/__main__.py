@@ -27,7 +27,7 @@ PROG = "python -m analysis"
 # The dashed spellings from before the CLI took LightningCLI's underscored ones.
 OLD_NAMES = ("--map-points", "--tsne-points", "--probe-train", "--probe-val", "--probe-dim",
              "--probe-cs", "--probe-max-iter", "--knn-k", "--cluster-points", "--query-images",
-             "--patch-images")  # fmt: skip
+             "--patch-images", "--display-names")  # fmt: skip
 RENAMES = {old: "--" + old[2:].replace("-", "_") for old in OLD_NAMES}
 
 _DEFAULT = {f.name: f.default for f in fields(ReportOptions)}  # the CLI's defaults are the API's
@@ -57,8 +57,13 @@ def parser():
     p.add_argument("--out", type=str, required=True, help="report directory to write")
     query_help = "a free-text caption query; repeat for more (YAML: a list)"
     p.add_argument("--query", action="append", default=[], help=query_help)
-    classes_help = "classes on the 2-D maps: a count (the most frequent) or names a,b,c"
-    p.add_argument("--classes", type=int | str, default=10, help=classes_help)
+    classes_help = (
+        "a count or comma-separated names: the classes on the 2-D maps (null: the 10 most "
+        "frequent) and, when given, the only classes image-retrieval queries come from"
+    )
+    p.add_argument("--classes", type=int | str | None, default=None, help=classes_help)
+    names_help = "CSV class,name: names to show and find in captions instead of the store's"
+    p.add_argument("--display_names", type=str | None, default=None, help=names_help)
     cs_help = "C values of the logistic-regression sweep, e.g. [0.01,0.1,1]"
     p.add_argument("--probe_cs", type=list[PositiveFloat], default=list(DEFAULT_CS), help=cs_help)
     for name, kind, text in SIZES:
@@ -83,7 +88,8 @@ def parse_args(argv: list[str]) -> ReportOptions:
         store=Path(a.store),
         out=Path(a.out),
         run=Path(a.run) if a.run else None,
-        classes=str(a.classes),
+        classes=None if a.classes is None else str(a.classes),
+        display_names=Path(a.display_names) if a.display_names else None,
         probe_cs=tuple(a.probe_cs),
         queries=a.query,
         **sizes,

@@ -8,6 +8,7 @@ dims come from the manifest, never from constants.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +28,14 @@ class StoreViews:
     train: SplitArrays | None
     val: SplitArrays | None
     notes: list[str] = field(default_factory=list)
+    train_name: str | None = None  # the store's split names behind ``train`` and ``val``
+    val_name: str | None = None
+    display_names: list[str] | None = None  # --display_names: shown instead of the store's
 
     @property
     def class_names(self) -> list[str]:
-        return self.info.class_names
+        """The names the report shows (and matches captions against)."""
+        return self.display_names or self.info.class_names
 
     def modalities(self, split: SplitArrays) -> dict[str, np.ndarray]:
         """Image, text and their concatenation, as the probes and clusterings see them."""
@@ -66,9 +71,37 @@ def take(arrays: SplitArrays, idx: np.ndarray) -> SplitArrays:
     )
 
 
-def load_views(store: str | Path) -> StoreViews:
-    """Open the store; missing splits become notes, not errors (the report shows the rest)."""
+def read_display_names(path: str | Path, class_names: list[str]) -> list[str]:
+    """Names to show per class from a ``class,name`` CSV (store class name, name to show,
+    e.g. ``n01440764,tench``); classes it does not list keep their store name."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(
+            f"--display_names {path} cannot be read ({err}); give a CSV file"
+        ) from None
+    if not rows or not {"class", "name"} <= set(rows[0]):
+        raise ValueError(
+            f"--display_names {path} needs a header line class,name and one row per class "
+            "(the store's class name, the name to show)"
+        )
+    given = {r["class"].strip(): (r["name"] or "").strip() for r in rows if r["class"]}
+    if not given.keys() & set(class_names):
+        raise ValueError(
+            f"--display_names {path}: none of its classes is in the store (store classes "
+            f"start {class_names[:3]}, the file's {list(given)[:3]}); use the store's names"
+        )
+    return [given.get(n) or n for n in class_names]
+
+
+def load_views(store: str | Path, display_names: str | Path | None = None) -> StoreViews:
+    """Open the store; missing splits become notes, not errors (the report shows the rest).
+
+    ``display_names``: a ``class,name`` CSV whose names the report shows instead of the
+    store's (readable names for WordNet ids, say); bad files raise ValueError."""
     info = open_store(store)
+    shown = read_display_names(display_names, info.class_names) if display_names else None
     notes = []
     train_name, val_name = _first(info, TRAIN_NAMES), _first(info, VAL_NAMES)
     train = _labelled(load_arrays(store, train_name)) if train_name else None
@@ -83,7 +116,8 @@ def load_views(store: str | Path) -> StoreViews:
     if train is not None and len(train) == 0:
         notes.append("The train split has no labelled rows.")
         train = None
-    return StoreViews(info=info, train=train, val=val, notes=notes)
+    train_name = train_name if train is not None else None
+    return StoreViews(info, train, val, notes, train_name, val_name, shown)
 
 
 def balanced_sample(labels: np.ndarray, cap: int | None, *, seed: int = 0) -> np.ndarray:
@@ -114,8 +148,11 @@ def balanced_sample(labels: np.ndarray, cap: int | None, *, seed: int = 0) -> np
     return np.sort(keep)
 
 
-def class_subset(labels: np.ndarray, class_names: list[str], spec: str | None) -> np.ndarray:
-    """Label ids to draw on 2-D maps: ``spec`` is a count ("12") or comma-separated names.
+def class_subset(
+    labels: np.ndarray, class_names: list[str], spec: str | None, also: list[str] | None = None
+) -> np.ndarray:
+    """Label ids to draw on 2-D maps: ``spec`` is a count ("12") or comma-separated names,
+    each one of ``class_names`` or of ``also`` (the store's names when others are shown).
 
     A count takes the most frequent classes (ties by label order) so the map is populated.
     """
@@ -126,10 +163,11 @@ def class_subset(labels: np.ndarray, class_names: list[str], spec: str | None) -
         order = np.argsort(-counts, kind="stable")
         return np.sort(order[: int(spec)][counts[order[: int(spec)]] > 0])
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
-    unknown = [w for w in wanted if w not in class_names]
+    index = {n: i for names in (also or [], class_names) for i, n in enumerate(names)}
+    unknown = [w for w in wanted if w not in index]
     if unknown:
         raise ValueError(
             f"--classes names {unknown} are not in the store's class list "
             f"(first few: {class_names[:5]}); pass a count or names from the manifest."
         )
-    return np.array(sorted(class_names.index(w) for w in wanted), dtype=np.int64)
+    return np.array(sorted({index[w] for w in wanted}), dtype=np.int64)

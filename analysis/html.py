@@ -20,6 +20,8 @@ import numpy as np
 matplotlib.use("Agg")  # no display on servers; must precede pyplot's import
 import matplotlib.pyplot as plt  # noqa: E402
 
+from analysis.style import DPI  # noqa: E402
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;
 max-width:1250px;padding:1em 2em;color:#222;line-height:1.4}
@@ -36,7 +38,7 @@ figcaption{font-size:.9em;color:#555}nav a{margin-right:1em}
 def fig_to_png(fig) -> bytes:
     """Render a matplotlib figure to PNG bytes and close it (figures otherwise pile up)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -73,15 +75,26 @@ class Section:
         return self
 
 
+def fmt_number(value: float | int | np.number) -> str:
+    """A table number: whole numbers as integers (``6``, not ``6.0000``), other floats to 4
+    decimals (1 past 10, 2 significant digits below 0.001), NaN as ``n/a``."""
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    value = float(value)
+    if not np.isfinite(value):
+        return "n/a" if np.isnan(value) else str(value)
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if abs(value) < 1e-3:
+        return f"{value:.2g}"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+
+
 def _td(value: object) -> str:
-    """A table cell; numbers right-aligned, floats to 4 decimals (1 past 10)."""
+    """A table cell; numbers right-aligned and formatted by :func:`fmt_number`."""
     if isinstance(value, bool | str) or not isinstance(value, int | float | np.number):
         return f"<td>{html.escape(str(value))}</td>"
-    if isinstance(value, float | np.floating):
-        text = f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
-    else:
-        text = str(value)
-    return f"<td class='num'>{text}</td>"
+    return f"<td class='num'>{fmt_number(value)}</td>"
 
 
 class Report:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from sklearn.decomposition import PCA
 
+from analysis.style import MIN_TEXT_PT
 from analysis.text_encoder import model_ref
 from analysis.thumbs import resolve
 
@@ -106,7 +107,7 @@ def add_patch_view(report, views, *, n_images: int) -> None:
     fig, axes = plt.subplots(2, len(picked), figsize=(2.6 * len(picked), 5.4), squeeze=False)
     for i, (_, cls) in enumerate(picked):
         axes[0, i].imshow(seen[i])
-        axes[0, i].set_title(cls, fontsize=8)
+        axes[0, i].set_title(cls, fontsize=MIN_TEXT_PT)
         axes[1, i].imshow(maps[i], interpolation="nearest")
         for ax in axes[:, i]:
             ax.set_axis_off()

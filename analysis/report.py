@@ -34,7 +34,10 @@ class ReportOptions:
     store: Path
     out: Path
     run: Path | None = None
-    classes: str | None = None  # a count ("10") or names for the 2-D maps
+    # A count ("10") or names: the classes on the 2-D maps (default: the 10 most frequent)
+    # and, when given, the only classes retrieval queries are drawn from.
+    classes: str | None = None
+    display_names: Path | None = None  # class,name CSV: names to show instead of the store's
     map_points: int = 2000
     tsne_points: int = 1000
     probe_train: int | None = 5000
@@ -84,16 +87,17 @@ def build_report(opts: ReportOptions) -> ReportResult:
     """Every section in order; one that fails becomes a note, the others still run.
 
     Raises StoreError for a missing or broken store and ValueError for ``--classes`` names
-    the store does not have: those are the caller's to fix, not a section's to skip.
+    the store does not have or a bad ``--display_names`` file: those are the caller's to
+    fix, not a section's to skip.
     """
     t0 = time.perf_counter()
-    views = load_views(opts.store)
+    views = load_views(opts.store, opts.display_names)  # a bad CSV: ValueError
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     report = Report(f"Feature-store report: {Path(opts.store).name}")
     _overview(report, views)
     numbers: dict = {}
     labels = views.train.labels if views.train is not None else np.zeros(0, dtype=np.int64)
-    classes = class_subset(labels, views.class_names, opts.classes)  # bad names: ValueError
+    classes = class_subset(labels, views.class_names, opts.classes, also=views.info.class_names)
     steps = [
         ("maps", lambda: add_projections(
             report, views, classes=classes, points=opts.map_points,
@@ -103,7 +107,9 @@ def build_report(opts: ReportOptions) -> ReportResult:
             cs=opts.probe_cs, max_iter=opts.probe_max_iter, max_dim=opts.probe_dim,
             k=opts.knn_k)),
         ("clustering", lambda: add_clustering(report, views, cap=opts.cluster_points)),
-        ("retrieval", lambda: add_image_retrieval(report, views, n_queries=opts.n_query_images)),
+        ("retrieval", lambda: add_image_retrieval(
+            report, views, n_queries=opts.n_query_images,
+            classes=classes if opts.classes is not None else None)),
         ("text_search", lambda: add_text_search(report, views, queries=opts.queries)),
         ("captions", lambda: add_captions(report, views)),
         ("patches", lambda: add_patch_view(report, views, n_images=opts.patch_images)),

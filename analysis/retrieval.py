@@ -2,8 +2,9 @@
 
 $ python -m analysis --store STORE --out report --queries 4 --query "a cat" --query "a car"
 
-Image queries are val rows (train rows when there is no val split) matched to train rows by
-cosine on ``image_emb``. Text queries are embedded with the store's own caption encoder
+Image queries are val rows (train rows when there is no val split; only from the classes
+of ``--classes`` when it is given, spread over them) matched to all train rows by cosine on
+``image_emb``. Text queries are embedded with the store's own caption encoder
 and matched by cosine to the captions' ``text_emb``.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.preprocessing import normalize
 
+from analysis.data import balanced_sample
 from analysis.text_encoder import load_text_encoder
 from analysis.thumbs import Tile, tile_grid
 
@@ -28,15 +30,29 @@ def _label(names: list[str], y: int) -> str:
     return names[y] if 0 <= y < len(names) else "?"
 
 
-def add_image_retrieval(report, views, *, n_queries: int, k: int = 5, seed: int = 0) -> None:
+def query_rows(labels: np.ndarray, n_queries: int, classes: np.ndarray | None) -> np.ndarray:
+    """Sorted indices of the query rows: spread over the classes (one each before a second),
+    drawn only from ``classes`` when given."""
+    pool = np.arange(len(labels)) if classes is None else np.flatnonzero(np.isin(labels, classes))
+    return pool[balanced_sample(labels[pool], n_queries)]
+
+
+def add_image_retrieval(
+    report, views, *, n_queries: int, k: int = 5, classes: np.ndarray | None = None
+) -> list[int] | None:
+    """Returns the query rows' labels (None when skipped). ``classes`` (``--classes``) limits
+    the queries to those classes; their neighbours are searched among all train rows, so a
+    confusion with another class still shows."""
     sec = report.section("Retrieval")
     train = views.train
     if train is None:
         sec.note("No train split to search; skipped.")
-        return
+        return None
     source = views.val if views.val is not None and len(views.val) else train
-    rng = np.random.default_rng(seed)
-    q = np.sort(rng.choice(len(source), size=min(n_queries, len(source)), replace=False))
+    q = query_rows(source.labels, n_queries, classes)
+    if len(q) == 0:
+        sec.note(f"No {'val' if source is not train else 'train'} rows in the --classes chosen.")
+        return None
     skip_self = source is train  # a train query would find itself first
     idx, sims = top_k_cosine(source.image_emb[q], train.image_emb, k + skip_self)
     names, rows = views.class_names, []
@@ -52,14 +68,20 @@ def add_image_retrieval(report, views, *, n_queries: int, k: int = 5, seed: int 
             )
         rows.append(row)
     fig, missing = tile_grid(rows, views.info.root)
+    among = ""
+    if classes is not None:
+        shown = ", ".join(names[c] for c in classes[:8]) + (", ..." if len(classes) > 8 else "")
+        among = f" from the --classes chosen ({shown}; neighbours from all classes)"
     sec.figure(
         "retrieval_images",
         fig,
-        f"Each row: a {'val' if source is not train else 'train'} query (blue), then its "
-        f"{k} nearest train images by image-embedding cosine (green: same class, red: not).",
+        f"Each row: a {'val' if source is not train else 'train'} query (blue){among}, then "
+        f"its {k} nearest train images by image-embedding cosine (green: same class, red: "
+        "not).",
     )
     if missing:
         sec.note(f"{missing} thumbnails could not be opened from the store's path column.")
+    return [int(y) for y in source.labels[q]]
 
 
 def add_text_search(report, views, *, queries: list[str], k: int = 6) -> dict:

@@ -16,6 +16,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from analysis.run_summary import run_summary, summary_table
+from analysis.style import MIN_TEXT_PT
 from analysis.thumbs import Tile, tile_grid
 
 
@@ -89,6 +91,27 @@ def per_class_accuracy(labels: np.ndarray, preds: np.ndarray, num_classes: int) 
         return np.where(total > 0, right / total, np.nan)
 
 
+ZERO_STUB = 0.012  # bar length drawn for a class at 0, so it shows as a dark stub
+
+
+def per_class_figure(class_names: list[str], acc: np.ndarray):
+    """Horizontal accuracy bars, first class at the top, each labelled with its value; a
+    class at 0 gets a short dark stub, since its bar has no length to see."""
+    acc = np.asarray(acc, dtype=float)
+    zero = acc == 0
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(acc) + 1))
+    y = np.arange(len(acc))[::-1]
+    bars = ax.barh(
+        y, np.where(zero, ZERO_STUB, acc), color=np.where(zero, "#5c1210", "#c0504d").tolist()
+    )
+    ax.set_yticks(y, class_names)
+    ax.bar_label(bars, labels=[f"{v:.2f}" for v in acc], padding=4, fontsize=MIN_TEXT_PT)
+    ax.set_xlim(0, 1.1)  # room for the label of a bar at 1.0
+    ax.set_xticks(np.linspace(0, 1, 6))
+    ax.set_xlabel("val accuracy")
+    return fig
+
+
 def _predictions(sec, path: Path, names: list[str]):
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -116,6 +139,9 @@ def add_run(report, views, run_dir: Path, *, worst: int = 20, pairs: int = 15) -
         return out
     metrics = run_dir / "metrics.csv"
     rows = read_metrics(metrics) if metrics.is_file() else []
+    out["summary"] = run_summary(run_dir, views.info.root, rows)
+    header, row = summary_table(out["summary"], views.info.root)
+    sec.table(header, [row], "summary (the best checkpoint's epoch and val accuracy)")
     if rows:
         _plot_curves(sec, rows)
     else:
@@ -135,11 +161,13 @@ def add_run(report, views, run_dir: Path, *, worst: int = 20, pairs: int = 15) -
     present = np.flatnonzero(~np.isnan(acc))
     worst_cls = present[np.lexsort((present, acc[present]))][:worst]
     sec.text(f"Val top-1 from val_predictions.csv: {out['val_acc']:.4f} over {len(ids)} rows.")
-    fig, ax = plt.subplots(figsize=(8, 0.28 * len(worst_cls) + 1))
-    ax.barh([names[c] for c in worst_cls][::-1], acc[worst_cls][::-1], color="#c0504d")
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("val accuracy")
-    sec.figure("per_class_worst", fig, f"The {len(worst_cls)} classes with the lowest val accuracy")
+    fig = per_class_figure([names[c] for c in worst_cls], acc[worst_cls])
+    sec.figure(
+        "per_class_worst",
+        fig,
+        f"The {len(worst_cls)} classes with the lowest val accuracy, worst at the top "
+        "(a class at 0 shows as a short dark stub)",
+    )
     top_pairs = confusion_pairs(labels, preds, pairs)
     out["pairs"] = top_pairs
     if top_pairs:
@@ -162,8 +190,8 @@ def _confusion_figure(sec, top_pairs, labels, preds, names) -> None:
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(mat, cmap="Reds")
     ticks = [names[c] for c in classes]
-    ax.set_xticks(range(len(classes)), ticks, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(classes)), ticks, fontsize=7)
+    ax.set_xticks(range(len(classes)), ticks, rotation=90, fontsize=MIN_TEXT_PT)
+    ax.set_yticks(range(len(classes)), ticks, fontsize=MIN_TEXT_PT)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(im, ax=ax, shrink=0.7)
@@ -190,7 +218,7 @@ def _worst_images(sec, views, ids, labels, preds, conf, n: int = 8) -> None:
         text = f"true {names[labels[i]]} / pred {names[preds[i]]} ({conf[i]:.2f}): {caption}"
         tiles.append(Tile(path, text, "red"))
     rows = [tiles[j : j + 4] for j in range(0, len(tiles), 4)]
-    fig, _ = tile_grid(rows, views.info.root, wrap=28)
+    fig, _ = tile_grid(rows, views.info.root)
     sec.figure("worst_val", fig, "Most confident mistakes on val, with their captions")
     if unmatched:
         sec.note(f"{unmatched} worst-image ids were not found in the store's val split.")

@@ -16,7 +16,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
+from analysis.style import MIN_TEXT_PT
+
 THUMB = 160
+TILE_INCHES = 2.2  # 6 tiles of 2.2 in at 90 dpi fill the page's width without being shrunk
 
 
 def resolve(path: str, root: Path | None) -> Path | None:
@@ -50,7 +53,7 @@ class Tile:
     highlight: str | None = None  # frame colour, e.g. green for a correct neighbour
 
 
-def tile_grid(rows: list[list[Tile]], root: Path | None, *, wrap: int = 24):
+def tile_grid(rows: list[list[Tile]], root: Path | None, *, wrap: int = 22):
     """A figure with one row of tiles per list, each tile an image and wrapped text.
 
     Returns (figure, number of tiles whose image did not open). When none opens (a store
@@ -61,9 +64,9 @@ def tile_grid(rows: list[list[Tile]], root: Path | None, *, wrap: int = 24):
                   for t, img in zip(row, imgs, strict=True) if t.path)  # fmt: skip
     text_only = all(img is None for imgs in images for img in imgs)
     ncols = max(len(r) for r in rows)
-    height = 1.1 if text_only else 2.9
+    height = 1.4 if text_only else 3.3  # room for 5 caption lines above the thumbnail
     fig, axes = plt.subplots(
-        len(rows), ncols, figsize=(2.1 * ncols, height * len(rows)), squeeze=False
+        len(rows), ncols, figsize=(TILE_INCHES * ncols, height * len(rows)), squeeze=False
     )
     for ax in axes.ravel():
         ax.set_axis_off()
@@ -72,10 +75,10 @@ def tile_grid(rows: list[list[Tile]], root: Path | None, *, wrap: int = 24):
             ax, img = axes[r, c], images[r][c]
             text = "\n".join(textwrap.wrap(tile.text, wrap)[:5])
             if text_only or not tile.path:  # a text query has no image: a text card
-                ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=7)
+                ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=MIN_TEXT_PT)
             else:
                 ax.imshow(img if img is not None else np.full((THUMB, THUMB, 3), 220, np.uint8))
-                ax.set_title(text, fontsize=7)
+                ax.set_title(text, fontsize=MIN_TEXT_PT)
             ax.set_axis_on()
             ax.set_xticks([])
             ax.set_yticks([])

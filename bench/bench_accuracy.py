@@ -73,9 +73,15 @@ def probe_scores(splits, labels, kinds) -> dict[str, dict[str, float]]:
     return out
 
 
-def settle_fraction(run: Path, band: float = 0.2) -> float | None:
+def settle_fraction(run: Path, band: float = 0.2, share: bool = False) -> float | None:
     """Share of the steps after which alpha (or the mean gate) stays within ``band`` of its
-    total move from the start: when the fusion weights have reached their final regime."""
+    total move from the start: when the fusion weights have reached their final regime.
+
+    ``share``: measure ``alpha / (alpha + beta)`` instead, over a moving average of 2% of
+    the steps. The penalty form's alpha + beta is also a temperature on the logits (it
+    overshoots to 1.5-2.4 early, then sinks as the branch logits grow), and a gate's batch
+    mean moves with each batch's mix of captions; the share is the weighting itself.
+    """
     import torch
 
     last = run / "checkpoints" / "last.ckpt"
@@ -84,7 +90,12 @@ def settle_fraction(run: Path, band: float = 0.2) -> float | None:
     history = torch.load(last, map_location="cpu", weights_only=True).get("alpha_beta_history")
     if not history:
         return None
-    alpha = np.array([row[1] for row in history])
+    rows = np.array([row[1:3] for row in history], dtype=float)
+    alpha = rows[:, 0]
+    if share:
+        alpha = alpha / np.where(np.abs(rows.sum(1)) > 1e-6, rows.sum(1), 1.0)
+        window = max(1, len(alpha) // 50)
+        alpha = np.convolve(alpha, np.ones(window) / window, mode="valid")
     move = abs(alpha[-1] - alpha[0])
     outside = np.nonzero(np.abs(alpha - alpha[-1]) > band * max(move, 1e-3))[0]
     return float((outside[-1] + 1) / len(alpha)) if len(outside) else 0.0
@@ -110,6 +121,7 @@ def head_scores(store: Path, config: str, runs: Path, labels, kinds, extra: list
     seconds = time.perf_counter() - t0
     ckpt = cli.trainer.checkpoint_callback
     settle = settle_fraction(Path(cli.trainer.default_root_dir))
+    share = settle_fraction(Path(cli.trainer.default_root_dir), share=True)
     _, probs = predict_probs([ckpt.best_model_path], store, "test")
     return {
         **scores(probs, labels, kinds),
@@ -117,6 +129,7 @@ def head_scores(store: Path, config: str, runs: Path, labels, kinds, extra: list
         "val": float(ckpt.best_model_score),
         "steps": int(cli.trainer.global_step),
         **({"settled": settle} if settle is not None else {}),
+        **({"settled_share": share} if share is not None else {}),
         "seconds": seconds,
     }
 
@@ -169,6 +182,64 @@ def table(name: str, results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+SINGLE = {"linear": "probe:image", "visual_only": "probe:image", "text_only": "probe:text"}
+# The fusion we recommend (`python train.py stack` with its default method, members
+# linear + visual_only + text_only), judged against the goals; the other rows for context.
+BEST_FUSION = "stack3:logistic"
+WEIGHTED = ("dual_logit_l0.1", "dual_logit_softmax", "gated")
+
+
+def _points(a: float, b: float) -> str:
+    return f"{100 * (a - b):+.1f}"
+
+
+def goals(everything: dict) -> str:
+    """The goals of bench/README.md, computed from a ``--json`` file (points of test top-1)."""
+    lines = ["| goal | per store (" + ", ".join(everything) + ") | worst |", "|---|---|---|"]
+
+    def row(goal: str, deltas: list[float | None]) -> None:
+        have = [d for d in deltas if d is not None]
+        cells = ", ".join("n/a" if d is None else f"{100 * d:+.1f}" for d in deltas)
+        worst = f"**{100 * min(have):+.1f}**" if have else ""
+        lines.append(f"| {goal} | {cells} | {worst} |")
+
+    def delta(store: dict, a: str, b: str, kind: str = "all") -> float | None:
+        if a in store and b in store and kind in store[a] and kind in store[b]:
+            return store[a][kind] - store[b][kind]
+        return None
+
+    for head, probe in SINGLE.items():
+        row(f"`{head}` - `{probe}`", [delta(r, head, probe) for r in everything.values()])
+    row(
+        f"`{BEST_FUSION}` - `probe:concat`",
+        [delta(r, BEST_FUSION, "probe:concat") for r in everything.values()],
+    )
+    row(
+        f"neutral rows: `{BEST_FUSION}` - `visual_only`",
+        [delta(r, BEST_FUSION, "visual_only", "neutral") for r in everything.values()],
+    )
+    row(
+        f"noise captions: `{BEST_FUSION}` - `visual_only`",
+        [delta(r, BEST_FUSION, "visual_only", "noise") for r in everything.values()],
+    )
+    informative = []
+    for r in everything.values():
+        singles = [r[h]["informative"] for h in ("visual_only", "text_only")
+                   if h in r and "informative" in r[h]]  # fmt: skip
+        has = BEST_FUSION in r and "informative" in r[BEST_FUSION] and singles
+        informative.append(r[BEST_FUSION]["informative"] - max(singles) if has else None)
+    row(f"informative rows: `{BEST_FUSION}` - the better single modality", informative)
+    for head in WEIGHTED:
+        for key, what in (("settled", "alpha"), ("settled_share", "alpha share")):
+            cells = [
+                f"{r[head][key]:.0%}" if head in r and key in r[head] else "n/a"
+                for r in everything.values()
+            ]
+            if any(c != "n/a" for c in cells):
+                lines.append(f"| `{head}` {what} settled after | {', '.join(cells)} | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stores", default=",".join(STORES))
@@ -179,8 +250,14 @@ def main() -> None:
     p.add_argument(
         "--reuse", default=None, help="a --json file of an earlier run: refit only the stacks"
     )
+    p.add_argument(
+        "--goals", default=None, help="a --json file: print the goals table from it and stop"
+    )
     p.add_argument("extra", nargs="*", help="overrides for every fit, after --")
     a = p.parse_args()
+    if a.goals:
+        print(goals(json.loads(Path(a.goals).read_text())))
+        return
     import lightning as L
 
     L.seed_everything(0, verbose=False)
@@ -212,6 +289,7 @@ def main() -> None:
         )
         if a.json:
             Path(a.json).write_text(json.dumps(everything, indent=2))
+    print("\n" + goals(everything))
 
 
 if __name__ == "__main__":

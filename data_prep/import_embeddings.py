@@ -40,6 +40,7 @@ import numpy as np
 from data_prep.config import PrepConfig
 from data_prep.sources import UNLABELLED_SPLIT, InputLayoutError, _few, read_class_map
 from data_prep.store import StoreMixError
+from feature_store.console import show_path
 
 DEFAULT_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 COLUMNS = {"label": "label", "image_emb": "visual_embedding", "text_emb": "textual_embedding"}
@@ -277,7 +278,7 @@ def _fingerprint(cfg: PrepConfig, splits: dict[str, str], sources: dict[str, Any
 def import_store(cfg: PrepConfig, plain: dict[str, Any], *, cache_dir: str | None = None) -> Path:
     """Write ``cfg.run.out`` from the embeddings dataset ``cfg.input.dataset``; return it."""
     from data_prep.report import package_versions
-    from feature_store import write_store
+    from feature_store import upgrade_store, write_store
 
     if not cfg.input.dataset:
         raise ValueError(
@@ -295,7 +296,8 @@ def import_store(cfg: PrepConfig, plain: dict[str, Any], *, cache_dir: str | Non
     if out.exists() and any(out.iterdir()):
         old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
         if old.get("imported", {}).get("fingerprint") == fingerprint:
-            print(f"feature store: {out} (already imported from {cfg.input.dataset})")
+            upgrade_store(out)  # a format-1 store gets its DatasetDict metadata, rows kept
+            print(f"feature store: {show_path(out)} (already imported from {cfg.input.dataset})")
             return out
         raise StoreMixError(
             f"{out} is not empty and does not hold this import of {cfg.input.dataset}; "
@@ -368,7 +370,7 @@ def _common_dims(columns: dict[str, dict[str, Any]], dataset: str) -> dict[str, 
 
 
 def _summary(out: Path, columns, dims, class_names, seconds: float) -> str:
-    lines = [f"feature store: {out} (imported)"]
+    lines = [f"feature store: {show_path(out)} (imported)"]
     lines.append(f"  {'split':<8}{'rows':>8}{'unlabelled':>12}")
     for split, cols in columns.items():
         lines.append(f"  {split:<8}{len(cols['id']):>8}{int((cols['label'] < 0).sum()):>12}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,21 @@ def load_pretrained(role: str, option: str, loader: Callable[..., Any], name: st
             f"model already in the HF cache, set HF_HUB_OFFLINE=1.\n"
             f"  Cause: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         ) from err
+
+
+@contextmanager
+def hf_progress_bars_off() -> Iterator[None]:
+    """No transformers progress bar ("Loading weights") within the block; the setting the
+    caller had is restored after it (a notebook keeps its bars)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def resolve_dtype(name: str, accelerator: str):

@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.config import PrepConfig
+from data_prep.loading import hf_progress_bars_off
 from data_prep.store import PREP_DIR, StoreWriter, features, plan_shards
+from feature_store.console import quiet_lightning
+from feature_store.writer import upgrade_store
 
 log = logging.getLogger("data_prep")
 
@@ -159,13 +162,9 @@ class Models:
     """Every model and preprocessor, loaded once, in the same dtype."""
 
     def __init__(self, cfg: PrepConfig):
-        from transformers.utils import logging as hf_logging
-
         from data_prep.encoders import ImageEncoder, ImagePreprocessor
         from data_prep.loading import resolve_dtype
         from data_prep.text_encoder import TextEncoder
-
-        hf_logging.disable_progress_bar()  # one "Loading weights" bar per model is noise
 
         self.dtype = resolve_dtype(cfg.run.dtype, cfg.run.accelerator)
         self.caption_dtype = (
@@ -266,6 +265,7 @@ def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
     manifest = Path(cfg.run.out) / "manifest.json"
     if not damaged and store.manifest_ok() and all(store.is_done(s) for s in shards):
         # Same inputs and config, every shard done and intact: nothing to load or run.
+        upgrade_store(store.root)  # a format-1 store gets its DatasetDict metadata, rows kept
         if cfg.run.progress:
             from data_prep.report import summary
 
@@ -275,11 +275,14 @@ def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
     # Not complete (or no longer): the manifest must not claim otherwise while we work.
     manifest.unlink(missing_ok=True)
     store.remove_partial_files()
-    models = Models(cfg)
+    with hf_progress_bars_off():  # one "Loading weights" bar per model is noise
+        models = Models(cfg)
     described = models.describe(cfg)
     store.check_fingerprint("resolved", described)
     pending = [s for s in shards if not store.is_done(s)]
-    feats = features(models.image.dim, models.text.dim, cfg.run.emb_dtype)
+    feats = features(
+        models.image.dim, models.text.dim, cfg.run.emb_dtype, list(listing.class_names)
+    )
     is_zero = True
     extract_start = time.perf_counter()
     if pending:
@@ -372,27 +375,28 @@ def _predict(cfg, listing, pending, shards, models, captions, store, feats) -> b
         shard_size=cfg.run.shard_size,
         progress=cfg.run.progress,
     )
-    # Lightning's own banners ("GPU available: ...") would bury the progress bars, and it
-    # cannot know that ShardBatchSampler returns every index (it does, see its test).
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
-    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    trainer = L.Trainer(
-        accelerator=cfg.run.accelerator,
-        devices=cfg.run.devices,
-        num_nodes=cfg.run.num_nodes,
-        strategy=cfg.run.strategy,
-        callbacks=[writer],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,  # ShardBatchSampler already gives each rank its shards
-        inference_mode=True,
-    )
-    trainer.predict(module, datamodule=data, return_predictions=False)
-    # Every rank's shards are on disk before rank 0 finalises the store. Here, not in a
-    # predict hook: a rank left with no shard skips the predict loop and all its hooks.
-    trainer.strategy.barrier("data_prep_shards_written")
+    # Lightning's own banners ("GPU available: ...") would bury the progress bars; only
+    # inside this block, so a caller's logging (train.py's demo) is left as it was.
+    with quiet_lightning(banners=False):
+        # Lightning cannot know that ShardBatchSampler returns every index (it does, see
+        # its test); quiet_lightning restores the filters on exit.
+        warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+        trainer = L.Trainer(
+            accelerator=cfg.run.accelerator,
+            devices=cfg.run.devices,
+            num_nodes=cfg.run.num_nodes,
+            strategy=cfg.run.strategy,
+            callbacks=[writer],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,  # ShardBatchSampler gives each rank its shards
+            inference_mode=True,
+        )
+        trainer.predict(module, datamodule=data, return_predictions=False)
+        # Every rank's shards are on disk before rank 0 finalises the store. Here, not in a
+        # predict hook: a rank left with no shard skips the predict loop and all its hooks.
+        trainer.strategy.barrier("data_prep_shards_written")
     return trainer.is_global_zero

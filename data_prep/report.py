@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from feature_store.console import show_path
 from feature_store.integrity import shard_record
 from feature_store.layout import make_manifest
 
@@ -93,7 +94,7 @@ def finalize(*, cfg, plain, listing, shards, store, feats, models, load_seconds,
 def summary(root: Path, manifest: dict[str, Any]) -> str:
     """The end-of-run screen: counts, failures, time per model, where things went."""
     t = manifest["timing"]
-    lines = [f"feature store: {root}"]
+    lines = [f"feature store: {show_path(root)}"]
     lines.append(
         f"  {'split':<8}{'inputs':>8}{'rows':>8}{'failed':>8}{'empty cap':>11}{'degen cap':>11}"
     )
@@ -121,7 +122,9 @@ def summary(root: Path, manifest: dict[str, Any]) -> str:
         f"shards {t['shards']} ({t['shards_reused']} reused from an earlier run)"
     )
     if manifest["failures"]:
-        lines.append(f"  {manifest['failures']} images skipped: see {root / 'failures.csv'}")
+        lines.append(
+            f"  {manifest['failures']} images skipped: see {show_path(root / 'failures.csv')}"
+        )
     if manifest["unused_files"]:
         lines.append(f"  {len(manifest['unused_files'])} files not used (listed in the manifest)")
     return "\n".join(lines)

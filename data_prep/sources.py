@@ -89,7 +89,7 @@ def scan_kaggle(
     split_dirs: dict[str, str] | None = None,
     class_map: str | os.PathLike | None = None,
 ) -> Listing:
-    """List ``root/<split dir>/<class>/*`` (see DESIGN.md, "Input layout").
+    """List ``root/<split dir>/<class>/*`` (see docs/architecture.md, "Inputs").
 
     Labels are the index of the class folder in the sorted train class folders (the order
     of ``torchvision.datasets.ImageFolder``), or come from ``class_map``: a CSV with a

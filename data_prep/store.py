@@ -11,22 +11,22 @@ exist, so a kill at any moment loses at most the shards in flight. The marker re
 shard's row count and checksum; a store that looks complete is verified against them and
 damaged shards are redone (feature_store.integrity). At the end the split
 directories get the ``state.json`` / ``dataset_info.json`` that ``datasets.load_from_disk``
-reads (listing the shard files as they are, no rows rewritten), then ``failures.csv``,
-then ``manifest.json`` last: its presence marks the store complete.
+reads (listing the shard files as they are, no rows rewritten) and the root its
+``dataset_dict.json``, then ``failures.csv``, then ``manifest.json`` last: its presence
+marks the store complete. Every file is written by feature_store/writer.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from feature_store.integrity import shard_problem, shard_record
+from feature_store.integrity import shard_problem
 from feature_store.layout import store_features, write_failures, write_manifest
+from feature_store.writer import index_split, write_json, write_shard_file
 
 PREP_DIR = "_prep"
 FINGERPRINT = "fingerprint.json"
@@ -63,19 +63,6 @@ def plan_shards(split_sizes: dict[str, int], shard_size: int) -> list[Shard]:
 
 
 features = store_features  # the column contract is feature_store's
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Write to a temporary name and rename: readers see the old file or the whole new one.
-
-    On any error (a full disk) the temporary file is removed, never left at 0 bytes.
-    """
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class StoreWriter:
@@ -161,64 +148,27 @@ class StoreWriter:
         if stored.get(part) != value:
             stored[part] = value
             path.parent.mkdir(parents=True, exist_ok=True)
-            _write_json(path, stored)
+            write_json(path, stored)
 
     # -- shards ------------------------------------------------------------------------
     def write_shard(
         self, shard: Shard, columns: dict[str, Any], *, feats, info: dict[str, Any]
     ) -> None:
-        """Write one whole shard: Arrow file to a temp name, rename, then the done marker."""
-        import pyarrow as pa
-        from datasets.arrow_writer import ArrowWriter
-
-        path = self.arrow_path(shard)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write one whole shard (feature_store's shard writer), then its done marker."""
         self.marker_path(shard).parent.mkdir(parents=True, exist_ok=True)
-        n = len(columns["id"])
-        arrays = {}
-        for name, feat in feats.items():
-            if name in ("image_emb", "text_emb"):
-                # A fixed-size list built from one flat buffer: no per-row Python objects.
-                flat = np.asarray(columns[name], dtype=feat.feature.dtype).reshape(-1)
-                arrays[name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), feat.length)
-            else:
-                arrays[name] = pa.array(columns[name], type=feat.pa_type)
-        table = (
-            pa.table(arrays, schema=feats.arrow_schema) if n else feats.arrow_schema.empty_table()
-        )
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        try:
-            with ArrowWriter(features=feats, path=str(tmp)) as writer:
-                writer.write_table(table)
-                writer.finalize()
-            # Recorded now, checked by every later reader: a shard truncated or swapped
-            # after this point is caught by its size and checksum.
-            record = shard_record(tmp, n)
-            record["file"] = path.name
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)  # a full disk leaves no partial file behind
-        _write_json(self.marker_path(shard), {**record, **info})
+        # The record (rows, bytes, sha256) is checked by every later reader: a shard
+        # truncated or swapped after this point is caught by its size and checksum.
+        record = write_shard_file(self.arrow_path(shard), columns, feats)
+        write_json(self.marker_path(shard), {**record, **info})
 
     # -- the end -----------------------------------------------------------------------
     def finalize_split(self, split: str, shards: list[Shard], feats) -> None:
-        """Make ``STORE/<split>`` a `datasets` dataset over the shard files, in shard order."""
-        from datasets import DatasetInfo
-
-        split_dir = self.root / split
-        split_dir.mkdir(parents=True, exist_ok=True)
-        state = {
-            "_data_files": [{"filename": f"{s.name}.arrow"} for s in shards],
-            "_fingerprint": _hash(self.root / PREP_DIR / FINGERPRINT, split),
-            "_format_columns": None,
-            "_format_kwargs": {},
-            "_format_type": None,
-            "_output_all_columns": False,
-            "_split": split,
-        }
-        _write_json(split_dir / "state.json", state)
-        info = asdict(DatasetInfo(features=feats))
-        _write_json(split_dir / "dataset_info.json", {k: info[k] for k in sorted(info)})
+        """Make ``STORE/<split>`` a `datasets` dataset over the shard files, in shard order,
+        and list it in the store's ``dataset_dict.json``."""
+        files = [f"{s.name}.arrow" for s in shards]
+        index_split(
+            self.root, split, files, feats, _hash(self.root / PREP_DIR / FINGERPRINT, split)
+        )
 
     def write_failures(self, rows: list[dict[str, str]]) -> Path:
         return write_failures(self.root, rows)

@@ -254,9 +254,8 @@ BUILDERS = {"dinov2": build_tiny_dinov2, "blip2": build_tiny_blip2, "bert": buil
 
 def ensure_tiny_models(root: str | os.PathLike) -> dict[str, Path]:
     """Build ``root/{dinov2,blip2,bert}`` where missing (a config.json marks a finished one)."""
-    from transformers.utils import logging as hf_logging
+    from data_prep.loading import hf_progress_bars_off
 
-    hf_logging.disable_progress_bar()
     root = Path(root)
     paths = {}
     for name, build in BUILDERS.items():
@@ -264,7 +263,8 @@ def ensure_tiny_models(root: str | os.PathLike) -> dict[str, Path]:
         if not (path / "config.json").is_file():
             # Build next to the target and rename, so an interrupted build is never reused.
             tmp = root / f".{name}.tmp{os.getpid()}"
-            build(tmp)
+            with hf_progress_bars_off():
+                build(tmp)
             if path.exists():
                 import shutil
 

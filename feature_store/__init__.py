@@ -1,23 +1,28 @@
 """The feature store: the artifact between data_prep and every later stage.
 
-A store is a directory::
+A store is a directory (the full contract is in docs/architecture.md)::
 
-    STORE/manifest.json        models, dims, dtype, class names, counts, config (see DESIGN.md)
+    STORE/manifest.json        models, dims, dtype, class names, counts, shard checksums, config
     STORE/failures.csv         file,reason,split,id for every input that has no row
-    STORE/<split>/             one `datasets` dataset per split (datasets.load_from_disk)
+    STORE/dataset_dict.json    the split names: the root is a `datasets.DatasetDict` directory
+    STORE/<split>/             one `datasets` dataset per split (shard-*.arrow, state.json,
+                               dataset_info.json)
 
-with columns ``id`` (str), ``label`` (int, -1 when unknown), ``path`` (str),
-``caption`` (str), ``image_emb`` and ``text_emb`` (fixed-length float vectors).
+with columns ``id`` (str), ``label`` (a ``ClassLabel`` of the class names, -1 when
+unknown), ``path`` (str), ``caption`` (str), ``image_emb`` and ``text_emb`` (fixed-length
+float vectors). ``datasets.load_from_disk(STORE)`` opens it as a DatasetDict.
 
 Readers go through :func:`open_store` and :func:`load_arrays`, which check the manifest
 once, verify each shard against the size and checksum recorded when it was written
 (:mod:`feature_store.integrity`), and hand back numpy arrays without a per-row Python
-loop. This package owns the format: data_prep writes through :func:`store_features` and
-:func:`write_failures`.
+loop; :func:`load_dataset_dict` gives the verified DatasetDict. This package owns the
+format: every writer (data_prep, the embeddings import, synthetic stores,
+:func:`from_dataset_dict`) goes through :mod:`feature_store.writer`.
 """
 
 from feature_store.layout import (
     COLUMNS,
+    DATASET_DICT_NAME,
     FAILURES_COLUMNS,
     FAILURES_NAME,
     FORMAT_VERSION,
@@ -33,11 +38,17 @@ from feature_store.layout import (
     store_features,
     write_failures,
     write_manifest,
+)
+from feature_store.writer import (
+    from_dataset_dict,
+    load_dataset_dict,
+    upgrade_store,
     write_store,
 )
 
 __all__ = [
     "COLUMNS",
+    "DATASET_DICT_NAME",
     "FAILURES_COLUMNS",
     "FAILURES_NAME",
     "FORMAT_VERSION",
@@ -45,12 +56,15 @@ __all__ = [
     "SplitArrays",
     "StoreError",
     "StoreInfo",
+    "from_dataset_dict",
     "load_arrays",
+    "load_dataset_dict",
     "load_split",
     "make_manifest",
     "open_store",
     "read_failures",
     "store_features",
+    "upgrade_store",
     "write_failures",
     "write_manifest",
     "write_store",

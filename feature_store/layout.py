@@ -1,4 +1,10 @@
-"""Read (and, for small in-memory stores, write) the feature-store layout."""
+"""Read the feature-store layout; the manifest and failures.csv writers.
+
+$ python -c "from feature_store import open_store; print(open_store('stores/demo').splits)"
+
+The other files (shards, split indexes, dataset_dict.json) are written by
+feature_store/writer.py; docs/architecture.md describes the whole contract.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,11 @@ import numpy as np
 
 MANIFEST_NAME = "manifest.json"
 FAILURES_NAME = "failures.csv"
-FORMAT_VERSION = 1
+DATASET_DICT_NAME = "dataset_dict.json"  # makes the root a `datasets.DatasetDict` directory
+# 1: per-split `datasets` directories, label an int64 column.
+# 2: the root is a DatasetDict directory too, and the label is a ClassLabel of the class
+#    names (upgrade_store turns a 1 into a 2 by rewriting metadata only).
+FORMAT_VERSION = 2
 COLUMNS = ("id", "label", "path", "caption", "image_emb", "text_emb")
 # One row per input that has no row in the store: the file, why, its split and id.
 FAILURES_COLUMNS = ("file", "reason", "split", "id")
@@ -29,6 +39,10 @@ class StoreInfo:
 
     root: Path
     manifest: dict[str, Any]
+
+    def __fspath__(self) -> str:
+        # A StoreInfo stands for its directory wherever a store path is taken.
+        return str(self.root)
 
     @property
     def class_names(self) -> list[str]:
@@ -123,14 +137,25 @@ def _manifest_problem(manifest: Any) -> str | None:
     return None
 
 
-def store_features(image_dim: int, text_dim: int, emb_dtype: str):
-    """The store's `datasets.Features`: the column contract every writer uses."""
+def store_features(
+    image_dim: int, text_dim: int, emb_dtype: str, class_names: list[str] | None = None
+):
+    """The store's `datasets.Features`: the column contract every writer uses.
+
+    ``label`` is a ``ClassLabel`` of ``class_names`` (stored as int64; -1 = unknown, which
+    ClassLabel accepts); without class names a plain int64 (format 1 stores).
+    """
     import datasets
 
+    label = (
+        datasets.ClassLabel(names=list(class_names))
+        if class_names is not None
+        else datasets.Value("int64")
+    )
     return datasets.Features(
         {
             "id": datasets.Value("string"),
-            "label": datasets.Value("int64"),
+            "label": label,
             "path": datasets.Value("string"),
             "caption": datasets.Value("string"),
             "image_emb": datasets.List(datasets.Value(emb_dtype), length=image_dim),
@@ -228,7 +253,7 @@ def load_split(root: str | os.PathLike, split: str):
     verify_split(root, split, info)
     try:
         state = json.loads((path / "state.json").read_text())
-        if not state.get("_data_files"):  # a split with no rows (every input failed)
+        if not state.get("_data_files"):  # format 1: a split without any shard file
             feats = store_features(info.image_dim, info.text_dim, info.manifest["emb_dtype"])
             return datasets.Dataset.from_dict({k: [] for k in feats}, features=feats)
         return datasets.load_from_disk(str(path))
@@ -278,59 +303,5 @@ def load_arrays(root: str | os.PathLike, split: str) -> SplitArrays:
         ) from err
 
 
-def write_store(
-    root: str | os.PathLike,
-    *,
-    splits: dict[str, dict[str, Any]],
-    class_names: list[str],
-    emb_dtype: str = "float32",
-    extra_manifest: dict[str, Any] | None = None,
-) -> StoreInfo:
-    """Write a whole store from in-memory columns in one go.
-
-    For synthetic stores (tests, benchmarks, demos). data_prep writes real stores shard by
-    shard with resume; both produce the same layout and manifest fields.
-    """
-    import datasets
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    first = next(iter(splits.values()))
-    dims = {
-        "image_emb": int(np.asarray(first["image_emb"]).shape[1]),
-        "text_emb": int(np.asarray(first["text_emb"]).shape[1]),
-    }
-    from feature_store.integrity import shard_record
-
-    features = store_features(dims["image_emb"], dims["text_emb"], emb_dtype)
-    counts, shards = {}, {}
-    for name, cols in splits.items():
-        n = len(cols["id"])
-        data = {
-            "id": list(cols["id"]),
-            "label": [int(x) for x in cols["label"]],
-            "path": list(cols.get("path", [""] * n)),
-            "caption": list(cols.get("caption", [""] * n)),
-            "image_emb": np.asarray(cols["image_emb"], dtype=emb_dtype),
-            "text_emb": np.asarray(cols["text_emb"], dtype=emb_dtype),
-        }
-        ds = datasets.Dataset.from_dict(data, features=features)
-        ds.save_to_disk(str(root / name))
-        counts[name] = {"inputs": n, "rows": n, "failed": 0}
-        state = json.loads((root / name / "state.json").read_text())
-        files = [root / name / f["filename"] for f in state["_data_files"]]
-        # save_to_disk writes one file unless the split is large; count rows per file.
-        rows = [len(datasets.Dataset.from_file(str(f))) for f in files]
-        shards[name] = [shard_record(f, r) for f, r in zip(files, rows, strict=True)]
-    extra = {"models": {}, **(extra_manifest or {})}
-    manifest = make_manifest(
-        class_names=class_names,
-        dims=dims,
-        emb_dtype=emb_dtype,
-        splits=counts,
-        shards=shards,
-        **extra,
-    )
-    write_failures(root, [])
-    write_manifest(root, manifest)
-    return StoreInfo(root=root, manifest=manifest)
+# The in-memory writer lives with the other writers; imported here so older imports work.
+from feature_store.writer import write_store  # noqa: E402, F401

@@ -10,16 +10,20 @@
   step, so every epoch appears once.
 - :class:`StopOnNonFiniteLoss`: a NaN/inf training loss stops the fit with an error.
 - :class:`StoreFingerprint`: every checkpoint records the store's model fingerprint.
+- :class:`EpochSummary`: one line per epoch when stdout is a file (nohup, a scheduler).
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -243,3 +247,79 @@ def write_val_predictions(checkpoint: str, datamodule, run: Path):
     )
     out = write_predictions_csv(run / "val_predictions.csv", ids, labels, probs)
     return out, ids, labels, probs
+
+
+class EpochSummary(L.Callback):
+    """When stdout is not a terminal (``nohup``, a scheduler, ``> log.txt``), one line per
+    epoch on stdout, where a progress bar would leave only its last frame::
+
+        epoch 3/29  step 32  train/loss 2.2910  val/loss 2.2702  val/acc_top1 0.2500  lr 2.95e-03  elapsed 0:00:04
+
+    On a terminal it prints nothing: the progress bar shows the same. Epochs count from 0,
+    as in ``metrics.csv``, W&B and the bar. An epoch's line is printed when the next one
+    starts (or training ends): the module logs ``train/loss`` after this callback's
+    ``on_train_epoch_end`` runs (Lightning calls callbacks first).
+    """
+
+    KEYS = ("train/loss", "val/loss", "val/acc_top1")
+
+    def __init__(self) -> None:
+        self.active = False
+        self._start = 0.0
+        self._pending: dict | None = None
+
+    @staticmethod
+    def trainer_kwargs(trainer_cfg: dict, callbacks: list) -> dict:
+        """``enable_progress_bar=False`` when stdout is not a terminal and the config says
+        nothing about the bar: in a log file the bar's final frame repeats these lines.
+        ``--trainer.enable_progress_bar true`` keeps it."""
+        if trainer_cfg.get("enable_progress_bar") is not None or sys.stdout.isatty():
+            return {}
+        if any(isinstance(c, ProgressBar) for c in callbacks):
+            return {}
+        return {"enable_progress_bar": False}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.active = trainer.is_global_zero and not sys.stdout.isatty()
+        self._start, self._pending = time.monotonic(), None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.active:
+            return
+        optimizers = trainer.optimizers
+        self._pending = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "lr": optimizers[0].param_groups[0]["lr"] if optimizers else None,
+            "elapsed": time.monotonic() - self._start,
+        }
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._flush(trainer)
+
+    def _flush(self, trainer: L.Trainer) -> None:
+        if self._pending is not None:
+            print(self.line(trainer, self._pending, trainer.callback_metrics), flush=True)
+            self._pending = None
+
+    @classmethod
+    def line(cls, trainer: L.Trainer, pending: dict, metrics: dict) -> str:
+        """The summary of one epoch: ``pending`` from its end, ``metrics`` logged by then."""
+        epoch = f"epoch {pending['epoch']}"
+        if trainer.max_epochs is not None and trainer.max_epochs > 0:
+            epoch += f"/{trainer.max_epochs - 1}"
+        step = f"step {pending['step']}"
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            step += f"/{trainer.max_steps}"
+        parts = [epoch, step]
+        parts += [f"{k} {float(metrics[k]):.4f}" for k in cls.KEYS if k in metrics]
+        if pending["lr"] is not None:
+            parts.append(f"lr {pending['lr']:.2e}")
+        parts.append(f"elapsed {datetime.timedelta(seconds=round(pending['elapsed']))}")
+        return "  ".join(parts)

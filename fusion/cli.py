@@ -40,7 +40,9 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from feature_store.console import quiet_lightning, show_path
 from fusion.callbacks import (
+    EpochSummary,
     ResumeMetrics,
     RunArtifacts,
     RunCheckpoint,
@@ -254,7 +256,8 @@ class FusionCLI(LightningCLI):
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         extra = [RunArtifacts(), ResumeMetrics(), StopOnNonFiniteLoss(), StoreFingerprint()]
-        extra.append(BestSummary())
+        extra += [BestSummary(), EpochSummary()]  # EpochSummary: a line per epoch in a log file
+        kwargs.update(EpochSummary.trainer_kwargs(trainer_cfg, callbacks))
         if user_logger is not False and not any(
             isinstance(c, LearningRateMonitor) for c in callbacks
         ):
@@ -304,15 +307,15 @@ class FusionCLI(LightningCLI):
     def before_fit(self) -> None:
         if self.ckpt_file:
             check_resume(Path(self.ckpt_file), self.model)
-        rank_zero_info(f"run directory: {self.run_dir}")
+        rank_zero_info(f"run directory: {show_path(self.run_dir)}")
 
     def after_fit(self) -> None:
         ckpt = self.trainer.checkpoint_callback
         if ckpt is not None and ckpt.best_model_path:
             score = ckpt.best_model_score
             rank_zero_info(
-                f"best checkpoint: {ckpt.best_model_path} (val/acc_top1 "
-                f"{float(score):.4f}); run directory: {self.run_dir}"
+                f"best checkpoint: {show_path(ckpt.best_model_path)} (val/acc_top1 "
+                f"{float(score):.4f}); run directory: {show_path(self.run_dir)}"
             )
             cfg = self.config[self.subcommand] if self.subcommand else self.config
             probe = latest_probe(cfg["data"]["store"], cfg["runs_root"])
@@ -335,4 +338,5 @@ def main(
     ``finish_wandb=False`` leaves the W&B run open for the caller to log more and finish
     (``fusion.wandb_report.finish_runs(cli.trainer)``); ``extra_callbacks`` join this fit's
     (``train.py tune``'s pruner)."""
-    return FusionCLI(args=args, finish_wandb=finish_wandb, extra_callbacks=extra_callbacks)
+    with quiet_lightning():  # no litlogger advertisement, no LeafSpec deprecation
+        return FusionCLI(args=args, finish_wandb=finish_wandb, extra_callbacks=extra_callbacks)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from feature_store.console import show_path
 from fusion.exit import ExitError
 
 DONE = "test.probs.npz"  # written last in a fold: its presence marks the fold finished
@@ -103,7 +104,7 @@ def run_cv(argv: Sequence[str]) -> Path:
     for fold in range(folds):
         run = cv_dir / f"fold_{fold}"
         if (run / DONE).is_file():
-            print(f"cv: fold {fold} already done ({run})")
+            print(f"cv: fold {fold} already done ({show_path(run)})")
             continue
         if run.exists():  # a fold killed part-way: ours alone, redone from scratch
             shutil.rmtree(run)
@@ -163,6 +164,6 @@ def summarise(cv_dir: Path, folds: int, *, message: str | None = None) -> Path:
     print(
         f"cv: {folds} folds, val/acc_top1 {summary['cv_acc_top1_mean']:.4f} +- "
         f"{summary['cv_acc_top1_std']:.4f} (out-of-fold {summary['oof_acc_top1']:.4f}); "
-        f"wrote {cv_dir}"
+        f"wrote {show_path(cv_dir)}"
     )
     return cv_dir

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feature_store.console import show_path
 from fusion.exit import ExitError
 
 
@@ -262,8 +263,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         out = write_ensemble(args.out, members, probs, meta=meta, message=args.message)
     except EnsembleError as err:
         raise ExitError(f"predict.py ensemble: error: {err}") from err
-    print(f"wrote {out} ({len(members[0].ids)} rows, {len(members)} members) and "
-          f"{out.with_suffix('.json')}")  # fmt: skip
+    print(f"wrote {show_path(out)} ({len(members[0].ids)} rows, {len(members)} members) and "
+          f"{show_path(out.with_suffix('.json'))}")  # fmt: skip
     return out
 
 

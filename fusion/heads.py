@@ -34,9 +34,16 @@ def register(name: str):
 
 
 def build_head(
-    kind: str, *, image_dim: int, text_dim: int, num_classes: int, **hparams: Any
+    kind: str,
+    *,
+    image_dim: int,
+    text_dim: int,
+    num_classes: int,
+    members: int = 1,
+    **hparams: Any,
 ) -> FusionHead:
-    """Build the head registered as ``kind``.
+    """Build the head registered as ``kind`` (``members`` > 1: a :class:`HeadSweep` of that
+    many copies).
 
     ``hparams`` may hold options of other heads too (the LightningModule keeps one flat set
     of hyper-parameters); only the ones ``kind`` accepts are passed on.
@@ -46,17 +53,55 @@ def build_head(
     cls = HEADS[kind]
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in hparams.items() if k in accepted}
-    return cls(image_dim=image_dim, text_dim=text_dim, num_classes=num_classes, **kwargs)
+    dims = {"image_dim": image_dim, "text_dim": text_dim, "num_classes": num_classes}
+    if members > 1:
+        return HeadSweep([cls(**dims, **kwargs) for _ in range(members)])
+    return cls(**dims, **kwargs)
 
 
-def mlp(in_dim: int, hidden_dims: Sequence[int], out_dim: int, dropout: float) -> nn.Sequential:
-    """Linear -> ReLU -> Dropout per hidden size, then a linear classifier."""
+def mlp(
+    in_dim: int,
+    hidden_dims: Sequence[int],
+    out_dim: int,
+    dropout: float,
+    linear_skip: bool = False,
+) -> nn.Module:
+    """Linear -> ReLU -> Dropout per hidden size, then a linear classifier.
+
+    ``linear_skip`` (with hidden layers) gives a :class:`SkipMLP` instead: a linear layer
+    from the input straight to the output plus the MLP, whose last layer starts at zero.
+    """
     layers: list[nn.Module] = []
+    width_in = in_dim
     for width in hidden_dims:
-        layers += [nn.Linear(in_dim, width), nn.ReLU(), nn.Dropout(dropout)]
-        in_dim = width
-    layers.append(nn.Linear(in_dim, out_dim))
-    return nn.Sequential(*layers)
+        layers += [nn.Linear(width_in, width), nn.ReLU(), nn.Dropout(dropout)]
+        width_in = width
+    layers.append(nn.Linear(width_in, out_dim))
+    body = nn.Sequential(*layers)
+    if linear_skip and hidden_dims:
+        return SkipMLP(nn.Linear(in_dim, out_dim), body)
+    return body
+
+
+class SkipMLP(nn.Module):
+    """``linear(x) + mlp(x)``, the MLP's last layer initialised to zero.
+
+    The head starts as the linear probe's model and the MLP only adds what a linear map
+    cannot do. Why: on frozen features with few rows per class (500 classes x 20 rows) a
+    plain MLP overfits to 50% where a linear layer reaches 85% (bench/README.md), while
+    on stores with non-linear class structure the MLP gains 5-10 points over the linear
+    layer; the sum keeps both.
+    """
+
+    def __init__(self, linear: nn.Linear, body: nn.Sequential) -> None:
+        super().__init__()
+        self.linear = linear
+        self.body = body
+        nn.init.zeros_(body[-1].weight)
+        nn.init.zeros_(body[-1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x) + self.body(x)
 
 
 NORMS = ("standardize", "layernorm", "none")
@@ -169,11 +214,12 @@ class _SingleModalityHead(FusionHead):
         hidden_dims: Sequence[int] = (512,),
         dropout: float = 0.0,
         input_norm: str | bool = "standardize",
+        linear_skip: bool = False,
     ) -> None:
         super().__init__()
         self._init_norms(image_dim, text_dim, input_norm)
         dim = image_dim if self.modality == "image" else text_dim
-        self.mlp = mlp(dim, hidden_dims, num_classes, dropout)
+        self.mlp = mlp(dim, hidden_dims, num_classes, dropout, linear_skip)
 
     def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
         if self.modality == "image":
@@ -210,11 +256,12 @@ class ConcatHead(FusionHead):
         dropout: float = 0.0,
         input_norm: str | bool = "standardize",
         modality_dropout: float = 0.0,
+        linear_skip: bool = False,
     ) -> None:
         super().__init__()
         self._init_norms(image_dim, text_dim, input_norm)
         self.modality_dropout = float(modality_dropout)
-        self.mlp = mlp(image_dim + text_dim, hidden_dims, num_classes, dropout)
+        self.mlp = mlp(image_dim + text_dim, hidden_dims, num_classes, dropout, linear_skip)
 
     def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
         return self.mlp(torch.cat(self.normalised(image_emb, text_emb), dim=1))
@@ -270,6 +317,7 @@ class DualLogitHead(FusionHead):
         modality_dropout: float = 0.0,
         weighting: str = "penalty",
         penalty_lambda: float = 0.1,
+        linear_skip: bool = False,
     ) -> None:
         super().__init__()
         if weighting not in ("penalty", "softmax"):
@@ -278,8 +326,8 @@ class DualLogitHead(FusionHead):
         self.modality_dropout = float(modality_dropout)
         self.weighting = weighting
         self.penalty_lambda = float(penalty_lambda)
-        self.image_mlp = mlp(image_dim, hidden_dims, num_classes, dropout)
-        self.text_mlp = mlp(text_dim, hidden_dims, num_classes, dropout)
+        self.image_mlp = mlp(image_dim, hidden_dims, num_classes, dropout, linear_skip)
+        self.text_mlp = mlp(text_dim, hidden_dims, num_classes, dropout, linear_skip)
         init = torch.full((2,), 0.5) if weighting == "penalty" else torch.zeros(2)
         # Raw weights for "penalty", logits for "softmax"; fusion_weights() maps either to
         # (alpha, beta).
@@ -325,12 +373,13 @@ class GatedHead(FusionHead):
         input_norm: str | bool = "standardize",
         modality_dropout: float = 0.0,
         gate_hidden: int = 64,
+        linear_skip: bool = False,
     ) -> None:
         super().__init__()
         self._init_norms(image_dim, text_dim, input_norm)
         self.modality_dropout = float(modality_dropout)
-        self.image_mlp = mlp(image_dim, hidden_dims, num_classes, dropout)
-        self.text_mlp = mlp(text_dim, hidden_dims, num_classes, dropout)
+        self.image_mlp = mlp(image_dim, hidden_dims, num_classes, dropout, linear_skip)
+        self.text_mlp = mlp(text_dim, hidden_dims, num_classes, dropout, linear_skip)
         self.gate = mlp(image_dim + text_dim, [gate_hidden] if gate_hidden else [], 1, 0.0)
         self._last: tuple[Tensor, ...] = ()
         self._mean_gate = torch.tensor(0.5)
@@ -385,3 +434,49 @@ class ReferenceProjectionHead(FusionHead):
 
     def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
         return self.mlp(torch.cat([self.image_proj(image_emb), self.text_proj(text_emb)], dim=1))
+
+
+class HeadSweep(FusionHead):
+    """Several copies of one head trained side by side; the one that is best on val answers.
+
+    The module gives each member its own weight decay (``--model.weight_decay`` as a list)
+    and trains all of them on the same batches in one pass; after each validation it
+    points :attr:`selected` at the member with the best val accuracy, so checkpoints,
+    ``predict.py`` and the val predictions use that member. This is the linear probe's
+    sweep of C, chosen on val, inside one fit: no single weight decay suits every store
+    (1e-3 is 4 points better than 1e-2 on 10 classes x 100 rows, 4 points worse on 500
+    classes x 20 rows; bench/README.md). Costs ``members`` times a head's compute, which
+    is small next to feature extraction.
+    """
+
+    def __init__(self, members: Sequence[FusionHead]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.kind = members[0].kind
+        self.register_buffer("selected", torch.zeros((), dtype=torch.long))
+
+    @property
+    def chosen(self) -> FusionHead:
+        """The member currently selected on val."""
+        return self.members[int(self.selected)]
+
+    def fit_input_stats(self, image_emb: Tensor, text_emb: Tensor) -> None:
+        for member in self.members:
+            member.fit_input_stats(image_emb, text_emb)
+
+    def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
+        return self.chosen(image_emb, text_emb)
+
+    def aux_loss(self) -> Tensor | None:
+        return self.chosen.aux_loss()
+
+    def branch_logits(self) -> tuple[Tensor, ...]:
+        return self.chosen.branch_logits()
+
+    def fusion_weights(self) -> Tensor | None:
+        return self.chosen.fusion_weights()
+
+
+def head_members(head: FusionHead) -> list[FusionHead]:
+    """The heads that train: a sweep's members, or the head itself."""
+    return list(head.members) if isinstance(head, HeadSweep) else [head]

@@ -27,6 +27,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_info
 
+from feature_store.console import show_path
+
 
 class _AppendingWriter(ExperimentWriter):
     """Lightning's CSV writer deletes an existing metrics.csv; on resume we append to it."""
@@ -156,8 +158,29 @@ def wandb_settings(
     }
 
 
+def console_settings(mode: str) -> dict:
+    """``wandb.init(settings=...)`` for what W&B prints: nothing offline (our one line says
+    where the run is and how to upload it), online only the run's URL (``quiet``: no
+    35-line history/summary footer). ``WANDB_QUIET`` / ``WANDB_SILENT`` set by the user win."""
+    if "WANDB_QUIET" in os.environ or "WANDB_SILENT" in os.environ:
+        return {}
+    return {"silent": True} if mode == "offline" else {"quiet": True}
+
+
+def drop_anonymous(init: dict) -> None:
+    """Lightning passes ``anonymous=None`` to ``wandb.init``; W&B 0.31 warns that the
+    setting has no effect whenever the key is there at all, so an unset one is left out."""
+    if init.get("anonymous") is None:
+        init.pop("anonymous", None)
+
+
 class RunWandbLogger(WandbLogger):
-    """``WandbLogger`` without Lightning's private ``_instantiator`` hyper-parameter."""
+    """``WandbLogger`` without Lightning's private ``_instantiator`` hyper-parameter (nor
+    its ``anonymous=None``, see :func:`drop_anonymous`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        drop_anonymous(self._wandb_init)
 
     def log_hyperparams(self, params) -> None:
         if isinstance(params, dict):
@@ -165,11 +188,10 @@ class RunWandbLogger(WandbLogger):
         super().log_hyperparams(params)
 
 
-def _say_mode(mode: str, why: str) -> None:
+def _say_mode(mode: str, why: str, run_dir: Path) -> None:
     if mode == "offline":
-        rank_zero_info(
-            f"W&B offline: {why}. Upload later with `wandb sync RUN/wandb/offline-run-*`"
-        )
+        runs = show_path(Path(run_dir) / "wandb" / "offline-run-*")
+        rank_zero_info(f"W&B offline: {why}. Upload later with `wandb sync {runs}`")
 
 
 def make_loggers(run_dir: Path, *, settings: dict) -> list[Logger]:
@@ -179,7 +201,7 @@ def make_loggers(run_dir: Path, *, settings: dict) -> list[Logger]:
     loggers: list[Logger] = [RunCSVLogger(run_dir)]
     mode, why = wandb_mode_and_reason()
     if mode != "disabled":
-        _say_mode(mode, why)
+        _say_mode(mode, why, run_dir)
         save_run_id(run_dir, settings["id"])
         loggers.append(
             RunWandbLogger(
@@ -188,6 +210,7 @@ def make_loggers(run_dir: Path, *, settings: dict) -> list[Logger]:
                 save_dir=str(Path(run_dir).resolve()),
                 offline=mode == "offline",
                 log_model=False,
+                settings=console_settings(mode),
                 **settings,
             )
         )
@@ -214,16 +237,19 @@ def adopt_user_loggers(loggers: Sequence[Logger], run_dir: Path, *, settings: di
         if not isinstance(logger, WandbLogger) or logger._experiment is not None:
             continue
         init = logger._wandb_init
+        mode, why = wandb_mode_and_reason()
+        offline = logger._offline or init.get("mode") in ("offline", "dryrun")
         values = {**settings, "dir": str(Path(run_dir).resolve())}
+        values["settings"] = console_settings("offline" if offline else mode)
         for key, value in values.items():
             if init.get(key) in _UNSET.get(key, (None,)):
                 init[key] = value
-        mode, why = wandb_mode_and_reason()
+        drop_anonymous(init)
         # LightningCLI fills every wandb.init argument the config leaves out with None.
         if init.get("mode") is None and not logger._offline:
             # Not WandbLogger(offline=True): that refuses log_model, which works offline.
             init["mode"] = mode if mode != "online" else None
-            _say_mode(mode, why)
+            _say_mode(mode, why, run_dir)
         if init.get("id"):
             save_run_id(run_dir, init["id"])
         logger._project, logger._save_dir = init.get("project"), init.get("dir")

@@ -16,10 +16,11 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from fusion.heads import build_head
+from fusion.heads import HeadSweep, build_head, head_members
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -128,7 +129,13 @@ class FusionModule(L.LightningModule):
         optimizer: "adamw" or "sgd" (with ``momentum``).
         lr: learning rate at batch size 256, scaled to the real batch by ``lr_scaling``
             (``sqrt``: times sqrt(batch/256), ``linear``, or ``none`` to use it as is).
-        weight_decay: on weight matrices only; biases, norms, alpha/beta never decay.
+        weight_decay: on weight matrices only; biases, norms, alpha/beta never decay. A list
+            (``[1e-4, 1e-3, 1e-2]``) trains one copy of the head per value on the same
+            batches and keeps the copy with the best val accuracy (the probe's sweep of C
+            inside one fit; :class:`fusion.heads.HeadSweep`).
+        linear_skip: heads with hidden layers: add a linear map from the input to the
+            logits and start the MLP's last layer at zero, so the head begins as the linear
+            model and cannot fall far below it where rows per class are few.
         fusion_lr_scale: alpha/beta (dual_logit) learn this many times faster than the rest,
             so they reach their regime early in training.
         schedule: "cosine", "step" (times ``gamma`` every ``step_epochs``) or "constant",
@@ -155,7 +162,8 @@ class FusionModule(L.LightningModule):
         optimizer: Literal["adamw", "sgd"] = "adamw",
         lr: float = 1e-3,
         lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt",
-        weight_decay: float = 0.01,
+        weight_decay: float | list[float] = 0.01,
+        linear_skip: bool = False,
         fusion_lr_scale: float = 10.0,
         momentum: float = 0.9,
         schedule: Literal["cosine", "step", "constant"] = "cosine",
@@ -170,6 +178,10 @@ class FusionModule(L.LightningModule):
         # Plain lists only (no tuples or config objects): checkpoints load with weights_only.
         self.hparams.hidden_dims = [512] if hidden_dims is None else [int(h) for h in hidden_dims]
         self.hparams.class_names = [str(c) for c in class_names]
+        if isinstance(weight_decay, (list, tuple)):
+            if not weight_decay:
+                raise ValueError("weight_decay: an empty list; give a value or a list of them")
+            self.hparams.weight_decay = [float(w) for w in weight_decay]
         self.head = build_head(
             head,
             image_dim=image_dim,
@@ -179,8 +191,12 @@ class FusionModule(L.LightningModule):
         )
         num_classes = len(self.hparams.class_names)
         self.train_stats = TrainingStats(k=5)
-        self.val_metrics = accuracy_metrics(num_classes, "val/")
-        self.val_loss = MeanMetric()
+        # One set of val metrics per member of a weight-decay sweep (one otherwise).
+        count = len(head_members(self.head))
+        self.val_metrics = nn.ModuleList(
+            accuracy_metrics(num_classes, "val/") for _ in range(count)
+        )
+        self.val_loss = nn.ModuleList(MeanMetric() for _ in range(count))
         # (step, alpha, beta) for the end-of-fit plot; saved in checkpoints so a resumed
         # run's plot covers the whole run.
         self.alpha_beta_history: list[list[float]] = []
@@ -195,27 +211,40 @@ class FusionModule(L.LightningModule):
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.head(image, text)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def _member_loss(self, member: nn.Module, batch: dict):
+        """(logits, loss, penalty) of one head on a training batch."""
         labels = batch["label"]
-        logits = self.head(batch["image"], batch["text"])
+        logits = member(batch["image"], batch["text"])
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
-        for branch in self.head.branch_logits():
+        for branch in member.branch_logits():
             loss = loss + self.hparams.branch_loss * F.cross_entropy(branch, labels)
-        penalty = self.head.aux_loss()
+        penalty = member.aux_loss()
         if penalty is not None:
             loss = loss + penalty
-        # Accumulated per step, logged once per epoch (on_train_epoch_end): Lightning's
-        # log() costs more per call than a small head's step on a CPU.
-        self.train_stats.update(
-            logits.detach(),
-            labels,
-            loss.detach(),
-            None if penalty is None else penalty.detach(),
-        )
+        return logits, loss, penalty
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        members = head_members(self.head)
+        chosen = int(self.head.selected) if isinstance(self.head, HeadSweep) else 0
+        # A sweep's members have disjoint parameters: the gradient of the summed loss is
+        # each member's own gradient, as if each were trained alone on these batches.
+        total = 0.0
+        for i, member in enumerate(members):
+            logits, loss, penalty = self._member_loss(member, batch)
+            total = total + loss
+            if i == chosen:
+                # Accumulated per step, logged once per epoch (on_train_epoch_end):
+                # Lightning's log() costs more per call than a small head's step on a CPU.
+                self.train_stats.update(
+                    logits.detach(),
+                    batch["label"],
+                    loss.detach(),
+                    None if penalty is None else penalty.detach(),
+                )
         weights = self.head.fusion_weights()
         if weights is not None:
             self._log_fusion_weights(weights)
-        return loss
+        return total
 
     def _log_fusion_weights(self, weights: torch.Tensor) -> None:
         """fusion/alpha and fusion/beta at every step, straight to the loggers.
@@ -240,16 +269,34 @@ class FusionModule(L.LightningModule):
         self.train_stats.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self.head(batch["image"], batch["text"])
-        loss = F.cross_entropy(logits, batch["label"], reduction="sum")
-        self.val_loss.update(loss / len(logits), weight=len(logits))
-        self.val_metrics.update(logits, batch["label"])
+        for member, metrics, mean_loss in zip(
+            head_members(self.head), self.val_metrics, self.val_loss, strict=True
+        ):
+            logits = member(batch["image"], batch["text"])
+            loss = F.cross_entropy(logits, batch["label"], reduction="sum")
+            mean_loss.update(loss / len(logits), weight=len(logits))
+            metrics.update(logits, batch["label"])
 
     def on_validation_epoch_end(self) -> None:
-        metrics = {"val/loss": self.val_loss.compute(), **self.val_metrics.compute()}
+        per_member = [
+            {"val/loss": mean_loss.compute(), **metrics.compute()}
+            for metrics, mean_loss in zip(self.val_metrics, self.val_loss, strict=True)
+        ]
+        # The best member on val answers from now on; among equals the one with the
+        # largest weight decay, as the probe keeps the smallest C among equals.
+        decays = self.hparams.weight_decay
+        decays = decays if isinstance(decays, list) else [decays]
+        best = max(
+            range(len(per_member)),
+            key=lambda i: (float(per_member[i]["val/acc_top1"]), decays[i]),
+        )
+        metrics = per_member[best]
+        if isinstance(self.head, HeadSweep):
+            self.head.selected.fill_(best)
+            metrics = {**metrics, "val/weight_decay": self.hparams.weight_decay[best]}
         self.log_dict(metrics, prog_bar=True)
-        self.val_loss.reset()
-        self.val_metrics.reset()
+        for metric in (*self.val_metrics, *self.val_loss):
+            metric.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
         probs = self.head(batch["image"], batch["text"]).softmax(dim=1)
@@ -276,19 +323,23 @@ class FusionModule(L.LightningModule):
         """Weight matrices decay; biases, norms and alpha/beta do not (nanoGPT's rule), and
         alpha/beta learn ``fusion_lr_scale`` times faster."""
         hp = self.hparams
-        decay, no_decay, fusion = [], [], []
-        for name, param in self.head.named_parameters():
-            if name == "weights":
-                fusion.append(param)
-            elif param.ndim >= 2:
-                decay.append(param)
-            else:
-                no_decay.append(param)
-        groups = [
-            {"params": decay, "weight_decay": hp.weight_decay, "lr": lr},
-            {"params": no_decay, "weight_decay": 0.0, "lr": lr},
-            {"params": fusion, "weight_decay": 0.0, "lr": lr * hp.fusion_lr_scale},
-        ]
+        members = head_members(self.head)
+        decays = hp.weight_decay if isinstance(hp.weight_decay, list) else [hp.weight_decay]
+        groups = []
+        for member, weight_decay in zip(members, decays, strict=True):
+            decay, no_decay, fusion = [], [], []
+            for name, param in member.named_parameters():
+                if name == "weights":
+                    fusion.append(param)
+                elif param.ndim >= 2:
+                    decay.append(param)
+                else:
+                    no_decay.append(param)
+            groups += [
+                {"params": decay, "weight_decay": weight_decay, "lr": lr},
+                {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+                {"params": fusion, "weight_decay": 0.0, "lr": lr * hp.fusion_lr_scale},
+            ]
         return [g for g in groups if g["params"]]
 
     def configure_optimizers(self):
@@ -321,4 +372,7 @@ class FusionModule(L.LightningModule):
 def head_options(hparams: dict) -> dict:
     """The head's own options out of a module's (or a checkpoint's) hyper-parameters."""
     skip = {"head", "image_dim", "text_dim", "class_names"}
-    return {k: v for k, v in dict(hparams).items() if k not in skip}
+    options = {k: v for k, v in dict(hparams).items() if k not in skip}
+    weight_decay = options.get("weight_decay")
+    options["members"] = len(weight_decay) if isinstance(weight_decay, (list, tuple)) else 1
+    return options

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from feature_store import StoreError, StoreInfo, load_arrays, open_store, read_failures
+from feature_store.console import show_path
 from feature_store.integrity import fingerprint_diff, model_fingerprint
 from fusion.exit import ExitError
 from fusion.heads import FusionHead, build_head
@@ -424,14 +425,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
             raise ExitError(
                 f"predict.py: error: {len(failed)} {args.split} inputs failed extraction "
                 f"({listed}{more}); --strict refuses a submission with fallback rows. Fix "
-                f"or replace the images listed in {Path(args.store) / 'failures.csv'} and "
+                f"or replace the images listed in {show_path(Path(args.store) / 'failures.csv')} and "
                 "rerun data_prep, or drop --strict."
             )
         print(
             f"WARNING: {len(failed)} {args.split} inputs failed extraction and have no "
             f"embedding; their rows use the fallback (the train class prior, class "
             f"{int(probs[ids.index(failed[0]['id'])].argmax())}): {listed}{more}. "
-            f"See {Path(args.store) / 'failures.csv'}; --strict fails instead.",
+            f"See {show_path(Path(args.store) / 'failures.csv')}; --strict fails instead.",
             file=sys.stderr,
         )
     try:
@@ -449,5 +450,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         log_submission_to_fit_runs(args.checkpoint, out, npz)
     except Exception as err:  # noqa: BLE001
         print(f"WARNING: the submission was written but not logged to W&B: {err}", file=sys.stderr)
-    print(f"wrote {out} ({len(ids)} rows, {len(args.checkpoint)} checkpoint(s)) and {npz}")
+    print(
+        f"wrote {show_path(out)} ({len(ids)} rows, {len(args.checkpoint)} checkpoint(s)) "
+        f"and {show_path(npz)}"
+    )
     return out

@@ -30,6 +30,7 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch.loggers import WandbLogger
 
 from feature_store import load_arrays, open_store
+from feature_store.console import show_path
 from fusion.exit import ExitError
 from fusion.predict import write_csv, write_predictions_csv, write_submission
 from fusion.probe import DEFAULT_CS, fit_probe
@@ -105,7 +106,7 @@ def run_probe(argv: Sequence[str] | None = None) -> Path:
         )
     x_train, x_val = views(train), views(val)
     run.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
-    print(f"run directory: {run}")
+    print(f"run directory: {show_path(run)}")
     p.save(cfg, run / "config.yaml", overwrite=True)
     results, probes, sweep_rows = {}, {}, []
     for name in cfg.probe.views:
@@ -158,7 +159,9 @@ def run_probe(argv: Sequence[str] | None = None) -> Path:
         )
         logger.finalize("success")
         logger.experiment.finish()
-    print(f"best: {best} (val/acc_top1 {results[best]['val_acc_top1']:.4f}); wrote {run}")
+    print(
+        f"best: {best} (val/acc_top1 {results[best]['val_acc_top1']:.4f}); wrote {show_path(run)}"
+    )
     return run
 
 

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
 
+from feature_store.console import show_path
+
 METHODS = ("weights", "logistic")
 
 
@@ -192,6 +194,6 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
     (run / "stack.json").write_text(json.dumps(summary, indent=2))
     print(
         f"stack ({method}): cross-fitted val/acc_top1 {summary['val_acc_top1_cross_fitted']:.4f}"
-        f" vs members {[round(a, 4) for a in summary['member_val_acc_top1']]}; wrote {run}"
+        f" vs members {[round(a, 4) for a in summary['member_val_acc_top1']]}; wrote {show_path(run)}"
     )
     return run

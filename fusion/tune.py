@@ -40,6 +40,7 @@ import optuna
 import yaml
 from lightning.pytorch.loggers import WandbLogger
 
+from feature_store.console import show_path
 from fusion.cv import config_value, option, without
 from fusion.exit import ExitError
 
@@ -249,7 +250,7 @@ def report(study: optuna.Study, study_dir: Path) -> Path:
     write_csv(study_dir / "trials.csv", header, ([r.get(k, "") for k in header] for r in rows))
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
-        print(f"tune: no complete trial yet in {study_dir}")
+        print(f"tune: no complete trial yet in {show_path(study_dir)}")
         return study_dir
     best = study.best_trial
     best_run = Path(best.user_attrs["run_dir"])
@@ -263,7 +264,10 @@ def report(study: optuna.Study, study_dir: Path) -> Path:
     print("  trial  val/acc_top1  params")
     for t in sorted(complete, key=lambda t: -t.value)[:10]:
         print(f"  {t.number:5d}  {t.value:12.4f}  {json.dumps(t.params)}")
-    print(f"best config: {study_dir / 'best.yaml'}; all trials: {study_dir / 'trials.csv'}")
+    print(
+        f"best config: {show_path(study_dir / 'best.yaml')}; "
+        f"all trials: {show_path(study_dir / 'trials.csv')}"
+    )
     return study_dir
 
 

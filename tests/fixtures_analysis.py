@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw
 
 from feature_store.layout import load_arrays, write_store
@@ -176,3 +177,43 @@ def caption_store(root: Path, model_dir: str) -> Path:
         },
     )
     return root
+
+
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def digit_store(root: Path, *, per_class: int = 6) -> Path:
+    """Classes ``digit_zero`` .. ``digit_nine``; in each class the even rows' captions name
+    the digit ("a sketch of a four") and the odd rows' say only "a sketch". text_emb is a
+    fixed random vector per distinct caption, as a caption encoder gives identical
+    captions identical embeddings."""
+    rng = np.random.default_rng(0)
+    vocab: dict[str, np.ndarray] = {}
+    means = 3 * rng.standard_normal((10, 8))
+    splits = {}
+    for split in ("train", "val"):
+        labels = np.repeat(np.arange(10), per_class)
+        captions = [
+            f"a sketch of a {DIGITS[y]}" if i % 2 == 0 else "a sketch"
+            for y in range(10)
+            for i in range(per_class)
+        ]
+        text = [vocab.setdefault(c, rng.standard_normal(6)) for c in captions]
+        splits[split] = {
+            "id": [f"{split}_{i}" for i in range(len(labels))],
+            "label": labels,
+            "caption": captions,
+            "image_emb": means[labels] + rng.standard_normal((len(labels), 8)),
+            "text_emb": np.stack(text),
+        }
+    write_store(root, splits=splits, class_names=[f"digit_{d}" for d in DIGITS])
+    return root
+
+
+def write_fit_config(run: Path, *, head: str = "dual_logit", weighting: str = "penalty",
+                     penalty_lambda: float = 0.3) -> None:  # fmt: skip
+    """The parts of a fit's config.yaml the report's run summary reads."""
+    run.mkdir(parents=True, exist_ok=True)
+    model = {"head": head, "weighting": weighting, "penalty_lambda": penalty_lambda}
+    config = {"model": model, "checkpoint": {"monitor": "val/acc_top1", "filename": "best"}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))

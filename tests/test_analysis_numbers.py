@@ -10,7 +10,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from sklearn.preprocessing import StandardScaler
 
 from analysis.captions import caption_stats, is_degenerate, mentions_class
-from analysis.clustering import add_clustering, cluster_modality, k_distance_eps, purity
+from analysis.clustering import add_clustering, cluster_modality, k_distance, purity
 from analysis.data import balanced_sample, class_subset, load_views
 from analysis.html import Report
 from analysis.probes import add_probes, knn_accuracy, probe_sweep
@@ -167,9 +167,9 @@ def test_k_distance_knee_between_scales():
     rng = np.random.default_rng(0)
     blobs = np.vstack([rng.normal(0, 0.01, (100, 2)), rng.normal(5, 0.01, (100, 2))])
     outliers = rng.uniform(20, 40, (6, 2))
-    eps, curve = k_distance_eps(np.vstack([blobs, outliers]), min_samples=5)
-    assert np.all(np.diff(curve) >= 0)
-    assert 0.005 < eps < 5.0
+    kd = k_distance(np.vstack([blobs, outliers]), min_samples=5)
+    assert np.all(np.diff(kd.curve) >= 0)
+    assert 0.005 < kd.eps < 5.0 and kd.note == ""
 
 
 def test_balanced_sample_caps_and_spreads():

@@ -73,7 +73,7 @@ def _parsed_defaults(parser, *required: str) -> dict:
 def test_the_shown_defaults_are_the_real_ones():
     # analysis: the CLI's defaults are ReportOptions' (the Python API's)
     opts = analysis_cli.parse_args(["--store", "s", "--out", "o"])
-    assert opts == ReportOptions(store=Path("s"), out=Path("o"), classes="10")
+    assert opts == ReportOptions(store=Path("s"), out=Path("o"))
     # data_prep: the dataclasses' defaults, section by section
     assert _parsed_defaults(build_parser()) == asdict(PrepConfig())
     # predict: the library function's batch size; ensemble: the stacker's folds

@@ -51,7 +51,7 @@ def test_store_layout_shapes_and_counts(built, tiny_models):  # noqa: F811
     info = open_store(out)
     m = info.manifest
     assert info.class_names == ["cat", "dog", "fish"]
-    assert m["format_version"] == 1 and m["emb_dtype"] == "float16"
+    assert m["format_version"] == 2 and m["emb_dtype"] == "float16"
     # cls pooling: one hidden state per model, widths read from the saved model configs.
     width = {k: json.loads((tiny_models[k] / "config.json").read_text())["hidden_size"]
              for k in ("dinov2", "bert")}  # fmt: skip

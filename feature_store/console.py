@@ -1,0 +1,73 @@
+"""What every stage prints: paths one way, and Lightning's noise kept to the block that makes it.
+
+$ python -c "from feature_store.console import show_path; print(show_path('stores/demo'))"
+
+- :func:`show_path`: a path relative to the working directory when it lies under it (short,
+  and pastes into the next command run from the same place), else absolute. train.py,
+  predict.py, data_prep and the run-directory messages all print paths through it.
+- :func:`quiet_lightning`: a ``with`` block that hides Lightning's advertisements ("Tip:
+  ... litlogger"), its ``LeafSpec`` deprecation (torch's warning about Lightning's own
+  code, nothing a user can act on) and, on request, its banners ("GPU available: ...").
+  Everything it changes (warning filters, a logger filter, a logger level) is put back
+  when the block ends, so a caller's own warnings and logging are untouched.
+
+Here because data_prep, fusion and train.py all import this package, and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# Where Lightning's rank_zero_info (banners, tips, our own "run directory:") is logged.
+RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+LIGHTNING_LOGGER = "lightning.pytorch"
+# Torch deprecates LeafSpec; Lightning 2.6 still builds one on every batch it moves.
+LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+ADVERT_PREFIX = "💡 Tip:"
+
+
+def show_path(path: str | os.PathLike, *, cwd: str | os.PathLike | None = None) -> str:
+    """``path`` relative to ``cwd`` (default: the working directory) when under it, else
+    absolute. Symlinks are kept as given (``abspath``, not ``resolve``)."""
+    absolute = Path(os.path.abspath(path))
+    base = Path(os.path.abspath(cwd if cwd is not None else os.getcwd()))
+    try:
+        return str(absolute.relative_to(base))
+    except ValueError:  # outside the working directory: ../../.. would be longer
+        return str(absolute)
+
+
+class _DropAdverts(logging.Filter):
+    """Drops Lightning's "💡 Tip: try installing litlogger / litmodels" records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(ADVERT_PREFIX)
+
+
+@contextmanager
+def quiet_lightning(*, banners: bool = True) -> Iterator[None]:
+    """Within the block: no Lightning advertisement or LeafSpec deprecation; with
+    ``banners=False`` none of Lightning's info lines either (data_prep's progress bars stay
+    readable). Filters and levels are restored on exit, even on an exception."""
+    rank_zero, lightning = logging.getLogger(RANK_ZERO_LOGGER), logging.getLogger(LIGHTNING_LOGGER)
+    advert_filter, level = _DropAdverts(), lightning.level
+    with warnings.catch_warnings():  # restores warnings.filters on exit
+        warnings.filterwarnings(
+            "ignore",
+            message=LEAFSPEC_WARNING,
+            category=FutureWarning,
+            module=r"lightning\.pytorch\.utilities\._pytree",
+        )
+        rank_zero.addFilter(advert_filter)
+        if not banners:
+            lightning.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            rank_zero.removeFilter(advert_filter)
+            lightning.setLevel(level)
