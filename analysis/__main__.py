@@ -1,101 +1,119 @@
 """Embedding and run report as one self-contained HTML page (CPU only).
 
 $ python -m analysis --store STORE [--run RUN_DIR] --out REPORT_DIR [--query "a violin"]
+$ python -m analysis -c report.yaml --probe_train 0        # a YAML of these options, then more
 
 Writes REPORT_DIR/report.html (figures embedded, opens offline) and REPORT_DIR/figures/*.png.
 The caps keep a 50,000-row, 500-class store under a few minutes on 2 cores; raise them for
-more faithful numbers on a bigger machine.
+more faithful numbers on a bigger machine (0 lifts a cap). Exit codes: 0 written, 2 bad
+input (one line naming it), 1 an internal error.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
+
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
 from analysis.probes import DEFAULT_CS
 from analysis.report import ReportOptions, build_report
+from feature_store.cli import cli_parser, error_name, renamed_options
 from feature_store.layout import StoreError
 
+PROG = "python -m analysis"
+# The dashed spellings from before the CLI took LightningCLI's underscored ones.
+OLD_NAMES = ("--map-points", "--tsne-points", "--probe-train", "--probe-val", "--probe-dim",
+             "--probe-cs", "--probe-max-iter", "--knn-k", "--cluster-points", "--query-images",
+             "--patch-images", "--display-names")  # fmt: skip
+RENAMES = {old: "--" + old[2:].replace("-", "_") for old in OLD_NAMES}
 
-def _cap(text: str) -> int | None:
-    """A row cap; 0 or 'all' means no cap."""
-    return None if text in ("0", "all", "none") else int(text)
+_DEFAULT = {f.name: f.default for f in fields(ReportOptions)}  # the CLI's defaults are the API's
+FIELD = {"query_images": "n_query_images"}  # option -> ReportOptions field, where they differ
+CAPS = ("probe_train", "probe_val", "probe_dim", "cluster_points")  # 0 on the command line: none
+# The sizes and caps: (option, type, help).
+SIZES = [
+    ("map_points", PositiveInt, "rows on the PCA/LDA maps"),
+    ("tsne_points", NonNegativeInt, "rows on the t-SNE map (0: no t-SNE)"),
+    ("probe_train", NonNegativeInt, "train rows for the probes (0: all)"),
+    ("probe_val", NonNegativeInt, "val rows for the probes (0: all)"),
+    ("probe_dim", NonNegativeInt, "PCA-project wider probe inputs to this (0: never)"),
+    ("probe_max_iter", PositiveInt, "L-BFGS iterations per probe fit"),
+    ("knn_k", PositiveInt, "neighbours of the k-NN probe"),
+    ("cluster_points", NonNegativeInt, "rows for k-means and DBSCAN (0: all)"),
+    ("query_images", NonNegativeInt, "val images shown with their neighbours"),
+    ("patch_images", NonNegativeInt, "images in the DINOv2 patch view (0: none)"),
+]
+
+
+def parser():
+    """``python -m analysis``'s options: LightningCLI's style (``-c`` YAML, underscores)."""
+    p = cli_parser(PROG, __doc__.splitlines()[0])
+    p.add_argument("--store", type=str, required=True, help="feature-store directory")
+    run_help = "a train.py run directory (metrics.csv, val_predictions.csv)"
+    p.add_argument("--run", type=str | None, default=None, help=run_help)
+    p.add_argument("--out", type=str, required=True, help="report directory to write")
+    query_help = "a free-text caption query; repeat for more (YAML: a list)"
+    p.add_argument("--query", action="append", default=[], help=query_help)
+    classes_help = (
+        "a count or comma-separated names: the classes on the 2-D maps (null: the 10 most "
+        "frequent) and, when given, the only classes image-retrieval queries come from"
+    )
+    p.add_argument("--classes", type=int | str | None, default=None, help=classes_help)
+    names_help = "CSV class,name: names to show and find in captions instead of the store's"
+    p.add_argument("--display_names", type=str | None, default=None, help=names_help)
+    cs_help = "C values of the logistic-regression sweep, e.g. [0.01,0.1,1]"
+    p.add_argument("--probe_cs", type=list[PositiveFloat], default=list(DEFAULT_CS), help=cs_help)
+    for name, kind, text in SIZES:
+        p.add_argument(f"--{name}", type=kind, default=_DEFAULT[FIELD.get(name, name)], help=text)
+    return p
+
+
+def _compat(argv: list[str]) -> list[str]:
+    """Old dashed names still work (with a note); ``--probe_cs 0.01,0.1`` as a list."""
+    argv = renamed_options(argv, RENAMES, PROG)
+    for i, arg in enumerate(argv[:-1]):
+        if arg == "--probe_cs" and not argv[i + 1].lstrip().startswith("["):
+            argv[i + 1] = f"[{argv[i + 1]}]"
+    return argv
 
 
 def parse_args(argv: list[str]) -> ReportOptions:
-    p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
-    p.add_argument("--store", type=Path, required=True, help="feature store directory")
-    p.add_argument("--run", type=Path, help="training run directory (metrics.csv, ...)")
-    p.add_argument("--out", type=Path, required=True, help="report directory to write")
-    p.add_argument("--query", action="append", default=[], help="free-text caption query")
-    p.add_argument(
-        "--classes",
-        help="a count or comma-separated names: the classes on the 2-D maps (default: the 10 "
-        "most frequent) and, when given, the only classes image-retrieval queries come from "
-        "(their neighbours are searched in all classes)",
-    )
-    p.add_argument(
-        "--display-names",
-        type=Path,
-        help="CSV class,name: names to show and to find in captions instead of the store's "
-        "class names (e.g. n01440764,tench)",
-    )
-    p.add_argument("--map-points", type=int, default=2000, help="rows on the PCA/LDA maps")
-    p.add_argument("--tsne-points", type=int, default=1000, help="rows on the t-SNE map")
-    p.add_argument("--probe-train", type=_cap, default=5000, help="train rows for probes")
-    p.add_argument("--probe-val", type=_cap, default=2500, help="val rows for probes")
-    p.add_argument("--probe-dim", type=_cap, default=256, help="PCA past this many dims")
-    p.add_argument(
-        "--probe-cs",
-        type=lambda s: tuple(float(x) for x in s.split(",")),
-        default=DEFAULT_CS,
-        help="comma-separated C values of the logistic-regression sweep",
-    )
-    p.add_argument("--probe-max-iter", type=int, default=100)
-    p.add_argument("--knn-k", type=int, default=10)
-    p.add_argument("--cluster-points", type=_cap, default=5000, help="rows for clustering")
-    p.add_argument("--query-images", type=int, default=4, help="image retrieval queries")
-    p.add_argument("--patch-images", type=int, default=4, help="images in the patch view")
-    a = p.parse_args(argv)
+    a = parser().parse_args(_compat(list(argv)))
+    sizes = {FIELD.get(name, name): a[name] for name, _, _ in SIZES}
+    sizes.update({k: sizes[k] or None for k in CAPS})  # ReportOptions: None = no cap
     return ReportOptions(
-        store=a.store,
-        out=a.out,
-        run=a.run,
-        classes=a.classes,
-        display_names=a.display_names,
-        map_points=a.map_points,
-        tsne_points=a.tsne_points,
-        probe_train=a.probe_train,
-        probe_val=a.probe_val,
-        probe_cs=a.probe_cs,
-        probe_max_iter=a.probe_max_iter,
-        probe_dim=a.probe_dim,
-        knn_k=a.knn_k,
-        cluster_points=a.cluster_points,
+        store=Path(a.store),
+        out=Path(a.out),
+        run=Path(a.run) if a.run else None,
+        classes=None if a.classes is None else str(a.classes),
+        display_names=Path(a.display_names) if a.display_names else None,
+        probe_cs=tuple(a.probe_cs),
         queries=a.query,
-        n_query_images=a.query_images,
-        patch_images=a.patch_images,
+        **sizes,
     )
+
+
+def _bad_input(message: str) -> int:
+    print(f"{error_name(PROG)}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     if opts.out.exists() and not opts.out.is_dir():
-        print(f"error: --out {opts.out} is a file; give a directory for the report "
-              "(report.html and figures/ go into it)", file=sys.stderr)  # fmt: skip
-        return 2
+        return _bad_input(f"--out {opts.out} is a file; give a directory for the report "
+                          "(report.html and figures/ go into it)")  # fmt: skip
     try:
         result = build_report(opts)
     except (StoreError, ValueError) as err:  # bad store or --classes: the message names the fix
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _bad_input(str(err))
     except OSError as err:  # an unwritable --out
-        print(f"error: cannot write the report to {opts.out} ({err}); choose a writable "
-              "--out directory", file=sys.stderr)  # fmt: skip
-        return 2
+        return _bad_input(f"cannot write the report to {opts.out} ({err}); choose a writable "
+                          "--out directory")  # fmt: skip
     notes = result.report.notes
     print(f"wrote {result.page} ({len(result.report.figures)} figures, {len(notes)} notes)")
     return 0

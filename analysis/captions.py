@@ -125,7 +125,7 @@ def add_captions(report, views) -> dict:
     if st["mention_rate"] == 0 and all(WNID.match(n) for n in views.class_names[:20]):
         sec.note(
             "Class names look like WordNet ids (n01234567), which captions never contain: "
-            "the mention rate says nothing here. Give readable names with --display-names "
+            "the mention rate says nothing here. Give readable names with --display_names "
             "FILE (a class,name CSV)."
         )
     fig, ax = plt.subplots(figsize=(7, 3.2))

@@ -1,6 +1,6 @@
 """Clustering per modality: k-means (k = number of classes) and DBSCAN, scored by the labels.
 
-$ python -m analysis --store STORE --out report --cluster-points 5000
+$ python -m analysis --store STORE --out report --cluster_points 5000
 
 Rows are L2-normalised first, so Euclidean distances rank like cosine ones. DBSCAN's eps is
 the knee of the sorted k-distance curve (distance of every point to its

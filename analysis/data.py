@@ -30,7 +30,7 @@ class StoreViews:
     notes: list[str] = field(default_factory=list)
     train_name: str | None = None  # the store's split names behind ``train`` and ``val``
     val_name: str | None = None
-    display_names: list[str] | None = None  # --display-names: shown instead of the store's
+    display_names: list[str] | None = None  # --display_names: shown instead of the store's
 
     @property
     def class_names(self) -> list[str]:
@@ -79,17 +79,17 @@ def read_display_names(path: str | Path, class_names: list[str]) -> list[str]:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise ValueError(
-            f"--display-names {path} cannot be read ({err}); give a CSV file"
+            f"--display_names {path} cannot be read ({err}); give a CSV file"
         ) from None
     if not rows or not {"class", "name"} <= set(rows[0]):
         raise ValueError(
-            f"--display-names {path} needs a header line class,name and one row per class "
+            f"--display_names {path} needs a header line class,name and one row per class "
             "(the store's class name, the name to show)"
         )
     given = {r["class"].strip(): (r["name"] or "").strip() for r in rows if r["class"]}
     if not given.keys() & set(class_names):
         raise ValueError(
-            f"--display-names {path}: none of its classes is in the store (store classes "
+            f"--display_names {path}: none of its classes is in the store (store classes "
             f"start {class_names[:3]}, the file's {list(given)[:3]}); use the store's names"
         )
     return [given.get(n) or n for n in class_names]

@@ -1,6 +1,6 @@
 """DINOv2 patch view: the first three PCA components of patch tokens, shown as RGB.
 
-$ python -m analysis --store STORE --out report --patch-images 4
+$ python -m analysis --store STORE --out report --patch_images 4
 
 The one place analysis runs a foundation model again, for a handful of images only: the
 store's image model (manifest ``models["image"]``) is loaded with transformers'
@@ -80,7 +80,7 @@ def add_patch_view(report, views, *, n_images: int) -> None:
     entry = views.info.manifest.get("models", {}).get("image")
     ref = model_ref(entry)
     if n_images <= 0:
-        sec.note("Patch view disabled (--patch-images 0).")
+        sec.note("Patch view disabled (--patch_images 0).")
         return
     if ref is None:
         sec.note("Skipped: the manifest records no image model (models['image']).")

@@ -1,6 +1,6 @@
 """Linear probes and cosine k-NN: the no-GPU baseline every fusion head must beat.
 
-$ python -m analysis --store STORE --out report --probe-cs 0.01,0.1,1,10
+$ python -m analysis --store STORE --out report --probe_cs "[0.01,0.1,1,10]"
 
 For image, text and concatenated embeddings, raw and LDA-reduced: standardise on train, fit
 scikit-learn's LogisticRegression for each C of a log-spaced sweep, keep the C with the best
@@ -126,7 +126,7 @@ def add_probes(
         if raw.unconverged or lda.unconverged:
             sec.note(
                 f"{name}: {raw.unconverged + lda.unconverged} of {2 * len(cs)} fits stopped at "
-                f"max_iter={max_iter} before converging (raise --probe-max-iter for more)."
+                f"max_iter={max_iter} before converging (raise --probe_max_iter for more)."
             )
     header = ["features", "dim", "C", "LR top-1", "LDA C", "LDA+LR top-1", f"{k}-NN top-1"]
     sec.table(header, rows, "val top-1 (logistic regression, C chosen on val)")

@@ -1,6 +1,6 @@
 """2-D maps of image and text embeddings coloured by class: PCA, LDA and t-SNE.
 
-$ python -m analysis --store STORE --out report --classes 10 --map-points 2000
+$ python -m analysis --store STORE --out report --classes 10 --map_points 2000
 
 Drawn on a subset of classes and a capped, class-balanced sample of the train split, so a
 50,000-row, 500-class store stays readable (500 colours are not) and fast (t-SNE is

@@ -87,7 +87,7 @@ def build_report(opts: ReportOptions) -> ReportResult:
     """Every section in order; one that fails becomes a note, the others still run.
 
     Raises StoreError for a missing or broken store and ValueError for ``--classes`` names
-    the store does not have or a bad ``--display-names`` file: those are the caller's to
+    the store does not have or a bad ``--display_names`` file: those are the caller's to
     fix, not a section's to skip.
     """
     t0 = time.perf_counter()

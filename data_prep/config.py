@@ -1,6 +1,6 @@
 """The prep config: one dataclass per section, parsed by jsonargparse.
 
-$ python -m data_prep --config configs/prep/kaggle.yaml --image.pooling cls+mean --run.out stores/x
+$ python -m data_prep -c configs/prep/kaggle.yaml --image.pooling cls+mean --run.out stores/x
 $ python -m data_prep --print_config > my.yaml          # a complete config to edit
 
 Only plain values live here, so the resolved config can be stored in the manifest and
@@ -227,16 +227,14 @@ def _check(cfg: PrepConfig) -> None:
 
 
 def build_parser():
-    """A jsonargparse parser: `--config FILE`, `--section.key value`, `--print_config`."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
+    """A jsonargparse parser: `--config/-c FILE`, `--section.key value`, `--print_config`."""
+    from feature_store.cli import cli_parser
 
-    parser = ArgumentParser(
-        prog="python -m data_prep",
-        description="Images -> BLIP-2 captions, BERT caption embeddings, image features, "
-        "in a resumable feature store.",
-        default_env=False,
+    parser = cli_parser(
+        "python -m data_prep",
+        "Images -> BLIP-2 captions, BERT caption embeddings, image features, in a resumable "
+        "feature store.",
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML prep config")
     for name in ("input", "demo", "image", "caption", "text", "run"):
         parser.add_class_arguments(
             PrepConfig.__dataclass_fields__[name].default_factory, name, sub_configs=True

@@ -191,20 +191,51 @@ def write_ensemble(
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Entry point of ``python predict.py ensemble`` / ``python -m fusion.ensemble``."""
-    import argparse
+def parser():
+    """``predict.py ensemble``'s options: LightningCLI's style (``-c`` YAML, dotted names)."""
+    from typing import Literal
 
+    from jsonargparse.typing import restricted_number_type
+
+    from feature_store.cli import cli_parser
     from fusion.stacking import METHODS
 
-    p = argparse.ArgumentParser(prog="predict.py ensemble", description=__doc__.split("\n")[0])
-    p.add_argument("--probs", action="append", required=True, help="a member's .probs.npz")
-    p.add_argument("--fit_on", action="append", default=[], help="its labelled OOF/val file")
-    p.add_argument("--method", default="weights", choices=METHODS, help="with --fit_on")
-    p.add_argument("--folds", type=int, default=5, help="cross-fitting folds for the score")
-    p.add_argument("--out", default="ensemble.csv", help="submission CSV to write")
-    p.add_argument("--message", default=None, help="the Kaggle submission message")
-    args = p.parse_args(argv)
+    p = cli_parser("predict.py ensemble", __doc__.split("\n")[0])
+    p.add_argument(
+        "--probs",
+        action="append",
+        required=True,
+        help="a member's .probs.npz; repeat for each member (YAML: a list)",
+    )
+    p.add_argument(
+        "--fit_on",
+        action="append",
+        default=[],
+        help="a member's labelled OOF/val .probs.npz, in --probs order, to fit the "
+        "pooling on; without it the members are averaged",
+    )
+    p.add_argument(
+        "--method", type=Literal[METHODS], default="weights", help="pooling fitted with --fit_on"
+    )
+    p.add_argument(
+        "--folds",
+        type=restricted_number_type("AtLeast2", int, (">=", 2)),
+        default=5,
+        help="cross-fitting folds for the printed score",
+    )
+    p.add_argument("--out", type=str, default="ensemble.csv", help="submission CSV to write")
+    p.add_argument(
+        "--message",
+        type=str | None,
+        default=None,
+        help="the Kaggle submission message (default: OUT's name)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Entry point of ``python predict.py ensemble`` / ``python -m fusion.ensemble``."""
+    args = parser().parse_args(argv)
     try:
         members = check_members([load_probs(f) for f in args.probs])
         meta: dict = {"method": "mean"}

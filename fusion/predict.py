@@ -21,7 +21,6 @@ refused.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import os
@@ -40,7 +39,6 @@ from feature_store.console import show_path
 from feature_store.integrity import fingerprint_diff, model_fingerprint
 from fusion.exit import ExitError
 from fusion.heads import FusionHead, build_head
-from fusion.module import head_options
 
 FINGERPRINT_KEY = "store_fingerprint"  # written by fusion.callbacks.StoreFingerprint
 
@@ -83,6 +81,8 @@ def load_head(checkpoint: str | os.PathLike) -> tuple[FusionHead, dict]:
     The returned hyper-parameters also carry the checkpoint's store fingerprint under
     :data:`FINGERPRINT_KEY` (None for checkpoints written before it was recorded).
     """
+    from fusion.module import head_options  # Lightning: imported when needed, not for --help
+
     ckpt = load_checkpoint(checkpoint)
     hp = ckpt["hyper_parameters"]
     head = build_head(
@@ -93,7 +93,13 @@ def load_head(checkpoint: str | os.PathLike) -> tuple[FusionHead, dict]:
         **head_options(hp),
     )
     state = {k[5:]: v for k, v in ckpt["state_dict"].items() if k.startswith("head.")}
-    head.load_state_dict(state)  # strict: a key mismatch means a different head version
+    try:  # strict: a key or shape mismatch means another version's head
+        head.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{checkpoint}: its weights do not fit this version's {hp['head']!r} head "
+            f"({str(err).strip().splitlines()[0][:160]}); retrain it with this train.py."
+        ) from err
     return head.eval(), {**hp, FINGERPRINT_KEY: ckpt.get(FINGERPRINT_KEY)}
 
 
@@ -332,36 +338,42 @@ def save_probs(
     return Path(path)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def parser():
+    """``predict.py``'s options: LightningCLI's style (``-c`` YAML, ``--print_config``)."""
+    from jsonargparse.typing import PositiveInt
 
+    from feature_store.cli import cli_parser
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="predict.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
+    p = cli_parser("predict.py", __doc__.split("\n\n")[0] + " (`predict.py ensemble --help`: "
+                   "ensembles of saved .probs.npz files.)")  # fmt: skip
+    p.add_argument(
         "--checkpoint",
         action="append",
         required=True,
-        help="a train.py checkpoint (.ckpt); repeat to average several runs' probabilities",
+        help="a train.py checkpoint (.ckpt); repeat to average several runs' probabilities "
+        "(YAML: a list)",
     )
-    parser.add_argument("--store", required=True, help="feature-store directory")
-    parser.add_argument("--out", default="submission.csv", help="submission CSV to write")
-    parser.add_argument("--split", default="test", help="store split to predict (default test)")
-    parser.add_argument("--batch_size", type=_positive_int, default=4096)
-    parser.add_argument(
+    p.add_argument("--store", type=str, required=True, help="feature-store directory")
+    p.add_argument("--out", type=str, default="submission.csv", help="submission CSV to write")
+    p.add_argument("--split", type=str, default="test", help="store split to predict")
+    p.add_argument("--batch_size", type=PositiveInt, default=4096, help="rows per forward pass")
+    p.add_argument(
         "--strict",
-        action="store_true",
+        type=bool,
+        nargs="?",
+        const=True,
+        default=False,
         help="fail when an input of the split failed extraction instead of using the fallback",
     )
-    parser.add_argument(
+    p.add_argument(
         "--allow_store_mismatch",
-        action="store_true",
+        type=bool,
+        nargs="?",
+        const=True,
+        default=False,
         help="predict even if the store was built with other models than the training store",
     )
-    return parser.parse_args(argv)
+    return p
 
 
 def check_outputs(
@@ -393,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         from fusion.ensemble import main as ensemble_main
 
         return ensemble_main(argv[1:])
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     out = Path(args.out)
     check_outputs(out, args.checkpoint, args.store)
     try:

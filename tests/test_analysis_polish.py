@@ -276,7 +276,7 @@ def test_display_names_replace_wordnet_ids(tmp_path, capsys):
     names.write_text("class,name\n" + "\n".join(rows) + "\n")
     plain = build_report(ReportOptions(store=store, out=tmp_path / "o1", patch_images=0))
     assert plain.numbers["captions"]["mention_rate"] == 0
-    assert any("--display-names" in n for n in plain.report.notes)  # the WordNet-id note
+    assert any("--display_names" in n for n in plain.report.notes)  # the WordNet-id note
     opts = ReportOptions(store=store, out=tmp_path / "o2", display_names=names, patch_images=0,
                          classes="goldfish,n01484850", n_query_images=2)  # fmt: skip
     named = build_report(opts)
@@ -286,7 +286,7 @@ def test_display_names_replace_wordnet_ids(tmp_path, capsys):
     assert "great white shark" in named.page.read_text()
     # a file without the header: one line naming the option, exit 2
     names.write_text("n01440764,tench\n")
-    argv = ["--store", str(store), "--out", str(tmp_path / "o3"), "--display-names", str(names)]
+    argv = ["--store", str(store), "--out", str(tmp_path / "o3"), "--display_names", str(names)]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--display-names" in err and "class,name" in err
+    assert err.count("\n") == 1 and "--display_names" in err and "class,name" in err

@@ -141,6 +141,13 @@ def _strip_fingerprint(ctx: Ctx) -> None:
     torch.save(ckpt, ctx.ckpt)
 
 
+def _other_head_version(ctx: Ctx) -> None:
+    ckpt = torch.load(ctx.ckpt, weights_only=True)
+    first = next(k for k in ckpt["state_dict"] if k.startswith("head."))
+    ckpt["state_dict"][first] = torch.zeros(3)  # a weight of another shape
+    torch.save(ckpt, ctx.ckpt)
+
+
 def _truncate_ckpt(ctx: Ctx) -> None:
     ctx.ckpt.write_bytes(ctx.ckpt.read_bytes()[:2000])
 
@@ -210,7 +217,7 @@ def pred(*extra: str, out: str = "{tmp}/sub.csv") -> Callable[[Ctx], list[str]]:
 
 
 def report(out: str = "{tmp}/report") -> Callable[[Ctx], list[str]]:
-    args = ["--store", "{store}", "--out", out, "--tsne-points", "0", "--patch-images", "0"]
+    args = ["--store", "{store}", "--out", out, "--tsne_points", "0", "--patch_images", "0"]
     return lambda ctx: [str(_resolve(ctx, a)) for a in args]
 
 
@@ -262,11 +269,14 @@ PROBES = [
     Probe("predict-out-is-directory", "predict", pred(out="{tmp}"), 2, r"is a directory"),
     Probe("predict-out-read-only", "predict", pred(out="/proc/sketchfusion/sub.csv"), 2,
           r"cannot write /proc/sketchfusion/sub\.csv"),
-    Probe("predict-batch-0", "predict", pred("--batch_size", "0"), 2, r"--batch_size: must be"),
+    Probe("predict-batch-0", "predict", pred("--batch_size", "0"), 2, r"--batch_size: .*0"),
     Probe("predict-truncated-ckpt", "predict", pred(), 2,
           r"not a readable train\.py checkpoint", setup=_truncate_ckpt),
     Probe("predict-text-file-ckpt", "predict", pred(), 2,
           r"not a readable train\.py checkpoint", setup=_text_ckpt),
+    Probe("predict-ckpt-of-another-head-version", "predict", pred(), 2,
+          r"weights do not fit this version's 'dual_logit' head", setup=_other_head_version,
+          check=_no_submission),
     Probe("predict-inf-test-row", "predict", pred(), 2, r"NaN or infinite probabilities",
           setup=_replace_rows("test", _inf_row), check=_no_submission),
     Probe("predict-other-pooling", "predict", pred(), 2,

@@ -1,0 +1,66 @@
+"""The command-line convention of every stage (LightningCLI's), with one-line errors.
+
+$ python predict.py -c predict.yaml --batch_size 1024        # a YAML, then overrides
+$ python -m analysis --store STORE --out report --probe_train 0 --print_config
+
+``--config/-c`` reads a YAML of the options, option names are dotted and underscored
+(``--run.out``, ``--probe_train``) and ``--print_config`` prints a complete config, as in
+``train.py``. Bad input or usage exits 2 with one line ``NAME: error: ...`` naming the
+option; an internal error exits 1 with its traceback (Python's own behaviour).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Mapping, Sequence
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+EXIT_BAD_INPUT = 2
+
+
+def error_name(prog: str) -> str:
+    """``predict.py ensemble`` stays; ``python -m analysis`` -> ``analysis``."""
+    return prog.removeprefix("python -m ")
+
+
+def one_line(message: str) -> str:
+    """A jsonargparse message on one line, its ``Parser key "x":`` as the option ``--x:``."""
+    return " ".join(re.sub(r'Parser key "([^"]+)":', r"--\1:", message).split())
+
+
+class CliParser(ArgumentParser):
+    """jsonargparse's parser whose usage errors are one stderr line and exit code 2."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:  # a caller that handles ArgumentError itself
+            return super().error(message, ex)
+        print(
+            f"{error_name(self.prog)}: error: {one_line(message)} (options: {self.prog} --help)",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.exit(EXIT_BAD_INPUT)
+
+
+def cli_parser(prog: str, description: str) -> CliParser:
+    """A parser with ``--config/-c`` (a YAML of these options) and ``--print_config``."""
+    parser = CliParser(prog=prog, description=description, default_env=False)
+    parser.add_argument(
+        "--config", "-c", action=ActionConfigFile, help="a YAML file of these options"
+    )
+    return parser
+
+
+def renamed_options(argv: Sequence[str], renames: Mapping[str, str], prog: str) -> list[str]:
+    """``argv`` with deprecated option spellings replaced, and a note for each on stderr."""
+    out = []
+    for arg in argv:
+        old, eq, value = arg.partition("=")
+        new = renames.get(old)
+        if new is not None:
+            print(f"{error_name(prog)}: note: {old} is deprecated; use {new}", file=sys.stderr)
+            arg = new + eq + value
+        out.append(arg)
+    return out
