@@ -44,8 +44,9 @@ def tiny_demo_configs(tmp_path, tiny_models, monkeypatch):  # noqa: F811
     prep["run"]["progress"] = False
     (tmp_path / "configs" / "prep" / "demo.yaml").write_text(yaml.safe_dump(prep))
     fit_cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    fit_cfg["trainer"]["enable_progress_bar"] = False
+    fit_cfg["trainer.enable_progress_bar"] = False  # dotted keys over configs/base.yaml
     (tmp_path / "configs" / "demo.yaml").write_text(yaml.safe_dump(fit_cfg))
+    shutil.copy(REPO / "configs" / "base.yaml", tmp_path / "configs" / "base.yaml")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
