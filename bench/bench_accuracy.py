@@ -243,12 +243,15 @@ def goals(everything: dict) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--stores", default=",".join(STORES))
-    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--configs", default=None, help=f"comma-separated (default {','.join(CONFIGS)})")
     p.add_argument("--root", default="bench/stores", help="where stores are built and kept")
     p.add_argument("--runs", default="bench/runs", help="run directories of the fits")
     p.add_argument("--json", default=None, help="write all figures to this JSON file")
     p.add_argument(
-        "--reuse", default=None, help="a --json file of an earlier run: refit only the stacks"
+        "--reuse",
+        default=None,
+        help="a --json file of an earlier run: keep its figures, refit only --configs (if "
+        "given) and the stacks",
     )
     p.add_argument(
         "--goals", default=None, help="a --json file: print the goals table from it and stop"
@@ -269,18 +272,15 @@ def main() -> None:
         if a.reuse:
             previous = json.loads(Path(a.reuse).read_text())[name]
             results = {k: v for k, v in previous.items() if not k.startswith("stack")}
-            results.update(stack_scores(store, results, labels, kinds))
-            everything[name] = results
-            print(
-                table(f"{name}: {info.num_classes} classes, {len(splits['train'])} rows", results)
-            )
-            continue
-        results = probe_scores(splits, labels, kinds)
-        if (store / "image_means.npy").is_file():
-            from feature_store.synthetic import bayes_accuracy
+            refit = a.configs.split(",") if a.configs else []
+        else:
+            results = probe_scores(splits, labels, kinds)
+            if (store / "image_means.npy").is_file():
+                from feature_store.synthetic import bayes_accuracy
 
-            results["bayes:image"] = {"all": bayes_accuracy(store), "seconds": 0.0}
-        for config in a.configs.split(","):
+                results["bayes:image"] = {"all": bayes_accuracy(store), "seconds": 0.0}
+            refit = (a.configs or ",".join(CONFIGS)).split(",")
+        for config in refit:
             results[config] = head_scores(store, config, Path(a.runs), labels, kinds, a.extra)
         results.update(stack_scores(store, results, labels, kinds))
         everything[name] = results
