@@ -174,6 +174,8 @@ def table(name: str, results: dict[str, dict[str, float]]) -> str:
     for model, r in results.items():
         cells = [f"{r[c]:.3f}" if c in r else "" for c in cols]
         settled = f"{r['settled']:.0%}" if "settled" in r else ""
+        if r.get("settled_share") is not None:
+            settled += f" / {r['settled_share']:.0%}"
         lines.append(
             f"| {model} | "
             + " | ".join(cells)
@@ -254,12 +256,20 @@ def main() -> None:
         "given) and the stacks",
     )
     p.add_argument(
-        "--goals", default=None, help="a --json file: print the goals table from it and stop"
+        "--goals", default=None, help="a --json file: print its tables and goals, fit nothing"
     )
     p.add_argument("extra", nargs="*", help="overrides for every fit, after --")
     a = p.parse_args()
     if a.goals:
-        print(goals(json.loads(Path(a.goals).read_text())))
+        # The tables and the goals of bench/README.md again, from the figures alone.
+        everything = json.loads(Path(a.goals).read_text())
+        for name, results in everything.items():
+            store = Path(a.root) / name
+            if (store / "manifest.json").is_file():
+                info, rows = open_store(store), len(load_arrays(store, "train").labels)
+                name = f"{name}: {info.num_classes} classes, {rows} train rows"
+            print(table(name, results))
+        print("\n" + goals(everything))
         return
     import lightning as L
 
