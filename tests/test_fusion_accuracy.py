@@ -195,7 +195,28 @@ def test_stacker_weights_the_informative_member_and_beats_both_per_row():
     assert accs["stack"] > max(accs["image"], accs["text"]) + 0.05, accs
     noise = torch.log_softmax(torch.from_numpy(rng.normal(size=(n, c)) * 3), 1).numpy()
     weights = Stacker(2, "weights").fit(np.stack([image, noise]), labels)
-    assert weights.mean_weights(np.stack([image, noise]))[0] > 0.8  # a useless member: ~0
+    w_image, w_noise = weights.mean_weights(np.stack([image, noise]))
+    assert w_noise < 0.1 * w_image, (w_image, w_noise)  # a useless member: ~0
+
+
+def test_a_nearly_flat_member_gets_no_weight_and_moves_no_prediction():
+    """A text head on captions that say nothing gives nearly flat probabilities: with
+    weights on the simplex and a free temperature it worked as a second temperature and
+    kept weight, and its small wobble flipped predictions of the image member."""
+    rng = np.random.default_rng(1)
+    n, c = 300, 10
+    labels = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c))
+    logits[np.arange(n), labels] += rng.random(n) < 0.6  # a weak, poorly calibrated image
+    image = torch.log_softmax(torch.from_numpy(3 * logits), 1).numpy()
+    flat = torch.log_softmax(torch.from_numpy(rng.normal(size=(n, c)) * 0.3), 1).numpy()
+    lp = np.stack([image, flat])
+    for method in ("weights", "logistic"):
+        stacker = Stacker(2, method).fit(lp[:, :200], labels[:200])
+        w_image, w_flat = stacker.mean_weights(lp[:, 200:])
+        assert w_flat < 0.1 * w_image, (method, w_image, w_flat)
+        same = stacker.predict_proba(lp[:, 200:]).argmax(1) == image[200:].argmax(1)
+        assert same.mean() >= 0.98, (method, same.mean())
 
 
 def test_probe_run_writes_a_run_and_fits_print_it(tmp_path, caplog):
