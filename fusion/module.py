@@ -145,7 +145,8 @@ class FusionModule(L.LightningModule):
             layer at zero, so the head begins as the linear model and cannot fall far below
             it where rows per class are few.
         fusion_lr_scale: dual_logit only: alpha/beta learn this many times faster than the
-            rest, so they reach their regime early in training.
+            rest, so their share alpha/(alpha+beta) settles in the first 3-20% of the steps
+            (10x: up to 30%; bench/README.md).
         momentum: sgd only: momentum of the SGD optimizer.
         schedule: learning-rate schedule after the warm-up: ``cosine``, ``step`` (times
             ``gamma`` every ``step_epochs``) or ``constant``.
@@ -178,7 +179,7 @@ class FusionModule(L.LightningModule):
         lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt",
         weight_decay: float | list[float] = 0.01,
         linear_skip: bool = False,
-        fusion_lr_scale: float = 10.0,
+        fusion_lr_scale: float = 30.0,
         momentum: float = 0.9,
         schedule: Literal["cosine", "step", "constant"] = "cosine",
         warmup_fraction: float = 0.05,
