@@ -131,6 +131,12 @@ def check_settings(cfg) -> None:
         value = cfg.get(key)
         if isinstance(value, int | float) and not ok(value):
             raise RunDirError(f"--{key} {value} is out of range: it must be {rule}")
+    decays = cfg.get("model.weight_decay")
+    if isinstance(decays, list) and (not decays or any(d < 0 for d in decays)):
+        raise RunDirError(
+            f"--model.weight_decay {decays} is not a sweep: give a value >= 0 or a non-empty "
+            "list of them (one head is trained per value, the best on val kept)"
+        )
     hidden = cfg.get("model.hidden_dims") or []
     if any(not isinstance(h, int) or h < 1 for h in hidden):
         raise RunDirError(

@@ -232,6 +232,10 @@ PROBES = [
     # train.py ------------------------------------------------------------------------
     Probe("train-negative-lr", "train", fit("--model.lr", "-0.1"), 2, r"--model\.lr -0\.1 .*> 0"),
     Probe("train-batch-0", "train", fit("--data.batch_size", "0"), 2, r"--data\.batch_size 0"),
+    Probe("train-empty-weight-decay-sweep", "train", fit("--model.weight_decay", "[]"), 2,
+          r"--model\.weight_decay \[\] is not a sweep"),
+    Probe("train-negative-weight-decay-in-sweep", "train",
+          fit("--model.weight_decay", "[0.1, -1]"), 2, r"weight_decay \[0\.1, -1\.0\] is not"),
     Probe("train-unknown-head", "train", fit("--model.head", "mlp"), 2,
           r"'mlp' is not a head; choose one of \[.*'concat'.*'dual_logit'"),
     Probe("train-truncated-ckpt-path", "train", fit("--ckpt_path", "{ckpt}"), 2,
