@@ -68,7 +68,9 @@ def test_offline_fit_dashboard(tmp_path, offline, monkeypatch):
     run = tmp_path / "run"
     # Noisy embeddings and a high learning rate: val accuracy peaks early, so best != last.
     store = small_store(tmp_path / "s", noise=2.0)
-    fit_cli(store, run, "--wandb.tags", "[a, b]", "--model.lr", "0.3", *LAYERNORM, epochs=6)
+    # fusion_lr_scale pinned: the trajectory this premise was checked on (default now 30).
+    fit_cli(store, run, "--wandb.tags", "[a, b]", "--model.lr", "0.3", *LAYERNORM,
+            "--model.fusion_lr_scale", "10", epochs=6)  # fmt: skip
     (run_file,) = wandb_run_files(run)
     record = run_record(run_file)
     assert record.run_id == (run / RUN_ID_FILE).read_text().strip()
