@@ -73,32 +73,34 @@ def probe_scores(splits, labels, kinds) -> dict[str, dict[str, float]]:
     return out
 
 
-def settle_fraction(run: Path, band: float = 0.2, share: bool = False) -> float | None:
-    """Share of the steps after which alpha (or the mean gate) stays within ``band`` of its
-    total move from the start: when the fusion weights have reached their final regime.
-
-    ``share``: measure ``alpha / (alpha + beta)`` instead, over a moving average of 2% of
-    the steps. The penalty form's alpha + beta is also a temperature on the logits (it
-    overshoots to 1.5-2.4 early, then sinks as the branch logits grow), and a gate's batch
-    mean moves with each batch's mix of captions; the share is the weighting itself.
+def settle_fractions(run: Path, band: float = 0.2) -> dict[str, float]:
+    """``settled``: the share of the steps after which alpha (or the mean gate) stays within
+    ``band`` of its total move from the start, when the fusion weights have reached their
+    final regime; ``settled_share``: the same for ``alpha / (alpha + beta)`` over a moving
+    average of 2% of the steps. The penalty form's alpha + beta is also a temperature on the
+    logits (it overshoots to 1.5-2.4 early, then sinks as the branch logits grow), and a
+    gate's batch mean moves with each batch's mix of captions; the share is the weighting
+    itself. Empty for a run without fusion weights.
     """
     import torch
 
     last = run / "checkpoints" / "last.ckpt"
     if not last.is_file():
-        return None
+        return {}
     history = torch.load(last, map_location="cpu", weights_only=True).get("alpha_beta_history")
     if not history:
-        return None
+        return {}
     rows = np.array([row[1:3] for row in history], dtype=float)
-    alpha = rows[:, 0]
-    if share:
-        alpha = alpha / np.where(np.abs(rows.sum(1)) > 1e-6, rows.sum(1), 1.0)
-        window = max(1, len(alpha) // 50)
-        alpha = np.convolve(alpha, np.ones(window) / window, mode="valid")
-    move = abs(alpha[-1] - alpha[0])
-    outside = np.nonzero(np.abs(alpha - alpha[-1]) > band * max(move, 1e-3))[0]
-    return float((outside[-1] + 1) / len(alpha)) if len(outside) else 0.0
+    share = rows[:, 0] / np.where(np.abs(rows.sum(1)) > 1e-6, rows.sum(1), 1.0)
+    window = max(1, len(share) // 50)
+    share = np.convolve(share, np.ones(window) / window, mode="valid")
+
+    def settled(alpha: np.ndarray) -> float:
+        move = abs(alpha[-1] - alpha[0])
+        outside = np.nonzero(np.abs(alpha - alpha[-1]) > band * max(move, 1e-3))[0]
+        return float((outside[-1] + 1) / len(alpha)) if len(outside) else 0.0
+
+    return {"settled": settled(rows[:, 0]), "settled_share": settled(share)}
 
 
 def head_scores(store: Path, config: str, runs: Path, labels, kinds, extra: list[str]):
@@ -120,16 +122,13 @@ def head_scores(store: Path, config: str, runs: Path, labels, kinds, extra: list
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     ckpt = cli.trainer.checkpoint_callback
-    settle = settle_fraction(Path(cli.trainer.default_root_dir))
-    share = settle_fraction(Path(cli.trainer.default_root_dir), share=True)
     _, probs = predict_probs([ckpt.best_model_path], store, "test")
     return {
         **scores(probs, labels, kinds),
         "checkpoint": ckpt.best_model_path,
         "val": float(ckpt.best_model_score),
         "steps": int(cli.trainer.global_step),
-        **({"settled": settle} if settle is not None else {}),
-        **({"settled_share": share} if share is not None else {}),
+        **settle_fractions(Path(cli.trainer.default_root_dir)),
         "seconds": seconds,
     }
 

@@ -196,7 +196,7 @@ class FusionModule(L.LightningModule):
         if isinstance(weight_decay, (list, tuple)):
             if not weight_decay:
                 raise ValueError("weight_decay: an empty list; give a value or a list of them")
-            self.hparams.weight_decay = [float(w) for w in weight_decay]
+            self.hparams.weight_decay = weight_decays(weight_decay)
         self.head = build_head(
             head,
             image_dim=image_dim,
@@ -226,6 +226,10 @@ class FusionModule(L.LightningModule):
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.head(image, text)
 
+    def _chosen(self) -> int:
+        """Index of the member that answers: the one chosen on val (0 without a sweep)."""
+        return int(self.head.selected) if isinstance(self.head, HeadSweep) else 0
+
     def _member_loss(self, member: nn.Module, batch: dict):
         """(logits, loss, penalty) of one head on a training batch."""
         labels = batch["label"]
@@ -240,7 +244,7 @@ class FusionModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         members = head_members(self.head)
-        chosen = int(self.head.selected) if isinstance(self.head, HeadSweep) else 0
+        chosen = self._chosen()
         # A sweep's members have disjoint parameters: the gradient of the summed loss is
         # each member's own gradient, as if each were trained alone on these batches.
         total = 0.0
@@ -299,8 +303,7 @@ class FusionModule(L.LightningModule):
         ]
         # The best member on val answers from now on; among equals the one with the
         # largest weight decay, as the probe keeps the smallest C among equals.
-        decays = self.hparams.weight_decay
-        decays = decays if isinstance(decays, list) else [decays]
+        decays = weight_decays(self.hparams.weight_decay)
         best = max(
             range(len(per_member)),
             key=lambda i: (float(per_member[i]["val/acc_top1"]), decays[i]),
@@ -308,7 +311,7 @@ class FusionModule(L.LightningModule):
         metrics = per_member[best]
         if isinstance(self.head, HeadSweep):
             self.head.selected.fill_(best)
-            metrics = {**metrics, "val/weight_decay": self.hparams.weight_decay[best]}
+            metrics = {**metrics, "val/weight_decay": decays[best]}
         self.log_dict(metrics, prog_bar=True)
         for metric in (*self.val_metrics, *self.val_loss):
             metric.reset()
@@ -320,7 +323,7 @@ class FusionModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         # A sweep is scored by the member chosen on val, never re-chosen on the test split.
-        chosen = int(self.head.selected) if isinstance(self.head, HeadSweep) else 0
+        chosen = self._chosen()
         metrics = {
             "val/loss": self.val_loss[chosen].compute(),
             **self.val_metrics[chosen].compute(),
@@ -354,10 +357,9 @@ class FusionModule(L.LightningModule):
         """Weight matrices decay; biases, norms and alpha/beta do not (nanoGPT's rule), and
         alpha/beta learn ``fusion_lr_scale`` times faster."""
         hp = self.hparams
-        members = head_members(self.head)
-        decays = hp.weight_decay if isinstance(hp.weight_decay, list) else [hp.weight_decay]
         groups = []
-        for member, weight_decay in zip(members, decays, strict=True):
+        decays = weight_decays(hp.weight_decay)
+        for member, weight_decay in zip(head_members(self.head), decays, strict=True):
             decay, no_decay, fusion = [], [], []
             for name, param in member.named_parameters():
                 if name == "weights":
@@ -404,6 +406,11 @@ def head_options(hparams: dict) -> dict:
     """The head's own options out of a module's (or a checkpoint's) hyper-parameters."""
     skip = {"head", "image_dim", "text_dim", "class_names"}
     options = {k: v for k, v in dict(hparams).items() if k not in skip}
-    weight_decay = options.get("weight_decay")
-    options["members"] = len(weight_decay) if isinstance(weight_decay, (list, tuple)) else 1
+    options["members"] = len(weight_decays(options.get("weight_decay", 0.0)))
     return options
+
+
+def weight_decays(value: float | Sequence[float]) -> list[float]:
+    """``weight_decay`` as the list of values a sweep trains one head for (one value: a
+    single head)."""
+    return [float(w) for w in value] if isinstance(value, (list, tuple)) else [float(value)]
