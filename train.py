@@ -9,6 +9,7 @@ $ python train.py test --ckpt_path RUN/checkpoints/best.ckpt --data.test_split v
 $ python train.py predict --ckpt_path RUN/checkpoints/best.ckpt --data.store stores/kaggle
 $ python train.py probe --data.store stores/kaggle        # the tuned linear-probe baseline
 $ python train.py stack --checkpoint A.ckpt --checkpoint B.ckpt --data.store stores/kaggle
+$ python train.py stack --cv runs/visual_only/cv5 --cv runs/text_only/cv5  # out of fold
 $ python train.py cv --config configs/concat.yaml --data.folds 5      # K-fold CV + submission
 $ python train.py tune --config configs/concat.yaml --n_trials 50     # Optuna search
 
@@ -53,7 +54,8 @@ subcommands (python train.py SUBCOMMAND --help lists its options):
   predict   write a checkpoint's submission (the same files as predict.py) into RUN/predict/:
               python train.py predict --ckpt_path RUN/checkpoints/best.ckpt --data.store STORE
   probe     the tuned linear-probe baseline (standardised features, logistic regression)
-  stack     late fusion of trained heads: python train.py stack --checkpoint A --checkpoint B
+  stack     late fusion of trained heads, fitted on val (--checkpoint A --checkpoint B) or,
+            better on small stores, out of fold (--cv runs/A/cv5 --cv runs/B/cv5)
   cv        K-fold cross-validation of a config and its submission (--data.folds K)
   tune      Optuna search over a config's options (configs/search/<config>.yaml)
 

@@ -1,4 +1,4 @@
-"""Late fusion by stacking: heads trained separately, combined on val with cross-fitting.
+"""Late fusion by stacking: separately trained heads pooled on held-out rows, cross-fitted.
 
 $ python train.py stack --checkpoint runs/visual_only/A/checkpoints/best.ckpt \\
       --checkpoint runs/text_only/B/checkpoints/best.ckpt --data.store stores/kaggle
@@ -12,15 +12,30 @@ non-negative weights that also set the temperature (:class:`Stacker`):
   says nothing can lean on the image head and a row whose caption names the class on the
   text head.
 
-Both are fitted by minimising the val negative log-likelihood (L-BFGS, a few dozen
-parameters). The val accuracy reported is cross-fitted: val is cut into ``folds``
-stratified folds and every row is scored by a stacker fitted on the other folds, never on
-itself. The test submission uses the stacker fitted on all of val. Writes a run directory::
+Both are fitted by minimising the negative log-likelihood of labelled rows the members did
+not train on (L-BFGS, a few dozen parameters):
 
-    stack.json              members, method, fitted weights, cross-fitted val top-1 of the
-                            stack and of each member alone
-    val_predictions.csv     id,label,pred,confidence (cross-fitted)
+- ``--checkpoint`` members (``train.py fit`` runs): the val split. Cheap, but val is small
+  (a few hundred rows on a small store), and a stacker fitted on it can lean on a member's
+  chance agreement with val labels;
+- ``--cv`` members (``train.py cv`` directories): every train+val row's out-of-fold
+  probabilities, several times more rows, and the test probabilities averaged over the
+  folds. On the bench stores this kept neutral-caption rows level with ``visual_only``
+  where the val-fitted stack lost up to 2.5 points (bench/README.md).
+
+The accuracy reported is cross-fitted: the fitted rows are cut into ``folds`` stratified
+folds and every row is scored by a stacker fitted on the other folds, never on itself.
+The submission uses the stacker fitted on all of them. Writes a run directory::
+
+    stack.json              members, method, rows fitted on, fitted weights, cross-fitted
+                            top-1 of the stack and of each member alone on those rows
+    val_predictions.csv     id,label,pred,confidence (cross-fitted); oof_predictions.csv
+                            with --cv
     submission.csv          Id,Category on the test split, and submission.probs.npz
+
+$ python train.py cv --config configs/visual_only.yaml --data.folds 5 --data.store S
+$ python train.py cv --config configs/text_only.yaml --data.folds 5 --data.store S
+$ python train.py stack --cv runs/visual_only/cv5 --cv runs/text_only/cv5
 """
 
 from __future__ import annotations
@@ -151,66 +166,125 @@ def member_log_probs(checkpoints: Sequence[str], store: str, split: str) -> tupl
     return ids, np.stack(stacked)
 
 
+def cv_members(cv_dirs: Sequence[str], predict: bool):
+    """``train.py cv`` directories -> (fit members, test members) of ``fusion.ensemble``.
+
+    The fit members are each directory's ``oof.probs.npz`` (every train+val row scored by
+    the fold that did not train on it), the test members its ``submission.probs.npz``
+    (the folds' test probabilities averaged)."""
+    from fusion.ensemble import check_members, load_probs
+
+    needed = ["oof.probs.npz"] + (["submission.probs.npz"] if predict else [])
+    for cv_dir in cv_dirs:
+        lacking = [n for n in needed if not (Path(cv_dir) / n).is_file()]
+        if lacking:
+            raise ValueError(
+                f"{cv_dir} has no {' or '.join(lacking)}: pass a `train.py cv` directory and "
+                "rerun its command to finish it (finished folds are kept)"
+            )
+    fit = check_members([load_probs(Path(d) / "oof.probs.npz") for d in cv_dirs])
+    test = check_members([load_probs(Path(d) / needed[-1]) for d in cv_dirs]) if predict else []
+    return fit, test
+
+
 def run_stack(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``python train.py stack``; returns the run directory."""
     from jsonargparse import ArgumentParser
 
     from feature_store import load_arrays, open_store
     from fusion.cli import new_run_dir
+    from fusion.ensemble import EnsembleError, log_probs
     from fusion.exit import ExitError
     from fusion.predict import write_predictions_csv, write_submission
 
     p = ArgumentParser(prog="train.py stack", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", "-c", action="config", help="a YAML of these options")
     p.add_argument(
-        "--checkpoint", action="append", required=True, help="a member checkpoint; repeat it"
+        "--checkpoint",
+        action="append",
+        default=[],
+        help="a member checkpoint; repeat it. The stacker is fitted on --data.val_split",
     )
-    p.add_argument("--data.store", type=str, required=True, help="feature-store directory")
+    p.add_argument(
+        "--cv",
+        action="append",
+        default=[],
+        help="instead of --checkpoint: a member's `train.py cv` directory; repeat it. The "
+        "stacker is fitted on every train+val row's out-of-fold probabilities",
+    )
+    p.add_argument("--data.store", type=str | None, default=None, help="with --checkpoint")
     p.add_argument("--data.val_split", type=str, default="val")
     p.add_argument("--data.predict_split", type=str, default="test", help="'' to skip")
     p.add_argument("--stack.method", type=str, default="logistic", help=f"one of {METHODS}")
-    p.add_argument("--stack.folds", type=int, default=5, help="cross-fitting folds on val")
+    p.add_argument("--stack.folds", type=int, default=5, help="cross-fitting folds")
     p.add_argument("--run_dir", type=str | None, default=None)
     p.add_argument("--runs_root", type=str, default="runs")
     cfg = p.parse_args(list(argv) if argv is not None else None)
-    if len(cfg.checkpoint) < 2:
-        raise ExitError("train.py stack: give at least two --checkpoint members")
+    members = cfg.checkpoint or cfg.cv
+    if cfg.checkpoint and cfg.cv:
+        raise ExitError("train.py stack: give --checkpoint members or --cv directories, not both")
+    if len(members) < 2:
+        raise ExitError("train.py stack: give at least two --checkpoint (or --cv) members")
+    if cfg.checkpoint and not cfg.data.store:
+        raise ExitError("train.py stack: --checkpoint members need --data.store STORE")
     if cfg.stack.method not in METHODS:
         raise ExitError(f"train.py stack: --stack.method must be one of {METHODS}")
-    missing = [c for c in cfg.checkpoint if not Path(c).is_file()]
+    exists = Path.is_file if cfg.checkpoint else Path.is_dir
+    missing = [m for m in members if not exists(Path(m))]
     if missing:
-        raise ExitError(f"train.py stack: checkpoint not found: {', '.join(missing)}")
-    store, method = cfg.data.store, cfg.stack.method
+        raise ExitError(f"train.py stack: not found: {', '.join(missing)}")
+    method, predict = cfg.stack.method, bool(cfg.data.predict_split)
     run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "stack")
     if run.exists() and any(run.iterdir()):
         raise ExitError(f"train.py stack: {run} already holds a run; pass a new --run_dir")
-    # Every member is loaded and checked against the store before the run directory exists.
-    ids, val_lp = member_log_probs(cfg.checkpoint, store, cfg.data.val_split)
-    labels = load_arrays(store, cfg.data.val_split).labels
+    # Every member is loaded and checked before the run directory exists.
+    if cfg.cv:
+        try:
+            fit, test = cv_members(cfg.cv, predict)
+        except (ValueError, EnsembleError) as err:
+            raise ExitError(f"train.py stack: {err}") from err
+        ids, fit_lp, labels = fit[0].ids, log_probs(fit), fit[0].labels
+        if labels is None or any(m.labels is None or (m.labels != labels).any() for m in fit):
+            raise ExitError("train.py stack: the --cv directories hold other rows or labels")
+        if predict:
+            test_ids, test_lp, class_names = test[0].ids, log_probs(test), test[0].class_names
+            checkpoints = [c for m in test for c in m.checkpoints]
+        fit_rows, predictions = "out-of-fold", "oof_predictions.csv"
+    else:
+        ids, fit_lp = member_log_probs(cfg.checkpoint, cfg.data.store, cfg.data.val_split)
+        labels = load_arrays(cfg.data.store, cfg.data.val_split).labels
+        if predict:
+            test_ids, test_lp = member_log_probs(
+                cfg.checkpoint, cfg.data.store, cfg.data.predict_split
+            )
+            class_names, checkpoints = open_store(cfg.data.store).class_names, cfg.checkpoint
+        fit_rows, predictions = cfg.data.val_split, "val_predictions.csv"
     run.mkdir(parents=True, exist_ok=True)
     p.save(cfg, run / "config.yaml", overwrite=True)
-    crossed = cross_fit(val_lp, labels, method=method, folds=cfg.stack.folds)
-    stacker = Stacker(len(val_lp), method).fit(val_lp, labels)
+    crossed = cross_fit(fit_lp, labels, method=method, folds=cfg.stack.folds)
+    stacker = Stacker(len(fit_lp), method).fit(fit_lp, labels)
     summary = {
-        "members": list(cfg.checkpoint),
+        "members": list(members),
         "method": method,
-        "mean_weights_on_val": stacker.mean_weights(val_lp),
-        "val_acc_top1_cross_fitted": float((crossed.argmax(1) == labels).mean()),
-        "member_val_acc_top1": [float((lp.argmax(1) == labels).mean()) for lp in val_lp],
+        "fitted_on": fit_rows,
+        "rows_fitted": len(labels),
+        "mean_weights": stacker.mean_weights(fit_lp),
+        "acc_top1_cross_fitted": float((crossed.argmax(1) == labels).mean()),
+        "member_acc_top1": [float((lp.argmax(1) == labels).mean()) for lp in fit_lp],
     }
-    write_predictions_csv(run / "val_predictions.csv", ids, labels, crossed)
-    if cfg.data.predict_split:
-        test_ids, test_lp = member_log_probs(cfg.checkpoint, store, cfg.data.predict_split)
+    write_predictions_csv(run / predictions, ids, labels, crossed)
+    if predict:
         write_submission(
             run / "submission.csv",
             test_ids,
             stacker.predict_proba(test_lp),
-            class_names=open_store(store).class_names,
-            checkpoints=cfg.checkpoint,
+            class_names=class_names,
+            checkpoints=checkpoints,
         )
     (run / "stack.json").write_text(json.dumps(summary, indent=2))
     print(
-        f"stack ({method}): cross-fitted val/acc_top1 {summary['val_acc_top1_cross_fitted']:.4f}"
-        f" vs members {[round(a, 4) for a in summary['member_val_acc_top1']]}; wrote {show_path(run)}"
+        f"stack ({method}, fitted on {len(labels)} {fit_rows} rows): cross-fitted acc_top1 "
+        f"{summary['acc_top1_cross_fitted']:.4f} vs members "
+        f"{[round(a, 4) for a in summary['member_acc_top1']]}; wrote {show_path(run)}"
     )
     return run

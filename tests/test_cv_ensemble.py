@@ -162,3 +162,72 @@ def test_ensemble_cli_from_probs_files(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         ensemble_main(["--probs", str(members[0]), "--probs", str(oofs[0]), "--out", str(out)])
     assert exc.value.code == 2 and "ids differ" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def cv_members(tmp_path_factory):
+    """3-fold CVs of an image head and a text head on a store whose captions name the class
+    on 40% of the rows and say nothing on the rest."""
+    root = tmp_path_factory.mktemp("cvstack")
+    store = root / "store"
+    make_caption_mix_store(
+        store,
+        num_classes=6,
+        per_class={"train": 30, "val": 10, "test": 30},
+        image_dim=16,
+        text_dim=8,
+        image_noise=1.6,
+        caption_mix={"informative": 0.4, "neutral": 0.6},
+        seed=1,
+    )
+    dirs = []
+    for head in ("visual_only", "text_only"):
+        dirs.append(root / head)
+        run_cv(["--config", DEMO_CONFIG, "--data.store", str(store), "--data.folds", str(K),
+                "--model.head", head, "--trainer.max_epochs", "15", "--trainer.logger", "false",
+                "--trainer.enable_progress_bar", "false", "--cv_dir", str(dirs[-1])])  # fmt: skip
+    return store, dirs
+
+
+def test_stack_of_cv_runs_is_fitted_on_every_out_of_fold_row(cv_members, tmp_path):
+    import train
+    from fusion.ensemble import log_probs
+    from fusion.stacking import Stacker
+
+    store, dirs = cv_members
+    run = tmp_path / "stack"
+    train.main(["stack", "--cv", str(dirs[0]), "--cv", str(dirs[1]), "--run_dir", str(run)])
+    summary = json.loads((run / "stack.json").read_text())
+    fitted = len(load_arrays(store, "train")) + len(load_arrays(store, "val"))
+    assert summary["fitted_on"] == "out-of-fold" and summary["rows_fitted"] == fitted
+    assert len(read_csv(run / "oof_predictions.csv")) == fitted
+    # The same pooling fitted by hand on the out-of-fold files, applied to the averaged test
+    # probabilities of the folds.
+    oof = check_members([load_probs(d / "oof.probs.npz") for d in dirs])
+    test = check_members([load_probs(d / "submission.probs.npz") for d in dirs])
+    stacker = Stacker(2, "logistic").fit(log_probs(oof), oof[0].labels)
+    sub = load_probs(run / "submission.probs.npz")
+    assert sub.ids == test[0].ids
+    np.testing.assert_allclose(sub.probs, stacker.predict_proba(log_probs(test)), atol=1e-5)
+    assert [r["Id"] for r in read_csv(run / "submission.csv")] == sub.ids
+    # Captions name the class on some rows only: the stack beats either member on those rows.
+    assert summary["acc_top1_cross_fitted"] > max(summary["member_acc_top1"]), summary
+
+
+def test_stack_refuses_unfinished_or_mixed_members_before_writing(cv_members, cv_run, tmp_path):
+    import train
+
+    store, dirs = cv_members
+    runs = tmp_path / "runs"
+    ckpt = next(dirs[0].glob("fold_0/checkpoints/*.ckpt"))
+    for bad in (
+        ["--cv", str(dirs[0])],  # one member
+        ["--cv", str(dirs[0]), "--cv", str(dirs[0] / "fold_0")],  # a fold, not a CV directory
+        ["--cv", str(dirs[0]), "--cv", str(cv_run[1])],  # another store's rows
+        ["--cv", str(dirs[0]), "--checkpoint", str(ckpt), "--data.store", str(store)],
+        ["--cv", str(dirs[0]), "--cv", str(tmp_path / "missing")],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(["stack", "--runs_root", str(runs), *bad])
+        assert exit_info.value.code == 2, bad
+    assert not runs.exists()

@@ -266,8 +266,10 @@ def test_stack_entry_point_writes_a_run_and_refuses_bad_members(tmp_path):
     train.main([*base, *members])
     (run,) = (runs / "stack").iterdir()
     summary = json.loads((run / "stack.json").read_text())
-    assert len(summary["member_val_acc_top1"]) == 2
-    assert 0 <= summary["val_acc_top1_cross_fitted"] <= 1
+    assert len(summary["member_acc_top1"]) == 2
+    assert summary["fitted_on"] == "val"
+    assert summary["rows_fitted"] == len(load_arrays(store, "val"))
+    assert 0 <= summary["acc_top1_cross_fitted"] <= 1
     rows = (run / "submission.csv").read_text().splitlines()
     assert len(rows) == 1 + len(load_arrays(store, "test"))
     other = small_store(tmp_path / "other", image_dim=8)  # another store's dims
