@@ -73,14 +73,34 @@ def probe_scores(splits, labels, kinds) -> dict[str, dict[str, float]]:
     return out
 
 
+def settled(series: np.ndarray, band: float = 0.2) -> float:
+    """The share of the points after which ``series`` stays within ``band`` of its total
+    move from its final value."""
+    move = abs(series[-1] - series[0])
+    outside = np.nonzero(np.abs(series - series[-1]) > band * max(move, 1e-3))[0]
+    return float((outside[-1] + 1) / len(series)) if len(outside) else 0.0
+
+
+def gate_settled(gates: Path, band: float = 0.2) -> float:
+    """The share of the steps after which the gate of every val row (``GateRecorder``)
+    stays within ``band`` of its total move: mean |g_t - g_final| over the rows against its
+    value before the first step."""
+    with np.load(gates) as z:
+        steps, g = z["steps"], z["gates"]
+    distance = np.abs(g - g[-1]).mean(axis=1)
+    outside = np.nonzero(distance > band * max(distance[0], 1e-3))[0]
+    return float(steps[outside[-1] + 1] / steps[-1]) if len(outside) else 0.0
+
+
 def settle_fractions(run: Path, band: float = 0.2) -> dict[str, float]:
-    """``settled``: the share of the steps after which alpha (or the mean gate) stays within
-    ``band`` of its total move from the start, when the fusion weights have reached their
-    final regime; ``settled_share``: the same for ``alpha / (alpha + beta)`` over a moving
-    average of 2% of the steps. The penalty form's alpha + beta is also a temperature on the
-    logits (it overshoots to 1.5-2.4 early, then sinks as the branch logits grow), and a
-    gate's batch mean moves with each batch's mix of captions; the share is the weighting
-    itself. Empty for a run without fusion weights.
+    """When the fusion weights reach their final regime, as a share of the steps (see
+    :func:`settled`). ``settled``: alpha of a dual-logit head; for a gated head the per-row
+    gate of the val rows (:func:`gate_settled`). ``settled_share``: ``alpha / (alpha +
+    beta)`` (for a gate, its batch mean) over a moving average of 2% of the steps. The
+    penalty form's alpha + beta is also a temperature on the logits (it overshoots to
+    1.5-2.4 early, then sinks as the branch logits grow), and a gate's batch mean moves
+    with each batch's mix of captions; the share is the weighting itself. Empty for a run
+    without fusion weights.
     """
     import torch
 
@@ -94,13 +114,9 @@ def settle_fractions(run: Path, band: float = 0.2) -> dict[str, float]:
     share = rows[:, 0] / np.where(np.abs(rows.sum(1)) > 1e-6, rows.sum(1), 1.0)
     window = max(1, len(share) // 50)
     share = np.convolve(share, np.ones(window) / window, mode="valid")
-
-    def settled(alpha: np.ndarray) -> float:
-        move = abs(alpha[-1] - alpha[0])
-        outside = np.nonzero(np.abs(alpha - alpha[-1]) > band * max(move, 1e-3))[0]
-        return float((outside[-1] + 1) / len(alpha)) if len(outside) else 0.0
-
-    return {"settled": settled(rows[:, 0]), "settled_share": settled(share)}
+    gates = run / "gates.npz"
+    first = gate_settled(gates, band) if gates.is_file() else settled(rows[:, 0], band)
+    return {"settled": first, "settled_share": settled(share, band)}
 
 
 def head_scores(store: Path, config: str, runs: Path, labels, kinds, extra: list[str]):
@@ -117,6 +133,8 @@ def head_scores(store: Path, config: str, runs: Path, labels, kinds, extra: list
             "--trainer.logger", "false",
             "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false",
+            # the per-row gate of a gated head after every validation (a no-op otherwise)
+            "--trainer.callbacks+=gate_recorder.GateRecorder",
             *extra,
         ]
     )  # fmt: skip
@@ -165,6 +183,55 @@ def stack_scores(store: Path, results: dict, labels, kinds) -> dict[str, dict[st
     return out
 
 
+def cv_scores(store: Path, runs: Path, labels, kinds, extra: list[str], folds: int) -> dict:
+    """``python train.py cv`` of each member of ``cvstack3`` (rows ``cv<K>:X``: the folds'
+    test probabilities averaged), then ``python train.py stack --cv`` over them: the stacker
+    fitted on every train+val row's out-of-fold probabilities. The ``val`` column of these
+    rows is out-of-fold top-1 (cross-fitted for the stacks)."""
+    from fusion.cv import run_cv
+    from fusion.ensemble import log_probs
+    from fusion.stacking import Stacker, cross_fit, cv_members
+
+    out, dirs = {}, []
+    test_ids = load_arrays(store, "test").ids
+    for config in STACKS["stack3"]:
+        t0 = time.perf_counter()
+        dirs.append(runs / store.name / f"cv{folds}" / config)
+        run_cv(
+            [
+                "--config", str(HERE.parent / "configs" / f"{config}.yaml"),
+                "--data.store", str(store),
+                "--data.folds", str(folds),
+                "--cv_dir", str(dirs[-1]),
+                "--trainer.logger", "false",
+                "--trainer.enable_progress_bar", "false",
+                "--trainer.enable_model_summary", "false",
+                *extra,
+            ]
+        )  # fmt: skip
+        cv = json.loads((dirs[-1] / "cv.json").read_text())
+        _, (test,) = cv_members(dirs[-1:], predict=True)
+        probs = test.probs[[test.ids.index(i) for i in test_ids]]  # rows in `labels` order
+        out[f"cv{folds}:{config}"] = {
+            **scores(probs, labels, kinds),
+            "val": cv["oof_acc_top1"],
+            "seconds": time.perf_counter() - t0,
+        }
+    fit, test = cv_members(dirs, predict=True)
+    fit_lp, fit_labels = log_probs(fit), fit[0].labels
+    test_lp = log_probs(test)[:, [test[0].ids.index(i) for i in test_ids]]
+    for method in ("weights", "logistic"):
+        t0 = time.perf_counter()
+        crossed = cross_fit(fit_lp, fit_labels, method=method)
+        stacker = Stacker(len(dirs), method).fit(fit_lp, fit_labels)
+        out[f"cvstack3:{method}"] = {
+            **scores(stacker.predict_proba(test_lp), labels, kinds),
+            "val": float((crossed.argmax(1) == fit_labels).mean()),
+            "seconds": time.perf_counter() - t0,
+        }
+    return out
+
+
 def table(name: str, results: dict[str, dict[str, float]]) -> str:
     kinds = [k for k in KIND_ORDER if any(k in r for r in results.values())]
     cols = ["val", "all", *kinds]
@@ -184,9 +251,12 @@ def table(name: str, results: dict[str, dict[str, float]]) -> str:
 
 
 SINGLE = {"linear": "probe:image", "visual_only": "probe:image", "text_only": "probe:text"}
-# The fusion we recommend (`python train.py stack` with its default method, members
-# linear + visual_only + text_only), judged against the goals; the other rows for context.
-BEST_FUSION = "stack3:logistic"
+# The fusion we recommend (`python train.py stack --cv` with its default method over
+# `train.py cv` runs of linear + visual_only + text_only), judged against the goals; the
+# val-fitted stack of single fits (`stack3:logistic`, no extra fits) is judged beside it.
+BEST_FUSION = "cvstack3:logistic"
+FUSIONS = (BEST_FUSION, "stack3:logistic")
+CV_FOLDS = 5
 WEIGHTED = ("dual_logit_l0.1", "dual_logit_softmax", "gated")
 
 
@@ -211,14 +281,17 @@ def goals(everything: dict) -> str:
 
     for head, probe in SINGLE.items():
         row(f"`{head}` - `{probe}`", [delta(r, head, probe) for r in everything.values()])
-    row(
-        f"`{BEST_FUSION}` - `probe:concat`",
-        [delta(r, BEST_FUSION, "probe:concat") for r in everything.values()],
-    )
-    row(
-        f"neutral rows: `{BEST_FUSION}` - `visual_only`",
-        [delta(r, BEST_FUSION, "visual_only", "neutral") for r in everything.values()],
-    )
+    for fusion in FUSIONS:
+        row(
+            f"`{fusion}` - `probe:concat`",
+            [delta(r, fusion, "probe:concat") for r in everything.values()],
+        )
+    pairs = [(f, "visual_only") for f in FUSIONS] + [(BEST_FUSION, f"cv{CV_FOLDS}:visual_only")]
+    for fusion, base in pairs:
+        row(
+            f"neutral rows: `{fusion}` - `{base}`",
+            [delta(r, fusion, base, "neutral") for r in everything.values()],
+        )
     row(
         f"noise captions: `{BEST_FUSION}` - `visual_only`",
         [delta(r, BEST_FUSION, "visual_only", "noise") for r in everything.values()],
@@ -257,6 +330,12 @@ def main() -> None:
     p.add_argument(
         "--goals", default=None, help="a --json file: print its tables and goals, fit nothing"
     )
+    p.add_argument(
+        "--cv_folds",
+        type=int,
+        default=CV_FOLDS,
+        help="folds of the `train.py cv` runs behind the cvstack3 rows (0: skip them)",
+    )
     p.add_argument("extra", nargs="*", help="overrides for every fit, after --")
     a = p.parse_args()
     if a.goals:
@@ -280,7 +359,7 @@ def main() -> None:
         info = open_store(store)
         if a.reuse:
             previous = json.loads(Path(a.reuse).read_text())[name]
-            results = {k: v for k, v in previous.items() if not k.startswith("stack")}
+            results = {k: v for k, v in previous.items() if not k.startswith(("stack", "cv"))}
             refit = a.configs.split(",") if a.configs else []
         else:
             results = probe_scores(splits, labels, kinds)
@@ -292,6 +371,8 @@ def main() -> None:
         for config in refit:
             results[config] = head_scores(store, config, Path(a.runs), labels, kinds, a.extra)
         results.update(stack_scores(store, results, labels, kinds))
+        if a.cv_folds:
+            results.update(cv_scores(store, Path(a.runs), labels, kinds, a.extra, a.cv_folds))
         everything[name] = results
         print(
             table(f"{name}: {info.num_classes} classes, {len(splits['train'])} train rows", results)
