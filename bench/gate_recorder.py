@@ -14,6 +14,8 @@ import lightning as L
 import numpy as np
 import torch
 
+from fusion.heads import head_members
+
 
 class GateRecorder(L.Callback):
     def __init__(self) -> None:
@@ -21,7 +23,7 @@ class GateRecorder(L.Callback):
         self.gates: list[np.ndarray] = []
 
     def _record(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        head = module.head.chosen() if hasattr(module.head, "chosen") else module.head
+        head = head_members(module.head)[module._chosen()]  # a sweep's member chosen on val
         if not hasattr(head, "gate_values"):
             return
         was_training, rows = head.training, []

@@ -8,6 +8,7 @@ import torch
 from fixtures_training import REPO, fit_cli, small_store
 
 from feature_store import load_arrays
+from fusion.heads import head_members
 from fusion.module import FusionModule
 
 sys.path.insert(0, str(REPO / "bench"))
@@ -35,9 +36,11 @@ def test_gate_settled_uses_the_distance_of_every_row_to_its_final_gate(tmp_path)
 
 
 def test_gate_recorder_saves_the_val_gate_of_the_final_weights(tmp_path):
+    """With a weight-decay sweep, of the member chosen on val."""
     store = small_store(tmp_path / "s")
     cli = fit_cli(store, tmp_path / "run", "--model.head", "gated", "--trainer.logger", "false",
-                  "--trainer.callbacks+=gate_recorder.GateRecorder", epochs=3)  # fmt: skip
+                  "--trainer.callbacks+=gate_recorder.GateRecorder", "--model.weight_decay=[0.001,0.1]",
+                  epochs=3)  # fmt: skip
     with np.load(tmp_path / "run" / "gates.npz") as z:
         steps, gates = z["steps"], z["gates"]
     val = load_arrays(store, "val")
@@ -45,8 +48,7 @@ def test_gate_recorder_saves_the_val_gate_of_the_final_weights(tmp_path):
     assert gates.shape == (len(steps), len(val.labels))
     last = FusionModule.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     with torch.no_grad():
-        expected = last.head.gate_values(
-            torch.as_tensor(val.image_emb), torch.as_tensor(val.text_emb)
-        )
+        chosen = head_members(last.head)[last._chosen()]
+        expected = chosen.gate_values(torch.as_tensor(val.image_emb), torch.as_tensor(val.text_emb))
     np.testing.assert_allclose(gates[-1], expected.numpy(), atol=1e-5)
     assert not np.allclose(gates[0], gates[-1])  # the gate moved from its initial values
