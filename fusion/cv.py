@@ -15,6 +15,9 @@ and redoes an unfinished one. Writes::
     CV/oof.probs.npz        every train+val row's out-of-fold probabilities (with labels)
     CV/cv.json              per-fold val top-1, CV mean and std, out-of-fold top-1
     CV/submission.csv       the folds' test probabilities averaged (+ .probs.npz, .json)
+
+The CV directories of several configs are late-fused by ``python train.py stack --cv A --cv
+B``, its stacker fitted on these out-of-fold probabilities (``fusion/stacking.py``).
 """
 
 from __future__ import annotations
