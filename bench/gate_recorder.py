@@ -1,4 +1,5 @@
-"""A bench-only callback: the gate of every val row after each validation (``RUN/gates.npz``).
+"""A bench-only callback: the gate of every val row after each validation (``RUN/gates.npz``),
+of the member a weight-decay sweep answers with at the end.
 
 The batch mean of a per-row gate moves with each batch's mix of captions, so it says little
 about whether the gate has found its regime; the gate of the same val rows, validation after
@@ -20,21 +21,28 @@ from fusion.heads import head_members
 class GateRecorder(L.Callback):
     def __init__(self) -> None:
         self.steps: list[int] = []
-        self.gates: list[np.ndarray] = []
+        self.gates: list[np.ndarray] = []  # [members, val rows] per validation
+        self.chosen = 0
 
     def _record(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        head = head_members(module.head)[module._chosen()]  # a sweep's member chosen on val
-        if not hasattr(head, "gate_values"):
+        # Every member of a weight-decay sweep: the member chosen on val can change from one
+        # validation to the next, and its gate is not the same function as the last one's.
+        members = head_members(module.head)
+        if not hasattr(members[0], "gate_values"):
             return
-        was_training, rows = head.training, []
-        head.eval()
-        with torch.no_grad():
-            for batch in trainer.val_dataloaders:
-                image, text = batch["image"].to(module.device), batch["text"].to(module.device)
-                rows.append(head.gate_values(image, text).float().cpu().numpy())
-        head.train(was_training)
+        gates = []
+        for head in members:
+            was_training, rows = head.training, []
+            head.eval()
+            with torch.no_grad():
+                for batch in trainer.val_dataloaders:
+                    image, text = batch["image"].to(module.device), batch["text"].to(module.device)
+                    rows.append(head.gate_values(image, text).float().cpu().numpy())
+            head.train(was_training)
+            gates.append(np.concatenate(rows))
         self.steps.append(int(trainer.global_step))
-        self.gates.append(np.concatenate(rows))
+        self.gates.append(np.stack(gates))
+        self.chosen = module._chosen()
 
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._record(trainer, module)  # the gate before any step
@@ -48,5 +56,5 @@ class GateRecorder(L.Callback):
             np.savez(
                 Path(trainer.default_root_dir) / "gates.npz",
                 steps=np.array(self.steps),
-                gates=np.stack(self.gates),
+                gates=np.stack(self.gates)[:, self.chosen],  # the member that answers at the end
             )

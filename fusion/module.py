@@ -144,9 +144,10 @@ class FusionModule(L.LightningModule):
             layers, add a linear map from the input to the logits and start the MLP's last
             layer at zero, so the head begins as the linear model and cannot fall far below
             it where rows per class are few.
-        fusion_lr_scale: dual_logit only: alpha/beta learn this many times faster than the
-            rest, so their share alpha/(alpha+beta) settles in the first 3-20% of the steps
-            (10x: up to 30%; bench/README.md).
+        fusion_lr_scale: dual_logit, gated only: alpha/beta (or the gate) learn this many
+            times faster than the rest and never decay, so the share alpha/(alpha+beta)
+            settles in the first 3-20% of the steps (10x: up to 30%; bench/README.md);
+            configs/gated.yaml sets 3 for its gate.
         momentum: sgd only: momentum of the SGD optimizer.
         schedule: learning-rate schedule after the warm-up: ``cosine``, ``step`` (times
             ``gamma`` every ``step_epochs``) or ``constant``.
@@ -354,15 +355,16 @@ class FusionModule(L.LightningModule):
         return hp.lr * factor
 
     def param_groups(self, lr: float) -> list[dict]:
-        """Weight matrices decay; biases, norms and alpha/beta do not (nanoGPT's rule), and
-        alpha/beta learn ``fusion_lr_scale`` times faster."""
+        """Weight matrices decay; biases, norms, alpha/beta and a gate do not (nanoGPT's rule
+        for the first two; the fusion weights are what the issue asked to move freely), and
+        alpha/beta and the gate learn ``fusion_lr_scale`` times faster."""
         hp = self.hparams
         groups = []
         decays = weight_decays(hp.weight_decay)
         for member, weight_decay in zip(head_members(self.head), decays, strict=True):
             decay, no_decay, fusion = [], [], []
             for name, param in member.named_parameters():
-                if name == "weights":
+                if name == "weights" or name.startswith("gate."):
                     fusion.append(param)
                 elif param.ndim >= 2:
                     decay.append(param)

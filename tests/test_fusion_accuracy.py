@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 
 from feature_store import load_arrays
 from feature_store.synthetic import caption_kind, make_caption_mix_store
-from fusion.heads import GatedHead, Standardize, build_head
+from fusion.heads import GatedHead, Standardize, build_head, head_members
 from fusion.recipe import Recipe, auto_batch_size
 from fusion.stacking import Stacker, cross_fit
 from tests.fixtures_training import fit_module, small_store
@@ -102,6 +102,24 @@ def test_param_groups_never_decay_biases_or_alpha_beta_and_speed_up_alpha_beta()
     for group in groups:
         if group["weight_decay"] > 0:
             assert all(p.ndim >= 2 for p in group["params"])
+
+
+def test_a_gate_never_decays_and_learns_at_the_fusion_scale():
+    from fusion.module import FusionModule
+
+    model = FusionModule(
+        "gated", image_dim=4, text_dim=3, class_names=["a", "b"], fusion_lr_scale=3,
+        weight_decay=[0.01, 0.1],
+    )  # fmt: skip
+    groups = model.param_groups(lr=0.1)
+    gate_params = {id(p) for member in head_members(model.head) for p in member.gate.parameters()}
+    for group in groups:
+        in_group = {id(p) for p in group["params"]}
+        if in_group & gate_params:
+            assert in_group <= gate_params  # the gate's own group
+            assert group["weight_decay"] == 0 and group["lr"] == pytest.approx(0.3)
+    grouped = {id(p) for g in groups for p in g["params"]}
+    assert gate_params <= grouped and len(grouped) == len(list(model.parameters()))
 
 
 def test_gate_opens_toward_the_informative_caption(mix_store):
