@@ -178,9 +178,11 @@ def cv_members(cv_dirs: Sequence[str], predict: bool):
     for cv_dir in cv_dirs:
         lacking = [n for n in needed if not (Path(cv_dir) / n).is_file()]
         if lacking:
+            inside = sorted(str(f.parent) for f in Path(cv_dir).glob("*/oof.probs.npz"))
+            hint = f"; did you mean {' or '.join(inside)}?" if inside else ""
             raise ValueError(
                 f"{cv_dir} has no {' or '.join(lacking)}: pass a `train.py cv` directory and "
-                "rerun its command to finish it (finished folds are kept)"
+                f"rerun its command to finish it (finished folds are kept){hint}"
             )
     fit = check_members([load_probs(Path(d) / "oof.probs.npz") for d in cv_dirs])
     test = check_members([load_probs(Path(d) / needed[-1]) for d in cv_dirs]) if predict else []

@@ -214,7 +214,9 @@ def test_stack_of_cv_runs_is_fitted_on_every_out_of_fold_row(cv_members, tmp_pat
     assert summary["acc_top1_cross_fitted"] > max(summary["member_acc_top1"]), summary
 
 
-def test_stack_refuses_unfinished_or_mixed_members_before_writing(cv_members, cv_run, tmp_path):
+def test_stack_refuses_unfinished_or_mixed_members_before_writing(
+    cv_members, cv_run, tmp_path, capsys
+):
     import train
 
     store, dirs = cv_members
@@ -231,3 +233,9 @@ def test_stack_refuses_unfinished_or_mixed_members_before_writing(cv_members, cv
             train.main(["stack", "--runs_root", str(runs), *bad])
         assert exit_info.value.code == 2, bad
     assert not runs.exists()
+    # The directory above the CV directories: the error names them.
+    with pytest.raises(SystemExit):
+        train.main(
+            ["stack", "--runs_root", str(runs), "--cv", str(dirs[0].parent), "--cv", str(dirs[1])]
+        )
+    assert f"did you mean {dirs[1]} or {dirs[0]}?" in capsys.readouterr().err  # sorted
