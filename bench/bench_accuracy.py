@@ -94,13 +94,13 @@ def gate_settled(gates: Path, band: float = 0.2) -> float:
 
 def settle_fractions(run: Path, band: float = 0.2) -> dict[str, float]:
     """When the fusion weights reach their final regime, as a share of the steps (see
-    :func:`settled`). ``settled``: alpha of a dual-logit head; for a gated head the per-row
-    gate of the val rows (:func:`gate_settled`). ``settled_share``: ``alpha / (alpha +
-    beta)`` (for a gate, its batch mean) over a moving average of 2% of the steps. The
-    penalty form's alpha + beta is also a temperature on the logits (it overshoots to
-    1.5-2.4 early, then sinks as the branch logits grow), and a gate's batch mean moves
-    with each batch's mix of captions; the share is the weighting itself. Empty for a run
-    without fusion weights.
+    :func:`settled`). ``settled``: alpha of a dual-logit head; for a gated head the gate of
+    every val row (:func:`gate_settled`; its batch mean moves with each batch's mix of
+    captions and says little). ``settled_share``, dual-logit heads: ``alpha / (alpha +
+    beta)`` over a moving average of 2% of the steps; the penalty form's alpha + beta is
+    also a temperature on the logits (it overshoots to 1.5-2.4 early, then sinks as the
+    branch logits grow), and the share is the weighting itself. Empty for a run without
+    fusion weights.
     """
     import torch
 
@@ -115,8 +115,9 @@ def settle_fractions(run: Path, band: float = 0.2) -> dict[str, float]:
     window = max(1, len(share) // 50)
     share = np.convolve(share, np.ones(window) / window, mode="valid")
     gates = run / "gates.npz"
-    first = gate_settled(gates, band) if gates.is_file() else settled(rows[:, 0], band)
-    return {"settled": first, "settled_share": settled(share, band)}
+    if gates.is_file():  # a gate: its rows, not its batch mean
+        return {"settled": gate_settled(gates, band)}
+    return {"settled": settled(rows[:, 0], band), "settled_share": settled(share, band)}
 
 
 def head_scores(store: Path, config: str, runs: Path, labels, kinds, extra: list[str]):
@@ -304,7 +305,8 @@ def goals(everything: dict) -> str:
         informative.append(r[BEST_FUSION]["informative"] - max(singles) if has else None)
     row(f"informative rows: `{BEST_FUSION}` - the better single modality", informative)
     for head in WEIGHTED:
-        for key, what in (("settled", "alpha"), ("settled_share", "alpha share")):
+        first = "gate of every val row" if head == "gated" else "alpha"
+        for key, what in (("settled", first), ("settled_share", "alpha share")):
             cells = [
                 f"{r[head][key]:.0%}" if head in r and key in r[head] else "n/a"
                 for r in everything.values()
