@@ -190,8 +190,7 @@ def cv_scores(store: Path, runs: Path, labels, kinds, extra: list[str], folds: i
     fitted on every train+val row's out-of-fold probabilities. The ``val`` column of these
     rows is out-of-fold top-1 (cross-fitted for the stacks)."""
     from fusion.cv import run_cv
-    from fusion.ensemble import log_probs
-    from fusion.stacking import Stacker, cross_fit, cv_members
+    from fusion.stacking import Stacker, cross_fit, cv_members, from_cv
 
     out, dirs = {}, []
     test_ids = load_arrays(store, "test").ids
@@ -218,9 +217,9 @@ def cv_scores(store: Path, runs: Path, labels, kinds, extra: list[str], folds: i
             "val": cv["oof_acc_top1"],
             "seconds": time.perf_counter() - t0,
         }
-    fit, test = cv_members(dirs, predict=True)
-    fit_lp, fit_labels = log_probs(fit), fit[0].labels
-    test_lp = log_probs(test)[:, [test[0].ids.index(i) for i in test_ids]]
+    rows = from_cv(dirs, predict=True)  # what `train.py stack --cv` fits and scores
+    fit_lp, fit_labels = rows.log_probs, rows.labels
+    test_lp = rows.test_log_probs[:, [rows.test_ids.index(i) for i in test_ids]]
     for method in ("weights", "logistic"):
         t0 = time.perf_counter()
         crossed = cross_fit(fit_lp, fit_labels, method=method)

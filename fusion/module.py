@@ -355,9 +355,9 @@ class FusionModule(L.LightningModule):
         return hp.lr * factor
 
     def param_groups(self, lr: float) -> list[dict]:
-        """Weight matrices decay; biases, norms, alpha/beta and a gate do not (nanoGPT's rule
-        for the first two; the fusion weights are what the issue asked to move freely), and
-        alpha/beta and the gate learn ``fusion_lr_scale`` times faster."""
+        """Weight matrices decay; biases and norms do not (nanoGPT's rule), nor do the fusion
+        weights (alpha/beta, a gate), which must stay free to move and learn
+        ``fusion_lr_scale`` times faster."""
         hp = self.hparams
         groups = []
         decays = weight_decays(hp.weight_decay)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -189,13 +190,62 @@ def cv_members(cv_dirs: Sequence[str], predict: bool):
     return fit, test
 
 
+@dataclass
+class StackRows:
+    """What a stack is fitted on (labelled rows its members did not train on) and scores."""
+
+    ids: list[str]
+    log_probs: np.ndarray  # [members, N, C]
+    labels: np.ndarray
+    fitted_on: str  # "val" (the split's name) or "out-of-fold"
+    predictions_file: str
+    test_ids: list[str] = field(default_factory=list)
+    test_log_probs: np.ndarray | None = None
+    class_names: list[str] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+
+
+def from_checkpoints(cfg, predict: bool) -> StackRows:
+    """``--checkpoint`` members: fitted on the val split of ``--data.store``."""
+    from feature_store import load_arrays, open_store
+
+    store, members = cfg.data.store, cfg.checkpoint
+    ids, log_probs = member_log_probs(members, store, cfg.data.val_split)
+    rows = StackRows(ids, log_probs, load_arrays(store, cfg.data.val_split).labels,
+                     cfg.data.val_split, "val_predictions.csv")  # fmt: skip
+    if predict:
+        rows.test_ids, rows.test_log_probs = member_log_probs(
+            members, store, cfg.data.predict_split
+        )
+        rows.class_names, rows.checkpoints = open_store(store).class_names, list(members)
+    return rows
+
+
+def from_cv(cv_dirs: Sequence[str], predict: bool) -> StackRows:
+    """``--cv`` members: fitted on every train+val row's out-of-fold probabilities."""
+    from fusion.ensemble import EnsembleError, log_probs
+    from fusion.exit import ExitError
+
+    try:
+        fit, test = cv_members(cv_dirs, predict)
+    except (ValueError, EnsembleError) as err:
+        raise ExitError(f"train.py stack: {err}") from err
+    labels = fit[0].labels
+    if labels is None or any(m.labels is None or (m.labels != labels).any() for m in fit):
+        raise ExitError("train.py stack: the --cv directories hold other rows or labels")
+    rows = StackRows(fit[0].ids, log_probs(fit), labels, "out-of-fold", "oof_predictions.csv")
+    if predict:
+        rows.test_ids, rows.test_log_probs = test[0].ids, log_probs(test)
+        rows.class_names = test[0].class_names
+        rows.checkpoints = [c for m in test for c in m.checkpoints]
+    return rows
+
+
 def run_stack(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``python train.py stack``; returns the run directory."""
     from jsonargparse import ArgumentParser
 
-    from feature_store import load_arrays, open_store
     from fusion.cli import new_run_dir
-    from fusion.ensemble import EnsembleError, log_probs
     from fusion.exit import ExitError
     from fusion.predict import write_predictions_csv, write_submission
 
@@ -240,27 +290,8 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
     if run.exists() and any(run.iterdir()):
         raise ExitError(f"train.py stack: {run} already holds a run; pass a new --run_dir")
     # Every member is loaded and checked before the run directory exists.
-    if cfg.cv:
-        try:
-            fit, test = cv_members(cfg.cv, predict)
-        except (ValueError, EnsembleError) as err:
-            raise ExitError(f"train.py stack: {err}") from err
-        ids, fit_lp, labels = fit[0].ids, log_probs(fit), fit[0].labels
-        if labels is None or any(m.labels is None or (m.labels != labels).any() for m in fit):
-            raise ExitError("train.py stack: the --cv directories hold other rows or labels")
-        if predict:
-            test_ids, test_lp, class_names = test[0].ids, log_probs(test), test[0].class_names
-            checkpoints = [c for m in test for c in m.checkpoints]
-        fit_rows, predictions = "out-of-fold", "oof_predictions.csv"
-    else:
-        ids, fit_lp = member_log_probs(cfg.checkpoint, cfg.data.store, cfg.data.val_split)
-        labels = load_arrays(cfg.data.store, cfg.data.val_split).labels
-        if predict:
-            test_ids, test_lp = member_log_probs(
-                cfg.checkpoint, cfg.data.store, cfg.data.predict_split
-            )
-            class_names, checkpoints = open_store(cfg.data.store).class_names, cfg.checkpoint
-        fit_rows, predictions = cfg.data.val_split, "val_predictions.csv"
+    rows = from_cv(cfg.cv, predict) if cfg.cv else from_checkpoints(cfg, predict)
+    ids, fit_lp, labels = rows.ids, rows.log_probs, rows.labels
     run.mkdir(parents=True, exist_ok=True)
     p.save(cfg, run / "config.yaml", overwrite=True)
     crossed = cross_fit(fit_lp, labels, method=method, folds=cfg.stack.folds)
@@ -268,24 +299,24 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
     summary = {
         "members": list(members),
         "method": method,
-        "fitted_on": fit_rows,
+        "fitted_on": rows.fitted_on,
         "rows_fitted": len(labels),
         "mean_weights": stacker.mean_weights(fit_lp),
         "acc_top1_cross_fitted": float((crossed.argmax(1) == labels).mean()),
         "member_acc_top1": [float((lp.argmax(1) == labels).mean()) for lp in fit_lp],
     }
-    write_predictions_csv(run / predictions, ids, labels, crossed)
+    write_predictions_csv(run / rows.predictions_file, ids, labels, crossed)
     if predict:
         write_submission(
             run / "submission.csv",
-            test_ids,
-            stacker.predict_proba(test_lp),
-            class_names=class_names,
-            checkpoints=checkpoints,
+            rows.test_ids,
+            stacker.predict_proba(rows.test_log_probs),
+            class_names=rows.class_names,
+            checkpoints=rows.checkpoints,
         )
     (run / "stack.json").write_text(json.dumps(summary, indent=2))
     print(
-        f"stack ({method}, fitted on {len(labels)} {fit_rows} rows): cross-fitted acc_top1 "
+        f"stack ({method}, fitted on {len(labels)} {rows.fitted_on} rows): cross-fitted acc_top1 "
         f"{summary['acc_top1_cross_fitted']:.4f} vs members "
         f"{[round(a, 4) for a in summary['member_acc_top1']]}; wrote {show_path(run)}"
     )
