@@ -216,6 +216,10 @@ class FusionModule(L.LightningModule):
         # (step, alpha, beta) for the end-of-fit plot; saved in checkpoints so a resumed
         # run's plot covers the whole run.
         self.alpha_beta_history: list[list[float]] = []
+        # A weight-decay sweep's every member, (step, alpha_0, beta_0, alpha_1, ...): the
+        # member that answers can change at each validation, so the history above jumps
+        # between members; this one follows each member through the run.
+        self.member_weights_history: list[list[float]] = []
 
     def setup(self, stage: str) -> None:
         # Standardisation statistics from the train split, before the first step (a resumed
@@ -264,6 +268,9 @@ class FusionModule(L.LightningModule):
         weights = self.head.fusion_weights()
         if weights is not None:
             self._log_fusion_weights(weights)
+            if len(members) > 1:
+                every = torch.cat([m.fusion_weights().detach().float().cpu() for m in members])
+                self.member_weights_history.append([self.global_step, *every.tolist()])
         return total
 
     def _log_fusion_weights(self, weights: torch.Tensor) -> None:
@@ -339,9 +346,11 @@ class FusionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["alpha_beta_history"] = self.alpha_beta_history
+        checkpoint["member_weights_history"] = self.member_weights_history
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.alpha_beta_history = list(checkpoint.get("alpha_beta_history", []))
+        self.member_weights_history = list(checkpoint.get("member_weights_history", []))
 
     def effective_lr(self) -> float:
         """``lr`` scaled from batch 256 to the training batch size."""

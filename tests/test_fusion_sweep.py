@@ -140,3 +140,23 @@ def test_sweep_ties_go_to_the_stronger_weight_decay():
     module.validation_step(batch, 0)
     module.on_validation_epoch_end()
     assert int(module.head.selected) == 1
+
+
+def test_a_sweep_keeps_every_members_alpha_beta_through_the_run(tmp_path):
+    """alpha/beta as logged follow the member answering at each step, which can change at a
+    validation; ``member_weights_history`` follows each member, and survives a checkpoint."""
+    store = small_store(tmp_path / "s")
+    model, _ = fit_module(store, "dual_logit", epochs=4, weight_decay=[0.0, 1.0])
+    logged, every = model.alpha_beta_history, model.member_weights_history
+    assert len(every) == len(logged) > 0
+    for (step, alpha, beta), row in zip(logged, every, strict=True):
+        assert row[0] == step and len(row) == 5
+        assert [alpha, beta] in (row[1:3], row[3:5])  # the answering member's pair
+    pairs = np.array([row[1:] for row in every])
+    assert not np.allclose(pairs[-1, :2], pairs[-1, 2:])  # two members, two trajectories
+    checkpoint = {}
+    model.on_save_checkpoint(checkpoint)
+    restored = FusionModule("dual_logit", image_dim=16, text_dim=12, class_names=list("abcde"),
+                            weight_decay=[0.0, 1.0])  # fmt: skip
+    restored.on_load_checkpoint(checkpoint)
+    assert restored.member_weights_history == every
