@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from fusion.cli import FusionCLI
+from fusion.heads import head_members
 from fusion.tune import load_space
 from tests.fixtures_training import REPO, small_store
 
@@ -91,11 +92,15 @@ def test_config_instantiates(config: Path, tmp_path, monkeypatch, capsys):
     # The run is named after the experiment file, never after the base it includes.
     assert cli.trainer.default_root_dir.startswith(str(tmp_path / "runs" / config.stem))
     assert cli.trainer.checkpoint_callback.monitor == spec["checkpoint"]["monitor"]
+    decays = spec["model"]["weight_decay"]
+    members = head_members(cli.model.head)  # one head per weight decay of a sweep
+    assert len(members) == (len(decays) if isinstance(decays, list) else 1)
     if spec["model"]["head"] == "dual_logit":
         weighting = spec["model"]["weighting"]
-        assert cli.model.head.weighting == weighting
-        if weighting == "penalty":
-            assert cli.model.head.penalty_lambda == spec["model"]["penalty_lambda"]
+        for head in members:
+            assert head.weighting == weighting
+            if weighting == "penalty":
+                assert head.penalty_lambda == spec["model"]["penalty_lambda"]
 
 
 @pytest.mark.parametrize("space", sorted((REPO / "configs" / "search").glob("*.yaml")), ids=str)
