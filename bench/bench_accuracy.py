@@ -107,15 +107,18 @@ def settle_fractions(run: Path, band: float = 0.2) -> dict[str, float]:
     last = run / "checkpoints" / "last.ckpt"
     if not last.is_file():
         return {}
+    from fusion.module import answering_history
+
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-    history = checkpoint.get("alpha_beta_history")
-    if not history:
+    if not checkpoint.get("alpha_beta_history"):
         return {}
+    selected = checkpoint["state_dict"].get("head.selected")  # a sweep's answering member
+    history = answering_history(
+        checkpoint["alpha_beta_history"],
+        checkpoint.get("member_weights_history", []),
+        int(selected) if selected is not None else 0,
+    )
     rows = np.array([row[1:3] for row in history], dtype=float)
-    if checkpoint.get("member_weights_history"):  # a sweep: the member that answers at the end
-        chosen = int(checkpoint["state_dict"]["head.selected"])
-        every = np.array([row[1:] for row in checkpoint["member_weights_history"]], dtype=float)
-        rows = every[:, 2 * chosen : 2 * chosen + 2]
     share = rows[:, 0] / np.where(np.abs(rows.sum(1)) > 1e-6, rows.sum(1), 1.0)
     window = max(1, len(share) // 50)
     share = np.convolve(share, np.ones(window) / window, mode="valid")

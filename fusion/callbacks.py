@@ -30,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from feature_store import load_arrays, open_store
 from feature_store.integrity import model_fingerprint
+from fusion.module import answering_history
 from fusion.plots import plot_alpha_beta
 from fusion.predict import (
     FINGERPRINT_KEY,
@@ -169,6 +170,10 @@ class RunArtifacts(L.Callback):
             return
         run = Path(trainer.default_root_dir)
         history = getattr(pl_module, "alpha_beta_history", [])
+        if getattr(pl_module, "member_weights_history", None):  # a sweep: the answering member
+            history = answering_history(
+                history, pl_module.member_weights_history, pl_module._chosen()
+            )
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if history:
             png = plot_alpha_beta(

@@ -108,6 +108,17 @@ def lr_factor(
     return 1.0
 
 
+def answering_history(
+    alpha_beta_history: list[list[float]], member_weights_history: list[list[float]], chosen: int
+) -> list[list[float]]:
+    """(step, alpha, beta) of member ``chosen`` through the whole run. Without a sweep that
+    is the logged history; with one, the logged history follows the member answering at
+    each step, which can change at a validation, so it is read from every member's."""
+    if not member_weights_history:
+        return alpha_beta_history
+    return [[row[0], row[1 + 2 * chosen], row[2 + 2 * chosen]] for row in member_weights_history]
+
+
 class FusionModule(L.LightningModule):
     """Train one registered head with cross-entropy.
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from feature_store import load_arrays
 from fusion.heads import HeadSweep, SkipMLP, build_head
-from fusion.module import FusionModule
+from fusion.module import FusionModule, answering_history
 from fusion.predict import load_head
 from tests.fixtures_training import fit_cli, fit_module, small_store
 
@@ -160,3 +160,8 @@ def test_a_sweep_keeps_every_members_alpha_beta_through_the_run(tmp_path):
                             weight_decay=[0.0, 1.0])  # fmt: skip
     restored.on_load_checkpoint(checkpoint)
     assert restored.member_weights_history == every
+    # The plot and the bench read the member that answers at the end, through the run.
+    chosen = model._chosen()
+    series = answering_history(logged, every, chosen)
+    assert series == [[r[0], r[1 + 2 * chosen], r[2 + 2 * chosen]] for r in every]
+    assert answering_history(logged, [], 0) is logged  # no sweep: the logged history
