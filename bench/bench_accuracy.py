@@ -1,6 +1,6 @@
 """Accuracy benchmark: every head's default config against the tuned linear probe.
 
-$ python bench/bench_accuracy.py                           # all stores, all configs (~15 min)
+$ python bench/bench_accuracy.py                           # all stores and configs, ~1 h (5-fold cv)
 $ python bench/bench_accuracy.py --stores gauss-mix --configs visual_only,concat
 
 For each store of bench/accuracy_stores.py (built on first use), fits the linear probe on
