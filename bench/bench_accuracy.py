@@ -7,8 +7,10 @@ For each store of bench/accuracy_stores.py (built on first use), fits the linear
 image, text and concatenated embeddings (C swept on val), then every config through the
 real entry point (``python train.py fit --config configs/X.yaml``), predicts the test split
 from its best checkpoint and prints test top-1 overall and split by caption kind
-(informative / neutral / misleading / noise rows), side by side in one run. ``--json``
-writes every figure for bench/README.md.
+(informative / neutral / misleading / noise rows), side by side in one run; then the
+stacks of ``python train.py stack`` fitted on val, and ``python train.py cv`` of linear,
+visual_only and text_only with their out-of-fold stack (``--cv_folds 0`` skips those).
+``--json`` writes every figure for bench/README.md.
 """
 
 from __future__ import annotations
