@@ -35,6 +35,12 @@ from fusion.probe import fit_probe  # noqa: E402
 CONFIGS = ("linear", "visual_only", "text_only", "concat", "gated", "dual_logit_l0.1")
 # the report's Table 1 heads not in CONFIGS: --configs dual_logit_l0.3,dual_logit_softmax
 KIND_ORDER = ("informative", "neutral", "misleading", "noise")
+# What every fit and CV fold of this bench passes besides its config.
+QUIET = [
+    "--trainer.logger", "false",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+]  # fmt: skip
 
 
 def load(store: Path):
@@ -141,9 +147,7 @@ def head_scores(store: Path, config: str, runs: Path, labels, kinds, extra: list
             "--config", str(HERE.parent / "configs" / f"{config}.yaml"),
             "--data.store", str(store),
             "--run_dir", str(runs / store.name / config / time.strftime("%Y%m%d-%H%M%S")),
-            "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false",
+            *QUIET,
             # the per-row gate of a gated head after every validation (a no-op otherwise)
             "--trainer.callbacks+=gate_recorder.GateRecorder",
             *extra,
@@ -170,9 +174,27 @@ STACKS = {
 }
 
 
+def fitted_stacks(prefix: str, fit_lp, fit_labels, test_lp, labels, kinds) -> dict:
+    """Both stacking methods fitted on labelled rows the members did not train on (val, or
+    out of fold): test scores, and top-1 on the fitted rows cross-fitted as ``val``."""
+    from fusion.stacking import Stacker, cross_fit
+
+    out = {}
+    for method in ("weights", "logistic"):
+        t0 = time.perf_counter()
+        crossed = cross_fit(fit_lp, fit_labels, method=method)
+        stacker = Stacker(len(fit_lp), method).fit(fit_lp, fit_labels)
+        out[f"{prefix}:{method}"] = {
+            **scores(stacker.predict_proba(test_lp), labels, kinds),
+            "val": float((crossed.argmax(1) == fit_labels).mean()),
+            "seconds": time.perf_counter() - t0,
+        }
+    return out
+
+
 def stack_scores(store: Path, results: dict, labels, kinds) -> dict[str, dict[str, float]]:
     """Late fusion of separately trained heads (``python train.py stack``)."""
-    from fusion.stacking import Stacker, cross_fit, member_log_probs
+    from fusion.stacking import member_log_probs
 
     out = {}
     val_labels = load_arrays(store, "val").labels
@@ -182,15 +204,7 @@ def stack_scores(store: Path, results: dict, labels, kinds) -> dict[str, dict[st
         members = [results[c]["checkpoint"] for c in configs]
         _, val_lp = member_log_probs(members, str(store), "val")
         _, test_lp = member_log_probs(members, str(store), "test")
-        for method in ("weights", "logistic"):
-            t0 = time.perf_counter()
-            crossed = cross_fit(val_lp, val_labels, method=method)
-            stacker = Stacker(len(members), method).fit(val_lp, val_labels)
-            out[f"{name}:{method}"] = {
-                **scores(stacker.predict_proba(test_lp), labels, kinds),
-                "val": float((crossed.argmax(1) == val_labels).mean()),
-                "seconds": time.perf_counter() - t0,
-            }
+        out.update(fitted_stacks(name, val_lp, val_labels, test_lp, labels, kinds))
     return out
 
 
@@ -200,45 +214,30 @@ def cv_scores(store: Path, runs: Path, labels, kinds, extra: list[str], folds: i
     fitted on every train+val row's out-of-fold probabilities. The ``val`` column of these
     rows is out-of-fold top-1 (cross-fitted for the stacks)."""
     from fusion.cv import run_cv
-    from fusion.stacking import Stacker, cross_fit, cv_members, from_cv
+    from fusion.stacking import from_cv
 
-    out, dirs = {}, []
-    test_ids = load_arrays(store, "test").ids
-    for config in STACKS["stack3"]:
+    configs = STACKS["stack3"]
+    dirs = [runs / store.name / f"cv{folds}" / config for config in configs]
+    seconds = []
+    for config, cv_dir in zip(configs, dirs, strict=True):
         t0 = time.perf_counter()
-        dirs.append(runs / store.name / f"cv{folds}" / config)
         run_cv(
-            [
-                "--config", str(HERE.parent / "configs" / f"{config}.yaml"),
-                "--data.store", str(store),
-                "--data.folds", str(folds),
-                "--cv_dir", str(dirs[-1]),
-                "--trainer.logger", "false",
-                "--trainer.enable_progress_bar", "false",
-                "--trainer.enable_model_summary", "false",
-                *extra,
-            ]
+            ["--config", str(HERE.parent / "configs" / f"{config}.yaml"),
+             "--data.store", str(store), "--data.folds", str(folds), "--cv_dir", str(cv_dir),
+             *QUIET, *extra]
         )  # fmt: skip
-        cv = json.loads((dirs[-1] / "cv.json").read_text())
-        _, (test,) = cv_members(dirs[-1:], predict=True)
-        probs = test.probs[[test.ids.index(i) for i in test_ids]]  # rows in `labels` order
-        out[f"cv{folds}:{config}"] = {
-            **scores(probs, labels, kinds),
-            "val": cv["oof_acc_top1"],
-            "seconds": time.perf_counter() - t0,
-        }
+        seconds.append(time.perf_counter() - t0)
     rows = from_cv(dirs, predict=True)  # what `train.py stack --cv` fits and scores
-    fit_lp, fit_labels = rows.log_probs, rows.labels
-    test_lp = rows.test_log_probs[:, [rows.test_ids.index(i) for i in test_ids]]
-    for method in ("weights", "logistic"):
-        t0 = time.perf_counter()
-        crossed = cross_fit(fit_lp, fit_labels, method=method)
-        stacker = Stacker(len(dirs), method).fit(fit_lp, fit_labels)
-        out[f"cvstack3:{method}"] = {
-            **scores(stacker.predict_proba(test_lp), labels, kinds),
-            "val": float((crossed.argmax(1) == fit_labels).mean()),
-            "seconds": time.perf_counter() - t0,
+    position = {i: n for n, i in enumerate(rows.test_ids)}
+    test_lp = rows.test_log_probs[:, [position[i] for i in load_arrays(store, "test").ids]]
+    out = {}
+    for config, cv_dir, lp, took in zip(configs, dirs, test_lp, seconds, strict=True):
+        out[f"cv{folds}:{config}"] = {
+            **scores(np.exp(lp), labels, kinds),
+            "val": json.loads((cv_dir / "cv.json").read_text())["oof_acc_top1"],
+            "seconds": took,
         }
+    out.update(fitted_stacks("cvstack3", rows.log_probs, rows.labels, test_lp, labels, kinds))
     return out
 
 
