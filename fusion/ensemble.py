@@ -137,6 +137,14 @@ def log_probs(members: Sequence[Member]) -> np.ndarray:
     return np.log(np.clip(np.stack([m.probs for m in members]), 1e-12, None))
 
 
+def same_labels(members: Sequence[Member]) -> np.ndarray | None:
+    """The labels every aligned member holds, or None if one lacks them or differs."""
+    labels = members[0].labels
+    if labels is None or any(m.labels is None or (m.labels != labels).any() for m in members):
+        return None
+    return labels
+
+
 def fit_weights(fit: Sequence[Member], scored: Sequence[Member], *, method: str, folds: int = 5):
     """A :class:`Stacker` fitted on the labelled ``fit`` members, to score ``scored``.
 
@@ -152,8 +160,8 @@ def fit_weights(fit: Sequence[Member], scored: Sequence[Member], *, method: str,
             f"{len(overlap)} ids (e.g. {sorted(overlap)[:3]}) are in both {fit[0].path} and "
             f"{scored[0].path}; fit weights on out-of-fold or val rows, not on the scored ones."
         )
-    labels = fit[0].labels
-    if labels is None or any(m.labels is None or (m.labels != labels).any() for m in fit):
+    labels = same_labels(fit)
+    if labels is None:
         raise EnsembleError(
             "every --fit_on file needs the same labels (RUN/val.probs.npz or CV/oof.probs.npz)"
         )

@@ -276,21 +276,22 @@ class FusionModule(L.LightningModule):
                     loss.detach(),
                     None if penalty is None else penalty.detach(),
                 )
-        weights = self.head.fusion_weights()
-        if weights is not None:
-            self._log_fusion_weights(weights)
+        weights = [member.fusion_weights() for member in members]
+        if weights[0] is not None:
+            # One copy to the host per step: every member's (alpha, beta) for a sweep, of
+            # which the answering member's are logged.
+            pairs = torch.cat([w.detach().float() for w in weights]).cpu().tolist()
             if len(members) > 1:
-                every = torch.cat([m.fusion_weights().detach().float().cpu() for m in members])
-                self.member_weights_history.append([self.global_step, *every.tolist()])
+                self.member_weights_history.append([self.global_step, *pairs])
+            self._log_fusion_weights(*pairs[2 * chosen : 2 * chosen + 2])
         return total
 
-    def _log_fusion_weights(self, weights: torch.Tensor) -> None:
+    def _log_fusion_weights(self, alpha: float, beta: float) -> None:
         """fusion/alpha and fusion/beta at every step, straight to the loggers.
 
         Every step regardless of ``log_every_n_steps`` (the report's plots are per step),
         and without ``self.log``, whose bookkeeping would dominate a small head's step.
         """
-        alpha, beta = weights.detach().float().cpu().tolist()
         step = self.global_step
         self.alpha_beta_history.append([step, alpha, beta])
         if self.trainer.is_global_zero:

@@ -223,15 +223,15 @@ def from_checkpoints(cfg, predict: bool) -> StackRows:
 
 def from_cv(cv_dirs: Sequence[str], predict: bool) -> StackRows:
     """``--cv`` members: fitted on every train+val row's out-of-fold probabilities."""
-    from fusion.ensemble import EnsembleError, log_probs
+    from fusion.ensemble import EnsembleError, log_probs, same_labels
     from fusion.exit import ExitError
 
     try:
         fit, test = cv_members(cv_dirs, predict)
     except (ValueError, EnsembleError) as err:
         raise ExitError(f"train.py stack: {err}") from err
-    labels = fit[0].labels
-    if labels is None or any(m.labels is None or (m.labels != labels).any() for m in fit):
+    labels = same_labels(fit)
+    if labels is None:
         raise ExitError("train.py stack: the --cv directories hold other rows or labels")
     rows = StackRows(fit[0].ids, log_probs(fit), labels, "out-of-fold", "oof_predictions.csv")
     if predict:
