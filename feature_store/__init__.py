@@ -12,6 +12,11 @@ with columns ``id`` (str), ``label`` (a ``ClassLabel`` of the class names, -1 wh
 unknown), ``path`` (str), ``caption`` (str), ``image_emb`` and ``text_emb`` (fixed-length
 float vectors). ``datasets.load_from_disk(STORE)`` opens it as a DatasetDict.
 
+A store holds named feature sets (``manifest.json["features"]``): ``image`` and ``text``
+are the ``image_emb`` / ``text_emb`` columns, further sets (other backbones, class-name
+scores) live in ``STORE/features/<name>/`` and are read with :func:`load_features`
+(:mod:`feature_store.sets`).
+
 Readers go through :func:`open_store` and :func:`load_arrays`, which check the manifest
 once, verify each shard against the size and checksum recorded when it was written
 (:mod:`feature_store.integrity`), and hand back numpy arrays without a per-row Python
@@ -39,6 +44,7 @@ from feature_store.layout import (
     write_failures,
     write_manifest,
 )
+from feature_store.sets import FEATURES_DIR, FeatureArrays, load_features
 from feature_store.writer import (
     from_dataset_dict,
     load_dataset_dict,
@@ -51,6 +57,8 @@ __all__ = [
     "DATASET_DICT_NAME",
     "FAILURES_COLUMNS",
     "FAILURES_NAME",
+    "FEATURES_DIR",
+    "FeatureArrays",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "SplitArrays",
@@ -59,6 +67,7 @@ __all__ = [
     "from_dataset_dict",
     "load_arrays",
     "load_dataset_dict",
+    "load_features",
     "load_split",
     "make_manifest",
     "open_store",

@@ -8,9 +8,11 @@ feature_store/writer.py; docs/architecture.md describes the whole contract.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,10 @@ DATASET_DICT_NAME = "dataset_dict.json"  # makes the root a `datasets.DatasetDic
 # 1: per-split `datasets` directories, label an int64 column.
 # 2: the root is a DatasetDict directory too, and the label is a ClassLabel of the class
 #    names (upgrade_store turns a 1 into a 2 by rewriting metadata only).
-FORMAT_VERSION = 2
+# 3: the manifest lists the feature sets under "features" (image and text, and any set added
+#    later in STORE/features/<name>/, see feature_store/sets.py); a 2 reads as the sets image
+#    and text, and upgrade_store writes the entry (metadata only).
+FORMAT_VERSION = 3
 COLUMNS = ("id", "label", "path", "caption", "image_emb", "text_emb")
 # One row per input that has no row in the store: the file, why, its split and id.
 FAILURES_COLUMNS = ("file", "reason", "split", "id")
@@ -67,6 +72,17 @@ class StoreInfo:
     def rows(self, split: str) -> int:
         return int(self.manifest["splits"][split]["rows"])
 
+    @property
+    def features(self) -> list[dict[str, Any]]:
+        """The feature sets' manifest entries (a format-2 store: image and text)."""
+        from feature_store.sets import feature_entries
+
+        return feature_entries(self.manifest)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [e["name"] for e in self.features]
+
 
 @dataclass(frozen=True)
 class SplitArrays:
@@ -84,9 +100,46 @@ class SplitArrays:
 
 
 def open_store(root: str | os.PathLike) -> StoreInfo:
-    """Read and check ``root/manifest.json``; raise :class:`StoreError` naming the fix."""
+    """Read and check ``root/manifest.json``; raise :class:`StoreError` naming the fix.
+
+    Parsed once per process while the file is unchanged (:func:`unchanged_key`); every
+    caller gets its own copy, so one that edits the dict cannot change another's.
+    """
     root = Path(root)
     manifest_path = root / MANIFEST_NAME
+    key = unchanged_key([manifest_path])
+    if key is not None and key in _MANIFESTS:
+        return StoreInfo(root=root, manifest=copy.deepcopy(_MANIFESTS[key]))
+    info = _read_store(root, manifest_path)
+    if key is not None:
+        _MANIFESTS.clear()  # one store at a time is the common case; keep memory flat
+        _MANIFESTS[key] = copy.deepcopy(info.manifest)
+    return info
+
+
+# Files modified this recently are re-read even when their size and mtime look unchanged:
+# a rewrite within the filesystem's timestamp granularity would not show (git's "racy" rule).
+RACY_SECONDS = 2.0
+_MANIFESTS: dict[tuple, dict[str, Any]] = {}
+
+
+def unchanged_key(paths: list[Path]) -> tuple | None:
+    """A key that changes whenever one of ``paths`` is rewritten (path, inode, size, mtime),
+    or None when one is missing or too recently modified to trust its timestamp."""
+    key = []
+    now = time.time()
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        if now - st.st_mtime < RACY_SECONDS:
+            return None
+        key.append((str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(key)
+
+
+def _read_store(root: Path, manifest_path: Path) -> StoreInfo:
     if not manifest_path.is_file():
         raise StoreError(
             f"{manifest_path} not found: {root} is not a finished feature store. "
@@ -134,6 +187,16 @@ def _manifest_problem(manifest: Any) -> str | None:
         return "splits needs {split: {rows: int, ...}}"
     if not isinstance(manifest.get("format_version", FORMAT_VERSION), int):
         return "format_version is not an integer"
+    sets = manifest.get("features")
+    if sets is not None:
+        if not isinstance(sets, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("name"), str)
+            and isinstance(e.get("dim"), int) and e["dim"] > 0 for e in sets
+        ):  # fmt: skip
+            return "features needs a list of {name: str, dim: int > 0, ...}"
+        names = [e["name"] for e in sets]
+        if len(set(names)) != len(names):
+            return f"features names a set twice ({names})"
     return None
 
 
@@ -178,8 +241,12 @@ def make_manifest(
 
     ``splits``: per split ``inputs``, ``rows``, ``failed`` (inputs = rows + failed);
     ``shards``: per split the records of :func:`feature_store.integrity.shard_record`;
-    ``models``: what data_prep's models resolved to (the source of the model fingerprint).
+    ``models``: what data_prep's models resolved to (the source of the model fingerprint);
+    ``features`` (in ``extra``): the feature sets, by default ``image`` and ``text`` derived
+    from ``models`` and ``dims`` (feature_store/sets.py).
     """
+    from feature_store.sets import base_entries
+
     manifest = {
         "format_version": FORMAT_VERSION,
         "class_names": list(class_names),
@@ -190,6 +257,8 @@ def make_manifest(
         "models": models,
         **extra,
     }
+    if "features" not in extra:  # a new store holds the two sets its rows carry
+        manifest["features"] = base_entries(manifest)
     problem = _manifest_problem(manifest)
     if problem:
         raise ValueError(f"refusing to write a manifest that {problem}")

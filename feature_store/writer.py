@@ -45,7 +45,9 @@ from feature_store.layout import (
 
 EMPTY_SHARD = "empty.arrow"  # the one file of a split without rows: load_from_disk needs one
 # Manifest fields the writer derives from the rows themselves: never copied from elsewhere.
-DERIVED_FIELDS = ("format_version", "class_names", "dims", "emb_dtype", "splits", "shards")
+# (A rebuilt store holds the rows' own sets, image and text: "features" is derived too.)
+DERIVED_FIELDS = ("format_version", "class_names", "dims", "emb_dtype", "splits", "shards",
+                  "features")  # fmt: skip
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -86,10 +88,11 @@ def write_shard_file(path: str | os.PathLike, columns: dict[str, Any], feats) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = len(columns["id"])
-    check_labels(np.asarray(columns["label"], dtype=np.int64), feats, str(path))
+    if "label" in feats:  # a feature set's own shards hold only id and the set's column
+        check_labels(np.asarray(columns["label"], dtype=np.int64), feats, str(path))
     arrays = {}
     for name, feat in feats.items():
-        if name in ("image_emb", "text_emb"):
+        if getattr(feat, "length", -1) > 0:  # image_emb, text_emb, any feature set
             # A fixed-size list built from one flat buffer: no per-row Python objects.
             flat = np.asarray(columns[name], dtype=feat.feature.dtype).reshape(-1)
             arrays[name] = pa.FixedSizeListArray.from_arrays(pa.array(flat), feat.length)
@@ -214,24 +217,32 @@ def write_store(
 
 
 def upgrade_store(root: str | os.PathLike) -> StoreInfo:
-    """Bring a format-1 store to the current format in place, rewriting metadata only.
+    """Bring an older store to the current format in place, rewriting metadata only.
 
     Format 1 lacked ``dataset_dict.json`` and stored ``label`` as a plain int64; this
     writes the DatasetDict index and each split's ``dataset_info.json`` with the ClassLabel
-    (rows and checksums untouched, every shard verified first), then the manifest's new
-    ``format_version``. A current store is returned as it is.
+    (rows and checksums untouched, every shard verified first). Format 2 lacked the
+    manifest's ``features`` list: the ``image`` and ``text`` entries are derived from its
+    ``models`` and ``dims``. Then the manifest's new ``format_version``. A current store is
+    returned as it is.
     """
+    from feature_store.sets import base_entries
+
     info = open_store(root)
-    if info.manifest.get("format_version", 1) >= FORMAT_VERSION:
+    version = info.manifest.get("format_version", 1)
+    if version >= FORMAT_VERSION:
         return info
-    feats = store_features(info.image_dim, info.text_dim, info.manifest["emb_dtype"],
-                           info.class_names)  # fmt: skip
     for split in info.splits:
         verify_split(root, split, info)
-        state = json.loads((info.root / split / "state.json").read_text())
-        files = [f["filename"] for f in state["_data_files"]]
-        index_split(root, split, files, feats, state["_fingerprint"])
+    if version < 2:
+        feats = store_features(info.image_dim, info.text_dim, info.manifest["emb_dtype"],
+                               info.class_names)  # fmt: skip
+        for split in info.splits:
+            state = json.loads((info.root / split / "state.json").read_text())
+            files = [f["filename"] for f in state["_data_files"]]
+            index_split(root, split, files, feats, state["_fingerprint"])
     manifest = {**info.manifest, "format_version": FORMAT_VERSION}
+    manifest.setdefault("features", base_entries(manifest))
     write_manifest(root, manifest)
     return StoreInfo(root=info.root, manifest=manifest)
 
@@ -285,11 +296,15 @@ def from_dataset_dict(
 def load_dataset_dict(root: str | os.PathLike):
     """The store as a `datasets.DatasetDict` (every shard verified first).
 
-    The same object as ``datasets.load_from_disk(root)``; a format-1 store raises
+    ``datasets.load_from_disk(root)`` with one column per feature set: the rows' own
+    columns (``image_emb`` and ``text_emb`` hold the sets image and text), then each added
+    set's column, joined side by side from ``STORE/features/<name>/<split>`` (Arrow
+    memory maps, nothing copied; ids checked row for row). A format-1 store raises
     :class:`StoreError` naming :func:`upgrade_store` as the fix.
     """
     import datasets
 
+    from feature_store.sets import read_set
     info = open_store(root)
     if info.manifest.get("format_version", 1) < 2:
         raise StoreError(
@@ -299,4 +314,12 @@ def load_dataset_dict(root: str | os.PathLike):
         )
     for split in info.splits:
         verify_split(root, split, info)
-    return datasets.load_from_disk(str(info.root))
+    dd = datasets.load_from_disk(str(info.root))
+    added = [e for e in info.features if e.get("path")]
+    for split in list(dd) if added else []:
+        ids = dd[split]["id"]
+        columns = [dd[split]]
+        for e in added:
+            columns.append(read_set(info, e, split, ids).select_columns([e["name"]]))
+        dd[split] = datasets.concatenate_datasets(columns, axis=1)
+    return dd

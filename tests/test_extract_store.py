@@ -15,7 +15,7 @@ from data_prep.images import BadImageError, load_image
 from data_prep.loading import ModelLoadError
 from data_prep.sources import InputLayoutError
 from data_prep.store import StoreMixError, StoreWriter, plan_shards
-from feature_store import load_arrays, open_store
+from feature_store import FORMAT_VERSION, load_arrays, open_store
 from tests.fixtures_extraction import (  # noqa: F401 - fixtures
     BAD_IMAGES,
     assert_same_store,
@@ -51,7 +51,7 @@ def test_store_layout_shapes_and_counts(built, tiny_models):  # noqa: F811
     info = open_store(out)
     m = info.manifest
     assert info.class_names == ["cat", "dog", "fish"]
-    assert m["format_version"] == 2 and m["emb_dtype"] == "float16"
+    assert m["format_version"] == FORMAT_VERSION and m["emb_dtype"] == "float16"
     # cls pooling: one hidden state per model, widths read from the saved model configs.
     width = {k: json.loads((tiny_models[k] / "config.json").read_text())["hidden_size"]
              for k in ("dinov2", "bert")}  # fmt: skip

@@ -11,6 +11,7 @@ import pytest
 
 import data_prep
 from feature_store import (
+    FORMAT_VERSION,
     StoreError,
     from_dataset_dict,
     load_arrays,
@@ -67,7 +68,7 @@ def prep_store(tmp_path_factory, tiny_models):  # noqa: F811
 
 def test_a_data_prep_store_is_a_datasetdict_whose_checksums_verify(prep_store):
     info = open_store(prep_store)
-    assert info.manifest["format_version"] == 2
+    assert info.manifest["format_version"] == FORMAT_VERSION
     assert len(info.manifest["shards"]["train"]) > 1  # several shards, concatenated in order
     dd = load_dataset_dict(prep_store)  # verifies every shard's size and sha256 first
     assert dd["train"].features["label"].names == ["cat", "dog", "fish"]
@@ -147,7 +148,7 @@ def test_a_format1_store_reads_and_upgrades_in_place(tmp_path):
     shards = json.loads((tmp_path / "manifest.json").read_text())["shards"]
     with pytest.raises(StoreError, match="upgrade_store"):
         load_dataset_dict(tmp_path)
-    assert upgrade_store(tmp_path).manifest["format_version"] == 2
+    assert upgrade_store(tmp_path).manifest["format_version"] == FORMAT_VERSION
     after = json.loads((tmp_path / "manifest.json").read_text())
     assert after["shards"] == shards  # rows untouched: the recorded checksums still hold
     dd = datasets.load_from_disk(str(tmp_path))

@@ -1,0 +1,203 @@
+"""Named feature sets: several frozen backbones, caption embeddings and class-name scores.
+
+$ python -c "from feature_store import load_features; print(load_features('STORE', 'val', ['image', 'siglip']))"
+
+A store holds any number of feature sets, each a fixed-length float vector per row with
+its own entry in ``manifest.json["features"]`` (name, kind, model and revision, library,
+pooling, preprocessing, tta, dim, dtype, fingerprint). Two live in the rows' own shards,
+as they always have: ``image`` is the ``image_emb`` column and ``text`` the ``text_emb``
+column (so every reader written for those columns keeps working). Every other set lives
+in its own files, written when the set was added, never touching the rows' shards::
+
+    STORE/features/<name>/<split>/shard-00000.arrow   id + one column <name>, the rows'
+                                                       own order, one shard per row shard
+    STORE/features/<name>/<split>/state.json ...      a `datasets` dataset per split
+    STORE/features/<name>/dataset_dict.json           load_from_disk(STORE/features/<name>)
+
+:func:`load_features` returns any subset as float32 arrays (ids checked row for row),
+:func:`feature_store.load_dataset_dict` the DatasetDict with one column per set. Stores
+of format 2 have no ``features`` entry: they read as the sets ``image`` and ``text``, and
+:func:`feature_store.upgrade_store` writes the entry (metadata only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feature_store.layout import StoreError, StoreInfo, _matrix, _short, open_store
+
+FEATURES_DIR = "features"
+SET_KINDS = ("image", "text", "scores")
+# The two sets every store has, and the row columns that hold them.
+BASE_SETS = {"image": "image_emb", "text": "text_emb"}
+# Entry fields that do not change what the vectors mean (where they are, how long it took).
+_NOT_FINGERPRINTED = {"fingerprint", "shards", "failed", "local_path", "seconds", "path",
+                      "column", "splits"}  # fmt: skip
+
+
+def entry_fingerprint(entry: dict[str, Any]) -> str:
+    """A short hash of what decides a set's vectors (model, revision, pooling, tta...)."""
+    meaning = {k: v for k, v in entry.items() if k not in _NOT_FINGERPRINTED}
+    return hashlib.sha256(json.dumps(meaning, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
+
+
+def base_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``image`` and ``text`` entries, derived from a manifest's ``models`` and ``dims``.
+
+    What format 2 recorded, rearranged: nothing is invented (a synthetic store's models are
+    unknown, so its entries say None).
+    """
+    models = manifest.get("models") or {}
+    out = []
+    for name, column in BASE_SETS.items():
+        m = models.get(name) or {}
+        preprocessing: Any = m.get("preprocessing")
+        if name == "text":  # a caption embedding means what its captioner and tokeniser did
+            preprocessing = {"max_length": m.get("max_length"), "captions": models.get("caption")}
+        entry = {
+            "name": name,
+            "kind": name,
+            "column": column,
+            "model": m.get("name"),
+            "revision": m.get("revision"),
+            "local_path": m.get("local_path"),
+            "library": m.get("library", "transformers" if m else None),
+            "pooling": m.get("pooling"),
+            "preprocessing": preprocessing,
+            "tta": [],
+            "dim": int(manifest["dims"][column]),
+            "dtype": manifest.get("emb_dtype", "float32"),
+        }
+        entry["fingerprint"] = entry_fingerprint(entry)
+        out.append(entry)
+    return out
+
+
+def feature_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The manifest's feature sets (format 2: the derived ``image`` and ``text``)."""
+    return list(manifest.get("features") or base_entries(manifest))
+
+
+def set_features(name: str, dim: int, dtype: str):
+    """`datasets.Features` of an added set's shards: the row id and the set's column."""
+    import datasets
+
+    return datasets.Features(
+        {"id": datasets.Value("string"), name: datasets.List(datasets.Value(dtype), length=dim)}
+    )
+
+
+def set_root(root: str | os.PathLike, name: str) -> Path:
+    """Where an added set's files live: ``STORE/features/<name>``."""
+    return Path(root) / FEATURES_DIR / name
+
+
+@dataclass(frozen=True)
+class FeatureArrays:
+    """Some feature sets of one split as float32 [N, dim] arrays, with the rows' ids,
+    labels, captions and paths. Rows an added set failed on hold NaN (see :meth:`missing`;
+    failures.csv names them and the set)."""
+
+    ids: list[str]
+    labels: np.ndarray
+    captions: list[str]
+    paths: list[str]
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.features[name]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def missing(self, name: str) -> np.ndarray:
+        """True on the rows where set ``name`` has no value (NaN)."""
+        return ~np.isfinite(self.features[name]).all(axis=1)
+
+
+def entry(info: StoreInfo, name: str) -> dict[str, Any]:
+    """The manifest entry of set ``name``; StoreError listing the sets when absent."""
+    for e in info.features:
+        if e["name"] == name:
+            return e
+    raise StoreError(
+        f"{info.root} has no feature set {name!r} (it has {[e['name'] for e in info.features]}); "
+        f"add it with `python -m data_prep -c configs/prep/add_<name>.yaml --run.out {info.root}`."
+    )
+
+
+def read_set(info: StoreInfo, e: dict[str, Any], split: str, ids: list[str]):
+    """An added set's `datasets.Dataset` for ``split``: shards verified, ids equal to the
+    rows' (in order)."""
+    import datasets
+
+    from feature_store.integrity import REBUILD_HINT, verify_files
+
+    split_dir = info.root / e["path"] / split
+    records = (e.get("shards") or {}).get(split)
+    if records is None or not split_dir.is_dir():
+        raise StoreError(
+            f"feature set {e['name']!r} has no files for split {split!r} ({split_dir}); rerun "
+            f"the data_prep command that added it (--run.out {info.root})."
+        )
+    verify_files(split_dir, records, len(ids))
+    try:
+        ds = datasets.load_from_disk(str(split_dir))
+    except Exception as err:  # noqa: BLE001 - pyarrow/datasets/OS errors all mean "damaged"
+        raise StoreError(f"{split_dir} cannot be read ({_short(err)}); {REBUILD_HINT}.") from err
+    if _table(ds).column("id").to_pylist() != ids:
+        raise StoreError(
+            f"{split_dir}: its ids are not the store's rows in order (the set was built for "
+            f"another store); redo it with --run.replace_feature {e['name']}."
+        )
+    return ds
+
+
+def load_features(
+    root: str | os.PathLike, split: str, names: list[str] | tuple[str, ...] | None = None
+) -> FeatureArrays:
+    """Feature sets ``names`` (all when None) of ``split`` as float32 arrays, dims checked.
+
+    Every shard read is verified against its recorded checksum (once per process while the
+    files are unchanged, see :mod:`feature_store.integrity`).
+    """
+    from feature_store.layout import load_split
+
+    info = open_store(root)
+    wanted = [e["name"] for e in info.features] if names is None else list(names)
+    entries = [entry(info, n) for n in wanted]
+    table = _table(load_split(root, split))
+    ids = table.column("id").to_pylist()
+    features = {}
+    for e in entries:
+        # image/text sit in the rows' own shards; an added set in its own files.
+        source = _table(read_set(info, e, split, ids)) if e.get("path") else table
+        column = e["column"]
+        try:
+            features[e["name"]] = _matrix(source, column, int(e["dim"]))
+        except Exception as err:  # noqa: BLE001 - a shard whose contents do not fit the entry
+            raise StoreError(
+                f"feature set {e['name']!r} of {info.root / split} does not match its manifest "
+                f"entry ({_short(err)}); rerun the data_prep command that wrote it."
+            ) from err
+    return FeatureArrays(
+        ids=ids,
+        labels=table.column("label").to_numpy().astype(np.int64),
+        captions=table.column("caption").to_pylist(),
+        paths=table.column("path").to_pylist(),
+        features=features,
+    )
+
+
+def _table(ds):
+    """The pyarrow table under a `datasets.Dataset` (memory-mapped, not copied)."""
+    return ds.data.table if hasattr(ds.data, "table") else ds.data
