@@ -19,6 +19,7 @@ INPUT_KINDS = ("kaggle", "hf", "report_embeddings")
 RESAMPLES = ("bicubic", "bilinear", "nearest", "lanczos")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 EMB_DTYPES = ("float16", "float32")
+RUN_MODES = ("build", "add")
 
 
 @dataclass
@@ -42,6 +43,9 @@ class InputConfig:
         data_dir: hf: local data directory (for imagefolder).
         revision: hf: dataset revision.
         captions_csv: ``id,caption`` file from another captioner; BLIP-2 is then not run.
+        class_names: CSV ``folder,name``: readable class names for class-name prompts
+            (zero_shot, caption_scores sets). Default: WordNet lemmas (from timm) when the
+            class folders are ImageNet synsets, else the folder names.
     """
 
     kind: str = "kaggle"
@@ -56,6 +60,7 @@ class InputConfig:
     data_dir: str | None = None
     revision: str | None = None
     captions_csv: str | None = None
+    class_names: str | None = None
 
 
 @dataclass
@@ -177,6 +182,11 @@ class RunConfig:
         dtype: model dtype: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, fp16.
         emb_dtype: how embeddings are stored: float16 or float32.
         progress: progress bars and the end summary.
+        mode: ``build`` (the store's rows, then any ``features``) or ``add`` (only the
+            ``features`` missing from the finished store at ``out``; image, caption and
+            text are not used).
+        replace_feature: the name of a feature set to delete and extract again (one that
+            exists with another fingerprint is otherwise refused).
     """
 
     out: str = "stores/prep"
@@ -190,6 +200,46 @@ class RunConfig:
     dtype: str = "auto"
     emb_dtype: str = "float16"
     progress: bool = True
+    mode: str = "build"
+    replace_feature: str | None = None
+
+
+@dataclass
+class FeatureSetConfig:
+    """One named feature set (data_prep/set_kinds.py lists the kinds).
+
+    Args:
+        name: the set's name: its column, its directory STORE/features/<name>, its key in
+            load_features. ``image`` and ``text`` are the rows' own sets.
+        kind: hf_image, timm_image, hf_text, zero_shot, caption_scores, imagenet_logits.
+        model: hub id or local directory (transformers), or a timm model name.
+        library: transformers or timm (imagenet_logits takes either).
+        revision: hub revision (transformers).
+        pooling: image: cls, mean, cls+mean, mean_all_tokens, pooler, embed (dual tower),
+            head (timm pre-logits); text: mean, cls, embed; null: the kind's first.
+        tta: test-time transforms averaged with the image: [hflip], [hflip, vflip].
+        templates: class prompts with {} for the class name (scores kinds); null: a set
+            of sketch prompts.
+        max_length: text tokens at most (null: the tokenizer's own limit).
+        pretrained: timm: false gives random weights (benchmarks).
+        weights_file: timm: a local .safetensors/.pth of the weights (offline).
+        model_kwargs: timm: create_model keyword arguments (img_size, ...).
+        processor_kwargs: transformers: image processor overrides.
+    """
+
+    name: str
+    kind: str
+    model: str
+    library: str = "transformers"
+    revision: str | None = None
+    pooling: str | None = None
+    tta: list[str] = field(default_factory=list)
+    templates: list[str] | None = None
+    max_length: int | None = None
+    pretrained: bool = True
+    weights_file: str | None = None
+    model_kwargs: dict[str, Any] | None = None
+    processor_kwargs: dict[str, Any] | None = None
 
 
 @dataclass
@@ -200,6 +250,7 @@ class PrepConfig:
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    features: list[FeatureSetConfig] = field(default_factory=list)
 
 
 def _check(cfg: PrepConfig) -> None:
@@ -224,6 +275,47 @@ def _check(cfg: PrepConfig) -> None:
         raise ValueError("--image.squash must be a size in pixels >= 1 (or null for none)")
     if cfg.caption.num_beams < 1 or cfg.caption.max_new_tokens < 1:
         raise ValueError("--caption.num_beams and --caption.max_new_tokens must be >= 1")
+    if cfg.run.mode not in RUN_MODES:
+        raise ValueError(f"--run.mode {cfg.run.mode!r} is not one of {list(RUN_MODES)}")
+    if cfg.run.mode == "add" and not cfg.features:
+        raise ValueError("--run.mode add needs at least one entry under features: in the config")
+    names = [f.name for f in cfg.features]
+    for i, fs in enumerate(cfg.features):
+        _check_set(fs, f"features[{i}]")
+        if names.count(fs.name) > 1:
+            raise ValueError(f"features: the name {fs.name!r} is given twice; names must differ")
+
+
+def _check_set(fs: FeatureSetConfig, where: str) -> None:
+    """A feature set's kind, pooling, library, name and tta, against the registry."""
+    import re
+
+    from data_prep.set_kinds import TTA, kind_of
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", fs.name or ""):
+        raise ValueError(f"{where}.name {fs.name!r}: use letters, digits, _ . - (a file name)")
+    if fs.name in ("image", "text"):
+        raise ValueError(
+            f"{where}.name {fs.name!r} collides with the rows' own {fs.name} set; choose "
+            "another name"
+        )
+    try:
+        kind = kind_of(fs.kind)
+    except ValueError as err:
+        raise ValueError(f"{where}.kind: {err}") from None
+    pooling = fs.pooling if fs.pooling is not None else kind.poolings[0]
+    if pooling not in kind.poolings:
+        raise ValueError(f"{where}.pooling {fs.pooling!r} is not one of {list(kind.poolings)} "
+                         f"for kind {fs.kind}")  # fmt: skip
+    if fs.library not in kind.libraries:
+        raise ValueError(f"{where}.library {fs.library!r} is not one of {list(kind.libraries)} "
+                         f"for kind {fs.kind}")  # fmt: skip
+    bad = [t for t in fs.tta if t not in TTA]
+    if bad or (fs.tta and kind.reads != "image"):
+        raise ValueError(f"{where}.tta {fs.tta}: use transforms of {list(TTA)}, on image kinds "
+                         "only")  # fmt: skip
+    if fs.templates is not None and not all("{}" in t for t in fs.templates or [""]):
+        raise ValueError(f"{where}.templates: each needs {{}} where the class name goes")
 
 
 def build_parser():
@@ -239,6 +331,10 @@ def build_parser():
         parser.add_class_arguments(
             PrepConfig.__dataclass_fields__[name].default_factory, name, sub_configs=True
         )
+    parser.add_argument(
+        "--features", type=list[FeatureSetConfig], default=[],
+        help="named feature sets to extract (see data_prep/set_kinds.py for the kinds)",
+    )  # fmt: skip
     return parser
 
 
@@ -256,6 +352,7 @@ def parse_config(argv: list[str] | None = None) -> tuple[PrepConfig, dict]:
         caption=CaptionConfig(**plain["caption"]),
         text=TextConfig(**plain["text"]),
         run=RunConfig(**plain["run"]),
+        features=[FeatureSetConfig(**f) for f in plain.get("features") or []],
     )
     _check(cfg)
     return cfg, plain

@@ -249,6 +249,104 @@ def build_tiny_bert(out: str | os.PathLike, *, hidden: int = 32) -> Path:
     return Path(out)
 
 
+def _eos_bpe_tokenizer():
+    """The byte-level BPE with ``</s>`` appended to every text (CLIP / SigLIP text towers
+    pool at their end-of-text token)."""
+    from tokenizers import processors
+
+    tok = _bpe_tokenizer()
+    eos = tok.eos_token_id
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+    )
+    return tok
+
+
+def build_tiny_dual_tower(out: str | os.PathLike, *, family: str = "clip", hidden: int = 32,
+                          image_size: int = 32) -> Path:  # fmt: skip
+    """A tiny CLIPModel or SiglipModel (``family``) + its image processor and a tokenizer."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(3)
+    tokenizer = _eos_bpe_tokenizer()
+    small = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                 num_attention_heads=2)  # fmt: skip
+    text = dict(vocab_size=len(tokenizer), max_position_embeddings=32,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.bos_token_id, **small)  # fmt: skip
+    vision = dict(image_size=image_size, patch_size=8, **small)
+    if family == "clip":
+        config = tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=hidden)
+        model = tf.CLIPModel(config)
+        processor = tf.CLIPImageProcessor(size={"shortest_edge": image_size},
+                                          crop_size={"height": image_size, "width": image_size})
+    elif family == "siglip":
+        model = tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=vision))
+        processor = tf.SiglipImageProcessor(size={"height": image_size, "width": image_size})
+    else:
+        raise ValueError(f"family {family!r} is not one of ['clip', 'siglip']")
+    tokenizer.model_max_length = 32
+    model.eval().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    processor.save_pretrained(out)
+    return Path(out)
+
+
+def build_tiny_dinov2_registers(out: str | os.PathLike, *, hidden: int = 32) -> Path:
+    """A tiny Dinov2WithRegistersModel (4 register tokens) + the DINOv2 image processor."""
+    import torch
+    from transformers import BitImageProcessor, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    torch.manual_seed(4)
+    config = Dinov2WithRegistersConfig(hidden_size=hidden, num_hidden_layers=1,
+                                       num_attention_heads=2, mlp_ratio=2, image_size=32,
+                                       patch_size=8, num_register_tokens=4)  # fmt: skip
+    Dinov2WithRegistersModel(config).eval().save_pretrained(out)
+    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
+                      do_center_crop=True).save_pretrained(out)  # fmt: skip
+    return Path(out)
+
+
+def build_tiny_imagenet_classifier(out: str | os.PathLike, *, hidden: int = 32) -> Path:
+    """A tiny transformers ViTForImageClassification with ImageNet-1k's 1000 outputs."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(5)
+    config = ViTConfig(hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=2 * hidden, image_size=32, patch_size=8,
+                       num_labels=1000)  # fmt: skip
+    ViTForImageClassification(config).eval().save_pretrained(out)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
+    return Path(out)
+
+
+# A timm ViT small enough for a test, at 32 px (its data config says so too).
+TINY_TIMM = {
+    "model": "vit_tiny_patch16_224",
+    "model_kwargs": {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32,
+                     "num_heads": 2, "pretrained_cfg_overlay": {"input_size": [3, 32, 32]}},
+}  # fmt: skip
+
+
+def build_tiny_timm(out: str | os.PathLike, *, num_classes: int = 1000) -> Path:
+    """Random weights of :data:`TINY_TIMM` with ``num_classes`` outputs, as ``out``
+    (a .safetensors file: load it with weights_file and the same model_kwargs)."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(6)
+    kwargs = {k: v for k, v in TINY_TIMM["model_kwargs"].items() if k != "pretrained_cfg_overlay"}
+    model = timm.create_model(TINY_TIMM["model"], pretrained=False, num_classes=num_classes,
+                              **kwargs)  # fmt: skip
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out))
+    return out
+
+
 BUILDERS = {"dinov2": build_tiny_dinov2, "blip2": build_tiny_blip2, "bert": build_tiny_bert}
 
 
