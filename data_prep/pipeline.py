@@ -240,11 +240,26 @@ class Models:
 
 
 def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
-    """Build (or finish) the store described by ``cfg``; return its directory."""
+    """Build (or finish) the store described by ``cfg``, then add its ``features`` sets
+    (``run.mode: add``: only those); return its directory."""
+    from data_prep.add_sets import add_sets, sync
+
+    if cfg.run.mode == "add":
+        return add_sets(cfg, plain)
     if cfg.input.kind == "report_embeddings":  # precomputed rows: no model, no image
         from data_prep.import_embeddings import import_store
 
-        return import_store(cfg, plain)
+        root = import_store(cfg, plain)
+    else:
+        root = build(cfg, plain)
+    if cfg.features:
+        sync()  # rank 0 has written the manifest: every rank may open the store
+        root = add_sets(cfg, plain)
+    return root
+
+
+def build(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
+    """The rows: images, captions, image and caption embeddings."""
     start = time.perf_counter()
     if cfg.demo.enabled:
         prepare_demo(cfg, plain)

@@ -30,8 +30,10 @@ DATASET_DICT_NAME = "dataset_dict.json"  # makes the root a `datasets.DatasetDic
 #    and text, and upgrade_store writes the entry (metadata only).
 FORMAT_VERSION = 3
 COLUMNS = ("id", "label", "path", "caption", "image_emb", "text_emb")
-# One row per input that has no row in the store: the file, why, its split and id.
-FAILURES_COLUMNS = ("file", "reason", "split", "id")
+# One row per input that has no row in the store: the file, why, its split and id; and
+# one per row an added feature set could not compute (``feature`` = the set's name: the
+# row stays, that set holds NaN there). ``feature`` is empty for rows that are absent.
+FAILURES_COLUMNS = ("file", "reason", "split", "id", "feature")
 
 
 class StoreError(ValueError):
