@@ -53,6 +53,14 @@ class SetWriter(StoreWriter):
     def progress_path(self) -> Path:
         return self.root / PREP_DIR / FEATURES_DIR / self.name / "fingerprint.json"
 
+    def remove_partial_files(self) -> int:
+        """Delete temporary files a killed run of this set left (its own folders only)."""
+        stale = [p for d in (set_root(self.root, self.name), self.progress_path().parent)
+                 if d.is_dir() for p in d.rglob("*.tmp*") if p.is_file()]  # fmt: skip
+        for p in stale:
+            p.unlink()
+        return len(stale)
+
     def remove(self) -> None:
         """Forget the set: its manifest entry and failures first, then its files."""
         _write_set_metadata(self.root, self.name, entry=None, failures=[])
@@ -217,6 +225,7 @@ def _add_one(cfg, fs, spec, writer: SetWriter, rows: Rows, classes, *, replace: 
         upgrade_store(writer.root)  # an older store gets its features entry (metadata only)
         if replace:
             writer.remove()
+        writer.remove_partial_files()
     sync()
     described = extractor.describe()
     progress = {"config": spec, "resolved": {k: v for k, v in described.items()

@@ -198,9 +198,14 @@ class TextTower(nn.Module):
         from data_prep.text_encoder import masked_mean
 
         device = next(self.model.parameters()).device
-        batch = self.tokenizer(texts, padding=self.padding, truncation=True,
-                               max_length=self.max_length, return_tensors="pt")  # fmt: skip
-        batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        tokens = self.tokenizer(texts, padding=self.padding, truncation=True,
+                                max_length=self.max_length, return_attention_mask=True,
+                                return_tensors="pt")  # fmt: skip
+        mask = tokens["attention_mask"].to(device)
+        # Only what the tokenizer says the model takes: SigLIP's takes no attention mask
+        # (it was trained on padded text, unmasked), BERT / MiniLM / CLIP take one.
+        names = [k for k in ("input_ids", "attention_mask") if k in self.tokenizer.model_input_names]
+        batch = {k: tokens[k].to(device) for k in names}
         if self.pooling == "embed":
             out = self.model.get_text_features(**batch)
             return (out if isinstance(out, torch.Tensor) else out.pooler_output).float()
@@ -208,7 +213,7 @@ class TextTower(nn.Module):
         hidden = tower(**batch).last_hidden_state.float()
         if self.pooling == "cls":
             return hidden[:, 0]
-        return masked_mean(hidden, batch["attention_mask"])
+        return masked_mean(hidden, mask)  # the mean over real tokens, never padding
 
 
 class HFText(SetExtractor):

@@ -287,6 +287,9 @@ def build_tiny_dual_tower(out: str | os.PathLike, *, family: str = "clip", hidde
     else:
         raise ValueError(f"family {family!r} is not one of ['clip', 'siglip']")
     tokenizer.model_max_length = 32
+    if family == "siglip":  # as google/siglip-*: the text tower is fed ids only, no mask
+        tokenizer.model_input_names = ["input_ids"]
+        tokenizer.init_kwargs["model_input_names"] = ["input_ids"]  # saved with it
     model.eval().save_pretrained(out)
     tokenizer.save_pretrained(out)
     processor.save_pretrained(out)

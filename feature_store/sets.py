@@ -38,8 +38,8 @@ SET_KINDS = ("image", "text", "scores")
 # The two sets every store has, and the row columns that hold them.
 BASE_SETS = {"image": "image_emb", "text": "text_emb"}
 # Entry fields that do not change what the vectors mean (where they are, how long it took).
-_NOT_FINGERPRINTED = {"fingerprint", "shards", "failed", "local_path", "seconds", "path",
-                      "column", "splits"}  # fmt: skip
+_NOT_FINGERPRINTED = {"fingerprint", "shards", "failed", "rows", "local_path", "timing",
+                      "path", "column"}  # fmt: skip
 
 
 def entry_fingerprint(entry: dict[str, Any]) -> str:
