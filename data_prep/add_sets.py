@@ -111,7 +111,8 @@ def add_sets(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
                 continue
             progress = writer.progress_path()
             before = (done or {}).get("config") or (
-                json.loads(progress.read_text()).get("config") if progress.is_file() else None)
+                json.loads(progress.read_text()).get("config") if progress.is_file() else None
+            )
             if before is not None and before != spec:
                 shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in _diff(before, spec)[:5])
                 raise StoreMixError(
@@ -228,8 +229,12 @@ def _add_one(cfg, fs, spec, writer: SetWriter, rows: Rows, classes, *, replace: 
         writer.remove_partial_files()
     sync()
     described = extractor.describe()
-    progress = {"config": spec, "resolved": {k: v for k, v in described.items()
-                                             if k not in ("local_path", "compute_dtype")}}
+    progress = {
+        "config": spec,
+        "resolved": {
+            k: v for k, v in described.items() if k not in ("local_path", "compute_dtype")
+        },
+    }
     path = writer.progress_path()
     if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(progress)):
         diffs = _diff(json.loads(path.read_text()), json.loads(json.dumps(progress)))
@@ -311,9 +316,11 @@ def finalize_set(writer: SetWriter, fs, spec, described, shards, feats, emb_dtyp
         "shards": records,
         "rows": {split: sum(r["rows"] for r in recs) for split, recs in records.items()},
         "failed": {split: sum(1 for f in failures if f["split"] == split) for split in records},
-        "timing": {"model_seconds": round(model_seconds, 3),
-                   "load_seconds": round(seconds["load"], 3),
-                   "wall_seconds_last_run": round(seconds["wall_last_run"], 3)},  # fmt: skip
+        "timing": {
+            "model_seconds": round(model_seconds, 3),
+            "load_seconds": round(seconds["load"], 3),
+            "wall_seconds_last_run": round(seconds["wall_last_run"], 3),
+        },  # fmt: skip
     }
     entry["fingerprint"] = entry_fingerprint(entry)
     _write_set_metadata(writer.root, fs.name, entry=entry, failures=failures)
@@ -362,4 +369,3 @@ def shard_lookup(shards: list[Shard]):
         return by_split[split][bisect.bisect_right(starts[split], row) - 1]
 
     return find
-

@@ -204,7 +204,9 @@ class TextTower(nn.Module):
         mask = tokens["attention_mask"].to(device)
         # Only what the tokenizer says the model takes: SigLIP's takes no attention mask
         # (it was trained on padded text, unmasked), BERT / MiniLM / CLIP take one.
-        names = [k for k in ("input_ids", "attention_mask") if k in self.tokenizer.model_input_names]
+        names = [
+            k for k in ("input_ids", "attention_mask") if k in self.tokenizer.model_input_names
+        ]
         batch = {k: tokens[k].to(device) for k in names}
         if self.pooling == "embed":
             out = self.model.get_text_features(**batch)

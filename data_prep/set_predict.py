@@ -62,7 +62,10 @@ class SetData(L.LightningDataModule):
     def predict_dataloader(self):
         shards = self.shards_of_rank(self.trainer.global_rank, self.trainer.world_size)
         if self.reads == "image":
-            dataset, collate = ItemDataset(self.rows.listing, self.rows.items), Collate(self.preprocess)
+            dataset, collate = (
+                ItemDataset(self.rows.listing, self.rows.items),
+                Collate(self.preprocess),
+            )
         else:
             dataset, collate = CaptionDataset(self.rows.captions), collate_captions
         return DataLoader(

@@ -279,8 +279,10 @@ def build_tiny_dual_tower(out: str | os.PathLike, *, family: str = "clip", hidde
     if family == "clip":
         config = tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=hidden)
         model = tf.CLIPModel(config)
-        processor = tf.CLIPImageProcessor(size={"shortest_edge": image_size},
-                                          crop_size={"height": image_size, "width": image_size})
+        processor = tf.CLIPImageProcessor(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+        )
     elif family == "siglip":
         model = tf.SiglipModel(tf.SiglipConfig(text_config=text, vision_config=vision))
         processor = tf.SiglipImageProcessor(size={"height": image_size, "width": image_size})

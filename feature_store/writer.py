@@ -305,6 +305,7 @@ def load_dataset_dict(root: str | os.PathLike):
     import datasets
 
     from feature_store.sets import read_set
+
     info = open_store(root)
     if info.manifest.get("format_version", 1) < 2:
         raise StoreError(

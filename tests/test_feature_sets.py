@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - pytest fixtures imported from tests/fixtures_*.py are parameters here
 """Named feature sets: a store with several backbones and class-name scores, sets added to a
 finished store (byte-identical rows, resume after kill -9, refusals), the MiniLM prior."""
 
@@ -68,8 +69,12 @@ def test_a_store_with_several_sets_reads_each_with_its_dim(built, set_models):  
     width = AutoConfig.from_pretrained(set_models["registers"]).hidden_size
     expected = {"regs": 2 * width, "vit": 32, "zs": 3, "capcls": 3}
     assert {k: entries[k]["dim"] for k in expected} == expected
-    assert {k: entries[k]["kind"] for k in expected} == {"regs": "image", "vit": "image",
-                                                         "zs": "scores", "capcls": "scores"}
+    assert {k: entries[k]["kind"] for k in expected} == {
+        "regs": "image",
+        "vit": "image",
+        "zs": "scores",
+        "capcls": "scores",
+    }
     assert entries["regs"]["tta"] == ["hflip"] and entries["regs"]["prefix_tokens"] == 5
     assert entries["zs"]["class_names"] == ["cat", "dog", "fish"]
     assert len({e["fingerprint"] for e in entries.values()}) == 6
@@ -125,7 +130,8 @@ def test_zero_shot_scores_are_the_models_own_logits(built, set_models):  # noqa:
     text = tok([ZS_TEMPLATE.format(c) for c in ("cat", "dog", "fish")], padding="max_length",
                max_length=32, return_tensors="pt")  # fmt: skip
     pixels = AutoImageProcessor.from_pretrained(path)(
-        images=[load_image(p) for p in arrays.paths], return_tensors="pt")["pixel_values"]
+        images=[load_image(p) for p in arrays.paths], return_tensors="pt"
+    )["pixel_values"]
     with torch.no_grad():
         logits = model(pixel_values=pixels, input_ids=text["input_ids"]).logits_per_image
     np.testing.assert_allclose(arrays["zs"], logits.numpy(), rtol=1e-4, atol=1e-4)
@@ -190,8 +196,13 @@ def test_adding_a_set_leaves_every_existing_file_byte_identical(built, set_model
     np.testing.assert_allclose(arrays["cliptext"], expected.numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_rerun_is_a_no_op_another_config_refused_then_replaced(built, set_models, tmp_path,  # noqa: F811
-                                                                tiny_models, capsys):  # noqa: F811
+def test_rerun_is_a_no_op_another_config_refused_then_replaced(
+    built,
+    set_models,
+    tmp_path,  # noqa: F811
+    tiny_models,
+    capsys,
+):  # noqa: F811
     root, store = built
     store = _copy(store, tmp_path / "store")
     manifest = (store / "manifest.json").read_text()
@@ -218,7 +229,9 @@ def tree_digest_of(digest: dict[str, bytes], exclude: tuple[str, ...]) -> dict[s
 
 
 def test_a_row_whose_image_no_longer_decodes_is_nan_and_listed_with_the_set(
-    built, set_models, tmp_path  # noqa: F811
+    built,
+    set_models,
+    tmp_path,  # noqa: F811
 ):
     root, store = built
     data = shutil.copytree(root, tmp_path / "data")

@@ -138,12 +138,16 @@ def test_zero_shot_clip_averages_its_templates(set_models):  # noqa: F811
     model = CLIPModel.from_pretrained(set_models["clip"]).eval()
     tok = AutoTokenizer.from_pretrained(set_models["clip"])
     with torch.no_grad():
-        text = model.get_text_features(**tok([t.format(n) for n in names for t in templates],
-                                             padding=True, return_tensors="pt")).pooler_output
+        text = model.get_text_features(
+            **tok(
+                [t.format(n) for n in names for t in templates], padding=True, return_tensors="pt"
+            )
+        ).pooler_output
         text = torch.nn.functional.normalize(text, dim=-1).view(3, 2, -1).mean(1)
         text = torch.nn.functional.normalize(text, dim=-1)
         image = torch.nn.functional.normalize(
-            model.get_image_features(pixel_values=x).pooler_output, dim=-1)
+            model.get_image_features(pixel_values=x).pooler_output, dim=-1
+        )
         expected = model.logit_scale.exp() * image @ text.T
     np.testing.assert_allclose(_run(ex, x).numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
 
