@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from feature_store import StoreError, StoreInfo, load_arrays, load_dataset_dict, open_store
+from feature_store import (
+    StoreError,
+    StoreInfo,
+    load_arrays,
+    load_dataset_dict,
+    load_features,
+    open_store,
+)
 
 __all__ = [
     "FitResult",
@@ -33,6 +40,7 @@ __all__ = [
     "fit",
     "load_arrays",
     "load_dataset_dict",
+    "load_features",
     "open_store",
     "predict",
     "report",

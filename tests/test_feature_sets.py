@@ -286,3 +286,22 @@ def test_kill_9_while_adding_a_set_then_rerun_equals_uninterrupted(built, set_mo
     eb = {e["name"]: e for e in open_store(out).features}["clipimg"]
     assert ea["fingerprint"] == eb["fingerprint"] and ea["shards"] == eb["shards"]
     assert eb["timing"]["model_seconds"] > 0
+
+
+def test_two_ddp_processes_add_the_same_set(built, set_models, tmp_path):
+    _, store = built
+    ref = _copy(store, tmp_path / "ref")
+    out = _copy(store, tmp_path / "out")
+    sets = [timm_set("vitddp", set_models["timm"], pooling="cls+mean", tta=["hflip"])]
+    data_prep.main(add_argv(ref, sets))
+    argv = add_argv(out, sets, "--run.devices", "2", "--run.strategy", "ddp")
+    res = subprocess.run([sys.executable, "-m", "data_prep", *argv], cwd=tmp_path, env=_env(),
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    for split in open_store(ref).splits:
+        a, b = load_features(ref, split, ["vitddp"]), load_features(out, split, ["vitddp"])
+        assert a.ids == b.ids
+        np.testing.assert_allclose(a["vitddp"], b["vitddp"], rtol=0, atol=1e-5)
+    markers = sorted((out / "_prep" / "features" / "vitddp").glob("*/shard-*.json"))
+    ranks = [json.loads(p.read_text())["rank"] for p in markers]
+    assert set(ranks) == {0, 1}  # both ranks wrote shards of the set

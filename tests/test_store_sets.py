@@ -116,3 +116,11 @@ def test_a_recent_file_is_always_checked(tmp_path, monkeypatch):
     load_arrays(tmp_path, "val")
     load_arrays(tmp_path, "val")
     assert len(calls) == 2
+
+
+def test_the_python_api_reads_sets(tmp_path):
+    import sketchfusion as sf
+
+    info = make_synthetic_store(tmp_path)
+    sets = sf.load_features(info, "val", ["text"])
+    np.testing.assert_array_equal(sets["text"], sf.load_arrays(info, "val").text_emb)
