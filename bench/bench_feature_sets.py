@@ -3,6 +3,7 @@ test-time flip costs, and how much disk each set takes at the competition's size
 
 $ HF_HUB_OFFLINE=1 python bench/bench_feature_sets.py                    # ~5 min on 2 cores
 $ HF_HUB_OFFLINE=1 python bench/bench_feature_sets.py --only size         # seconds
+$ HF_HUB_OFFLINE=1 python bench/bench_feature_sets.py --only reopen       # seconds
 
 Overhead: a base store is built from N generated sketches (the demo's generator, tiny
 models), then each set is added with ``python -m data_prep --run.mode add`` exactly as a
@@ -22,6 +23,9 @@ collating, writing shards and metadata). The sets:
 Size: every set of configs/prep/add_*.yaml plus the rows' own columns, written through
 the store's own shard writer for 22,500 rows (500 classes x 45 train+val images) of random
 values at each set's width and dtype; bytes on disk per set.
+
+Reopen: a fit opens its store a dozen times; the first load_arrays of a 22,500-row split
+hashes its shards, later ones reuse the per-process check (feature_store.integrity).
 """
 
 from __future__ import annotations
@@ -159,11 +163,51 @@ def bench_size(work: Path, rows: int, shard: int = 512) -> list[dict]:
     return out
 
 
+def bench_reopen(work: Path, rows: int, opens: int = 12) -> dict:
+    """What a fit's dozen opens of one split cost: the first (manifest parsed, shards
+    hashed, columns read) and each later one (checks served from the per-process cache)."""
+    import os
+    import time
+
+    import feature_store.integrity as integrity
+    import feature_store.layout as layout
+    from feature_store import load_arrays
+    from feature_store.synthetic import make_synthetic_store
+
+    root = work / "reopen"
+    shutil.rmtree(root, ignore_errors=True)
+    make_synthetic_store(root, num_classes=500, per_class={"train": rows // 500},
+                         image_dim=768, text_dim=768, emb_dtype="float16")  # fmt: skip
+    past = time.time() - 60  # older than the racy-timestamp window, as a store in use is
+    for p in root.rglob("*"):
+        os.utime(p, (past, past))
+    times = []
+    for _ in range(opens):
+        start = time.perf_counter()
+        load_arrays(root, "train")
+        times.append(time.perf_counter() - start)
+    # The same opens with the cache emptied before each: what every open cost before it.
+    cold = []
+    for _ in range(3):
+        integrity._VERIFIED.clear()
+        layout._MANIFESTS.clear()
+        start = time.perf_counter()
+        load_arrays(root, "train")
+        cold.append(time.perf_counter() - start)
+    res = {"rows": rows, "first_ms": 1000 * times[0], "later_ms": 1000 * np.median(times[1:]),
+           "uncached_ms": 1000 * np.median(cold)}  # fmt: skip
+    print(
+        f"reopen {rows} rows (768+768 float16): first load_arrays {res['first_ms']:.0f} ms, "
+        f"later ones {res['later_ms']:.0f} ms (uncached: {res['uncached_ms']:.0f} ms each)"
+    )
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=400, help="generated images for the overhead runs")
     p.add_argument("--rows", type=int, default=22500, help="rows for the size table")
-    p.add_argument("--only", choices=["overhead", "size"], default=None)
+    p.add_argument("--only", choices=["overhead", "size", "reopen"], default=None)
     p.add_argument("--no-small", action="store_true", help="skip the ViT-S-sized model")
     p.add_argument("--workdir", default=None, help="keep images/models here (default: tmp)")
     args = p.parse_args()
@@ -173,6 +217,8 @@ def main() -> None:
         results["overhead"] = bench_overhead(work, args.n, small=not args.no_small)
     if args.only in (None, "size"):
         results["size"] = bench_size(work, args.rows)
+    if args.only in (None, "reopen"):
+        results["reopen"] = bench_reopen(work, args.rows)
     print(json.dumps(results, indent=1))
 
 

@@ -304,6 +304,8 @@ def _check_set(fs: FeatureSetConfig, where: str) -> None:
     except ValueError as err:
         raise ValueError(f"{where}.kind: {err}") from None
     pooling = fs.pooling if fs.pooling is not None else kind.poolings[0]
+    if kind.poolings == ("",) and pooling:
+        raise ValueError(f"{where}.pooling {fs.pooling!r}: kind {fs.kind} takes no pooling")
     if pooling not in kind.poolings:
         raise ValueError(f"{where}.pooling {fs.pooling!r} is not one of {list(kind.poolings)} "
                          f"for kind {fs.kind}")  # fmt: skip
