@@ -17,7 +17,6 @@ with another config it is refused unless ``--run.replace_feature NAME``.
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import json
 import os
@@ -356,16 +355,3 @@ def sync() -> None:
 def _say(cfg: PrepConfig, line: str) -> None:
     if cfg.run.progress:
         print(line)
-
-
-def shard_lookup(shards: list[Shard]):
-    """index within a split -> its Shard, by the shards' start rows (for the writer)."""
-    by_split: dict[str, list[Shard]] = {}
-    for s in sorted(shards, key=lambda s: (s.split, s.start)):
-        by_split.setdefault(s.split, []).append(s)
-    starts = {k: [s.start for s in v] for k, v in by_split.items()}
-
-    def find(split: str, row: int) -> Shard:
-        return by_split[split][bisect.bisect_right(starts[split], row) - 1]
-
-    return find

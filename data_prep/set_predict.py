@@ -11,6 +11,7 @@ is listed in failures.csv with the set's name.
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from typing import Any
 
@@ -20,7 +21,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data_prep.extract import Collate, ItemDataset, ShardBatchSampler, ShardWriter, _timed
-from data_prep.set_kinds import TTA  # noqa: F401 - the names TRANSFORMS implements
 from data_prep.store import Shard
 
 # Test-time transforms of a pixel batch [B, 3, H, W].
@@ -111,8 +111,6 @@ class SetShardWriter(ShardWriter):
 
     def __init__(self, *, store, feats, items, offsets, shards: list[Shard], name: str,
                  progress: bool = True):  # fmt: skip
-        from data_prep.add_sets import shard_lookup
-
         super().__init__(store=store, feats=feats, items=items, offsets=offsets, shards=shards,
                          shard_size=0, progress=progress)  # fmt: skip
         self.name = name
@@ -149,3 +147,16 @@ class SetShardWriter(ShardWriter):
         info = {"failed": failed, "model_seconds": dict(seconds), "rank": rank}
         self.store.write_shard(shard, columns, feats=self.feats, info=info)
         self.written += 1
+
+
+def shard_lookup(shards: list[Shard]):
+    """index within a split -> its Shard, by the shards' start rows (for the writer)."""
+    by_split: dict[str, list[Shard]] = {}
+    for s in sorted(shards, key=lambda s: (s.split, s.start)):
+        by_split.setdefault(s.split, []).append(s)
+    starts = {k: [s.start for s in v] for k, v in by_split.items()}
+
+    def find(split: str, row: int) -> Shard:
+        return by_split[split][bisect.bisect_right(starts[split], row) - 1]
+
+    return find

@@ -44,6 +44,13 @@ def _build(fs: dict, classes=None):
 
 
 def test_every_kind_is_registered_with_its_class():
+    from data_prep.set_kinds import TTA
+    from data_prep.set_predict import TRANSFORMS
+
+    assert set(TRANSFORMS) == set(TTA)  # every transform the config accepts is implemented
+    x = torch.arange(6.0).view(1, 1, 2, 3)
+    assert TRANSFORMS["hflip"](x)[0, 0, 0].tolist() == [2.0, 1.0, 0.0]
+    assert TRANSFORMS["vflip"](x)[0, 0, :, 0].tolist() == [3.0, 0.0]
     for name, kind in KINDS.items():
         assert kind.set_kind in ("image", "text", "scores") and kind.reads in ("image", "caption")
         assert callable(kind.load()), name
