@@ -60,8 +60,14 @@ class SetWriter(StoreWriter):
             p.unlink()
         return len(stale)
 
+    def entry_path(self) -> Path:
+        """The finished set's entry and failure rows, kept beside its markers so that a
+        rerun of the rows' extraction (which rewrites the manifest) lists it again."""
+        return self.progress_path().with_name("entry.json")
+
     def remove(self) -> None:
-        """Forget the set: its manifest entry and failures first, then its files."""
+        """Forget the set: its record, then its manifest entry and failures, then files."""
+        self.entry_path().unlink(missing_ok=True)
         _write_set_metadata(self.root, self.name, entry=None, failures=[])
         shutil.rmtree(set_root(self.root, self.name), ignore_errors=True)
         shutil.rmtree(self.progress_path().parent, ignore_errors=True)
@@ -322,8 +328,23 @@ def finalize_set(writer: SetWriter, fs, spec, described, shards, feats, emb_dtyp
         },  # fmt: skip
     }
     entry["fingerprint"] = entry_fingerprint(entry)
+    write_json(writer.entry_path(), {"entry": entry, "failures": failures})
     _write_set_metadata(writer.root, fs.name, entry=entry, failures=failures)
     return entry
+
+
+def recorded_sets(root: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+    """The finished added sets of the store at ``root`` (entries, failure rows), from
+    ``STORE/_prep/features/*/entry.json``: what a rerun of the rows must list again."""
+    entries, failures = [], []
+    paths = (Path(root) / PREP_DIR / FEATURES_DIR).glob("*/entry.json")
+    # In the order they were finished, as the manifest lists them.
+    for path in sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.parent.name)):
+        record = json.loads(path.read_text())
+        if set_root(root, record["entry"]["name"]).is_dir():
+            entries.append(record["entry"])
+            failures += record["failures"]
+    return entries, failures
 
 
 def _write_set_metadata(root: Path, name: str, *, entry, failures: list[dict]) -> None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from data_prep.add_sets import recorded_sets
 from feature_store.console import show_path
 from feature_store.integrity import shard_record
 from feature_store.layout import make_manifest
@@ -61,7 +62,10 @@ def finalize(*, cfg, plain, listing, shards, store, feats, models, load_seconds,
             raise RuntimeError(f"split {split}: {c} does not add up; delete {store.root}")
         counts[split] = c
         store.finalize_split(split, split_shards, feats)
-    store.write_failures(failures)
+    # Sets added to this store earlier (data_prep/add_sets.py) stay listed: their files are
+    # untouched by a rerun of the rows, and the ids are checked against the rows on read.
+    added, added_failures = recorded_sets(store.root)
+    store.write_failures(failures + added_failures)
     manifest = make_manifest(
         class_names=list(listing.class_names),
         dims={"image_emb": feats["image_emb"].length, "text_emb": feats["text_emb"].length},
@@ -85,6 +89,7 @@ def finalize(*, cfg, plain, listing, shards, store, feats, models, load_seconds,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         config=plain,
     )
+    manifest["features"] += added
     store.write_manifest(manifest)  # last: its presence marks the store complete
     if cfg.run.progress:
         print(summary(store.root, manifest))

@@ -305,3 +305,20 @@ def test_two_ddp_processes_add_the_same_set(built, set_models, tmp_path):
     markers = sorted((out / "_prep" / "features" / "vitddp").glob("*/shard-*.json"))
     ranks = [json.loads(p.read_text())["rank"] for p in markers]
     assert set(ranks) == {0, 1}  # both ranks wrote shards of the set
+
+
+def test_rerunning_the_rows_keeps_the_added_sets(built, tiny_models, set_models, tmp_path):
+    root, store = built
+    store = _copy(store, tmp_path / "store")
+    before = open_store(store).features
+    failures = (store / "failures.csv").read_text()
+    shard = store / "train" / "shard-00001.arrow"
+    shard.write_bytes(shard.read_bytes()[:-16])  # a damaged row shard: the rerun redoes it
+    argv = prep_argv(root, tiny_models, store, "--run.emb_dtype", "float32")
+    data_prep.main([*argv, "--features", json.dumps(_sets(set_models))])
+    assert open_store(store).features == before
+    assert (store / "failures.csv").read_text() == failures
+    data_prep.main(argv)  # the same without features: the sets stay listed too
+    assert [e["name"] for e in open_store(store).features] == [e["name"] for e in before]
+    arrays = load_features(store, "train")
+    assert set(arrays.features) == {e["name"] for e in before}
