@@ -132,17 +132,21 @@ class HFImageTower(SetExtractor):
             raise ValueError(f"features[{fs.name}]: {fs.model} has no CLS token; use pooling "
                              "mean or pooler")  # fmt: skip
         self.extra = {"prefix_tokens": int(self.prefix)}
-        self.dim = int(self.probe().shape[1])
+        # The dim from the same forward (a giant model's load pays one blank image, not two).
+        self.dim = int(self.probe().shape[1] if self.pooling == "embed" else
+                       self._pool(out).shape[1])  # fmt: skip
+
+    def _pool(self, out) -> torch.Tensor:
+        if self.pooling == "pooler":
+            return out.pooler_output.flatten(1).float()
+        return pool_tokens(_as_tokens(out.last_hidden_state), self.pooling, self.prefix).float()
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.to(self.dtype)
         if self.pooling == "embed":
             out = self.model.get_image_features(pixel_values=pixel_values)
             return (out if isinstance(out, torch.Tensor) else out.pooler_output).float()
-        out = self.tower(pixel_values=pixel_values)
-        if self.pooling == "pooler":
-            return out.pooler_output.flatten(1).float()
-        return pool_tokens(_as_tokens(out.last_hidden_state), self.pooling, self.prefix).float()
+        return self._pool(self.tower(pixel_values=pixel_values))
 
 
 class TimmImage(SetExtractor):
