@@ -60,6 +60,8 @@ def base_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for name, column in BASE_SETS.items():
         m = models.get(name) or {}
+        if isinstance(m, str):  # older manifests (and hand-written ones) name the model only
+            m = {"name": m}
         preprocessing: Any = m.get("preprocessing")
         if name == "text":  # a caption embedding means what its captioner and tokeniser did
             preprocessing = {"max_length": m.get("max_length"), "captions": models.get("caption")}
