@@ -46,6 +46,8 @@ def _options(parser):
             continue
         if action.help == "Path to a configuration file.":  # data_prep's --input etc. groups
             continue
+        if action.option_strings[0].endswith(".help"):  # jsonargparse's help of a class type
+            continue
         name = action.option_strings[0]
         block = re.search(rf"^  {re.escape(name)}\b.*?(?=^  -|^\S|\Z)", text, re.S | re.M)
         yield action, " ".join(block.group(0).split()) if block else ""
