@@ -49,7 +49,7 @@ def _options(parser):
         if action.option_strings[0].endswith(".help"):  # jsonargparse's help of a class type
             continue
         name = action.option_strings[0]
-        block = re.search(rf"^  {re.escape(name)}\b.*?(?=^  -|^\S|\Z)", text, re.S | re.M)
+        block = re.search(rf"^  {re.escape(name)}(?![.\w]).*?(?=^  -|^\S|\Z)", text, re.S | re.M)
         yield action, " ".join(block.group(0).split()) if block else ""
 
 
