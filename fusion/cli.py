@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -86,6 +86,7 @@ from fusion.runs import (
     experiment_name,
     is_existing_run,
 )
+from fusion.stopping import CtrlCSaves, ResumableEarlyStopping
 from fusion.submission_writer import SubmissionWriter
 from fusion.wandb_report import BestSummary, finish_runs
 
@@ -301,7 +302,7 @@ class FusionCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.add_lightning_class_args(ResumableEarlyStopping, "early_stopping")
         parser.set_defaults(
             {
                 "early_stopping.monitor": "val/acc_top1",
@@ -448,6 +449,7 @@ class FusionCLI(LightningCLI):
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         extra = [RunArtifacts(), ResumeMetrics(), StopOnNonFiniteLoss(), StoreFingerprint()]
+        extra.append(CtrlCSaves())  # Ctrl-C saves last.ckpt as SIGTERM does
         extra += [BestSummary(), EpochSummary()]  # EpochSummary: a line per epoch in a log file
         kwargs.update(EpochSummary.trainer_kwargs(trainer_cfg, callbacks))
         if user_logger is not False and not any(
