@@ -146,6 +146,21 @@ def new_run_dir(base: Path) -> Path:
     return run
 
 
+def claim_new_run_dir(base: Path) -> tuple[Path, list[Path]]:
+    """:func:`new_run_dir`, created at once (``mkdir`` is atomic), so that two fits of one
+    experiment started in the same second get two directories; returns it and the folders
+    made for it (removed again if the fit is refused before it writes anything)."""
+    made = [d for d in (base, *base.parents) if not d.exists()]
+    base.mkdir(parents=True, exist_ok=True)
+    run = new_run_dir(base)
+    while True:
+        try:
+            run.mkdir()
+            return run, [run, *made]
+        except FileExistsError:  # another process took the name since new_run_dir looked
+            run = new_run_dir(base)
+
+
 def resume_run_dir(base: Path, run_dir: str | None) -> Path:
     """The run to resume: ``run_dir`` if given, else the newest under ``base`` with a last.ckpt."""
     if run_dir:
@@ -190,7 +205,14 @@ class FusionCLI(LightningCLI):
                 **{k: {"description": v} for k, v in DESCRIPTIONS.items()},
             },
         )
-        super().__init__(FusionModule, FeatureDataModule, args=args, **kwargs)
+        self.claimed: list[Path] = []  # a new run's directory and the folders made for it
+        try:
+            super().__init__(FusionModule, FeatureDataModule, args=args, **kwargs)
+        except BaseException:
+            for d in self.claimed:  # deepest first; only while nothing was written in it
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+            raise
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -345,7 +367,7 @@ class FusionCLI(LightningCLI):
                     "or add --ckpt_path last to resume it."
                 )
         else:
-            self.run_dir = new_run_dir(base)
+            self.run_dir, self.claimed = claim_new_run_dir(base)
         self.ckpt_file = (
             self.run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else ckpt_path
         )
@@ -394,7 +416,9 @@ class FusionCLI(LightningCLI):
             return self.instantiate_eval_trainer(**kwargs)
         # The loggers create the run directory before Trainer(...) checks its options; a
         # refused option must not leave an empty run behind.
-        missing = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
+        missing = self.claimed or [
+            d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()
+        ]
         try:
             return self.instantiate_fit_trainer(**kwargs)
         except UsageError:

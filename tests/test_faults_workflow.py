@@ -110,3 +110,34 @@ def test_resume_from_an_epoch_end_checkpoint_keeps_early_stopping_state(store, t
     # The restored state carried on: best score of all 4 epochs, as one fit would have.
     accs = [float(r["val/acc_top1"]) for r in read_csv(run / "metrics.csv") if r["val/acc_top1"]]
     assert len(accs) == 4 and float(stopping.best_score) == pytest.approx(max(accs))
+
+
+# --- two fits of one experiment in the same second ---------------------------------------
+
+
+def test_two_fits_started_in_the_same_second_get_two_run_directories(store, tmp_path, monkeypatch):
+    import fusion.cli
+
+    monkeypatch.setattr(fusion.cli.time, "strftime", lambda fmt: "20260101-120000")
+    args = ["--config", CONCAT, "--data.store", str(store), "--runs_root", str(tmp_path / "runs"),
+            "--trainer.max_steps", "4", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    original, others = FusionCLI.instantiate_trainer, []
+
+    def second_fit_meanwhile(self, **kwargs):
+        # The first fit has picked its directory and not written it yet: the second starts.
+        if not others:
+            others.append(None)
+            others[0] = FusionCLI(args=["fit", *args])
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(FusionCLI, "instantiate_trainer", second_fit_meanwhile)
+    first = FusionCLI(args=["fit", *args])
+    runs = {Path(first.trainer.default_root_dir), Path(others[0].trainer.default_root_dir)}
+    assert runs == {tmp_path / "runs" / "concat" / n for n in ("20260101-120000", "20260101-120000-1")}
+    for run in runs:  # each holds its own fit, whole
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+    monkeypatch.setattr(FusionCLI, "instantiate_trainer", original)
+    with pytest.raises(Exception, match="manifest.json"):  # refused: nothing left behind
+        FusionCLI(args=["fit", *args, "--data.store", str(tmp_path / "none"), "--runs_root",
+                        str(tmp_path / "other")])  # fmt: skip
+    assert not (tmp_path / "other").exists()
