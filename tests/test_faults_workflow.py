@@ -133,7 +133,9 @@ def test_two_fits_started_in_the_same_second_get_two_run_directories(store, tmp_
     monkeypatch.setattr(FusionCLI, "instantiate_trainer", second_fit_meanwhile)
     first = FusionCLI(args=["fit", *args])
     runs = {Path(first.trainer.default_root_dir), Path(others[0].trainer.default_root_dir)}
-    assert runs == {tmp_path / "runs" / "concat" / n for n in ("20260101-120000", "20260101-120000-1")}
+    assert runs == {
+        tmp_path / "runs" / "concat" / n for n in ("20260101-120000", "20260101-120000-1")
+    }
     for run in runs:  # each holds its own fit, whole
         assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     monkeypatch.setattr(FusionCLI, "instantiate_trainer", original)
