@@ -143,3 +143,110 @@ def test_two_fits_started_in_the_same_second_get_two_run_directories(store, tmp_
         FusionCLI(args=["fit", *args, "--data.store", str(tmp_path / "none"), "--runs_root",
                         str(tmp_path / "other")])  # fmt: skip
     assert not (tmp_path / "other").exists()
+
+
+# --- train.py cv ------------------------------------------------------------------------
+
+
+def _cv_args(store: Path, cv_dir: Path, *extra: str) -> list[str]:
+    return ["--config", CONCAT, "--data.store", str(store), "--data.batch_size", "32",
+            "--trainer.max_steps", "8", "--trainer.enable_progress_bar", "false",
+            "--trainer.logger", "false", "--cv_dir", str(cv_dir), *extra]  # fmt: skip
+
+
+def _mtimes(cv_dir: Path) -> dict[str, int]:
+    return {str(p.relative_to(cv_dir)): p.stat().st_mtime_ns for p in cv_dir.rglob("*.ckpt")}
+
+
+def test_cv_without_test_predictions_marks_folds_done_and_reads_folds_from_config(
+    store, tmp_path, capsys
+):
+    from fusion.cv import run_cv
+
+    config = tmp_path / "cv2.yaml"  # data.folds as a dotted key, the way configs/ set values
+    config.write_text(f"config: {CONCAT}\ndata.folds: 2\n")
+    cv_dir = tmp_path / "cv"
+    args = ["--config", str(config), *_cv_args(store, cv_dir, "--data.predict_split", "")[2:]]
+    run_cv(args)
+    assert sorted(p.name for p in cv_dir.iterdir() if p.is_dir()) == ["fold_0", "fold_1"]
+    assert (
+        not list(cv_dir.glob("fold_*/test.probs.npz")) and not (cv_dir / "submission.csv").exists()
+    )
+    before = _mtimes(cv_dir)
+    capsys.readouterr()
+    run_cv(args)  # the rerun trains nothing: both folds are done
+    out = capsys.readouterr().out
+    assert "fold 0 already done" in out and "fold 1 already done" in out
+    assert _mtimes(cv_dir) == before
+
+
+def test_cv_on_a_store_without_the_test_split_refuses_before_training(tmp_path):
+    no_test = small_store(tmp_path / "s", per_class={"train": 24, "val": 8})
+    cv_dir = tmp_path / "cv"
+    done = _train("cv", *_cv_args(no_test, cv_dir, "--data.folds", "2"))
+    _one_line_error(done, 2, "no 'test' split", "--data.predict_split ''")
+    assert not list(cv_dir.glob("fold_*"))  # refused before fold 0 trained
+
+
+def test_a_second_cv_on_the_same_directory_is_refused_and_sigterm_advice_works(store, tmp_path):
+    import train
+
+    cv_dir = tmp_path / "cv"
+    args = ["cv", *_cv_args(store, cv_dir, "--data.folds", "2")]
+    proc = _paused(args, tmp_path / "paused", step=6)  # fold 0, part-way
+    ckpts = _mtimes(cv_dir)
+    assert ckpts  # fold 0 has saved an epoch
+    with pytest.raises(SystemExit) as second:
+        train.main(args)
+    assert second.value.code == 2 and f"pid {proc.pid}" in str(second.value)
+    assert _mtimes(cv_dir) == ckpts  # the first process's unfinished fold is untouched
+    os.killpg(proc.pid, signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err[-3000:]
+    advice = err.strip().splitlines()[-1]
+    assert "same `train.py cv` command" in advice and "fold 0" in advice
+    assert not (cv_dir / "cv.lock").exists()
+    # What the advice says: the same command finishes the CV.
+    train.main(args)
+    assert all((cv_dir / f"fold_{f}" / "fold.done").is_file() for f in (0, 1))
+    assert (cv_dir / "submission.csv").is_file()
+
+
+def test_a_stale_cv_lock_is_taken_over(store, tmp_path):
+    import json
+    import socket
+
+    from fusion.cv import CvLock
+
+    cv_dir = tmp_path / "cv"
+    cv_dir.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    lock = cv_dir / "cv.lock"
+    lock.write_text(json.dumps({"pid": int(gone), "host": socket.gethostname()}))
+    with CvLock(cv_dir):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+    lock.write_text(json.dumps({"pid": 1, "host": "another-host"}))  # not ours to judge
+    with pytest.raises(SystemExit, match="another-host"):
+        CvLock(cv_dir).__enter__()
+    assert json.loads(lock.read_text())["host"] == "another-host"
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["cv", "--data.folds", "five"], ["--data.folds", "'five'"]),
+        (["tune", "--n_trials", "many"], ["--n_trials", "'many'"]),
+        (["tune", "--n_trials", "2", "--seed", "x"], ["--seed", "'x'"]),
+        (["tune", "--n_trials", "2", "--pruner", "mean"], ["--pruner", "'mean'", "median"]),
+    ],
+)
+def test_bad_values_of_cv_and_tune_options_are_one_line(argv, words, capsys):
+    import train
+
+    with pytest.raises(SystemExit) as exc:
+        train.main([*argv, "--config", CONCAT])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(w in err[0] for w in words), err
