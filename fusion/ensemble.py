@@ -151,7 +151,7 @@ def fit_weights(fit: Sequence[Member], scored: Sequence[Member], *, method: str,
     Returns ``(stacker, cross-fitted top-1 on the fit rows, each member's top-1 there)``.
     Refuses any id present in both: weights are never fitted on rows they score.
     """
-    from fusion.stacking import Stacker, cross_fit
+    from fusion.stacking import Stacker, StackError, cross_fit
 
     fit = check_members(fit)
     overlap = set(fit[0].ids) & set(scored[0].ids)
@@ -166,7 +166,10 @@ def fit_weights(fit: Sequence[Member], scored: Sequence[Member], *, method: str,
             "every --fit_on file needs the same labels (RUN/val.probs.npz or CV/oof.probs.npz)"
         )
     lp = log_probs(fit)
-    crossed = cross_fit(lp, labels, method=method, folds=folds)
+    try:
+        crossed = cross_fit(lp, labels, method=method, folds=folds)
+    except StackError as err:
+        raise EnsembleError(f"--fit_on: {err}") from err
     stacker = Stacker(len(fit), method).fit(lp, labels)
     member_acc = [float((m.probs.argmax(1) == labels).mean()) for m in fit]
     return stacker, float((crossed.argmax(1) == labels).mean()), member_acc

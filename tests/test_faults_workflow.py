@@ -250,3 +250,68 @@ def test_bad_values_of_cv_and_tune_options_are_one_line(argv, words, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and all(w in err[0] for w in words), err
+
+
+# --- train.py stack -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_fits(store, tmp_path_factory):
+    """Two trained heads' best checkpoints on ``store``."""
+    root = tmp_path_factory.mktemp("fits")
+    ckpts = []
+    for head in ("visual_only", "text_only"):
+        FusionCLI(args=_fit_args(store, root / head, "--model.head", head, "--trainer.logger",
+                                 "false", steps=8))  # fmt: skip
+        ckpts.append(str(root / head / "checkpoints" / "best.ckpt"))
+    return ckpts
+
+
+@pytest.fixture(scope="module")
+def cv_dir(store, tmp_path_factory):
+    from fusion.cv import run_cv
+
+    return run_cv(_cv_args(store, tmp_path_factory.mktemp("cv") / "cv2", "--data.folds", "2"))
+
+
+def _stack(*argv: str):
+    import train
+
+    with pytest.raises(SystemExit) as exc:
+        train.main(["stack", *argv])
+    return exc.value
+
+
+def test_stack_refuses_cv_fold_checkpoints_and_points_to_cv(store, cv_dir, tmp_path, capsys):
+    folds = [str(p) for p in sorted(cv_dir.glob("fold_*/checkpoints/best.ckpt"))]
+    assert len(folds) == 2
+    runs = tmp_path / "runs"
+    exc = _stack("--checkpoint", folds[0], "--checkpoint", folds[1], "--data.store", str(store),
+                 "--runs_root", str(runs))  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.code == 2 and len(err) == 1 and f"--cv {cv_dir}" in err[0], err
+    assert not runs.exists()
+
+
+def test_stack_on_one_val_row_per_class_is_one_line(two_fits, tmp_path, capsys):
+    tiny_val = small_store(tmp_path / "s", per_class={"train": 24, "val": 1, "test": 4})
+    runs = tmp_path / "runs"
+    exc = _stack("--checkpoint", two_fits[0], "--checkpoint", two_fits[1], "--data.store",
+                 str(tiny_val), "--runs_root", str(runs))  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.code == 2 and len(err) == 1 and "at most one per class" in err[0], err
+    assert not runs.exists()
+
+
+def test_stack_into_a_directory_that_cannot_be_created_is_one_line(
+    store, two_fits, tmp_path, capsys
+):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    exc = _stack("--checkpoint", two_fits[0], "--checkpoint", two_fits[1], "--data.store",
+                 str(store), "--run_dir", str(blocker / "run"))  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        exc.code == 2 and len(err) == 1 and f"cannot create the run directory {blocker}" in err[0]
+    )
+    assert blocker.read_text() == "not a directory"
