@@ -315,3 +315,78 @@ def test_stack_into_a_directory_that_cannot_be_created_is_one_line(
         exc.code == 2 and len(err) == 1 and f"cannot create the run directory {blocker}" in err[0]
     )
     assert blocker.read_text() == "not a directory"
+
+
+# --- predict.py ensemble ------------------------------------------------------------------
+
+
+def _ensemble(*argv: str, capsys) -> tuple[int, list[str]]:
+    from fusion.ensemble import main as ensemble_main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        ensemble_main(list(argv))
+    return exc.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture(scope="module")
+def member_files(store, two_fits, tmp_path_factory):
+    """Each fit's test probabilities (predict.py's OUT.probs.npz) and its val.probs.npz."""
+    from fusion.predict import main as predict_main
+
+    root = tmp_path_factory.mktemp("members")
+    tests, vals = [], []
+    for n, ckpt in enumerate(two_fits):
+        predict_main(
+            ["--checkpoint", ckpt, "--store", str(store), "--out", str(root / f"m{n}.csv")]
+        )
+        tests.append(str(root / f"m{n}.probs.npz"))
+        vals.append(str(Path(ckpt).parents[1] / "val.probs.npz"))
+    return tests, vals
+
+
+def test_ensemble_refuses_fit_on_files_in_another_order(member_files, tmp_path, capsys):
+    from fusion.ensemble import load_probs
+
+    tests, vals = member_files
+    out = tmp_path / "ens.csv"
+    code, err = _ensemble("--probs", tests[0], "--probs", tests[1], "--fit_on", vals[1],
+                          "--fit_on", vals[0], "--out", str(out), capsys=capsys)  # fmt: skip
+    assert code == 2 and len(err) == 1 and "--probs order" in err[0] and vals[1] in err[0]
+    assert not out.exists()
+    from fusion.ensemble import main as ensemble_main
+
+    ensemble_main(["--probs", tests[0], "--probs", tests[1], "--fit_on", vals[0],
+                   "--fit_on", vals[1], "--out", str(out)])  # fmt: skip
+    assert load_probs(tmp_path / "ens.probs.npz").ids == load_probs(tests[0]).ids
+
+
+def test_ensemble_out_paths_that_would_clash_are_refused(member_files, cv_dir, tmp_path, capsys):
+    tests, _ = member_files
+    members = ["--probs", tests[0], "--probs", tests[1]]
+    # The CSV and its metadata would be one file.
+    code, err = _ensemble(*members, "--out", str(tmp_path / "x.json"), capsys=capsys)
+    assert code == 2 and len(err) == 1 and "three files" in err[0]
+    assert not (tmp_path / "x.json").exists()
+    # CV/oof.csv's probabilities would be the CV's own oof.probs.npz.
+    oof = cv_dir / "oof.probs.npz"
+    before = oof.read_bytes()
+    code, err = _ensemble(*members, "--out", str(cv_dir / "oof.csv"), capsys=capsys)
+    assert code == 2 and len(err) == 1 and str(oof) in err[0]
+    assert oof.read_bytes() == before and not (cv_dir / "oof.csv").exists()
+    # An earlier ensemble's own output is replaced by a rerun.
+    from fusion.ensemble import main as ensemble_main
+
+    for _ in range(2):
+        ensemble_main([*members, "--out", str(tmp_path / "ens.csv")])
+
+
+def test_a_truncated_probs_file_is_one_line_naming_it(member_files, tmp_path, capsys):
+    tests, _ = member_files
+    cut = tmp_path / "cut.probs.npz"
+    data = Path(tests[1]).read_bytes()
+    for size in (len(data) // 2, len(data) - 30):  # cut in an array, or in the zip directory
+        cut.write_bytes(data[:size])
+        code, err = _ensemble("--probs", tests[0], "--probs", str(cut), "--out",
+                              str(tmp_path / "e.csv"), capsys=capsys)  # fmt: skip
+        assert code == 2 and len(err) == 1 and str(cut) in err[0], err
