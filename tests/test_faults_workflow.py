@@ -390,3 +390,98 @@ def test_a_truncated_probs_file_is_one_line_naming_it(member_files, tmp_path, ca
         code, err = _ensemble("--probs", tests[0], "--probs", str(cut), "--out",
                               str(tmp_path / "e.csv"), capsys=capsys)  # fmt: skip
         assert code == 2 and len(err) == 1 and str(cut) in err[0], err
+
+
+# --- train.py tune ------------------------------------------------------------------------
+
+SPACE = "model.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nmodel.dropout: {low: 0.0, high: 0.5}\n"
+
+
+def _tune_args(store: Path, root: Path, *extra: str) -> list[str]:
+    space = root / "space.yaml"
+    space.write_text(SPACE)
+    return ["--config", CONCAT, "--data.store", str(store), "--data.batch_size", "32",
+            "--search", str(space), "--trainer.max_steps", "8", "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--study_dir", str(root / "study"),
+            *extra]  # fmt: skip
+
+
+def _trials(root: Path) -> list:
+    import optuna
+
+    storage = f"sqlite:///{root / 'study' / 'study.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def test_a_resumed_tune_draws_new_parameters(store, tmp_path):
+    from fusion.tune import run_tune
+
+    args = _tune_args(store, tmp_path, "--pruner", "none")
+    run_tune([*args, "--n_trials", "2"])
+    run_tune([*args, "--n_trials", "4"])
+    params = [t.params for t in _trials(tmp_path)]
+    assert len(params) == 4
+    assert not [p for p in params[2:] if p in params[:2]], params  # no finished trial replayed
+
+
+def test_the_default_study_is_the_stores(store, tmp_path):
+    from fusion.tune import run_tune
+
+    other = small_store(tmp_path / "other", seed=1)
+    runs = tmp_path / "runs"
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    dirs = []
+    for data in (store, other):
+        args = ["--config", CONCAT, "--data.store", str(data), "--search", str(space),
+                "--runs_root", str(runs), "--trainer.max_steps", "4", "--data.batch_size", "32", "--trainer.logger",
+                "false", "--trainer.enable_progress_bar", "false", "--n_trials", "1"]  # fmt: skip
+        dirs.append(run_tune(args))
+    assert dirs[0] != dirs[1] and dirs[0].parent == dirs[1].parent == runs / "concat"
+    for study_dir in dirs:  # each store's study has its own first trial
+        import optuna
+
+        storage = f"sqlite:///{study_dir / 'study.db'}"
+        (name,) = optuna.get_all_study_names(storage)
+        assert (
+            name.startswith("concat@")
+            and len(optuna.load_study(study_name=name, storage=storage).trials) == 1
+        )
+
+
+def test_a_second_tune_leaves_the_first_ones_running_trial_alone(store, tmp_path):
+    import optuna
+
+    from fusion.tune import run_tune
+
+    args = _tune_args(store, tmp_path, "--pruner", "none")
+    first = _paused(["tune", *args, "--n_trials", "2"], tmp_path / "paused", step=3)
+    try:
+        run_tune([*args, "--n_trials", "1"])  # a second process joins the study
+        trials = _trials(tmp_path)
+        assert [t.state for t in trials] == [optuna.trial.TrialState.RUNNING,
+                                             optuna.trial.TrialState.COMPLETE]  # fmt: skip
+        assert trials[0].user_attrs["pid"] == first.pid
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    # Its process is gone now: the next run fails that trial and tries its parameters again.
+    run_tune([*args, "--n_trials", "2"])
+    trials = _trials(tmp_path)
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    assert [t.params for t in trials if retried(t) == 0] == [trials[0].params]
+
+
+@pytest.mark.parametrize("storage", ["damaged", "postgresql://user:pw@localhost/db"])
+def test_a_study_storage_that_cannot_be_opened_is_one_line(store, tmp_path, storage):
+    args = _tune_args(store, tmp_path, "--n_trials", "1")
+    if storage == "damaged":
+        (tmp_path / "study").mkdir()
+        (tmp_path / "study" / "study.db").write_bytes(b"not a database" * 100)
+    else:
+        args += ["--storage", storage]  # psycopg2 is not installed here
+    done = _train("tune", *args)
+    line = _one_line_error(done, 2, "cannot open the study storage")
+    assert ("study.db" in line) if storage == "damaged" else ("driver" in line)
