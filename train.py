@@ -67,8 +67,8 @@ Submissions: python predict.py --checkpoint RUN/checkpoints/best.ckpt --store ST
   saved .probs.npz files).
 
 Exit codes: 0 done; 2 bad input or usage (one line naming it and the fix); 1 internal error
-or a diverged run (non-finite loss); 143 stopped by SIGTERM after saving last.ckpt (resume
-with --ckpt_path last). More: README.md, section "Training and prediction".
+or a diverged run (non-finite loss); 143 stopped by SIGTERM, 130 by Ctrl-C, after saving
+last.ckpt (resume with --ckpt_path last). More: README.md, section "Training and prediction".
 """
 
 
@@ -176,8 +176,8 @@ def _predict_demo(cli, store: Path) -> dict[str, Path]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Exit codes (fusion/exit.py): 0 done; 2 bad input or usage (one line naming it and
-    the fix); 1 an internal error or a non-finite loss; 143 stopped by SIGTERM after saving
-    ``last.ckpt`` (resume: --ckpt_path last)."""
+    the fix); 1 an internal error or a non-finite loss; 143 stopped by SIGTERM (130: by Ctrl-C)
+    after saving ``last.ckpt`` (resume: --ckpt_path last)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         run_demo()
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from fusion.callbacks import NonFiniteLossError
     from fusion.cli import ResumeError, RunDirError
     from fusion.cli import main as cli_main
-    from fusion.exit import EXIT_INTERNAL, EXIT_SIGTERM, UsageError
+    from fusion.exit import EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, UsageError
     from fusion.predict import CheckpointError
 
     if args[0] in ("cv", "tune") and {"-h", "--help"} & set(args[1:]):
@@ -239,13 +239,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     except NonFiniteLossError as err:
         raise ExitError(f"train.py: error: {err}", code=EXIT_INTERNAL) from err
     except SIGTERMException as err:
-        # Lightning raises this (a SystemExit with code 0) at the next batch after SIGTERM;
-        # RunCheckpoint has saved the current state as last.ckpt by now.
+        # Lightning raises this (a SystemExit with code 0) at the next batch after SIGTERM,
+        # or after a first Ctrl-C (fusion/stopping.py); RunCheckpoint has saved the current
+        # state as last.ckpt by now.
+        from fusion.stopping import stopped_by
+
+        how = "Ctrl-C (SIGINT)" if stopped_by() == "SIGINT" else "SIGTERM"
         run = os.environ.get("SKETCHFUSION_RUN_DIR", "RUN")
         raise ExitError(
-            f"train.py: stopped by SIGTERM; the current state is in {run}/checkpoints/"
+            f"train.py: stopped by {how}; the current state is in {run}/checkpoints/"
             f"last.ckpt. Continue with the same command plus --ckpt_path last --run_dir {run}",
-            code=EXIT_SIGTERM,
+            code=EXIT_SIGINT if stopped_by() == "SIGINT" else EXIT_SIGTERM,
         ) from err
 
 

@@ -62,7 +62,7 @@ def bench_trial(tmp: Path, *, train_rows: int, epochs: int, rounds: int) -> None
     def one_more_trial(r: int) -> None:  # open the study, run a trial, report, plots
         t0 = time.perf_counter()
         run_tune([*base, "--search", str(space), "--n_trials", str(r + 1),
-                  "--study_dir", str(tmp / "study")])  # fmt: skip
+                  "--study_dir", str(tmp / "study"), "--study_name", "demo"])  # fmt: skip
         calls.append(time.perf_counter() - t0)
 
     for r in range(rounds):  # ABBA order: which one runs first changes every round

@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -86,6 +86,7 @@ from fusion.runs import (
     experiment_name,
     is_existing_run,
 )
+from fusion.stopping import CtrlCSaves, ResumableEarlyStopping
 from fusion.submission_writer import SubmissionWriter
 from fusion.wandb_report import BestSummary, finish_runs
 
@@ -145,6 +146,21 @@ def new_run_dir(base: Path) -> Path:
     return run
 
 
+def claim_new_run_dir(base: Path) -> tuple[Path, list[Path]]:
+    """:func:`new_run_dir`, created at once (``mkdir`` is atomic), so that two fits of one
+    experiment started in the same second get two directories; returns it and the folders
+    made for it (removed again if the fit is refused before it writes anything)."""
+    made = [d for d in (base, *base.parents) if not d.exists()]
+    base.mkdir(parents=True, exist_ok=True)
+    run = new_run_dir(base)
+    while True:
+        try:
+            run.mkdir()
+            return run, [run, *made]
+        except FileExistsError:  # another process took the name since new_run_dir looked
+            run = new_run_dir(base)
+
+
 def resume_run_dir(base: Path, run_dir: str | None) -> Path:
     """The run to resume: ``run_dir`` if given, else the newest under ``base`` with a last.ckpt."""
     if run_dir:
@@ -189,7 +205,14 @@ class FusionCLI(LightningCLI):
                 **{k: {"description": v} for k, v in DESCRIPTIONS.items()},
             },
         )
-        super().__init__(FusionModule, FeatureDataModule, args=args, **kwargs)
+        self.claimed: list[Path] = []  # a new run's directory and the folders made for it
+        try:
+            super().__init__(FusionModule, FeatureDataModule, args=args, **kwargs)
+        except BaseException:
+            for d in self.claimed:  # deepest first; only while nothing was written in it
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+            raise
 
     def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -301,7 +324,7 @@ class FusionCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.add_lightning_class_args(ResumableEarlyStopping, "early_stopping")
         parser.set_defaults(
             {
                 "early_stopping.monitor": "val/acc_top1",
@@ -344,7 +367,7 @@ class FusionCLI(LightningCLI):
                     "or add --ckpt_path last to resume it."
                 )
         else:
-            self.run_dir = new_run_dir(base)
+            self.run_dir, self.claimed = claim_new_run_dir(base)
         self.ckpt_file = (
             self.run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else ckpt_path
         )
@@ -393,7 +416,9 @@ class FusionCLI(LightningCLI):
             return self.instantiate_eval_trainer(**kwargs)
         # The loggers create the run directory before Trainer(...) checks its options; a
         # refused option must not leave an empty run behind.
-        missing = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
+        missing = self.claimed or [
+            d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()
+        ]
         try:
             return self.instantiate_fit_trainer(**kwargs)
         except UsageError:
@@ -448,6 +473,7 @@ class FusionCLI(LightningCLI):
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         extra = [RunArtifacts(), ResumeMetrics(), StopOnNonFiniteLoss(), StoreFingerprint()]
+        extra.append(CtrlCSaves())  # Ctrl-C saves last.ckpt as SIGTERM does
         extra += [BestSummary(), EpochSummary()]  # EpochSummary: a line per epoch in a log file
         kwargs.update(EpochSummary.trainer_kwargs(trainer_cfg, callbacks))
         if user_logger is not False and not any(

@@ -8,10 +8,13 @@ submission's metadata (``CV/submission.json``). Train and val are pooled and cut
 into K stratified (group-aware with ``--data.group_regex``) folds by ``fusion/folds.py``;
 fold i is a normal fit (``--data.fold i``) into ``CV/fold_i/``. ``CV`` is ``--cv_dir``,
 default ``runs/<experiment>/cv<K>``; rerunning the same command skips the finished folds
-and redoes an unfinished one. Writes::
+and redoes an unfinished one (after SIGTERM or Ctrl-C too). One ``cv`` process at a time
+works in ``CV`` (``CV/cv.lock`` holds its pid and host; a second is refused, a lock whose
+process is gone is taken over). ``--data.predict_split ''`` skips the test split and the
+submission. Writes::
 
     CV/fold_i/              a run directory; val.probs.npz = its out-of-fold probabilities,
-                            test.probs.npz = its test-split probabilities
+                            test.probs.npz = its test-split probabilities, fold.done last
     CV/oof.probs.npz        every train+val row's out-of-fold probabilities (with labels)
     CV/cv.json              per-fold val top-1, CV mean and std, out-of-fold top-1
     CV/submission.csv       the folds' test probabilities averaged (+ .probs.npz, .json)
@@ -23,8 +26,11 @@ B``, its stacker fitted on these out-of-fold probabilities (``fusion/stacking.py
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +40,8 @@ import yaml
 from feature_store.console import show_path
 from fusion.exit import ExitError
 
-DONE = "test.probs.npz"  # written last in a fold: its presence marks the fold finished
+TEST = "test.probs.npz"  # a fold's test-split probabilities (none with predict_split '')
+DONE = "fold.done"  # written last in a fold: its presence marks the fold finished
 
 
 def option(args: Sequence[str], name: str) -> str | None:
@@ -61,28 +68,84 @@ def without(args: Sequence[str], name: str) -> list[str]:
     return out
 
 
+def _flat(node, prefix: str = "") -> dict:
+    """``{"data": {"folds": 5}}`` -> ``{"data.folds": 5}``; dotted keys stay as they are."""
+    out = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _config_file_values(path: Path, seen: frozenset = frozenset()) -> dict:
+    """The values a ``--config`` YAML sets, its own ``config:`` includes first (relative to
+    it, as jsonargparse reads them), in the order it sets them: later wins."""
+    if path.resolve() in seen or not path.is_file():
+        return {}
+    try:
+        node = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}  # the fit's own parser reports it with its line
+    values: dict = {}
+    for key, value in node.items() if isinstance(node, dict) else ():
+        if key == "config":
+            for inc in [value] if isinstance(value, str) else value or []:
+                values.update(_config_file_values(path.parent / str(inc), seen | {path.resolve()}))
+        else:
+            values.update(_flat({key: value}))
+    return values
+
+
 def config_value(args: Sequence[str], dotted: str):
-    """``dotted`` from the command line, else from the ``--config`` YAML(s), else None."""
+    """``dotted`` from the command line, else from the ``--config`` YAML(s) (nested, dotted
+    or included with ``config:``), else None."""
     value = option(args, "--" + dotted)
     if value is not None:
         return value
     for i, arg in enumerate(args):
         path = args[i + 1] if arg in ("--config", "-c") and i + 1 < len(args) else None
-        if path and Path(path).is_file():
-            node = yaml.safe_load(Path(path).read_text()) or {}
-            for key in dotted.split("."):
-                node = node.get(key) if isinstance(node, dict) else None
-            value = node if node is not None else value
+        if path:
+            value = _config_file_values(Path(path)).get(dotted, value)
     return value
+
+
+def int_option(args: Sequence[str], dotted: str, *, prog: str, default: int = 0) -> int:
+    """``dotted`` as an int (command line or config), or one line naming it."""
+    value = config_value(args, dotted)
+    try:
+        return default if value is None else int(value)
+    except (TypeError, ValueError):
+        raise ExitError(f"train.py {prog}: error: --{dotted} {value!r} is not an integer") from None
+
+
+def check_predict_split(args: Sequence[str]) -> None:
+    """Refuse, before fold 0 trains, a ``--data.predict_split`` the store lacks."""
+    from feature_store import StoreError, open_store
+
+    split = config_value(args, "data.predict_split")
+    split = "test" if split is None else str(split)
+    store = config_value(args, "data.store")
+    if not split or store is None:
+        return  # '' skips the test probabilities; no store: the fit's parser says so
+    try:
+        splits = open_store(store).manifest["splits"]
+    except StoreError:
+        return  # the fit reports a store it cannot open, with its fix
+    if split not in splits:
+        raise ExitError(
+            f"train.py cv: error: the store {store} has no {split!r} split to predict "
+            f"(it has {', '.join(sorted(splits))}); pass --data.predict_split SPLIT, or "
+            "--data.predict_split '' to cross-validate without a submission"
+        )
 
 
 def run_cv(argv: Sequence[str]) -> Path:
     """Entry point of ``python train.py cv``; returns the CV directory."""
-    from fusion.cli import main as cli_main
-    from fusion.predict import complete_split, predict_probs, save_probs
-
     args = list(argv)
-    folds = int(config_value(args, "data.folds") or 0)
+    folds = int_option(args, "data.folds", prog="cv")
     if folds < 2:
         raise ExitError("train.py cv: error: give --data.folds K (K >= 2), e.g. --data.folds 5")
     for banned in ("--data.fold", "--run_dir", "--ckpt_path"):
@@ -95,36 +158,120 @@ def run_cv(argv: Sequence[str]) -> Path:
         experiment = config_value(args, "experiment") or Path(config).stem
         cv_dir = Path(config_value(args, "runs_root") or "runs") / experiment / f"cv{folds}"
     cv_dir = Path(cv_dir)
+    check_predict_split(args)
     plan = {"args": args, "folds": folds}
     plan_file = cv_dir / "cv_args.json"
-    if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
+    try:
+        cv_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
         raise ExitError(
-            f"train.py cv: error: {cv_dir} holds folds of another command "
-            f"({plan_file}); rerun that command to finish it, or pass a new --cv_dir."
-        )
-    cv_dir.mkdir(parents=True, exist_ok=True)
-    plan_file.write_text(json.dumps(plan, indent=2))
-    for fold in range(folds):
-        run = cv_dir / f"fold_{fold}"
-        if (run / DONE).is_file():
-            print(f"cv: fold {fold} already done ({show_path(run)})")
-            continue
-        if run.exists():  # a fold killed part-way: ours alone, redone from scratch
-            shutil.rmtree(run)
-        saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args, not our argv
+            f"train.py cv: error: cannot create --cv_dir {cv_dir} ({err.strerror or err}); "
+            "pass a writable --cv_dir"
+        ) from err
+    with CvLock(cv_dir):
+        if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
+            raise ExitError(
+                f"train.py cv: error: {cv_dir} holds folds of another command "
+                f"({plan_file}); rerun that command to finish it, or pass a new --cv_dir."
+            )
+        plan_file.write_text(json.dumps(plan, indent=2))
+        for fold in range(folds):
+            run_fold(args, cv_dir, fold)
+        return summarise(cv_dir, folds, message=message)
+
+
+def run_fold(args: Sequence[str], cv_dir: Path, fold: int) -> None:
+    """Fit fold ``fold`` into ``CV/fold_<fold>`` unless it is done; mark it done last."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from fusion.cli import main as cli_main
+    from fusion.exit import EXIT_SIGINT, EXIT_SIGTERM
+    from fusion.predict import complete_split, predict_probs, save_probs
+    from fusion.stopping import stopped_by
+
+    run = cv_dir / f"fold_{fold}"
+    if (run / DONE).is_file() or (run / TEST).is_file():  # TEST: marked by older versions
+        print(f"cv: fold {fold} already done ({show_path(run)})")
+        return
+    if run.exists():  # a fold killed part-way: ours alone (CvLock), redone from scratch
+        shutil.rmtree(run)
+    saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args, not our argv
+    try:
+        group = [] if option(args, "--wandb_group") else ["--wandb_group", str(cv_dir)]
+        cli = cli_main(["fit", *args, *group, "--data.fold", str(fold), "--run_dir", str(run)])
+    except SIGTERMException as err:
+        how = "Ctrl-C (SIGINT)" if stopped_by() == "SIGINT" else "SIGTERM"
+        raise ExitError(
+            f"train.py cv: stopped by {how} in fold {fold}; the finished folds are kept in "
+            f"{cv_dir}. Continue with the same `train.py cv` command: it skips them and "
+            f"redoes fold {fold}",
+            code=EXIT_SIGINT if stopped_by() == "SIGINT" else EXIT_SIGTERM,
+        ) from err
+    finally:
+        sys.argv = saved
+    dm, ckpt = cli.datamodule, cli.trainer.checkpoint_callback
+    best = ckpt.best_model_path or ckpt.last_model_path
+    if dm.predict_split:
+        ids, probs = predict_probs([best], dm.store, dm.predict_split)
+        # Inputs that failed extraction get the train class prior (predict.py's rule).
+        ids, probs, _ = complete_split(dm.store, dm.predict_split, ids, probs)
+        save_probs(run / TEST, ids, probs, class_names=dm.class_names, checkpoints=[best])
+    (run / DONE).write_text(json.dumps({"fold": fold, "best": str(best)}) + "\n")
+
+
+class CvLock:
+    """``CV/cv.lock`` (pid, host) while a ``train.py cv`` process works in ``CV``.
+
+    A second process on the same directory would delete the first's unfinished fold as
+    "killed part-way": it is refused instead. A lock whose process is gone (same host, no
+    such pid) is stale and taken over; one from another host is left to the user.
+    """
+
+    def __init__(self, cv_dir: Path) -> None:
+        self.path = cv_dir / "cv.lock"
+        self.mine = {"pid": os.getpid(), "host": socket.gethostname()}
+
+    def __enter__(self) -> CvLock:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._check_stale()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({**self.mine, "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+            return self
+        raise ExitError(f"train.py cv: error: could not take the lock {self.path}; rerun")
+
+    def _check_stale(self) -> None:
         try:
-            group = [] if option(args, "--wandb_group") else ["--wandb_group", str(cv_dir)]
-            cli = cli_main(["fit", *args, *group, "--data.fold", str(fold), "--run_dir", str(run)])
-        finally:
-            sys.argv = saved
-        dm, ckpt = cli.datamodule, cli.trainer.checkpoint_callback
-        best = ckpt.best_model_path or ckpt.last_model_path
-        if dm.predict_split:
-            ids, probs = predict_probs([best], dm.store, dm.predict_split)
-            # Inputs that failed extraction get the train class prior (predict.py's rule).
-            ids, probs, _ = complete_split(dm.store, dm.predict_split, ids, probs)
-            save_probs(run / DONE, ids, probs, class_names=dm.class_names, checkpoints=[best])
-    return summarise(cv_dir, folds, message=message)
+            owner = json.loads(self.path.read_text())
+            pid, host = int(owner["pid"]), str(owner["host"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # being written this instant, or gone: try again
+        if host == self.mine["host"] and not _alive(pid):
+            print(f"cv: taking over {self.path} of a process that is gone (pid {pid})")
+            self.path.unlink(missing_ok=True)
+            return
+        raise ExitError(
+            f"train.py cv: error: {self.path.parent} is in use by another `train.py cv` "
+            f"(pid {pid} on {host}, since {owner.get('started', '?')}); wait for it to "
+            f"finish or pass another --cv_dir (delete {self.path} only if that process "
+            "is gone)"
+        )
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def summarise(cv_dir: Path, folds: int, *, message: str | None = None) -> Path:
@@ -153,7 +300,7 @@ def summarise(cv_dir: Path, folds: int, *, message: str | None = None) -> Path:
         "cv_acc_top1_std": float(np.std(accs)),
         "oof_acc_top1": float((probs.argmax(1) == labels).mean()),
     }
-    tests = [cv_dir / f"fold_{f}" / DONE for f in range(folds)]
+    tests = [cv_dir / f"fold_{f}" / TEST for f in range(folds)]
     if all(t.is_file() for t in tests):
         members = check_members([load_probs(t) for t in tests])
         write_ensemble(

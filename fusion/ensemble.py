@@ -17,15 +17,20 @@ files, in the same member order. Rows that are scored are never fitted on: an id
 the fitted and the scored files is refused, and the accuracy printed for the fitted rows
 is cross-fitted (each row scored by weights fitted on the other folds).
 
-Writes ``OUT`` (``Id,Category``), ``OUT.probs.npz`` and ``OUT.json`` (members, weights,
-scores, ``--message``): the metadata of what ``kaggle competitions submit -f OUT -m
-MESSAGE`` uploads.
+Each ``--fit_on`` file must be its member's own (they record the checkpoints that made
+them). Writes ``OUT`` (``Id,Category``), ``OUT.probs.npz`` and ``OUT.json`` (members,
+weights, scores, ``--message``): the metadata of what ``kaggle competitions submit -f OUT
+-m MESSAGE`` uploads. ``OUT`` must be a CSV path whose three files replace no input and no
+other command's files (``--out CV/oof.csv`` would replace ``CV/oof.probs.npz``); an
+earlier ensemble's own output is replaced.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +61,9 @@ def load_probs(path: str | Path) -> Member:
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as err:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        # A truncated file (a copy cut short, a full disk) is a BadZipFile, or a zlib or
+        # EOF error when only one of its arrays is cut.
         raise EnsembleError(
             f"{path} is not a readable .probs.npz ({type(err).__name__}); pass a file "
             "written by predict.py, train.py fit (RUN/val.probs.npz) or train.py cv."
@@ -151,7 +158,7 @@ def fit_weights(fit: Sequence[Member], scored: Sequence[Member], *, method: str,
     Returns ``(stacker, cross-fitted top-1 on the fit rows, each member's top-1 there)``.
     Refuses any id present in both: weights are never fitted on rows they score.
     """
-    from fusion.stacking import Stacker, cross_fit
+    from fusion.stacking import Stacker, StackError, cross_fit
 
     fit = check_members(fit)
     overlap = set(fit[0].ids) & set(scored[0].ids)
@@ -166,10 +173,72 @@ def fit_weights(fit: Sequence[Member], scored: Sequence[Member], *, method: str,
             "every --fit_on file needs the same labels (RUN/val.probs.npz or CV/oof.probs.npz)"
         )
     lp = log_probs(fit)
-    crossed = cross_fit(lp, labels, method=method, folds=folds)
+    try:
+        crossed = cross_fit(lp, labels, method=method, folds=folds)
+    except StackError as err:
+        raise EnsembleError(f"--fit_on: {err}") from err
     stacker = Stacker(len(fit), method).fit(lp, labels)
     member_acc = [float((m.probs.argmax(1) == labels).mean()) for m in fit]
     return stacker, float((crossed.argmax(1) == labels).mean()), member_acc
+
+
+def _paths(paths) -> set[Path]:
+    return {Path(p).resolve() for p in paths}
+
+
+def check_out(out: Path, inputs: Sequence[str]) -> None:
+    """Refuse an ``--out`` whose CSV, ``.probs.npz`` or ``.json`` would be one file, or would
+    overwrite an input or another command's probabilities (``CV/oof.probs.npz`` for
+    ``--out CV/oof.csv``): only an earlier ``predict.py ensemble`` output is replaced."""
+    from fusion.predict import probs_path
+
+    npz, meta = probs_path(out), out.with_suffix(".json")
+    if len({out, npz, meta}) < 3 or out.name.endswith(".npz"):
+        raise EnsembleError(
+            f"--out {out}: the submission CSV, {npz.name} and {meta.name} are written beside "
+            "each other and must be three files; give a .csv path such as ensemble.csv"
+        )
+    taken = _paths(inputs) & _paths((out, npz, meta))
+    if taken:
+        raise EnsembleError(f"--out {out} would overwrite the input {sorted(taken)[0]}; "
+                            "choose another --out")  # fmt: skip
+    if npz.exists() and not _ensemble_output(meta, out):
+        raise EnsembleError(
+            f"--out {out} would overwrite {npz}, which another command wrote (train.py cv, "
+            "fit or predict.py); choose another --out"
+        )
+    if out.is_dir():
+        raise EnsembleError(f"--out {out} is a directory; give a file such as {out / 'ens.csv'}")
+
+
+def _ensemble_output(meta: Path, out: Path) -> bool:
+    """Whether ``meta`` is the metadata of an earlier ``predict.py ensemble --out out``."""
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and "kind" not in info and info.get("submission") == str(out)
+
+
+def check_fit_on_order(fit: Sequence[Member], members: Sequence[Member]) -> None:
+    """Refuse ``--fit_on`` files that are not the ``--probs`` members' own, in that order.
+
+    Each file records the checkpoints that made it; a fit file and its member share them
+    (a fit's ``val.probs.npz`` and its predictions; a CV's ``oof`` and ``submission``)."""
+
+    def made_by(m: Member) -> set[str]:
+        return {str(Path(c).resolve()) if Path(c).exists() else c for c in m.checkpoints}
+
+    for f, m in zip(fit, members, strict=True):
+        mine = made_by(f)
+        if not mine or not made_by(m) or mine & made_by(m):
+            continue  # files that record no checkpoints cannot be checked
+        other = next((o.path for o in members if mine & made_by(o)), None)
+        where = f"the member {other}'s" if other else "none of the --probs members'"
+        raise EnsembleError(
+            f"--fit_on {f.path} is {where}, not {m.path}'s (other checkpoints); give "
+            "--fit_on files in --probs order, one per member"
+        )
 
 
 def write_ensemble(
@@ -245,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``python predict.py ensemble`` / ``python -m fusion.ensemble``."""
     args = parser().parse_args(argv)
     try:
+        check_out(Path(args.out), [*args.probs, *args.fit_on])
         members = check_members([load_probs(f) for f in args.probs])
         meta: dict = {"method": "mean"}
         if args.fit_on:
@@ -254,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     "one labelled file per member, in the same order"
                 )
             fit = [load_probs(f) for f in args.fit_on]
+            check_fit_on_order(fit, members)
             stacker, score, member_acc = fit_weights(fit, members, method=args.method,
                                                      folds=args.folds)  # fmt: skip
             probs = stacker.predict_proba(log_probs(members))
@@ -271,6 +342,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         out = write_ensemble(args.out, members, probs, meta=meta, message=args.message)
     except EnsembleError as err:
         raise ExitError(f"predict.py ensemble: error: {err}") from err
+    except OSError as err:
+        raise ExitError(
+            f"predict.py ensemble: error: cannot write --out {args.out} "
+            f"({err.strerror or err}); choose a writable path"
+        ) from err
     print(f"wrote {show_path(out)} ({len(members[0].ids)} rows, {len(members)} members) and "
           f"{show_path(out.with_suffix('.json'))}")  # fmt: skip
     return out

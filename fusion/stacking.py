@@ -54,6 +54,10 @@ from feature_store.console import show_path
 METHODS = ("weights", "logistic")
 
 
+class StackError(ValueError):
+    """Rows a stacker cannot be fitted and cross-checked on, or members it must not use."""
+
+
 def meta_features(log_probs: torch.Tensor) -> torch.Tensor:
     """Per member and row: max probability, entropy, top-2 margin -> ``[N, 3 * members]``."""
     feats = []
@@ -146,6 +150,12 @@ def cross_fit(
     """Val probabilities where each row comes from a stacker fitted on the other folds."""
     out = np.zeros(log_probs.shape[1:], dtype=np.float32)
     counts = np.bincount(labels)
+    if counts.max(initial=0) < 2:
+        raise StackError(
+            f"{len(labels)} labelled rows with at most one per class: too few to fit a "
+            "stacker and score it on rows it was not fitted on; fit it on more rows "
+            "(train.py stack --cv CV_DIR: every train+val row, out of fold)"
+        )
     k = int(max(2, min(folds, counts[counts > 0].min(initial=folds))))
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     for fit_rows, score_rows in splitter.split(np.zeros(len(labels)), labels):
@@ -205,11 +215,37 @@ class StackRows:
     checkpoints: list[str] = field(default_factory=list)
 
 
+def cv_fold_of(checkpoint: str | Path) -> tuple[Path, int] | None:
+    """``(CV directory, K)`` when ``checkpoint`` is a ``train.py cv`` fold's, else None.
+
+    A fold trains on train+val less one fold, so the val split holds rows it trained on.
+    Its run's ``config.yaml`` says so (``data.folds``)."""
+    import yaml
+
+    ckpt = Path(checkpoint)
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    data = config.get("data") if isinstance(config, dict) else None
+    folds = data.get("folds") if isinstance(data, dict) else None
+    return (run.parent, int(folds)) if isinstance(folds, int) and folds > 1 else None
+
+
 def from_checkpoints(cfg, predict: bool) -> StackRows:
     """``--checkpoint`` members: fitted on the val split of ``--data.store``."""
     from feature_store import load_arrays, open_store
 
     store, members = cfg.data.store, cfg.checkpoint
+    for ckpt in members:
+        fold = cv_fold_of(ckpt)
+        if fold is not None:
+            raise StackError(
+                f"--checkpoint {ckpt} is a fold of the {fold[1]}-fold CV {fold[0]}: it "
+                f"trained on most of the {cfg.data.val_split} rows a stack is fitted on "
+                f"(a leaked, optimistic stack); stack CV runs out of fold with --cv {fold[0]}"
+            )
     ids, log_probs = member_log_probs(members, store, cfg.data.val_split)
     rows = StackRows(ids, log_probs, load_arrays(store, cfg.data.val_split).labels,
                      cfg.data.val_split, "val_predictions.csv")  # fmt: skip
@@ -287,15 +323,24 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
         raise ExitError(f"train.py stack: not found: {', '.join(missing)}")
     method, predict = cfg.stack.method, bool(cfg.data.predict_split)
     run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "stack")
-    if run.exists() and any(run.iterdir()):
+    if run.is_dir() and any(run.iterdir()):
         raise ExitError(f"train.py stack: {run} already holds a run; pass a new --run_dir")
-    # Every member is loaded and checked before the run directory exists.
-    rows = from_cv(cfg.cv, predict) if cfg.cv else from_checkpoints(cfg, predict)
-    ids, fit_lp, labels = rows.ids, rows.log_probs, rows.labels
-    run.mkdir(parents=True, exist_ok=True)
-    p.save(cfg, run / "config.yaml", overwrite=True)
-    crossed = cross_fit(fit_lp, labels, method=method, folds=cfg.stack.folds)
+    # Every member is loaded and checked, and the stack fitted, before the run exists.
+    try:
+        rows = from_cv(cfg.cv, predict) if cfg.cv else from_checkpoints(cfg, predict)
+        ids, fit_lp, labels = rows.ids, rows.log_probs, rows.labels
+        crossed = cross_fit(fit_lp, labels, method=method, folds=cfg.stack.folds)
+    except StackError as err:
+        raise ExitError(f"train.py stack: error: {err}") from err
     stacker = Stacker(len(fit_lp), method).fit(fit_lp, labels)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExitError(
+            f"train.py stack: error: cannot create the run directory {run} "
+            f"({err.strerror or err}); pass a writable --run_dir or --runs_root"
+        ) from err
+    p.save(cfg, run / "config.yaml", overwrite=True)
     summary = {
         "members": list(members),
         "method": method,

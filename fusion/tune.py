@@ -11,7 +11,9 @@ ints) or ``{choices: [...]}``. A TPE sampler (``--seed``) proposes values; a med
 pruner stops a trial whose val/acc_top1 at the same share of its training falls below
 the median of earlier trials (``--pruner none`` to switch it off).
 
-``STUDY`` is ``--study_dir`` (default ``runs/<experiment>/tune``)::
+``STUDY`` is ``--study_dir`` (default ``runs/<experiment>/tune-<store>``, ``<store>`` the
+store's folder name and a hash of its path) and the study ``--study_name`` (default
+``<experiment>@<store>``: the same config tuned on another store is another study)::
 
     STUDY/study.db          the Optuna storage (SQLite) unless --storage names another
     STUDY/trials/trial_N/   trial N's run directory (W&B runs grouped by the study name)
@@ -20,16 +22,21 @@ the median of earlier trials (``--pruner none`` to switch it off).
     STUDY/history.png, STUDY/importance.png   Optuna's plots
 
 Rerunning the same command resumes: ``--n_trials`` counts finished (complete or pruned)
-trials, so a killed search runs only the missing ones and never repeats a finished one.
-With the default SQLite file (one process at a time), trials a killed process left
-RUNNING are marked FAIL and their parameters are tried again first. With ``--storage``
-(several processes), each process sends a heartbeat and a trial whose process died is
-failed and retried by the next process that finds it stale.
+trials, so a killed search runs only the missing ones and never repeats a finished one;
+the sampler is seeded with ``--seed`` plus the trials already in the study, so it draws
+new parameters. Several processes may share a study (the SQLite file on one machine, or
+``--storage`` across machines): each trial records its process and Optuna's heartbeat
+marks it alive, so no process touches another's running trial. A trial whose process is
+gone (on this host: at once; elsewhere: after ``GRACE_S`` without a heartbeat) is failed
+and its parameters tried once more (``RetryHeartbeatStaleTrialCallback``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import socket
 import sys
 import warnings
 from collections.abc import Sequence
@@ -37,6 +44,7 @@ from pathlib import Path
 
 import lightning as L
 import optuna
+import sqlalchemy
 import yaml
 from lightning.pytorch.loggers import WandbLogger
 
@@ -47,10 +55,15 @@ from fusion.exit import ExitError
 OWN_OPTIONS = ("--n_trials", "--search", "--study_dir", "--storage", "--study_name", "--seed",
                "--pruner")  # fmt: skip
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+PRUNERS = ("median", "none")
 
 
 class SearchSpaceError(ValueError):
     """A search-space YAML that cannot be read."""
+
+
+class TuneError(ValueError):
+    """Bad ``train.py tune`` options or a study storage that cannot be opened."""
 
 
 def load_space(path: Path) -> dict[str, dict]:
@@ -118,52 +131,128 @@ class PruneOnVal(L.Callback):
             raise optuna.TrialPruned(f"val/acc_top1 {float(value):.4f} at {progress:.0%}")
 
 
-def recover_local(study: optuna.Study, storage: optuna.storages.BaseStorage) -> int:
-    """Fail the RUNNING trials a killed process left in a one-process study; retry them."""
-    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    for t in stale:
-        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-    return len(stale)
+HEARTBEAT_S, GRACE_S = 60, 180  # a trial without a heartbeat for GRACE_S is stale
+
+
+def recover_dead(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    retry: optuna.storages.RetryHeartbeatStaleTrialCallback,
+) -> int:
+    """Fail and retry the RUNNING trials whose process, on this host, is gone (kill -9).
+
+    Another live process's trials are left alone; a dead process on another host is
+    found by Optuna's heartbeat (``GRACE_S``) instead. Returns how many were retried."""
+    host, retried = socket.gethostname(), 0
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") != host or not isinstance(pid, int) or _alive(pid):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        try:
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another process failed it first
+        retry(study, storage.get_trial(trial_id))
+        retried += 1
+    return retried
 
 
 def open_study(study_dir: Path, *, name: str, storage_url: str | None, seed: int, pruner: str):
-    """The study (created or loaded) and its storage."""
-    sampler = optuna.samplers.TPESampler(seed=seed)
+    """The study (created or loaded) and its storage.
+
+    Every storage (the default SQLite file too) runs Optuna's heartbeat: a process's
+    RUNNING trials are its own while it beats, so several processes can share a study;
+    a stale trial is failed and retried once (``RetryHeartbeatStaleTrialCallback``). The
+    sampler's seed is ``seed`` plus the trials the study already holds, so a resumed
+    search draws new parameters instead of replaying the first trials'."""
     pruning = (
         optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=20)
         if pruner == "median"
         else optuna.pruners.NopPruner()
     )
-    if storage_url:
-        storage = optuna.storages.RDBStorage(
-            storage_url,
-            heartbeat_interval=60,
-            grace_period=180,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=1
-            ),
-        )
-    else:
-        study_dir.mkdir(parents=True, exist_ok=True)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir.resolve() / 'study.db'}")
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        sampler=sampler,
-        pruner=pruning,
-        direction="maximize",
-        load_if_exists=True,
-    )
     if not storage_url:
-        retried = recover_local(study, storage)
-        if retried:
-            print(f"tune: {retried} trial(s) left running by a killed search will be retried")
+        study_dir.mkdir(parents=True, exist_ok=True)
+    url = storage_url or f"sqlite:///{study_dir.resolve() / 'study.db'}"
+    try:
+        with warnings.catch_warnings():  # heartbeat: "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+            storage = optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=retry,
+            )
+        summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+        if not storage_url and summaries and name not in summaries:
+            raise TuneError(
+                f"{study_dir} holds the study {sorted(summaries)[0]!r}, not {name!r} (another "
+                "store or --study_name); pass --study_dir for the new study, or that name"
+            )
+        existing = summaries[name].n_trials if name in summaries else 0
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=optuna.samplers.TPESampler(seed=seed + existing),
+            pruner=pruning,
+            direction="maximize",
+            load_if_exists=True,
+        )
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
+            ValueError) as err:  # fmt: skip
+        if isinstance(err, TuneError):
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TuneError(
+            f"cannot open the study storage {storage_url or url} ({first}); "
+            + ("install its database driver or pass another --storage" if storage_url else
+               f"move the damaged {study_dir / 'study.db'} aside, or pass another --study_dir")
+        ) from err  # fmt: skip
+    retried = recover_dead(study, storage, retry)
+    if retried:
+        print(f"tune: {retried} trial(s) left running by a killed search will be retried")
     return study
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _int_option(own: dict, name: str, default: int, minimum: int) -> int:
+    value = own[name]
+    try:
+        number = default if value is None else int(value)
+    except ValueError:
+        number = None
+    if number is None or number < minimum:
+        raise TuneError(f"{name} {value!r} is not an integer >= {minimum}")
+    return number
+
+
+def store_tag(store) -> str:
+    """``<store folder>-<hash of its absolute path>``: names the default study after the
+    data, so the same config tuned on another store starts its own study."""
+    path = Path(str(store or "stores/kaggle")).resolve()
+    return f"{path.name}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
 
 
 def run_tune(argv: Sequence[str]) -> Path:
     """Entry point of ``python train.py tune``; returns the study directory."""
+    try:
+        return _run_tune(argv)
+    except (TuneError, SearchSpaceError) as err:
+        raise ExitError(f"train.py tune: error: {err}") from err
+
+
+def _run_tune(argv: Sequence[str]) -> Path:
     from fusion.cli import main as cli_main
 
     args = list(argv)
@@ -172,31 +261,30 @@ def run_tune(argv: Sequence[str]) -> Path:
         args = without(args, name)
     for banned in ("--run_dir", "--ckpt_path"):
         if option(args, banned) is not None:
-            raise ExitError(f"train.py tune: error: {banned} is set per trial; drop it")
+            raise TuneError(f"{banned} is set per trial; drop it")
     config = option(args, "--config") or option(args, "-c")
-    if not own["--n_trials"] or int(own["--n_trials"]) < 1:
-        raise ExitError("train.py tune: error: give --n_trials N (N >= 1)")
-    n_trials = int(own["--n_trials"])
+    if own["--n_trials"] is None:
+        raise TuneError("give --n_trials N (N >= 1)")
+    n_trials = _int_option(own, "--n_trials", 0, 1)
+    seed = _int_option(own, "--seed", 0, 0)
+    pruner = own["--pruner"] or "median"
+    if pruner not in PRUNERS:
+        raise TuneError(f"--pruner {pruner!r} is not one of {', '.join(PRUNERS)}")
     experiment = config_value(args, "experiment") or (Path(config).stem if config else "tune")
     search = Path(own["--search"] or Path(config or ".").parent / "search" / f"{experiment}.yaml")
-    try:
-        space = load_space(search)
-    except SearchSpaceError as err:
-        raise ExitError(f"train.py tune: error: {err}") from err
+    space = load_space(search)
     root = Path(config_value(args, "runs_root") or "runs")
-    study_dir = Path(own["--study_dir"] or root / experiment / "tune")
-    name = own["--study_name"] or experiment
-    study = open_study(
-        study_dir,
-        name=name,
-        storage_url=own["--storage"],
-        seed=int(own["--seed"] or 0),
-        pruner=own["--pruner"] or "median",
-    )
+    tag = store_tag(config_value(args, "data.store"))
+    study_dir = Path(own["--study_dir"] or root / experiment / f"tune-{tag}")
+    name = own["--study_name"] or f"{experiment}@{tag}"
+    study = open_study(study_dir, name=name, storage_url=own["--storage"], seed=seed, pruner=pruner)
 
     def objective(trial: optuna.Trial) -> float:
         run = study_dir / "trials" / f"trial_{trial.number}"
         trial.set_user_attr("run_dir", str(run))
+        # Whose trial this is: recover_dead retries it at once if this process dies.
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", socket.gethostname())
         # Every trial's W&B run lands in the study's group (unless the user names one).
         group = [] if option(args, "--wandb_group") else ["--wandb_group", name]
         fit_args = ["fit", *args, *group, *suggest(trial, space), "--run_dir", str(run)]

@@ -35,7 +35,10 @@ def _setup(root):
 
 
 def _study(root):
-    return optuna.load_study(study_name="demo", storage=f"sqlite:///{root / 'study' / 'study.db'}")
+    storage = f"sqlite:///{root / 'study' / 'study.db'}"
+    (name,) = optuna.get_all_study_names(storage)  # the default name: demo@<store>
+    assert name.startswith("demo@store-")
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def test_study_completes_and_best_yaml_refits_to_its_score(tmp_path):
@@ -54,7 +57,7 @@ def test_study_completes_and_best_yaml_refits_to_its_score(tmp_path):
     groups = [
         r.run.run_group for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run"
     ]
-    assert groups and set(groups) == {"demo"}
+    assert groups and set(groups) == {study.study_name}
     best = study_dir / "best.yaml"
     cli = FusionCLI(args=["fit", "--config", str(best), "--run_dir", str(tmp_path / "refit")])
     assert float(cli.trainer.checkpoint_callback.best_model_score) == pytest.approx(
@@ -108,7 +111,8 @@ def test_kill_9_then_rerun_finishes_without_repeating_trials(tmp_path):
     assert all(t.number > max(before) for t in finished if t.number not in before)
     # A trial the kill interrupted is FAIL now, and its parameters were tried again.
     for t in study.get_trials(states=(optuna.trial.TrialState.FAIL,)):
-        assert any(r.user_attrs.get("retry_of") == t.number for r in finished)
+        retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+        assert any(retried(r) == t.number and r.params == t.params for r in finished)
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
 
 

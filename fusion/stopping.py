@@ -1,0 +1,95 @@
+"""How a fit stops and resumes: Ctrl-C saves like SIGTERM; early stopping survives a resume.
+
+$ python train.py fit --config configs/concat.yaml      # Ctrl-C: last.ckpt, exit 130
+$ python train.py fit --config configs/concat.yaml --ckpt_path last --run_dir RUN
+
+- :class:`CtrlCSaves`: the first Ctrl-C (SIGINT) of a fit is handed to Lightning's own
+  SIGTERM handling, so the fit stops at the next batch boundary and ``RunCheckpoint``
+  saves the current state as ``last.ckpt`` (a KeyboardInterrupt raised mid-step would
+  leave nothing, or a torn state, behind). A second Ctrl-C interrupts at once, saving
+  nothing new. :func:`stopped_by` names the signal for the command's one-line advice.
+- :class:`ResumableEarlyStopping`: Lightning's ``EarlyStopping``, except that before this
+  process's first validation a missing monitored metric is not an error. A checkpoint
+  saved at an epoch's end is resumed by running that epoch's end again, before any
+  validation, and ``EarlyStopping(strict=True)`` then raised "conditioned on metric
+  val/acc_top1 which is not available". Its state (best score, wait count) is restored
+  from the checkpoint as before, under the same key.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping
+
+# The signal that stopped this process's latest fit (None: none did).
+_stopped_by: str | None = None
+
+
+def stopped_by() -> str | None:
+    """``"SIGINT"`` when the latest fit was stopped by Ctrl-C, ``"SIGTERM"`` by SIGTERM."""
+    return _stopped_by
+
+
+class CtrlCSaves(L.Callback):
+    """Turn the first SIGINT of a fit into Lightning's SIGTERM stop (see the module doc)."""
+
+    def __init__(self) -> None:
+        self._previous = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        global _stopped_by
+        _stopped_by = None
+        if threading.current_thread() is threading.main_thread():  # signals: main thread only
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        global _stopped_by
+        _stopped_by = "SIGINT"
+        self._restore()  # a second Ctrl-C is Python's KeyboardInterrupt again
+        print(
+            "\nCtrl-C: saving the current state at the end of this batch "
+            "(Ctrl-C again to stop at once, saving nothing)",
+            flush=True,
+        )
+        signal.raise_signal(signal.SIGTERM)  # Lightning's handler: stop at the batch boundary
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        global _stopped_by
+        if _stopped_by is None and trainer.received_sigterm:
+            _stopped_by = "SIGTERM"
+        self._restore()
+
+
+class ResumableEarlyStopping(EarlyStopping):
+    """``EarlyStopping`` that waits for this process's first validation (module doc)."""
+
+    _validated = False
+
+    @property
+    def state_key(self) -> str:
+        # EarlyStopping's own key, so checkpoints of either class restore into the other.
+        return f"EarlyStopping{ {'monitor': self.monitor, 'mode': self.mode}!r}"
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
+        super().on_validation_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._validated and self.monitor not in trainer.callback_metrics:
+            return  # the end of an epoch restored from a checkpoint, validated before it
+        super().on_train_epoch_end(trainer, pl_module)
