@@ -21,7 +21,8 @@ from feature_store import (
 )
 from feature_store.set_writer import FeatureSetError, set_record_path
 from feature_store.sets import entry_fingerprint
-from feature_store.synthetic import SyntheticSet, make_feature_sets_store, make_synthetic_store
+from feature_store.synthetic import make_synthetic_store
+from feature_store.synthetic_sets import SyntheticSet, make_feature_sets_store, set_bayes_accuracy
 from tests.fixtures_sets import tree_digest
 
 CLASSES = 20
@@ -100,6 +101,28 @@ def test_the_halves_store_is_complementary(halves):
     # The zero-shot prior alone: argmax right on about 60% of rows plus chance on the rest.
     zs = test["zeroshot"].argmax(axis=1) == test.labels
     assert 0.45 < zs.mean() < 0.8
+    # The Bayes-optimal rule over a set is the ceiling the logistic regression stays under.
+    ceiling = {tuple(n): set_bayes_accuracy(halves, "test", n)
+               for n in (["backbone_a"], ["backbone_a", "backbone_b"],
+                         ["backbone_a", "backbone_b", "caption_text", "zeroshot"])}  # fmt: skip
+    assert (
+        ceiling[("backbone_a",)] >= a[0] - 0.05
+        and ceiling[("backbone_a", "backbone_b")] >= both[0] - 0.05
+    )
+    assert (
+        max(ceiling.values()) == ceiling[("backbone_a", "backbone_b", "caption_text", "zeroshot")]
+    )
+
+
+def test_bayes_accuracy_of_one_set_is_its_nearest_class_mean(halves):
+    """backbone_a carries every row of its classes: the Bayes rule is the nearest of its
+    class means, the others' shared neutral (zero) vector included."""
+    means = np.load(halves / "set_means.npz")["backbone_a"]
+    test = load_features(halves, "test", ["backbone_a"])
+    dist = ((test["backbone_a"][:, None, :] - means[None]) ** 2).sum(-1)
+    expected = (dist.argmin(1) == test.labels).mean()
+    assert set_bayes_accuracy(halves, "test", ["backbone_a"]) == pytest.approx(expected)
+    assert (means[CLASSES // 2 :] == 0).all()
 
 
 def test_adding_a_set_leaves_every_existing_file_byte_identical(halves, tmp_path):
