@@ -299,3 +299,29 @@ def test_todays_probe_and_fit_run_on_a_multi_set_store(halves, tmp_path, monkeyp
     run_probe(["--data.store", str(halves), "--runs_root", str(tmp_path / "probe")])
     fit_cli(halves, tmp_path / "run", epochs=1)
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_the_bench_command_builds_the_stores_its_docs_describe(tmp_path, capsys):
+    """bench/feature_sets_stores.py: halves' sets each know half the classes (all of them
+    together nearly everything), one-signal's noise sets know nothing."""
+    import sys
+
+    from tests.fixtures_training import REPO
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from feature_sets_stores import main
+
+    main(["--out", str(tmp_path), "--stores", "halves,one-signal"])
+    halves = json.loads((tmp_path / "halves" / "bayes.json").read_text())
+    assert all(0.4 < v < 0.6 for k, v in halves["sets"].items() if k.startswith("backbone"))
+    assert halves["all"] > max(halves["sets"].values()) + 0.3
+    one = json.loads((tmp_path / "one-signal" / "bayes.json").read_text())
+    assert one["all"] == one["sets"]["backbone"] > 0.8
+    assert all(one["sets"][n] < 0.05 for n in ("noise_image", "noise_text", "noise_scores"))
+    info = open_store(tmp_path / "halves")
+    assert info.feature_names == ["image", "text", "backbone_a", "backbone_b", "caption_text",
+                                  "zeroshot"]  # fmt: skip
+    assert info.rows("train") == 100 * 40
+    with pytest.raises(SystemExit):  # an unknown store name: argparse's one line, exit 2
+        main(["--out", str(tmp_path), "--stores", "halves,nope"])
+    assert "not among" in capsys.readouterr().err
