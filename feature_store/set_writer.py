@@ -93,9 +93,10 @@ def add_feature_set(
     info = upgrade_store(info.root)  # an older store gets its features entry (metadata only)
     if name in info.feature_names:  # replace=True (checked): forget the old set first
         write_set_metadata(info.root, name, entry=None, failures=[])
-    # Leftovers of a replaced set or of an add that was killed part-way: not in the manifest.
+    # Leftovers of a replaced set or of an add that was killed part-way (data_prep's markers
+    # and progress included): not in the manifest, and not these vectors.
     shutil.rmtree(set_root(info.root, name), ignore_errors=True)
-    set_record_path(info.root, name).unlink(missing_ok=True)
+    shutil.rmtree(set_record_path(info.root, name).parent, ignore_errors=True)
     feats = set_features(name, fields["dim"], fields["dtype"])
     records = {}
     for split, matrix in matrices.items():

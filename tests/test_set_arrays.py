@@ -270,6 +270,8 @@ def test_replace_writes_the_set_again(halves, tmp_path):
     add_feature_set(store, {"name": "x", "kind": "image", "model": "m1"}, _arrays(store, 6))
     entry = add_feature_set(store, {"name": "x", "kind": "image", "model": "m2"}, arrays,
                             replace=True)  # fmt: skip
+    assert sorted(p.name for p in (store / "features" / "x" / "val").iterdir()) == [
+        "dataset_info.json", "shard-00000.arrow", "state.json"]  # fmt: skip
     info = open_store(store)
     assert info.feature_names == ["image", "text", *[s.name for s in HALVES], "x"]
     assert info.features[-1] == entry and entry["model"] == "m2" and entry["dim"] == 4
