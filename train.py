@@ -62,9 +62,11 @@ subcommands (python train.py SUBCOMMAND --help lists its options):
 Configs: configs/<experiment>.yaml, each composed from configs/base.yaml; every value can be
 overridden on the command line (--model.lr 0.001) and `fit --print_config` shows them all.
 
-Submissions: python predict.py --checkpoint RUN/checkpoints/best.ckpt --store STORE
-  --out submission.csv (repeat --checkpoint to average runs; predict.py ensemble averages
-  saved .probs.npz files).
+Submissions: every fit writes RUN/submission.csv; python predict.py --checkpoint
+  RUN/checkpoints/best.ckpt --store STORE --out submission.csv (repeat --checkpoint to
+  average runs; predict.py ensemble averages saved .probs.npz files). Every command that
+  writes one takes --category index|name and --kaggle COMPETITION --message M (fit: only
+  --category), which sends it with the kaggle client.
 
 Exit codes: 0 done; 2 bad input or usage (one line naming it and the fix); 1 internal error
 or a diverged run (non-finite loss); 143 stopped by SIGTERM, 130 by Ctrl-C, after saving
