@@ -3,8 +3,10 @@
 $ python train.py cv --config configs/concat.yaml --data.folds 5 --data.store stores/kaggle
 $ python train.py cv --config configs/concat.yaml --data.folds 5 --data.group_regex '^(.*)_aug'
 
-Every other argument is a ``train.py fit`` argument; ``--message`` goes into the
-submission's metadata (``CV/submission.json``). Train and val are pooled and cut
+Every other argument is a ``train.py fit`` argument. The CV's own: ``--cv_dir``,
+``--message`` (into the submission's metadata, ``CV/submission.json``), ``--category
+index|name`` (its Category column) and ``--kaggle COMPETITION`` (send it with the kaggle
+client, fusion/submission.py). Train and val are pooled and cut
 into K stratified (group-aware with ``--data.group_regex``) folds by ``fusion/folds.py``;
 fold i is a normal fit (``--data.fold i``) into ``CV/fold_i/``. ``CV`` is ``--cv_dir``,
 default ``runs/<experiment>/cv<K>``; rerunning the same command skips the finished folds
@@ -18,6 +20,8 @@ submission. Writes::
     CV/oof.probs.npz        every train+val row's out-of-fold probabilities (with labels)
     CV/cv.json              per-fold val top-1, CV mean and std, out-of-fold top-1
     CV/submission.csv       the folds' test probabilities averaged (+ .probs.npz, .json)
+    CV/wandb/               the CV's W&B run (candidate "cv", in the folds' group):
+                            best/oof/acc_top1, cv/*, the submission artifact
 
 The CV directories of several configs are late-fused by ``python train.py stack --cv A --cv
 B``, its stacker fitted on these out-of-fold probabilities (``fusion/stacking.py``).

@@ -18,9 +18,12 @@ the fitted and the scored files is refused, and the accuracy printed for the fit
 is cross-fitted (each row scored by weights fitted on the other folds).
 
 Each ``--fit_on`` file must be its member's own (they record the checkpoints that made
-them). Writes ``OUT`` (``Id,Category``), ``OUT.probs.npz`` and ``OUT.json`` (members,
-weights, scores, ``--message``): the metadata of what ``kaggle competitions submit -f OUT
--m MESSAGE`` uploads. ``OUT`` must be a CSV path whose three files replace no input and no
+them). Writes ``OUT`` (``Id,Category``; ``--category index|name``), ``OUT.probs.npz`` and
+``OUT.json`` (members, weights, scores, ``--message``): the metadata of what ``kaggle
+competitions submit -f OUT -m MESSAGE`` uploads, which ``--kaggle COMPETITION`` runs
+(fusion/submission.py). The ensemble is a W&B run (candidate ``ensemble``, in ``OUT``'s
+folder ``wandb/``) with its score (``best/oof/acc_top1`` or ``best/val/acc_top1``) and
+the submission as an artifact. ``OUT`` must be a CSV path whose three files replace no input and no
 other command's files (``--out CV/oof.csv`` would replace ``CV/oof.probs.npz``); an
 earlier ensemble's own output is replaced.
 """

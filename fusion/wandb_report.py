@@ -117,8 +117,8 @@ def run_config(config: Mapping[str, Any] | str) -> dict[str, Any]:
             out[name] = value
     store = out.get("data.store")
     if store:
-        try:
-            out.update(store_config(store))
+        try:  # store.path would repeat data.store
+            out.update({k: v for k, v in store_config(store).items() if k != "store.path"})
         except Exception as err:  # the fit reports a bad store itself; keep the run going
             out["store.error"] = str(err)
     out.update(package_versions())
