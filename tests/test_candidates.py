@@ -277,3 +277,26 @@ def test_ensemble_sends_with_kaggle(tmp_path, stand_in_kaggle):
     assert {r["Category"] for r in read_csv(out)} <= {"a", "b", "c"}
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["candidate"] == "ensemble" and meta["kaggle"]["exit_status"] == 0
+
+
+def test_averaged_oof_members_are_scored_out_of_fold(tmp_path):
+    """A plain average of labelled out-of-fold files: its run's score is the average's
+    top-1 on those rows, named oof."""
+    from fusion.predict import save_probs
+
+    rng = np.random.default_rng(2)
+    ids, labels = [f"r{i}" for i in range(30)], rng.integers(0, 3, 30)
+    members, probs = [], []
+    for k in range(2):
+        p = rng.dirichlet(np.ones(3), size=30).astype(np.float32)
+        path = tmp_path / f"m{k}" / "oof.probs.npz"
+        path.parent.mkdir()
+        save_probs(path, ids, p, class_names=["a", "b", "c"], labels=labels, held_out="oof")
+        members.append(str(path))
+        probs.append(p)
+    out = tmp_path / "avg" / "avg.csv"
+    predict.main(["ensemble", "--probs", members[0], "--probs", members[1], "--out", str(out)])
+    summary = assert_candidate(one_run(out.parent), "ensemble", "best/oof/acc_top1", out)
+    want = float(((probs[0] + probs[1]).argmax(1) == labels).mean())
+    assert summary["best/oof/acc_top1"] == pytest.approx(want)
+    assert "best/val/acc_top1" not in summary
