@@ -24,12 +24,12 @@ submission stays written and the command exits 2 with the install line.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shlex
 import shutil
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,6 +47,10 @@ class SubmissionError(ValueError):
 
 class KaggleClientMissing(RuntimeError):
     """``--kaggle`` was given but no ``kaggle`` executable is on PATH."""
+
+
+def _now_utc() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def metadata_path(out: str | os.PathLike) -> Path:
@@ -91,7 +95,7 @@ def write_submission(
         "candidate": candidate,
         "message": message,
         "category": category,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_utc": _now_utc(),
         "rows": len(ids),
         "checkpoints": [str(c) for c in checkpoints],
         **(meta or {}),
@@ -128,7 +132,7 @@ def send_to_kaggle(out: str | os.PathLike, *, competition: str, message: str | N
     record = {
         "competition": competition,
         "command": command,
-        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "time_utc": _now_utc(),
     }
     if executable is None:
         _record(out, {**record, "exit_status": None, "error": "kaggle client not installed"})
