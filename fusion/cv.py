@@ -161,7 +161,7 @@ def run_cv(argv: Sequence[str]) -> Path:
     for name in own:
         args = without(args, name)
     cv_dir, message = own["--cv_dir"], own["--message"]
-    category = own["--category"] or "index"
+    category = str(own["--category"] or config_value(args, "category") or "index")
     if category not in CATEGORIES:
         raise ExitError(f"train.py cv: error: --category {category!r}: choose one of "
                         f"{', '.join(CATEGORIES)}")  # fmt: skip

@@ -50,7 +50,9 @@ class KaggleClientMissing(RuntimeError):
 
 
 def _now_utc() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``2026-01-01T12:00:00Z`` (isoformat: strftime goes through ``time.strftime``)."""
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0, tzinfo=None)
+    return now.isoformat() + "Z"
 
 
 def metadata_path(out: str | os.PathLike) -> Path:
