@@ -19,6 +19,8 @@ of the same experiment. A resume writes nothing before its checkpoint is restore
     RUN/wandb_run_id          its id: a resume continues the same W&B run
     RUN/alpha_beta.png        dual-logit heads
     RUN/val_predictions.csv   id,label,pred,confidence from best.ckpt
+    RUN/submission.csv        Id,Category of --data.predict_split from best.ckpt (--category
+                              index|name), with .probs.npz and .json (fusion/submission.py)
     RUN/confusion_top.png     over 50 classes: the most confused classes (also in W&B)
 
 W&B (fusion/loggers.py, fusion/wandb_report.py): ``--wandb.project/entity/group/tags/
@@ -87,6 +89,7 @@ from fusion.runs import (
     is_existing_run,
 )
 from fusion.stopping import CtrlCSaves, ResumableEarlyStopping
+from fusion.submission import add_submission_arguments, finish
 from fusion.submission_writer import SubmissionWriter
 from fusion.wandb_report import BestSummary, finish_runs
 
@@ -187,11 +190,13 @@ class FusionCLI(LightningCLI):
         *,
         finish_wandb: bool = True,
         extra_callbacks: Sequence = (),
+        candidate: str = "fit",
         **kwargs,
     ) -> None:
-        # finish_wandb False: the caller logs more (train.py's demo: the submission), then
-        # finishes. extra_callbacks: added to this fit only (train.py tune: the pruner).
-        self.finish_wandb = finish_wandb
+        # finish_wandb False: the caller logs more, then finishes. extra_callbacks: added to
+        # this fit only (train.py tune: the pruner). candidate: the W&B config's `candidate`
+        # (fusion/callbacks.py:RunArtifacts; only a "fit" writes RUN/submission.csv).
+        self.finish_wandb, self.candidate = finish_wandb, candidate
         self.extra_callbacks = list(extra_callbacks)
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resume rewrites it
@@ -239,6 +244,9 @@ class FusionCLI(LightningCLI):
                 help="fail when an input of the split failed extraction instead of giving "
                 "it the train class prior",
             )
+            add_submission_arguments(parser, kaggle=True, message=True)
+        elif subcommand == "fit":  # the fit's own RUN/submission.csv
+            add_submission_arguments(parser, kaggle=False, message=False)
         return parser
 
     def _parse_ckpt_path(self) -> None:
@@ -450,7 +458,11 @@ class FusionCLI(LightningCLI):
         if self.subcommand == "predict":
             cfg = self.config_init[self.subcommand]
             self.writer = SubmissionWriter(
-                self.predict_out, self.ckpt_file, strict=bool(cfg.get("strict"))
+                self.predict_out,
+                self.ckpt_file,
+                strict=bool(cfg.get("strict")),
+                category=cfg.get("category") or "index",
+                message=cfg.get("message"),
             )
             callbacks = [*callbacks, self.writer]
         kwargs["callbacks"] = callbacks
@@ -472,7 +484,9 @@ class FusionCLI(LightningCLI):
         self.apply_recipe(kwargs)
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        extra = [RunArtifacts(), ResumeMetrics(), StopOnNonFiniteLoss(), StoreFingerprint()]
+        cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        artifacts = RunArtifacts(self.candidate, category=cfg.get("category") or "index")
+        extra = [artifacts, ResumeMetrics(), StopOnNonFiniteLoss(), StoreFingerprint()]
         extra.append(CtrlCSaves())  # Ctrl-C saves last.ckpt as SIGTERM does
         extra += [BestSummary(), EpochSummary()]  # EpochSummary: a line per epoch in a log file
         kwargs.update(EpochSummary.trainer_kwargs(trainer_cfg, callbacks))
@@ -529,6 +543,13 @@ class FusionCLI(LightningCLI):
                 "--trainer.devices 1 (or use predict.py)."
             )
 
+    def after_predict(self) -> None:
+        """``--kaggle COMPETITION``: send the written submission (fusion/submission.py)."""
+        cfg = self.config[self.subcommand]
+        if self.writer.written is not None:
+            finish(self.writer.written[0], competition=cfg.get("kaggle"),
+                   message=cfg.get("message"), prog="train.py predict")  # fmt: skip
+
     def before_fit(self) -> None:
         if self.ckpt_file:
             check_resume(Path(self.ckpt_file), self.model)
@@ -557,11 +578,18 @@ def main(
     *,
     finish_wandb: bool = True,
     extra_callbacks: Sequence = (),
+    candidate: str = "fit",
 ) -> FusionCLI:
     """Run the CLI on ``args`` (``sys.argv[1:]`` when None); return it for its trainer.
 
     ``finish_wandb=False`` leaves the W&B run open for the caller to log more and finish
     (``fusion.wandb_report.finish_runs(cli.trainer)``); ``extra_callbacks`` join this fit's
-    (``train.py tune``'s pruner)."""
+    (``train.py tune``'s pruner); ``candidate`` names the run's kind (``fit``, ``cv_fold``,
+    ``tune_trial``: fusion/callbacks.py:RunArtifacts)."""
     with quiet_lightning():  # no litlogger advertisement, no LeafSpec deprecation
-        return FusionCLI(args=args, finish_wandb=finish_wandb, extra_callbacks=extra_callbacks)
+        return FusionCLI(
+            args=args,
+            finish_wandb=finish_wandb,
+            extra_callbacks=extra_callbacks,
+            candidate=candidate,
+        )

@@ -174,18 +174,22 @@ def drop_anonymous(init: dict) -> None:
         init.pop("anonymous", None)
 
 
+def config_logged_once(params) -> None:
+    """A W&B logger's ``log_hyperparams``: nothing. Lightning would log the model's
+    hyper-parameters un-prefixed (``lr`` beside the config's ``model.lr``); the run's
+    config is the whole resolved config, flattened once (fusion/runs.py:RunConfigSaver)."""
+
+
 class RunWandbLogger(WandbLogger):
-    """``WandbLogger`` without Lightning's private ``_instantiator`` hyper-parameter (nor
-    its ``anonymous=None``, see :func:`drop_anonymous`)."""
+    """``WandbLogger`` whose config is only the run's resolved config (see
+    :func:`config_logged_once`), without ``anonymous=None`` (:func:`drop_anonymous`)."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         drop_anonymous(self._wandb_init)
 
     def log_hyperparams(self, params) -> None:
-        if isinstance(params, dict):
-            params = {k: v for k, v in params.items() if not str(k).startswith("_")}
-        super().log_hyperparams(params)
+        config_logged_once(params)
 
 
 def _say_mode(mode: str, why: str, run_dir: Path) -> None:
@@ -237,6 +241,7 @@ def adopt_user_loggers(loggers: Sequence[Logger], run_dir: Path, *, settings: di
         if not isinstance(logger, WandbLogger) or logger._experiment is not None:
             continue
         init = logger._wandb_init
+        logger.log_hyperparams = config_logged_once  # the config once, as for our logger
         mode, why = wandb_mode_and_reason()
         offline = logger._offline or init.get("mode") in ("offline", "dryrun")
         values = {**settings, "dir": str(Path(run_dir).resolve())}

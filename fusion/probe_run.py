@@ -12,8 +12,11 @@ the image, text and concatenated embeddings and writes a run directory like a fi
     metrics.csv             features,C,val/acc_top1 for every fit of the sweep
     val_predictions.csv     id,label,pred,confidence of the best feature set on val
     submission.csv          Id,Category of the best feature set on the test split
+                            (--category index|name; --kaggle COMPETITION sends it)
     submission.probs.npz    its probabilities (ensemble them like a head's)
-    wandb/                  the W&B run (offline unless logged in)
+    submission.json         its metadata (fusion/submission.py)
+    wandb/                  the W&B run, candidate "probe": best/val/acc_top1 and the
+                            submission artifact (offline unless logged in)
 
 Every later ``train.py fit`` on the same store prints its best val accuracy next to these.
 """
@@ -27,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 from jsonargparse import ArgumentParser
-from lightning.pytorch.loggers import WandbLogger
 
 from feature_store import load_arrays, open_store
 from feature_store.console import show_path
 from fusion.exit import ExitError
-from fusion.predict import write_csv, write_predictions_csv, write_submission
+from fusion.predict import write_csv, write_predictions_csv
 from fusion.probe import DEFAULT_CS, fit_probe
+from fusion.submission import add_submission_arguments, write_submission
+from fusion.wandb_report import add_wandb_arguments
 
 VIEWS = ("image", "text", "concat")
 PROBE_FILE = "probe.json"
@@ -71,19 +75,16 @@ def parser() -> ArgumentParser:
     p.add_argument("--probe.views", type=list[str], default=list(VIEWS), help="feature sets")
     p.add_argument("--run_dir", type=str | None, default=None, help="run directory")
     p.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")
-    p.add_argument("--wandb_project", type=str | None, default=None, help="= --wandb.project")
-    p.add_argument("--wandb.project", type=str | None, default=None, help="else $WANDB_PROJECT")
-    p.add_argument("--wandb.entity", type=str | None, default=None, help="else $WANDB_ENTITY")
-    p.add_argument("--wandb.group", type=str | None, default=None, help="default: probe")
-    p.add_argument("--wandb.tags", type=list[str] | None, default=None, help="else $WANDB_TAGS")
-    p.add_argument("--wandb.job_type", type=str | None, default=None, help="default: probe")
+    add_wandb_arguments(p, kind="probe")
+    add_submission_arguments(p)
     return p
 
 
 def run_probe(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``python train.py probe``; returns the run directory."""
     from fusion.cli import new_run_dir
-    from fusion.loggers import make_loggers, wandb_settings
+    from fusion.submission import finish
+    from fusion.wandb_report import candidate_settings, log_candidate
 
     p = parser()
     cfg = p.parse_args(list(argv) if argv is not None else None)
@@ -135,33 +136,40 @@ def run_probe(argv: Sequence[str] | None = None) -> Path:
     write_csv(run / "metrics.csv", ["features", "C", "val/acc_top1"], sweep_rows)
     val_probs = probes[best].predict_proba(x_val[best])
     write_predictions_csv(run / "val_predictions.csv", val.ids, val.labels, val_probs)
+    score = {"best/val/acc_top1": results[best]["val_acc_top1"]}
+    submission = None
     if cfg.data.predict_split:
         test = load_arrays(store, cfg.data.predict_split)
         probs = probes[best].predict_proba(views(test)[best])
-        write_submission(run / "submission.csv", test.ids, probs, class_names=info.class_names)
+        submission, _ = write_submission(
+            run / "submission.csv",
+            test.ids,
+            probs,
+            class_names=info.class_names,
+            category=cfg.category,
+            candidate="probe",
+            message=cfg.message,
+            meta={**score, "features": best, "C": probes[best].best_c},
+        )
     summary = {"store": store_key(store), "best": best, "results": results}
     (run / PROBE_FILE).write_text(json.dumps(summary, indent=2))
-    settings = wandb_settings(
+    log_candidate(
         run,
-        group="probe",
-        project=cfg.wandb.project or cfg.wandb_project,
-        entity=cfg.wandb.entity,
-        tags=cfg.wandb.tags,
-        job_type=cfg.wandb.job_type,
-        default_job_type="probe",
-        group_override=cfg.wandb.group,
+        candidate="probe",
+        settings=candidate_settings(run, cfg, kind="probe"),
+        config=cfg.as_dict(),
+        summary={
+            **score,
+            "best/features": best,
+            **{f"probe/{v}/val_acc_top1": r["val_acc_top1"] for v, r in results.items()},
+        },
+        submission=submission,
     )
-    loggers = make_loggers(run, settings=settings)
-    for logger in (lg for lg in loggers if isinstance(lg, WandbLogger)):  # metrics.csv is ours
-        logger.log_hyperparams({"probe": dict(cfg.probe), "data": dict(cfg.data)})
-        logger.log_metrics(
-            {f"probe/{v}/val_acc_top1": r["val_acc_top1"] for v, r in results.items()}, step=0
-        )
-        logger.finalize("success")
-        logger.experiment.finish()
     print(
         f"best: {best} (val/acc_top1 {results[best]['val_acc_top1']:.4f}); wrote {show_path(run)}"
     )
+    if submission is not None:
+        finish(submission, competition=cfg.kaggle, message=cfg.message, prog="train.py probe")
     return run
 
 

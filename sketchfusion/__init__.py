@@ -128,14 +128,17 @@ def predict(
     split: str = "test",
     strict: bool = False,
     allow_store_mismatch: bool = False,
+    category: str = "index",
 ) -> Path:
-    """predict.py: write the ``Id,Category`` submission of ``split`` (and ``OUT.probs.npz``).
+    """predict.py: write the ``Id,Category`` submission of ``split`` (and ``OUT.probs.npz``,
+    ``OUT.json``); ``category="name"`` writes class names instead of indices.
 
     ``checkpoint``: one train.py checkpoint or a list (their probabilities are averaged).
     Inputs that failed extraction get the train class prior, with a warning; ``strict``
     raises :class:`StoreError` instead. Returns the submission's path.
     """
-    from fusion.predict import complete_split, predict_probs, write_submission
+    from fusion.predict import complete_split, predict_probs
+    from fusion.submission import write_submission
 
     checkpoints = [str(c) for c in (checkpoint if isinstance(checkpoint, list) else [checkpoint])]
     root = os.fspath(store)
@@ -147,7 +150,12 @@ def predict(
             raise StoreError(f"{what}; strict=True refuses a submission with fallback rows")
         warnings.warn(f"{what}; their rows use the train class prior", stacklevel=2)
     submission, _ = write_submission(
-        out, ids, probs, class_names=open_store(root).class_names, checkpoints=checkpoints
+        out,
+        ids,
+        probs,
+        class_names=open_store(root).class_names,
+        checkpoints=checkpoints,
+        category=category,
     )
     return submission
 
