@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from jsonargparse import ArgumentParser
 from lightning.pytorch.loggers import WandbLogger
 
 from feature_store import load_arrays, open_store
+from feature_store.cli import CliParser
 from feature_store.console import show_path
 from fusion.exit import ExitError
 from fusion.predict import write_csv, write_predictions_csv, write_submission
@@ -58,8 +58,8 @@ def store_key(store: str | Path) -> dict:
     }
 
 
-def parser() -> ArgumentParser:
-    p = ArgumentParser(prog="train.py probe", description=__doc__.split("\n\n")[0])
+def parser() -> CliParser:
+    p = CliParser(prog="train.py probe", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", "-c", action="config", help="a YAML of these options")
     p.add_argument("--data.store", type=str, required=True, help="feature-store directory")
     p.add_argument("--data.train_split", type=str, default="train")
