@@ -33,7 +33,7 @@ from feature_store.cli import CliParser
 from feature_store.console import show_path
 from fusion.exit import ExitError
 from fusion.predict import write_csv, write_predictions_csv, write_submission
-from fusion.probe import DEFAULT_CS, fit_probe
+from fusion.probe import DEFAULT_CS, DEFAULT_MAX_ITER, fit_probe
 
 VIEWS = ("image", "text", "concat")
 PROBE_FILE = "probe.json"
@@ -66,7 +66,9 @@ def parser() -> CliParser:
     p.add_argument("--data.val_split", type=str, default="val")
     p.add_argument("--data.predict_split", type=str, default="test", help="'' to skip")
     p.add_argument("--probe.cs", type=list[float], default=list(DEFAULT_CS), help="C values")
-    p.add_argument("--probe.max_iter", type=int, default=300, help="L-BFGS iterations per C")
+    p.add_argument(
+        "--probe.max_iter", type=int, default=DEFAULT_MAX_ITER, help="L-BFGS iterations per C"
+    )
     p.add_argument("--probe.max_dim", type=int | None, default=None, help="PCA past this many dims")
     p.add_argument("--probe.views", type=list[str], default=list(VIEWS), help="feature sets")
     p.add_argument("--run_dir", type=str | None, default=None, help="run directory")
