@@ -5,7 +5,8 @@ $ python -m analysis -c report.yaml --probe_train 0        # a YAML of these opt
 
 Writes REPORT_DIR/report.html (figures embedded, opens offline) and REPORT_DIR/figures/*.png.
 The caps keep a 50,000-row, 500-class store under a few minutes on 2 cores; raise them for
-more faithful numbers on a bigger machine (0 lifts a cap). Exit codes: 0 written, 2 bad
+more faithful numbers on a bigger machine (0 lifts a cap;
+``--tsne_points 0`` skips t-SNE). Exit codes: 0 written, 2 bad
 input (one line naming it), 1 an internal error.
 """
 

@@ -39,7 +39,9 @@ def embed_2d(x: np.ndarray, labels: np.ndarray, *, tsne_points: int, seed: int =
         lda = LinearDiscriminantAnalysis(n_components=2)
         out["LDA"] = (lda.fit_transform(x, labels), labels)
     idx = balanced_sample(labels, tsne_points, seed=seed)
-    if len(idx) < 5:
+    if tsne_points == 0:  # --tsne_points 0 turns t-SNE off; it is not a cap to lift
+        out["t-SNE"] = "t-SNE skipped (--tsne_points 0)."
+    elif len(idx) < 5:
         out["t-SNE"] = f"t-SNE needs at least 5 points; the sample has {len(idx)}."
     else:
         xs = x[idx]

@@ -20,7 +20,7 @@ from analysis.clustering import add_clustering
 from analysis.data import class_subset, load_views
 from analysis.html import Report
 from analysis.patches import add_patch_view
-from analysis.probes import DEFAULT_CS, add_probes
+from analysis.probes import DEFAULT_CS, DEFAULT_MAX_ITER, add_probes
 from analysis.projections import add_projections
 from analysis.retrieval import add_image_retrieval, add_text_search
 from analysis.run_report import add_run
@@ -43,7 +43,7 @@ class ReportOptions:
     probe_train: int | None = 5000
     probe_val: int | None = 2500
     probe_cs: tuple[float, ...] = DEFAULT_CS
-    probe_max_iter: int = 100
+    probe_max_iter: int = DEFAULT_MAX_ITER
     probe_dim: int | None = 256
     knn_k: int = 10
     cluster_points: int | None = 5000
@@ -60,6 +60,23 @@ class ReportResult:
     timings: dict[str, float]
 
 
+def model_label(entry) -> str:
+    """A manifest ``models`` entry as one readable cell: its model name or path, else where
+    its output came from (``captions from /data/captions.csv`` for ``input.captions_csv``),
+    else its plain fields, never a Python dict."""
+    ref = model_ref(entry)
+    if ref:
+        return ref
+    if not isinstance(entry, dict):
+        return str(entry)
+    if entry.get("captions_csv"):
+        return f"captions from {entry['captions_csv']}"
+    if entry.get("source"):
+        return str(entry["source"])
+    plain = {k: v for k, v in entry.items() if isinstance(v, str | int | float) and v != ""}
+    return ", ".join(f"{k} {v}" for k, v in plain.items() if "sha" not in k) or "?"
+
+
 def _overview(report: Report, views) -> None:
     info = views.info
     sec = report.section("Store")
@@ -72,7 +89,7 @@ def _overview(report: Report, views) -> None:
     models = info.manifest.get("models") or {}
     if models:
         rows = [
-            [role, model_ref(v) or str(v)]
+            [role, model_label(v)]
             + ([v.get("pooling", ""), v.get("dim", "")] if isinstance(v, dict) else ["", ""])
             for role, v in models.items()
         ]

@@ -19,6 +19,7 @@ import numpy as np
 from analysis.run_summary import run_summary, summary_table
 from analysis.style import MIN_TEXT_PT
 from analysis.thumbs import Tile, tile_grid
+from fusion.plots import weight_labels
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
@@ -41,7 +42,7 @@ def series(rows: list[dict[str, str]], name: str) -> tuple[np.ndarray, np.ndarra
     return (np.array(xs), np.array(ys)) if ys else None
 
 
-def _plot_curves(sec, rows) -> None:
+def _plot_curves(sec, rows, head: str | None = None) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     drawn = 0
     for ax, metric in zip(axes, ("acc_top1", "loss"), strict=True):
@@ -63,14 +64,15 @@ def _plot_curves(sec, rows) -> None:
     if alpha is None and beta is None:
         sec.note("No alpha/beta history in metrics.csv (not a dual-logit run): no alpha/beta plot.")
         return
+    first, second, what = weight_labels(head)
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    for name, s in (("alpha (image)", alpha), ("beta (text)", beta)):
+    for name, s in ((first, alpha), (second, beta)):
         if s is not None:
             ax.plot(*s, label=name)
     ax.set_xlabel("step")
     ax.axhline(0, color="#999", lw=0.5)
     ax.legend()
-    sec.figure("alpha_beta", fig, "Dual-logit weights: z = alpha f(image) + beta g(text)")
+    sec.figure("alpha_beta", fig, what[0].upper() + what[1:])
 
 
 def confusion_pairs(labels: np.ndarray, preds: np.ndarray, top: int) -> list[tuple[int, int, int]]:
@@ -143,7 +145,7 @@ def add_run(report, views, run_dir: Path, *, worst: int = 20, pairs: int = 15) -
     header, row = summary_table(out["summary"], views.info.root)
     sec.table(header, [row], "summary (the best checkpoint's epoch and val accuracy)")
     if rows:
-        _plot_curves(sec, rows)
+        _plot_curves(sec, rows, out["summary"]["head"])
     else:
         sec.note(f"{metrics} is missing or empty: no curves.")
     preds_file = run_dir / "val_predictions.csv"

@@ -11,6 +11,7 @@ option; an internal error exits 1 with its traceback (Python's own behaviour).
 
 from __future__ import annotations
 
+import difflib
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -30,17 +31,34 @@ def one_line(message: str) -> str:
     return " ".join(re.sub(r'Parser key "([^"]+)":', r"--\1:", message).split())
 
 
+def option_names(parser: ArgumentParser) -> list[str]:
+    """Every ``--long`` option string of ``parser`` (dotted ones included)."""
+    return [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+
+
+def unknown_option(message: str, parser: ArgumentParser) -> str | None:
+    """``unknown option --model.droput; did you mean --model.dropout?`` for jsonargparse's
+    ``unrecognized arguments: --model.droput 0.3``, the nearest of ``parser``'s option names
+    by difflib's ratio; None for any other message."""
+    found = re.search(r"unrecognized arguments: (\S+)", message)
+    option = found.group(1).split("=")[0] if found else ""
+    if not option.startswith("-"):  # a stray value, not an option: jsonargparse's words
+        return None
+    close = difflib.get_close_matches(option, option_names(parser), n=1)
+    if close:
+        return f"unknown option {option}; did you mean {close[0]}?"
+    return f"unknown option {option} (options: {parser.prog} --help)"
+
+
 class CliParser(ArgumentParser):
     """jsonargparse's parser whose usage errors are one stderr line and exit code 2."""
 
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # a caller that handles ArgumentError itself
             return super().error(message, ex)
-        print(
-            f"{error_name(self.prog)}: error: {one_line(message)} (options: {self.prog} --help)",
-            file=sys.stderr,
-            flush=True,
-        )
+        line = unknown_option(message, getattr(ex, "subcommand_parser", None) or self)
+        line = line or f"{one_line(message)} (options: {self.prog} --help)"
+        print(f"{error_name(self.prog)}: error: {line}", file=sys.stderr, flush=True)
         self.exit(EXIT_BAD_INPUT)
 
 

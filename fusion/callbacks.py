@@ -198,7 +198,10 @@ class RunArtifacts(L.Callback):
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if history:
             png = plot_alpha_beta(
-                history, run / "alpha_beta.png", title=f"{run.parent.name}/{run.name}"
+                history,
+                run / "alpha_beta.png",
+                title=f"{run.parent.name}/{run.name}",
+                head=pl_module.hparams.get("head"),
             )
             for logger in wandb_loggers:
                 logger.log_image(key="fusion/alpha_beta", images=[str(png)])

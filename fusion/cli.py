@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_info
 
 from feature_store import open_store
+from feature_store.cli import EXIT_BAD_INPUT, unknown_option
 from feature_store.console import quiet_lightning, show_path
 from fusion.callbacks import (
     EpochSummary,
@@ -181,6 +183,19 @@ def resume_run_dir(base: Path, run_dir: str | None) -> Path:
     return candidates[-1]
 
 
+class FusionArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser; an unknown option (``--model.droput``) is one line naming the
+    nearest real one, exit code 2. Other usage errors keep jsonargparse's usage text."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        parser = getattr(ex, "subcommand_parser", None) or self
+        line = unknown_option(message, parser) if self.exit_on_error else None
+        if line is None:
+            return super().error(message, ex)
+        print(f"train.py: error: {line}", file=sys.stderr, flush=True)
+        self.exit(EXIT_BAD_INPUT)
+
+
 class FusionCLI(LightningCLI):
     """LightningCLI with the store's dims linked into the model and a run directory per fit."""
 
@@ -198,6 +213,7 @@ class FusionCLI(LightningCLI):
         # (fusion/callbacks.py:RunArtifacts; only a "fit" writes RUN/submission.csv).
         self.finish_wandb, self.candidate = finish_wandb, candidate
         self.extra_callbacks = list(extra_callbacks)
+        kwargs.setdefault("parser_class", FusionArgumentParser)
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resume rewrites it
         kwargs.setdefault("seed_everything_default", 0)

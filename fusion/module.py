@@ -137,7 +137,11 @@ class FusionModule(L.LightningModule):
         fusion_dim: projection, projection_ref only: width each modality is projected to.
         weighting: dual_logit only: ``penalty`` (alpha, beta free, the report's penalty) or
             ``softmax`` ((alpha, beta) = softmax(w), no penalty).
-        penalty_lambda: dual_logit only: weight of the penalty keeping alpha + beta near 1.
+        penalty_lambda: dual_logit only: slope of the penalty's L1 pull of alpha + beta toward
+            1 (and of alpha, beta toward >= 0). A constant pull, not a constraint: alpha +
+            beta also scales the logits, and the sum settles above 1 wherever sharper logits
+            lower the training loss by more than lambda (2.57 on the demo at 0.1); read
+            alpha / (alpha + beta) as the image's share, or use weighting softmax.
         modality_dropout: concat, projection, dual_logit, gated only: per-row chance of
             dropping the text input, and the same chance of dropping the image, in training.
         gate_hidden: gated only: hidden width of the gate (0: a linear gate).

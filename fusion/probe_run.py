@@ -29,13 +29,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from jsonargparse import ArgumentParser
 
 from feature_store import load_arrays, open_store
+from feature_store.cli import CliParser
 from feature_store.console import show_path
 from fusion.exit import ExitError
 from fusion.predict import write_csv, write_predictions_csv
-from fusion.probe import DEFAULT_CS, fit_probe
+from fusion.probe import DEFAULT_CS, DEFAULT_MAX_ITER, fit_probe
 from fusion.submission import add_submission_arguments, write_submission
 from fusion.wandb_report import add_wandb_arguments
 
@@ -62,15 +62,17 @@ def store_key(store: str | Path) -> dict:
     }
 
 
-def parser() -> ArgumentParser:
-    p = ArgumentParser(prog="train.py probe", description=__doc__.split("\n\n")[0])
+def parser() -> CliParser:
+    p = CliParser(prog="train.py probe", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", "-c", action="config", help="a YAML of these options")
     p.add_argument("--data.store", type=str, required=True, help="feature-store directory")
     p.add_argument("--data.train_split", type=str, default="train")
     p.add_argument("--data.val_split", type=str, default="val")
     p.add_argument("--data.predict_split", type=str, default="test", help="'' to skip")
     p.add_argument("--probe.cs", type=list[float], default=list(DEFAULT_CS), help="C values")
-    p.add_argument("--probe.max_iter", type=int, default=300, help="L-BFGS iterations per C")
+    p.add_argument(
+        "--probe.max_iter", type=int, default=DEFAULT_MAX_ITER, help="L-BFGS iterations per C"
+    )
     p.add_argument("--probe.max_dim", type=int | None, default=None, help="PCA past this many dims")
     p.add_argument("--probe.views", type=list[str], default=list(VIEWS), help="feature sets")
     p.add_argument("--run_dir", type=str | None, default=None, help="run directory")

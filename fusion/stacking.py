@@ -282,15 +282,14 @@ def from_cv(cv_dirs: Sequence[str], predict: bool) -> StackRows:
 
 def run_stack(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``python train.py stack``; returns the run directory."""
-    from jsonargparse import ArgumentParser
-
+    from feature_store.cli import CliParser
     from fusion.cli import new_run_dir
     from fusion.exit import ExitError
     from fusion.predict import write_predictions_csv
     from fusion.submission import add_submission_arguments, finish, write_submission
     from fusion.wandb_report import add_wandb_arguments, candidate_settings, log_candidate
 
-    p = ArgumentParser(prog="train.py stack", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="train.py stack", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", "-c", action="config", help="a YAML of these options")
     p.add_argument(
         "--checkpoint",
