@@ -16,7 +16,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from analysis.run_summary import run_summary, summary_table
+from analysis.run_kind import RunDir
+from analysis.run_summary import probe_table, run_store, run_summary, stack_table, summary_table
 from analysis.style import MIN_TEXT_PT
 from analysis.thumbs import Tile, tile_grid
 
@@ -130,23 +131,50 @@ def _predictions(sec, path: Path, names: list[str]):
     return ids, labels[keep], preds[keep], conf[keep]
 
 
-def add_run(report, views, run_dir: Path, *, worst: int = 20, pairs: int = 15) -> dict:
-    sec = report.section("Training run")
-    run_dir = Path(run_dir)
-    out: dict = {}
-    if not run_dir.is_dir():
-        sec.note(f"Run directory {run_dir} does not exist.")
-        return out
-    metrics = run_dir / "metrics.csv"
-    rows = read_metrics(metrics) if metrics.is_file() else []
-    out["summary"] = run_summary(run_dir, views.info.root, rows)
-    header, row = summary_table(out["summary"], views.info.root)
+def _summary(sec, views, run: RunDir, rows) -> dict:
+    """The section's first table, for the kind of run; {"summary": ...} for a fit."""
+    if run.kind == "stack":
+        table = stack_table(run.path)
+        if table is None:
+            sec.note(f"{run.path / 'stack.json'} is unreadable or incomplete: no stack summary.")
+        else:
+            sec.table(*table, "train.py stack: the stack and each member alone")
+        return {"stack": table}
+    if run.kind == "probe":
+        table = probe_table(run.path)
+        if table is None:
+            sec.note(f"{run.path / 'probe.json'} is unreadable or incomplete: no probe summary.")
+        else:
+            sec.table(*table, "train.py probe: logistic regression per feature set, C on val")
+        return {"probe": table}
+    summary = run_summary(run.path, views.info.root, rows)
+    header, row = summary_table(summary, views.info.root)
     sec.table(header, [row], "summary (the best checkpoint's epoch and val accuracy)")
-    if rows:
+    return {"summary": summary}
+
+
+def _store_note(sec, views, run: RunDir) -> None:
+    made_on = run_store(run.path, run.kind)
+    if made_on and Path(made_on).resolve() != Path(views.info.root).resolve():
+        sec.note(
+            f"This run was made on the store {made_on}, not on --store {views.info.root}: "
+            "predictions are matched to this store's rows by id."
+        )
+
+
+def add_run(report, views, run: RunDir, *, worst: int = 20, pairs: int = 15) -> dict:
+    """The run section of a ``train.py fit``, ``probe`` or ``stack`` run (:mod:`run_kind`)."""
+    titles = {"fit": "Training run", "probe": "Linear-probe run", "stack": "Stack run"}
+    sec = report.section(titles[run.kind])
+    metrics = run.path / "metrics.csv"
+    rows = read_metrics(metrics) if run.kind == "fit" and metrics.is_file() else []
+    out = _summary(sec, views, run, rows)
+    _store_note(sec, views, run)
+    if run.kind == "fit" and rows:
         _plot_curves(sec, rows)
-    else:
+    elif run.kind == "fit":
         sec.note(f"{metrics} is missing or empty: no curves.")
-    preds_file = run_dir / "val_predictions.csv"
+    preds_file = run.predictions
     if not preds_file.is_file():
         sec.note(f"{preds_file} is missing: no per-class accuracy, confusions or worst images.")
         return out
@@ -160,13 +188,14 @@ def add_run(report, views, run_dir: Path, *, worst: int = 20, pairs: int = 15) -
     out["per_class"] = acc
     present = np.flatnonzero(~np.isnan(acc))
     worst_cls = present[np.lexsort((present, acc[present]))][:worst]
-    sec.text(f"Val top-1 from val_predictions.csv: {out['val_acc']:.4f} over {len(ids)} rows.")
+    which = "Out-of-fold" if preds_file.name.startswith("oof") else "Val"
+    sec.text(f"{which} top-1 from {preds_file.name}: {out['val_acc']:.4f} over {len(ids)} rows.")
     fig = per_class_figure([names[c] for c in worst_cls], acc[worst_cls])
     sec.figure(
         "per_class_worst",
         fig,
-        f"The {len(worst_cls)} classes with the lowest val accuracy, worst at the top "
-        "(a class at 0 shows as a short dark stub)",
+        f"The {len(worst_cls)} classes with the lowest accuracy in {preds_file.name}, worst at "
+        "the top (a class at 0 shows as a short dark stub)",
     )
     top_pairs = confusion_pairs(labels, preds, pairs)
     out["pairs"] = top_pairs
@@ -174,7 +203,7 @@ def add_run(report, views, run_dir: Path, *, worst: int = 20, pairs: int = 15) -
         _confusion_figure(sec, top_pairs, labels, preds, names)
         _worst_images(sec, views, ids, labels, preds, conf)
     else:
-        sec.note("No val mistakes: no confusion pairs or worst images.")
+        sec.note(f"No mistakes in {preds_file.name}: no confusion pairs or worst images.")
     return out
 
 
@@ -206,19 +235,19 @@ def _confusion_figure(sec, top_pairs, labels, preds, names) -> None:
 def _worst_images(sec, views, ids, labels, preds, conf, n: int = 8) -> None:
     wrong = np.flatnonzero(labels != preds)
     order = wrong[np.argsort(-np.nan_to_num(conf[wrong], nan=0.0), kind="stable")][:n]
-    lookup = {}
-    if views.val is not None:
-        lookup = {i: k for k, i in enumerate(views.val.ids)}
+    # val first; train too, for a --cv stack's out-of-fold rows
+    splits = [s for s in (views.val, views.train) if s is not None]
+    lookup = {i: (s, k) for s in reversed(splits) for k, i in enumerate(s.ids)}
     names, tiles, unmatched = views.class_names, [], 0
     for i in order:
-        k = lookup.get(ids[i])
+        split, k = lookup.get(ids[i], (None, None))
         unmatched += k is None
-        path = views.val.paths[k] if k is not None else ""
-        caption = views.val.captions[k] if k is not None else "(id not in the store's val split)"
+        path = split.paths[k] if split is not None else ""
+        caption = split.captions[k] if split is not None else "(id not in the store)"
         text = f"true {names[labels[i]]} / pred {names[preds[i]]} ({conf[i]:.2f}): {caption}"
         tiles.append(Tile(path, text, "red"))
     rows = [tiles[j : j + 4] for j in range(0, len(tiles), 4)]
     fig, _ = tile_grid(rows, views.info.root)
     sec.figure("worst_val", fig, "Most confident mistakes on val, with their captions")
     if unmatched:
-        sec.note(f"{unmatched} worst-image ids were not found in the store's val split.")
+        sec.note(f"{unmatched} worst-image ids were not found in the store's val or train split.")
