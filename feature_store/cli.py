@@ -11,9 +11,11 @@ option; an internal error exits 1 with its traceback (Python's own behaviour).
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -64,3 +66,36 @@ def renamed_options(argv: Sequence[str], renames: Mapping[str, str], prog: str) 
             arg = new + eq + value
         out.append(arg)
     return out
+
+
+class OptionFileError(ValueError):
+    """A file given by an option cannot be read as text; the message names the fix."""
+
+
+def read_option_file(path: str | os.PathLike, option: str, expected: str) -> str:
+    """The text of the file an option names (``--input.captions_csv x.csv``), UTF-8 with or
+    without a BOM. A missing file, a directory or another encoding (a Latin-1 export, say)
+    raise :class:`OptionFileError` naming ``option``, the file and the fix; ``expected`` says
+    what the file holds ("the id,caption CSV file")."""
+    path = Path(path)
+    if path.is_dir():
+        raise OptionFileError(f"{option} {path} is a directory; give {expected}")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise OptionFileError(f"{option} {path} does not exist; give {expected}") from None
+    except OSError as err:
+        raise OptionFileError(
+            f"{option} {path} cannot be read ({err.strerror or err}); give {expected}"
+        ) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise OptionFileError(
+            f"{option} {path} is not UTF-8 text: byte 0x{data[err.start]:02x} at line {line}, "
+            f"column {column} (byte {err.start} of the file). Save it as UTF-8, e.g. iconv -f "
+            f"latin1 -t utf-8 {path} > {path.with_suffix('.utf8' + path.suffix).name}, and "
+            "pass that file"
+        ) from None
