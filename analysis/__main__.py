@@ -115,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     if opts.out.exists() and not opts.out.is_dir():
         return _bad_input(f"--out {opts.out} is a file; give a directory for the report "
                           "(report.html and figures/ go into it)")  # fmt: skip
+    store = opts.store.resolve()
+    in_store = opts.out.resolve() == store or store in opts.out.resolve().parents
+    if in_store and (store / "manifest.json").is_file():
+        return _bad_input(f"--out {opts.out} is inside the store {opts.store}, which data_prep "
+                          "writes and nothing else may; give a directory outside it, e.g. "
+                          "--out report/")  # fmt: skip
     try:
         result = build_report(opts)
     except (StoreError, ValueError) as err:  # bad store or --classes: the message names the fix

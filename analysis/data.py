@@ -9,6 +9,7 @@ dims come from the manifest, never from constants.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from feature_store.cli import read_option_file
 from feature_store.integrity import non_finite_rows
 from feature_store.layout import SplitArrays, StoreInfo, load_arrays, open_store
 
@@ -92,13 +94,11 @@ def take(arrays: SplitArrays, idx: np.ndarray) -> SplitArrays:
 def read_display_names(path: str | Path, class_names: list[str]) -> list[str]:
     """Names to show per class from a ``class,name`` CSV (store class name, name to show,
     e.g. ``n01440764,tench``); classes it does not list keep their store name."""
+    text = read_option_file(path, "--display_names", "a class,name CSV file")  # ValueError
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(
-            f"--display_names {path} cannot be read ({err}); give a CSV file"
-        ) from None
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as err:
+        raise ValueError(f"--display_names {path} is not a CSV file ({err})") from None
     if not rows or not {"class", "name"} <= set(rows[0]):
         raise ValueError(
             f"--display_names {path} needs a header line class,name and one row per class "

@@ -23,8 +23,26 @@ from analysis.thumbs import Tile, tile_grid
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
+    with path.open(newline="", errors="replace") as f:
         return list(csv.DictReader(f))
+
+
+def _whole(row: dict) -> bool:
+    """A row CSVLogger wrote whole: every field present (no extra ones) and a number or empty."""
+    if None in row or None in row.values():
+        return False
+    try:
+        [float(v) for v in row.values() if v != ""]
+    except ValueError:
+        return False
+    return True
+
+
+def whole_rows(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[int]]:
+    """(the rows written whole, the file line numbers of torn ones: a disk that filled up
+    mid-row leaves fields missing or shifted, e.g. an lr value under val/acc_top1)."""
+    torn = [i + 2 for i, r in enumerate(rows) if not _whole(r)]  # line 1 is the header
+    return [r for r in rows if _whole(r)], torn
 
 
 def series(rows: list[dict[str, str]], name: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -113,21 +131,35 @@ def per_class_figure(class_names: list[str], acc: np.ndarray):
     return fig
 
 
+def _prediction_row(r: dict) -> tuple[str, int, int, float] | None:
+    """(id, label, pred, confidence) of a row, None for a torn one."""
+    try:
+        return r["id"], int(r["label"]), int(r["pred"]), float(r.get("confidence") or "nan")
+    except (TypeError, ValueError):
+        return None
+
+
 def _predictions(sec, path: Path, names: list[str]):
-    with path.open(newline="") as f:
+    with path.open(newline="", errors="replace") as f:
         rows = list(csv.DictReader(f))
     need = {"id", "label", "pred"}
     if not rows or not need <= rows[0].keys():
         sec.note(f"{path} is empty or lacks columns {sorted(need)}; skipped.")
         return None
-    labels = np.array([int(r["label"]) for r in rows])
-    preds = np.array([int(r["pred"]) for r in rows])
-    conf = np.array([float(r.get("confidence") or "nan") for r in rows])
+    parsed = [_prediction_row(r) for r in rows]
+    torn = [i + 2 for i, p in enumerate(parsed) if p is None]  # line 1 is the header
+    if torn:
+        sec.note(f"{path}: {len(torn)} rows are not id,label,pred,confidence numbers (lines "
+                 f"{torn[:5]}); left out.")  # fmt: skip
+    parsed = [p for p in parsed if p is not None]
+    labels = np.array([p[1] for p in parsed], dtype=np.int64)
+    preds = np.array([p[2] for p in parsed], dtype=np.int64)
+    conf = np.array([p[3] for p in parsed], dtype=float)
     bad = (labels < 0) | (labels >= len(names)) | (preds < 0) | (preds >= len(names))
     if bad.any():
         sec.note(f"{int(bad.sum())} rows of {path.name} have labels outside the store's classes.")
     keep = ~bad
-    ids = [r["id"] for r, k in zip(rows, keep, strict=True) if k]
+    ids = [p[0] for p, k in zip(parsed, keep, strict=True) if k]
     return ids, labels[keep], preds[keep], conf[keep]
 
 
@@ -168,7 +200,11 @@ def add_run(report, views, run: RunDir, *, worst: int = 20, pairs: int = 15) -> 
     sec = report.section(titles[run.kind])
     metrics = run.path / "metrics.csv"
     rows = read_metrics(metrics) if run.kind == "fit" and metrics.is_file() else []
+    rows, torn = whole_rows(rows)
     out = _summary(sec, views, run, rows)
+    if torn:
+        sec.note(f"{metrics}: {len(torn)} torn rows left out (lines {torn[:5]}): fields missing "
+                 "or not numbers, as a full disk or a killed run leaves them.")  # fmt: skip
     _store_note(sec, views, run)
     if run.kind == "fit" and rows:
         _plot_curves(sec, rows)

@@ -230,3 +230,53 @@ def test_a_failed_section_keeps_the_report_and_exits_1(runs, tmp_path, monkeypat
     assert "analysis: error: sections captions failed" in err
     page = (tmp_path / "o" / "report.html").read_text()
     assert failed_sections(page) == ["captions (failed)"] and "map_image" in embedded_figures(page)
+
+
+def test_torn_rows_of_a_run_are_left_out_and_counted(runs, tmp_path, capsys):
+    from tests.fixtures_analysis import write_fit_config, write_metrics, write_predictions
+
+    run = tmp_path / "run"
+    write_metrics(run, steps=8)
+    write_fit_config(run)
+    _, labels, preds = write_predictions(run, runs / "store")
+    whole = (run / "metrics.csv").read_text()
+    with (run / "metrics.csv").open("a") as f:  # a full disk: an lr under val/acc_top1, cut
+        f.write("2,,,0.001,8,garbage\n2,,,9")
+    with (run / "val_predictions.csv").open("a") as f:
+        f.write("val_x,3,not-a-class,0.5\nval_y,1")
+    res = build_report(parse_args(_report(runs / "store", tmp_path / "o", "--run", str(run))))
+    assert not res.failed and not failed_sections(res.page.read_text())
+    notes = " ".join(res.report.notes)
+    lines = len(whole.splitlines())
+    assert f"2 torn rows left out (lines [{lines + 1}, {lines + 2}])" in notes
+    assert "2 rows are not id,label,pred,confidence numbers" in notes
+    assert res.numbers["run"]["val_acc"] == pytest.approx(float((labels == preds).mean()))
+    best = res.numbers["run"]["summary"]["best"]
+    assert best["epoch"] == 1 and best["epochs"] == 2  # the torn epoch-2 rows are not counted
+
+
+def test_out_inside_the_store_is_refused(runs, tmp_path, capsys):
+    store = tmp_path / "store"
+    shutil.copytree(runs / "store", store)
+    before = sorted(p.name for p in store.iterdir())
+    for out in (store, store / "report", tmp_path / "." / "store" / ".." / "store" / "r"):
+        assert main(_report(store, out)) == 2
+        assert "is inside the store" in _one_line(capsys.readouterr().err)
+    assert sorted(p.name for p in store.iterdir()) == before
+
+
+def test_display_names_that_are_latin1_or_a_directory(runs, tmp_path, capsys):
+    names = tmp_path / "names.csv"
+    names.write_bytes("class,name\nclass_000,café\n".encode("latin-1"))
+    for given, expected in ((names, "is not UTF-8 text: byte 0xe9 at line 2"),
+                            (tmp_path, "is a directory; give a class,name CSV")):  # fmt: skip
+        assert main(_report(runs / "store", tmp_path / "o", "--display_names", str(given))) == 2
+        line = _one_line(capsys.readouterr().err)
+        assert line.startswith(f"analysis: error: --display_names {given} ") and expected in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_map_of_too_few_points_is_a_note(runs, tmp_path):
+    res = build_report(parse_args(_report(runs / "store", tmp_path / "o", "--map_points", "2")))
+    assert not res.failed
+    assert any("--map_points 2): no maps" in n for n in res.report.notes)
