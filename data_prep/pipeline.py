@@ -56,8 +56,9 @@ def prepare_demo(cfg: PrepConfig, plain: dict[str, Any] | None = None) -> None:
     if not complete and images.is_dir() and any(images.iterdir()):
         # Only a demo folder from before the drawing was atomic can be in this state.
         raise ValueError(
-            f"{images} is an incomplete demo image folder (no test_labels.csv, written "
-            "last): delete it and rerun to draw the demo again"
+            f"--demo.images {images} holds files but no test_labels.csv (the demo writes it "
+            "last), so it is not a finished demo drawing: choose an empty or new --demo.images "
+            "directory (delete this one only if it is a demo drawing that was cut short)"
         )
     option = "--demo.images"
     try:

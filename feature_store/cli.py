@@ -35,6 +35,21 @@ def one_line(message: str) -> str:
 class CliParser(ArgumentParser):
     """jsonargparse's parser whose usage errors are one stderr line and exit code 2."""
 
+    def parse_args(self, args=None, *rest, **kwargs):
+        """A ``-c`` YAML that is not UTF-8 is one line naming it (jsonargparse would raise
+        a bare UnicodeDecodeError that names no file)."""
+        argv = list(sys.argv[1:] if args is None else args)
+        for i, arg in enumerate(argv):
+            name, eq, value = arg.partition("=")
+            if name in ("-c", "--config"):
+                value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+                if value and Path(value).is_file():
+                    try:
+                        read_option_file(value, "--config", "a YAML file of these options")
+                    except OptionFileError as err:
+                        self.error(str(err))
+        return super().parse_args(args, *rest, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None):
         if not self.exit_on_error:  # a caller that handles ArgumentError itself
             return super().error(message, ex)

@@ -26,13 +26,16 @@ def _cli(argv: list[str], monkeypatch) -> int:
     from data_prep.__main__ import _cli as cli
 
     monkeypatch.setattr("sys.argv", ["python -m data_prep", *argv])
-    return cli()
+    try:
+        return cli()
+    except SystemExit as stop:  # an option error, from the parser
+        return stop.code
 
 
-def _one_line(err: str) -> str:
+def _one_line(err: str, prog: str = "data_prep") -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith("data_prep: error: "), err
+    assert lines[0].startswith(f"{prog}: error: "), err
     return lines[0]
 
 
@@ -140,3 +143,39 @@ def test_a_demo_directory_that_is_a_file_names_its_option(tmp_path, monkeypatch,
     if option != "--run.out":
         assert "--run.out" not in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing drawn or built
+
+
+def test_demo_images_in_a_folder_of_other_files_is_not_deleted(tmp_path, monkeypatch, capsys):
+    mine = draw_kaggle_tree(tmp_path / "mine", bad_images=False)  # the user's own images
+    before = sorted(p for p in mine.rglob("*"))
+    argv = ["-c", str(REPO / "configs" / "prep" / "demo.yaml"), "--run.progress", "false",
+            "--demo.images", str(mine), "--run.out", str(tmp_path / "store")]  # fmt: skip
+    assert _cli(argv, monkeypatch) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"--demo.images {mine} holds files but no test_labels.csv" in line
+    assert "choose an empty or new --demo.images" in line
+    assert sorted(p for p in mine.rglob("*")) == before and not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("entry", ["data_prep", "analysis", "predict"])
+def test_a_latin1_config_yaml_is_one_line(tmp_path, monkeypatch, capsys, entry):
+    config = _latin1(tmp_path / "c.yaml", "run:\n  out: stores/x  # café\n")
+    argv = ["-c", str(config)]
+    if entry == "data_prep":
+        rc = _cli(argv, monkeypatch)
+    elif entry == "analysis":
+        from analysis.__main__ import main
+
+        with pytest.raises(SystemExit) as stop:
+            main([*argv, "--store", "s", "--out", str(tmp_path / "o")])
+        rc = stop.value.code
+    else:
+        import predict
+
+        with pytest.raises(SystemExit) as stop:
+            predict.main([f"--config={config}"])
+        rc = stop.value.code
+    assert rc == 2
+    line = _one_line(capsys.readouterr().err, {"predict": "predict.py"}.get(entry, entry))
+    assert f"--config {config} is not UTF-8 text: byte 0xe9 at line 2" in line
+    assert "iconv -f latin1 -t utf-8" in line
