@@ -1,11 +1,14 @@
 """Run sections: accuracy and alpha/beta curves, per-class accuracy, confusions, worst images.
 
-$ python -m analysis --store STORE --run runs/dual_logit --out report
+$ python -m analysis --store STORE --run runs/dual_logit/RUN --out report
 
-Reads only the run directory's files: ``metrics.csv`` (Lightning's CSVLogger: one row per
-log call, columns empty where that call did not log them) and ``val_predictions.csv``
-(id,label,pred,confidence), joined to the store's val split on ``id`` for captions and
-thumbnails.
+Reads only the run directory's files (:mod:`analysis.run_kind` tells a ``train.py fit``,
+``probe`` and ``stack`` run apart): ``metrics.csv`` of a fit (Lightning's CSVLogger: one
+row per log call, columns empty where that call did not log them; torn rows left out and
+counted), ``probe.json`` or ``stack.json`` for the summary of the other two, and the
+per-row predictions (``val_predictions.csv``, or a ``--cv`` stack's
+``oof_predictions.csv``: id,label,pred,confidence), joined to the store's rows on ``id``
+for captions and thumbnails.
 """
 
 from __future__ import annotations

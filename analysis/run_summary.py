@@ -6,7 +6,9 @@ Read from the run directory alone: ``config.yaml`` (or Lightning's ``hparams.yam
 head and lambda and the checkpoint's monitor, ``metrics.csv`` for the epoch the best
 checkpoint was taken at (the first epoch with the best monitored value, as ModelCheckpoint
 keeps only strict improvements), and the newest ``train.py probe`` run on the same store
-(:func:`fusion.probe_run.latest_probe`) for the baseline the head has to beat.
+(:func:`fusion.probe_run.latest_probe`) for the baseline the head has to beat. A probe or
+stack run gets its own table instead (:func:`probe_table`, :func:`stack_table`), from the
+``probe.json`` or ``stack.json`` it wrote.
 """
 
 from __future__ import annotations
