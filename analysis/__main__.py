@@ -89,7 +89,11 @@ def _compat(argv: list[str]) -> list[str]:
 
 
 def parse_args(argv: list[str]) -> ReportOptions:
-    a = parser().parse_args(_compat(list(argv)))
+    p = parser()
+    a = p.parse_args(_compat(list(argv)))
+    for name in ("store", "out"):  # Path("") would be the current directory
+        if not a[name].strip():
+            p.error(f"--{name} is empty; give a directory")
     sizes = {FIELD.get(name, name): a[name] for name, _, _ in SIZES}
     sizes.update({k: sizes[k] or None for k in CAPS})  # ReportOptions: None = no cap
     return ReportOptions(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -203,12 +204,18 @@ def class_subset(
         order = np.argsort(-counts, kind="stable")
         return np.sort(order[:spec][counts[order[:spec]] > 0])
     index = {n: i for names in (also or [], class_names) for i, n in enumerate(names)}
+    if isinstance(spec, str) and spec not in index and spec.strip().startswith("["):
+        raise ValueError(  # a list jsonargparse could not read as strings: [001, 10]
+            f"--classes {spec} is not a list of names; quote each name, e.g. --classes "
+            """'["001", "a,b"]'"""
+        )
     if isinstance(spec, str):
         wanted = [spec] if spec in index else [w.strip() for w in spec.split(",") if w.strip()]
     else:
         wanted = [str(w) for w in spec]
     if not wanted:
-        raise ValueError("--classes names no class; give a count or class names")
+        shown = spec if isinstance(spec, str) else json.dumps(list(spec))
+        raise ValueError(f"--classes {shown!r} names no class; give a count or class names")
     unknown = [w for w in wanted if w not in index]
     if unknown:
         raise ValueError(

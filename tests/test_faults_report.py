@@ -185,11 +185,16 @@ def test_nan_rows_are_left_out_counted_and_the_rest_is_right(runs, tmp_path, cap
     assert res.numbers["clustering"].keys() == ref.numbers["clustering"].keys()
 
 
-@pytest.mark.parametrize("value", ["0", "-3", "[]"])
-def test_classes_that_select_nothing_are_refused(runs, tmp_path, capsys, value):
-    assert main(_report(runs / "store", tmp_path / "o", "--classes", value)) == 2
+@pytest.mark.parametrize(
+    "value, expected",
+    [("0", "count of at least 1"), ("-3", "count of at least 1"), ("[]", "names no class"),
+     ("", "names no class"), ("[001, 2]", "not a list of names; quote each name")],
+)  # fmt: skip
+def test_classes_that_select_nothing_are_refused(runs, tmp_path, capsys, value, expected):
+    assert main(_report(runs / "store", tmp_path / "o", f"--classes={value}")) == 2
     line = _one_line(capsys.readouterr().err)
-    assert "--classes" in line and ("count of at least 1" in line or "names no class" in line)
+    assert line.startswith("analysis: error: --classes ") and expected in line
+    assert value.strip("[]") in line
     assert not (tmp_path / "o").exists()
 
 
@@ -255,7 +260,7 @@ def test_torn_rows_of_a_run_are_left_out_and_counted(runs, tmp_path, capsys):
     assert best["epoch"] == 1 and best["epochs"] == 2  # the torn epoch-2 rows are not counted
 
 
-def test_out_inside_the_store_is_refused(runs, tmp_path, capsys):
+def test_out_inside_the_store_or_empty_is_refused(runs, tmp_path, capsys, monkeypatch):
     store = tmp_path / "store"
     shutil.copytree(runs / "store", store)
     before = sorted(p.name for p in store.iterdir())
@@ -263,6 +268,11 @@ def test_out_inside_the_store_is_refused(runs, tmp_path, capsys):
         assert main(_report(store, out)) == 2
         assert "is inside the store" in _one_line(capsys.readouterr().err)
     assert sorted(p.name for p in store.iterdir()) == before
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["--store", str(store), "--out", ""])
+    assert stop.value.code == 2 and "--out is empty" in _one_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
 
 
 def test_display_names_that_are_latin1_or_a_directory(runs, tmp_path, capsys):
