@@ -245,7 +245,12 @@ def read_class_map(path: str | os.PathLike, option: str = "--input.class_map") -
         by_label[label] = row[name_col]
     names = [by_label.get(i) for i in range(len(by_label))]
     if None in names:
-        raise InputLayoutError(f"{path}: labels must be 0..{len(by_label) - 1}, each once.")
+        found = sorted(by_label)
+        raise InputLayoutError(
+            f"class map {path}: labels must be 0..{len(by_label) - 1}, each once; it has "
+            f"{found[0]}..{found[-1]}{' with gaps' if found[-1] - found[0] + 1 != len(found) else ''}"
+            " (labels count from 0, as Category in the submission)."
+        )
     repeated = [n for n, c in Counter(names).items() if c > 1]
     if repeated:
         raise InputLayoutError(f"{path}: class name(s) listed twice: {_few(repeated)}")
@@ -409,8 +414,17 @@ def read_captions_csv(
                 f"{len(shared)} image id(s) occur in more than one split ({_few(shared)}), so "
                 f"captions in {path}, keyed by id alone, cannot tell them apart."
             )
+        # ids written as file names (cat_001.png): the id is the name without extension
+        stems = {Path(k).stem: k for k in captions if Path(k).suffix.lower() in IMAGE_EXTENSIONS}
         for split, ids in expected_ids.items():
             missing = [i for i in ids if i not in captions]
+            named = [stems[i] for i in missing if i in stems]
+            if named:
+                raise InputLayoutError(
+                    f"captions file {path} gives {len(named)} ids as file names ({_few(named)}); "
+                    "an id is the file name without extension (cat_001 for cat_001.png): write "
+                    "the ids that way."
+                )
             if missing:
                 raise InputLayoutError(
                     f"captions file {path} lacks {len(missing)} of the {len(ids)} ids of split "

@@ -103,6 +103,8 @@ def read_option_file(path: str | os.PathLike, option: str, expected: str) -> str
         raise OptionFileError(
             f"{option} {path} cannot be read ({err.strerror or err}); give {expected}"
         ) from None
+    if b"\0" in data[:8192]:  # no text encoding has NUL bytes: an image, an .arrow shard...
+        raise OptionFileError(f"{option} {path} is a binary file, not text; give {expected}")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:

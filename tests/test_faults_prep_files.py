@@ -179,3 +179,30 @@ def test_a_latin1_config_yaml_is_one_line(tmp_path, monkeypatch, capsys, entry):
     line = _one_line(capsys.readouterr().err, {"predict": "predict.py"}.get(entry, entry))
     assert f"--config {config} is not UTF-8 text: byte 0xe9 at line 2" in line
     assert "iconv -f latin1 -t utf-8" in line
+
+
+def test_caption_ids_written_as_file_names_say_how_to_fix(tree, tmp_path, monkeypatch, capsys):
+    root, _ = tree
+    names = sorted(p.name for p in root.rglob("*") if p.suffix in (".png", ".jpg"))
+    captions = tmp_path / "captions.csv"
+    captions.write_text("id,caption\n" + "".join(f"{n},a sketch\n" for n in names))
+    out = tmp_path / "store"
+    assert _cli(prep_argv(root, NO_MODELS, out, "--input.captions_csv", str(captions)),
+                monkeypatch) == 2  # fmt: skip
+    line = _one_line(capsys.readouterr().err)
+    assert "ids as file names (cat_t00.png" in line and "without extension" in line
+    assert not out.exists()
+
+
+def test_a_one_based_class_map_says_labels_count_from_0(tmp_path):
+    path = tmp_path / "map.csv"
+    path.write_text("class_name,label\ncat,1\ndog,2\nfish,3\n")
+    with pytest.raises(InputLayoutError, match=r"labels must be 0\.\.2, each once; it has 1\.\.3"):
+        read_class_map(path)
+
+
+def test_a_binary_file_for_a_csv_says_so(tmp_path):
+    path = tmp_path / "captions.csv"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(InputLayoutError, match=r"--input\.captions_csv .* is a binary file, not"):
+        read_captions_csv(path)
