@@ -179,6 +179,7 @@ def test_nan_rows_are_left_out_counted_and_the_rest_is_right(runs, tmp_path, cap
     notes = " ".join(res.report.notes)
     assert "train: 2 of 120 rows have NaN or infinite embeddings" in notes
     assert "val: 1 of 40 rows have NaN or infinite embeddings" in notes
+    assert f"This run was made on the store {runs / 'store'}, not on --store {nan_store}" in notes
     assert res.numbers["probes"]  # the probes ran, on the finite rows only
     ref = build_report(parse_args(_report(clean, tmp_path / "o2")))
     assert res.numbers["probes"] == ref.numbers["probes"]
