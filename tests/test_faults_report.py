@@ -221,6 +221,9 @@ def test_class_names_with_commas_or_digits_can_be_selected(runs, tmp_path, capsy
     assert queried("--classes", "a,b") == [0]  # a string that is a class name is that class
     assert queried("--classes", "a, b") == [1, 2]  # otherwise: comma-separated names
     assert queried("--classes", "class 4,a") == [1, 4]
+    config = tmp_path / "report.yaml"
+    config.write_text('classes: ["a,b", "001"]\n')  # the list in a -c YAML
+    assert parse_args(["-c", str(config), "--store", "s", "--out", "o"]).classes == ["a,b", "001"]
     assert main(_report(store, tmp_path / "x", "--classes", "001")) == 0  # a count: 1 class
     assert main(_report(store, tmp_path / "x", "--classes", "[a, zebra]")) == 2
     assert "['zebra']" in _one_line(capsys.readouterr().err)
@@ -291,3 +294,25 @@ def test_a_map_of_too_few_points_is_a_note(runs, tmp_path):
     res = build_report(parse_args(_report(runs / "store", tmp_path / "o", "--map_points", "2")))
     assert not res.failed
     assert any("--map_points 2): no maps" in n for n in res.report.notes)
+
+
+def test_a_cv_stack_reports_its_out_of_fold_rows(runs, tmp_path):
+    """A ``stack --cv`` run writes oof_predictions.csv over train+val instead of val's."""
+    run = tmp_path / "stack_cv"
+    shutil.copytree(runs / "stack", run)
+    (run / "val_predictions.csv").unlink()
+    rng = np.random.default_rng(0)
+    rows = []
+    for split in ("train", "val"):
+        a = load_arrays(runs / "store", split)
+        preds = np.where(rng.random(len(a)) < 0.3, (a.labels + 1) % 5, a.labels)
+        rows += [(i, y, p, 0.5) for i, y, p in zip(a.ids, a.labels, preds, strict=True)]
+    with (run / "oof_predictions.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([("id", "label", "pred", "confidence"), *rows])
+    res = build_report(parse_args(_report(runs / "store", tmp_path / "o", "--run", str(run))))
+    assert not res.failed
+    acc = np.mean([y == p for _, y, p, _ in rows])
+    page = res.page.read_text()
+    assert f"Out-of-fold top-1 from oof_predictions.csv: {acc:.4f} over {len(rows)} rows" in page
+    assert not any("not found in the store" in n for n in res.report.notes)
+    assert "worst_val" in embedded_figures(page)
