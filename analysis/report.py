@@ -23,6 +23,7 @@ from analysis.patches import add_patch_view
 from analysis.probes import DEFAULT_CS, DEFAULT_MAX_ITER, add_probes
 from analysis.projections import add_projections
 from analysis.retrieval import add_image_retrieval, add_text_search
+from analysis.run_kind import identify_run
 from analysis.run_report import add_run
 from analysis.text_encoder import model_ref
 
@@ -34,9 +35,10 @@ class ReportOptions:
     store: Path
     out: Path
     run: Path | None = None
-    # A count ("10") or names: the classes on the 2-D maps (default: the 10 most frequent)
-    # and, when given, the only classes retrieval queries are drawn from.
-    classes: str | None = None
+    # A count (10), comma-separated names or a list of names (analysis.data.class_subset):
+    # the classes on the 2-D maps (default: the 10 most frequent) and, when given, the only
+    # classes retrieval queries are drawn from.
+    classes: int | str | list[str] | None = None
     display_names: Path | None = None  # class,name CSV: names to show instead of the store's
     map_points: int = 2000
     tsne_points: int = 1000
@@ -58,6 +60,7 @@ class ReportResult:
     report: Report
     numbers: dict  # the values shown, keyed by section, for tests and benchmarks
     timings: dict[str, float]
+    failed: list[str] = field(default_factory=list)  # sections that raised (a bug: exit 1)
 
 
 def model_label(entry) -> str:
@@ -103,11 +106,13 @@ def _overview(report: Report, views) -> None:
 def build_report(opts: ReportOptions) -> ReportResult:
     """Every section in order; one that fails becomes a note, the others still run.
 
-    Raises StoreError for a missing or broken store and ValueError for ``--classes`` names
-    the store does not have or a bad ``--display_names`` file: those are the caller's to
-    fix, not a section's to skip.
+    Raises StoreError for a missing or broken store, RunError (a ValueError) for a ``--run``
+    that is not a run directory, and ValueError for ``--classes`` the store does not have
+    or a bad ``--display_names`` file: those are the caller's to fix, not a section's to
+    skip, and are raised before anything is written.
     """
     t0 = time.perf_counter()
+    run = identify_run(opts.run) if opts.run is not None else None  # before the slow load
     views = load_views(opts.store, opts.display_names)  # a bad CSV: ValueError
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     report = Report(f"Feature-store report: {Path(opts.store).name}")
@@ -131,14 +136,16 @@ def build_report(opts: ReportOptions) -> ReportResult:
         ("captions", lambda: add_captions(report, views)),
         ("patches", lambda: add_patch_view(report, views, n_images=opts.patch_images)),
     ]  # fmt: skip
-    if opts.run is not None:
-        steps.append(("run", lambda: add_run(report, views, Path(opts.run))))
+    if run is not None:
+        steps.append(("run", lambda: add_run(report, views, run)))
+    failed = []
     for name, step in steps:
         t0 = time.perf_counter()
         try:
             numbers[name] = step()
         except Exception as err:  # one broken section must not cost the whole report
             log.error("section %s failed:\n%s", name, traceback.format_exc())
+            failed.append(name)
             report.section(f"{name} (failed)").note(f"This section failed: {err!r}")
         timings[name] = time.perf_counter() - t0
         log.info("%s: %.1fs", name, timings[name])
@@ -146,4 +153,4 @@ def build_report(opts: ReportOptions) -> ReportResult:
         ["section", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()]
     )
     page = report.write(opts.out)
-    return ReportResult(page=page, report=report, numbers=numbers, timings=timings)
+    return ReportResult(page=page, report=report, numbers=numbers, timings=timings, failed=failed)
