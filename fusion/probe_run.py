@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from feature_store import load_arrays, open_store
 from feature_store.console import show_path
+from feature_store.integrity import check_finite
 from fusion.exit import ExitError
 from fusion.predict import write_csv, write_predictions_csv, write_submission
 from fusion.probe import DEFAULT_CS, fit_probe
@@ -83,29 +84,54 @@ def parser() -> ArgumentParser:
 def run_probe(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``python train.py probe``; returns the run directory."""
     from fusion.cli import new_run_dir
-    from fusion.loggers import make_loggers, wandb_settings
+    from fusion.stopping import stop_exits
 
     p = parser()
     cfg = p.parse_args(list(argv) if argv is not None else None)
+    run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "probe")
+    with stop_exits("train.py probe", run):
+        return _probe(p, cfg, run)
+
+
+def _probe(p: ArgumentParser, cfg, run: Path) -> Path:
+    from fusion.loggers import make_loggers, start_loggers, wandb_settings
+    from fusion.runs import claim_command_run, finish_command_run
+
     store = Path(cfg.data.store)
     info = open_store(store)
-    run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "probe")
-    if run.exists() and any(run.iterdir()):
-        raise ExitError(f"train.py probe: {run} already holds a run; pass a new --run_dir")
     unknown = [v for v in cfg.probe.views if v not in VIEWS]
     if unknown or not cfg.probe.views or min(cfg.probe.cs, default=0) <= 0:
         raise ExitError(
             f"train.py probe: --probe.views takes some of {list(VIEWS)} (got "
             f"{cfg.probe.views}) and --probe.cs positive values (got {cfg.probe.cs})"
         )
-    train = load_arrays(store, cfg.data.train_split)
-    val = load_arrays(store, cfg.data.val_split)
+
+    def settings() -> dict:  # refuses a project or tag W&B would refuse (UsageError)
+        return wandb_settings(
+            run,
+            group="probe",
+            project=cfg.wandb.project or cfg.wandb_project,
+            entity=cfg.wandb.entity,
+            tags=cfg.wandb.tags,
+            job_type=cfg.wandb.job_type,
+            default_job_type="probe",
+            group_override=cfg.wandb.group,
+        )
+
+    settings()
+    splits = [cfg.data.train_split, cfg.data.val_split, cfg.data.predict_split]
+    train, val, test = (load_arrays(store, s) if s else None for s in splits)
+    for split, arrays in zip(splits, (train, val, test), strict=True):
+        if arrays is not None:  # a NaN row would stop scikit-learn with a traceback
+            check_finite(arrays, f"{store}/{split}")
     if len(np.unique(train.labels)) < 2:
         raise ExitError(
             f"train.py probe: {store}/{cfg.data.train_split} holds fewer than 2 classes"
         )
     x_train, x_val = views(train), views(val)
-    run.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
+    # Only once the inputs are known to be good; an unfinished probe run there is replaced.
+    if claim_command_run(run, "train.py probe"):
+        print(f"replacing the unfinished probe run in {show_path(run)}")
     print(f"run directory: {show_path(run)}")
     p.save(cfg, run / "config.yaml", overwrite=True)
     results, probes, sweep_rows = {}, {}, []
@@ -135,23 +161,12 @@ def run_probe(argv: Sequence[str] | None = None) -> Path:
     write_csv(run / "metrics.csv", ["features", "C", "val/acc_top1"], sweep_rows)
     val_probs = probes[best].predict_proba(x_val[best])
     write_predictions_csv(run / "val_predictions.csv", val.ids, val.labels, val_probs)
-    if cfg.data.predict_split:
-        test = load_arrays(store, cfg.data.predict_split)
+    if test is not None:
         probs = probes[best].predict_proba(views(test)[best])
         write_submission(run / "submission.csv", test.ids, probs, class_names=info.class_names)
     summary = {"store": store_key(store), "best": best, "results": results}
     (run / PROBE_FILE).write_text(json.dumps(summary, indent=2))
-    settings = wandb_settings(
-        run,
-        group="probe",
-        project=cfg.wandb.project or cfg.wandb_project,
-        entity=cfg.wandb.entity,
-        tags=cfg.wandb.tags,
-        job_type=cfg.wandb.job_type,
-        default_job_type="probe",
-        group_override=cfg.wandb.group,
-    )
-    loggers = make_loggers(run, settings=settings)
+    loggers = start_loggers(make_loggers(run, settings=settings()), run)
     for logger in (lg for lg in loggers if isinstance(lg, WandbLogger)):  # metrics.csv is ours
         logger.log_hyperparams({"probe": dict(cfg.probe), "data": dict(cfg.data)})
         logger.log_metrics(
@@ -159,6 +174,7 @@ def run_probe(argv: Sequence[str] | None = None) -> Path:
         )
         logger.finalize("success")
         logger.experiment.finish()
+    finish_command_run(run)
     print(
         f"best: {best} (val/acc_top1 {results[best]['val_acc_top1']:.4f}); wrote {show_path(run)}"
     )
