@@ -109,8 +109,9 @@ def append_whole(path: Path, text: str) -> None:
         start = f.seek(0, os.SEEK_END)
         try:
             _write_fully(f, text.encode())
-        except OSError:
+        except OSError as err:
             os.ftruncate(f.fileno(), start)
+            err.filename = err.filename or str(path)  # the one-line error names the file
             raise
 
 
