@@ -355,7 +355,7 @@ def log_submission_to_fit_runs(
     """
     import yaml
 
-    from fusion.loggers import console_settings, saved_run_id, wandb_mode_and_reason, wandb_settings
+    from fusion.loggers import init_settings, saved_run_id, wandb_mode_and_reason, wandb_settings
 
     mode, _ = wandb_mode_and_reason()
     if mode == "disabled":
@@ -372,7 +372,7 @@ def log_submission_to_fit_runs(
         config = config if isinstance(config, dict) else {}
         project = (config.get("wandb") or {}).get("project") or config.get("wandb_project")
         settings = wandb_settings(run_dir, group=run_dir.parent.name, project=project)
-        run = wandb.init(dir=str(run_dir), mode=mode, settings=console_settings(mode), **settings)
+        run = wandb.init(dir=str(run_dir), mode=mode, settings=init_settings(mode), **settings)
         log_submission(run, submission, probs_file)
         run.finish()
         logged.append(settings["id"])
