@@ -20,7 +20,6 @@ import csv
 import errno
 import os
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -224,26 +223,27 @@ def test_leftover_local_rank_alone_is_one_line(store, tmp_path, monkeypatch, run
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_handed_run_dir_is_accepted_only_from_this_launch(tmp_path):
+def test_a_handed_run_dir_is_accepted_only_from_this_launch(tmp_path, monkeypatch):
     """What a DDP worker that Lightning launches sees: the run directory its parent (rank
     0) exported, with the parent's token; a stale token (another process) is ignored."""
-    from fusion.runs import LAUNCH_ENV, RUN_DIR_ENV, _process_token
+    from fusion.runs import LAUNCH_ENV, RUN_DIR_ENV, _process_token, export_run_dir, handed_run_dir
 
+    monkeypatch.setenv(RUN_DIR_ENV, "")
+    monkeypatch.setenv(LAUNCH_ENV, "")
+    export_run_dir(tmp_path / "run")  # as rank 0 does, then a worker is started
     child = "from fusion.runs import handed_run_dir; print(handed_run_dir())"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "LOCAL_RANK": "1", "WORLD_SIZE": "2",
-           RUN_DIR_ENV: str(tmp_path / "run"), LAUNCH_ENV: _process_token(os.getpid())}  # fmt: skip
-
-    def handed(env: dict) -> str:
-        return subprocess.run([sys.executable, "-c", child], env=env, capture_output=True,
-                              text=True, check=True, timeout=120).stdout.strip()  # fmt: skip
-
-    assert handed(env) == str(tmp_path / "run")  # this process launched it
-    stale = {**env, LAUNCH_ENV: f"{os.getpid()}:0"}  # same pid, another start: not ours
-    assert handed(stale) == "None"
-    via_shell = shlex.join([sys.executable, "-c", child]) + "; true"  # no exec: a grandchild
-    shell = subprocess.run(["sh", "-c", via_shell], env=env,
-                           capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
-    assert shell.stdout.strip() == "None"  # a grandchild: its parent is the shell
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LOCAL_RANK": "1", "WORLD_SIZE": "2"}
+    worker = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True,
+                            text=True, check=True, timeout=120)  # fmt: skip
+    assert worker.stdout.strip() == str(tmp_path / "run")
+    # In this process the same environment is a stale one: its token names this process,
+    # not this process's parent; nor does a token of the parent's pid with another start.
+    assert handed_run_dir() is None
+    parent = _process_token(os.getppid())
+    monkeypatch.setenv(LAUNCH_ENV, parent)
+    assert handed_run_dir() == tmp_path / "run"
+    monkeypatch.setenv(LAUNCH_ENV, parent.split(":")[0] + ":1")
+    assert handed_run_dir() is None
 
 
 # -- a full disk --------------------------------------------------------------------------
