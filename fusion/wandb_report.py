@@ -355,13 +355,17 @@ def log_submission_to_fit_runs(
     """
     import yaml
 
-    from fusion.loggers import init_settings, saved_run_id, wandb_mode_and_reason, wandb_settings
+    from fusion.loggers import (
+        init_settings,
+        init_wandb,
+        saved_run_id,
+        wandb_mode_and_reason,
+        wandb_settings,
+    )
 
     mode, _ = wandb_mode_and_reason()
     if mode == "disabled":
         return []
-    import wandb
-
     logged = []
     for ckpt in checkpoints:
         run_dir = Path(ckpt).resolve().parent.parent
@@ -372,7 +376,10 @@ def log_submission_to_fit_runs(
         config = config if isinstance(config, dict) else {}
         project = (config.get("wandb") or {}).get("project") or config.get("wandb_project")
         settings = wandb_settings(run_dir, group=run_dir.parent.name, project=project)
-        run = wandb.init(dir=str(run_dir), mode=mode, settings=init_settings(mode), **settings)
+        run = init_wandb(run_dir, dir=str(run_dir), mode=mode, settings=init_settings(mode),
+                         **settings)  # fmt: skip
+        if run is None:  # W&B could not start, not even offline (one line said so)
+            continue
         log_submission(run, submission, probs_file)
         run.finish()
         logged.append(settings["id"])
