@@ -68,9 +68,11 @@ Submissions: every fit writes RUN/submission.csv; python predict.py --checkpoint
   writes one takes --category index|name and --kaggle COMPETITION --message M (fit: only
   --category), which sends it with the kaggle client.
 
-Exit codes: 0 done; 2 bad input or usage (one line naming it and the fix); 1 internal error
-or a diverged run (non-finite loss); 143 stopped by SIGTERM, 130 by Ctrl-C, after saving
-last.ckpt (resume with --ckpt_path last). More: README.md, section "Training and prediction".
+Exit codes: 0 done; 2 bad input or usage (one line naming it and the fix); 1 internal error,
+a diverged run (non-finite loss) or a full disk (one line: the disk and how to continue);
+143 stopped by SIGTERM, 130 by Ctrl-C, after saving last.ckpt (resume with --ckpt_path
+last; probe and stack keep nothing and start again). More: README.md, section "Training
+and prediction".
 """
 
 
@@ -155,8 +157,8 @@ def _demo_paths(cli, store: Path) -> dict[str, Path]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Exit codes (fusion/exit.py): 0 done; 2 bad input or usage (one line naming it and
-    the fix); 1 an internal error or a non-finite loss; 143 stopped by SIGTERM (130: by Ctrl-C)
-    after saving ``last.ckpt`` (resume: --ckpt_path last)."""
+    the fix); 1 an internal error, a non-finite loss or a full disk; 143 stopped by SIGTERM
+    (130: by Ctrl-C) after saving ``last.ckpt`` (resume: --ckpt_path last)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         run_demo()
@@ -217,6 +219,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ExitError(f"train.py: error: {err}") from err
     except NonFiniteLossError as err:
         raise ExitError(f"train.py: error: {err}", code=EXIT_INTERNAL) from err
+    except Exception as err:
+        from fusion.exit import disk_full, disk_full_line
+
+        full = disk_full(err)
+        if full is None:
+            raise
+        # Checkpoints are written atomically: the last one is whole; metrics.csv rows are
+        # whole or absent (fusion/loggers.py), so the resume it names continues cleanly.
+        run = os.environ.get("SKETCHFUSION_RUN_DIR") if args[0] == "fit" else None
+        raise ExitError(
+            disk_full_line(full, prog="train.py", run=Path(run) if run else None),
+            code=EXIT_INTERNAL,
+        ) from err
     except SIGTERMException as err:
         # Lightning raises this (a SystemExit with code 0) at the next batch after SIGTERM,
         # or after a first Ctrl-C (fusion/stopping.py); RunCheckpoint has saved the current

@@ -44,7 +44,6 @@ submission predict.py would write (``fusion/submission_writer.py``), by default 
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -54,6 +53,7 @@ from pathlib import Path
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from feature_store import open_store
@@ -69,7 +69,7 @@ from fusion.callbacks import (
 )
 from fusion.datamodule import FeatureDataModule
 from fusion.exit import UsageError
-from fusion.loggers import adopt_user_loggers, make_loggers, wandb_settings
+from fusion.loggers import adopt_user_loggers, make_loggers, start_loggers, wandb_settings
 from fusion.module import FusionModule
 from fusion.predict import (
     FINGERPRINT_KEY,
@@ -88,14 +88,16 @@ from fusion.runs import (
     check_resume,
     check_settings,
     experiment_name,
+    export_run_dir,
     is_existing_run,
+    launch_rank,
+    worker_run_dir,
 )
 from fusion.stopping import CtrlCSaves, ResumableEarlyStopping
 from fusion.submission import add_submission_arguments, finish
 from fusion.submission_writer import SubmissionWriter
 from fusion.wandb_report import BestSummary, finish_runs
 
-RUN_DIR_ENV = "SKETCHFUSION_RUN_DIR"
 # Subcommands that score a trained checkpoint and start no run.
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 DESCRIPTIONS = {
@@ -376,10 +378,10 @@ class FusionCLI(LightningCLI):
             and cfg.get("run_dir")
             and Path(cfg["run_dir"]).resolve() in Path(ckpt_path).resolve().parents
         )
-        if os.environ.get(RUN_DIR_ENV) and int(os.environ.get("LOCAL_RANK", "0")) > 0:
-            # A DDP worker that Lightning launched: use rank 0's directory, whose timestamp
-            # may be a second older than this process.
-            self.run_dir = Path(os.environ[RUN_DIR_ENV])
+        if launch_rank() > 0:
+            # A DDP worker: rank 0's directory (fusion/runs.py:worker_run_dir), checked to
+            # be this launch's; rank 0 checks and creates it, a worker writes nothing there.
+            self.run_dir = worker_run_dir(cfg.get("run_dir"))
         elif ckpt_path == "last":
             self.run_dir = resume_run_dir(base, cfg.get("run_dir"))
         elif cfg.get("run_dir"):
@@ -395,11 +397,14 @@ class FusionCLI(LightningCLI):
         self.ckpt_file = (
             self.run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else ckpt_path
         )
-        os.environ[RUN_DIR_ENV] = str(self.run_dir)  # inherited by DDP workers
+        if launch_rank() == 0:
+            export_run_dir(self.run_dir)  # inherited, and checked, by the DDP workers
         # Always from the run directory, never from a config (a saved one names another run).
         cfg["trainer"]["default_root_dir"] = str(self.run_dir)
         if cfg.get("checkpoint") is not None:
             cfg["checkpoint"]["dirpath"] = str(self.run_dir / "checkpoints")
+        if cfg["trainer"].get("logger") is not False:
+            self.wandb_settings()  # a project or tag W&B would refuse: refused now, one line
 
     def prepare_eval(self, cfg) -> None:
         """validate/test/predict: check the checkpoint against the store and point the
@@ -446,6 +451,9 @@ class FusionCLI(LightningCLI):
         try:
             return self.instantiate_fit_trainer(**kwargs)
         except UsageError:
+            for logger in kwargs.get("logger") or []:  # a user's logger may have started
+                if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                    logger._experiment.finish(exit_code=1)
             for d in missing:  # deepest first: the new run, then folders made for it
                 if d == self.run_dir:
                     shutil.rmtree(d, ignore_errors=True)
@@ -488,6 +496,9 @@ class FusionCLI(LightningCLI):
         return trainer
 
     def instantiate_fit_trainer(self, **kwargs):
+        # The store's rows are checked (finite, labelled, two classes) before the loggers
+        # create the run directory: a store the fit refuses leaves no run behind.
+        self.datamodule.setup("fit")
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         user_logger = trainer_cfg.get("logger")
         if user_logger in (None, True):
@@ -516,6 +527,9 @@ class FusionCLI(LightningCLI):
         for callback in trainer.callbacks:
             if isinstance(callback, RunConfigSaver):
                 callback.resuming = self.resuming
+        # W&B starts now, not at the first log: a run that cannot start online falls back
+        # to offline (or to no W&B) with one line, before training (fusion/loggers.py).
+        trainer.loggers = start_loggers(trainer.loggers, self.run_dir)
         return trainer
 
     def apply_recipe(self, kwargs: dict) -> None:

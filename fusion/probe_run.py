@@ -33,6 +33,7 @@ import numpy as np
 from feature_store import load_arrays, open_store
 from feature_store.cli import CliParser
 from feature_store.console import show_path
+from feature_store.integrity import check_finite
 from fusion.exit import ExitError
 from fusion.predict import write_csv, write_predictions_csv
 from fusion.probe import DEFAULT_CS, DEFAULT_MAX_ITER, fit_probe
@@ -85,30 +86,56 @@ def parser() -> CliParser:
 def run_probe(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``python train.py probe``; returns the run directory."""
     from fusion.cli import new_run_dir
-    from fusion.submission import finish
-    from fusion.wandb_report import candidate_settings, log_candidate
+    from fusion.stopping import stop_exits
 
     p = parser()
     cfg = p.parse_args(list(argv) if argv is not None else None)
+    run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "probe")
+    with stop_exits("train.py probe", run):
+        return _probe(p, cfg, run)
+
+
+def _probe(p: CliParser, cfg, run: Path) -> Path:
+    from fusion.loggers import wandb_settings
+    from fusion.runs import claim_command_run, finish_command_run
+    from fusion.submission import finish
+    from fusion.wandb_report import log_candidate
+
     store = Path(cfg.data.store)
     info = open_store(store)
-    run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "probe")
-    if run.exists() and any(run.iterdir()):
-        raise ExitError(f"train.py probe: {run} already holds a run; pass a new --run_dir")
     unknown = [v for v in cfg.probe.views if v not in VIEWS]
     if unknown or not cfg.probe.views or min(cfg.probe.cs, default=0) <= 0:
         raise ExitError(
             f"train.py probe: --probe.views takes some of {list(VIEWS)} (got "
             f"{cfg.probe.views}) and --probe.cs positive values (got {cfg.probe.cs})"
         )
-    train = load_arrays(store, cfg.data.train_split)
-    val = load_arrays(store, cfg.data.val_split)
+
+    def settings() -> dict:  # refuses a project or tag W&B would refuse (UsageError)
+        return wandb_settings(
+            run,
+            group="probe",
+            project=cfg.wandb.project or cfg.wandb_project,
+            entity=cfg.wandb.entity,
+            tags=cfg.wandb.tags,
+            job_type=cfg.wandb.job_type,
+            default_job_type="probe",
+            group_override=cfg.wandb.group,
+        )
+
+    settings()
+    splits = [cfg.data.train_split, cfg.data.val_split, cfg.data.predict_split]
+    train, val, test = (load_arrays(store, s) if s else None for s in splits)
+    for split, arrays in zip(splits, (train, val, test), strict=True):
+        if arrays is not None:  # a NaN row would stop scikit-learn with a traceback
+            check_finite(arrays, f"{store}/{split}")
     if len(np.unique(train.labels)) < 2:
         raise ExitError(
             f"train.py probe: {store}/{cfg.data.train_split} holds fewer than 2 classes"
         )
     x_train, x_val = views(train), views(val)
-    run.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
+    # Only once the inputs are known to be good; an unfinished probe run there is replaced.
+    if claim_command_run(run, "train.py probe"):
+        print(f"replacing the unfinished probe run in {show_path(run)}")
     print(f"run directory: {show_path(run)}")
     p.save(cfg, run / "config.yaml", overwrite=True)
     results, probes, sweep_rows = {}, {}, []
@@ -140,8 +167,7 @@ def run_probe(argv: Sequence[str] | None = None) -> Path:
     write_predictions_csv(run / "val_predictions.csv", val.ids, val.labels, val_probs)
     score = {"best/val/acc_top1": results[best]["val_acc_top1"]}
     submission = None
-    if cfg.data.predict_split:
-        test = load_arrays(store, cfg.data.predict_split)
+    if test is not None:
         probs = probes[best].predict_proba(views(test)[best])
         submission, _ = write_submission(
             run / "submission.csv",
@@ -158,7 +184,7 @@ def run_probe(argv: Sequence[str] | None = None) -> Path:
     log_candidate(
         run,
         candidate="probe",
-        settings=candidate_settings(run, cfg, kind="probe"),
+        settings=settings(),
         config=cfg.as_dict(),
         summary={
             **score,
@@ -167,6 +193,7 @@ def run_probe(argv: Sequence[str] | None = None) -> Path:
         },
         submission=submission,
     )
+    finish_command_run(run)
     print(
         f"best: {best} (val/acc_top1 {results[best]['val_acc_top1']:.4f}); wrote {show_path(run)}"
     )

@@ -285,9 +285,10 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
     from feature_store.cli import CliParser
     from fusion.cli import new_run_dir
     from fusion.exit import ExitError
-    from fusion.predict import write_predictions_csv
-    from fusion.submission import add_submission_arguments, finish, write_submission
-    from fusion.wandb_report import add_wandb_arguments, candidate_settings, log_candidate
+    from fusion.runs import UNFINISHED, is_existing_run
+    from fusion.stopping import stop_exits
+    from fusion.submission import add_submission_arguments
+    from fusion.wandb_report import add_wandb_arguments
 
     p = CliParser(prog="train.py stack", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", "-c", action="config", help="a YAML of these options")
@@ -327,10 +328,21 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
     missing = [m for m in members if not exists(Path(m))]
     if missing:
         raise ExitError(f"train.py stack: not found: {', '.join(missing)}")
-    method, predict = cfg.stack.method, bool(cfg.data.predict_split)
     run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "stack")
-    if run.is_dir() and any(run.iterdir()):
+    if is_existing_run(run) and not (run / UNFINISHED).is_file():
         raise ExitError(f"train.py stack: {run} already holds a run; pass a new --run_dir")
+    with stop_exits("train.py stack", run):
+        return _stack(p, cfg, members, run)
+
+
+def _stack(p, cfg, members: Sequence[str], run: Path) -> Path:
+    from fusion.exit import ExitError
+    from fusion.predict import write_predictions_csv
+    from fusion.runs import claim_command_run, finish_command_run
+    from fusion.submission import finish, write_submission
+    from fusion.wandb_report import candidate_settings, log_candidate
+
+    method, predict = cfg.stack.method, bool(cfg.data.predict_split)
     # Every member is loaded and checked, and the stack fitted, before the run exists.
     try:
         rows = from_cv(cfg.cv, predict) if cfg.cv else from_checkpoints(cfg, predict)
@@ -339,8 +351,9 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
     except StackError as err:
         raise ExitError(f"train.py stack: error: {err}") from err
     stacker = Stacker(len(fit_lp), method).fit(fit_lp, labels)
-    try:
-        run.mkdir(parents=True, exist_ok=True)
+    try:  # an unfinished stack run there (killed before its end) is replaced
+        if claim_command_run(run, "train.py stack"):
+            print(f"replacing the unfinished stack run in {show_path(run)}")
     except OSError as err:
         raise ExitError(
             f"train.py stack: error: cannot create the run directory {run} "
@@ -387,6 +400,7 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
         },  # fmt: skip
         submission=submission,
     )
+    finish_command_run(run)
     print(
         f"stack ({method}, fitted on {len(labels)} {rows.fitted_on} rows): cross-fitted acc_top1 "
         f"{summary['acc_top1_cross_fitted']:.4f} vs members "

@@ -412,25 +412,32 @@ def log_candidate(
     """
     import sys
 
-    from fusion.loggers import _say_mode, console_settings, save_run_id, wandb_mode_and_reason
+    from fusion.loggers import (
+        _say_mode,
+        init_settings,
+        init_wandb,
+        save_run_id,
+        wandb_mode_and_reason,
+    )
 
     mode, why = wandb_mode_and_reason()
     if mode == "disabled":
         return None
     try:
-        import wandb
-
         _say_mode(mode, why, Path(run_dir))
         if keep_id:  # RUN/wandb_run_id: a rerun in the same directory continues the run
             save_run_id(run_dir, settings["id"])
         flat = {"candidate": candidate, **run_config(config)}
-        run = wandb.init(
+        run = init_wandb(  # never stops the command: offline, or off, with one line
+            Path(run_dir),
             dir=str(Path(run_dir).resolve()),
             mode=mode,
-            settings=console_settings(mode),
+            settings=init_settings(mode),
             config=flat,
             **settings,
         )
+        if run is None:
+            return None
         run.summary.update(dict(summary))
         if submission is not None and Path(submission).is_file():
             log_submission(run, submission)
