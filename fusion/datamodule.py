@@ -159,6 +159,8 @@ class FeatureDataModule(L.LightningDataModule):
         # seed_everything fixes it), kept in checkpoints (state_dict) so a resume goes on
         # with the same orders.
         self.shuffle_seed: int | None = None
+        self._train_batches: TensorBatches | None = None
+        self._train_batches_state: dict | None = None  # restored, for the next loader
 
     def _split_folds(self) -> None:
         """Pool train+val, then hold out fold ``fold`` as the val rows (fusion/folds.py)."""
@@ -253,11 +255,24 @@ class FeatureDataModule(L.LightningDataModule):
             self._load(self.predict_split, labelled=False)
 
     def state_dict(self) -> dict:
-        return {} if self.shuffle_seed is None else {"shuffle_seed": self.shuffle_seed}
+        """The shuffle seed and where the train batches stand (loader ``tensors``).
+
+        Lightning restores a loader's own state only when the loader is built after the
+        training loops are restored; ``configure_optimizers`` builds it earlier (for
+        ``estimated_stepping_batches``), so a mid-epoch resume takes the position from
+        here, restored before any loader exists.
+        """
+        state: dict = {}
+        if self.shuffle_seed is not None:
+            state["shuffle_seed"] = self.shuffle_seed
+        if self._train_batches is not None:
+            state["train_batches"] = self._train_batches.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         if "shuffle_seed" in state_dict:
             self.shuffle_seed = int(state_dict["shuffle_seed"])
+        self._train_batches_state = state_dict.get("train_batches")
 
     def train_dataloader(self) -> TensorBatches | DataLoader:
         if self.loader == "tensors":
@@ -277,7 +292,7 @@ class FeatureDataModule(L.LightningDataModule):
         seed = self.shuffle_seed if self.shuffle_seed is not None else 0
         if trainer is not None:  # every rank shuffles alike (seeds differ without seed_everything)
             seed = int(trainer.strategy.broadcast(seed, src=0))
-        return TensorBatches(
+        self._train_batches = TensorBatches(
             {
                 "image": rows.image.to(device),
                 "text": rows.text.to(device),
@@ -289,6 +304,10 @@ class FeatureDataModule(L.LightningDataModule):
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
         )
+        if self._train_batches_state is not None:  # a resume (used mid-epoch only)
+            self._train_batches.load_state_dict(self._train_batches_state)
+            self._train_batches_state = None
+        return self._train_batches
 
     def val_dataloader(self) -> DataLoader:
         return index_loader(
