@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from feature_store import SplitArrays, StoreError, load_arrays, open_store
+from feature_store.console import usable_workers
 from feature_store.integrity import check_finite
 from fusion.folds import assign_folds, group_keys
 from fusion.recipe import auto_batch_size
@@ -71,13 +72,14 @@ def index_loader(
     rows: EmbeddingRows, *, batch_size: int, shuffle: bool, num_workers: int = 0
 ) -> DataLoader:
     """A plain ``DataLoader`` (so Lightning can shard it) that batches by index."""
+    workers = usable_workers(num_workers, option="--data.num_workers")
     return DataLoader(
         rows,
         batch_size=batch_size,
         shuffle=shuffle,
         collate_fn=_passthrough,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
+        num_workers=workers,
+        persistent_workers=workers > 0,
     )
 
 
