@@ -106,7 +106,8 @@ def suggest(trial: optuna.Trial, space: dict[str, dict]) -> list[str]:
             value = trial.suggest_float(
                 name, float(spec["low"]), float(spec["high"]), log=spec.get("log", False)
             )
-        args += [f"--{name}", json.dumps(value)]
+        # A string goes as it is (``auto``): jsonargparse reads '"auto"' as a quoted string.
+        args += [f"--{name}", value if isinstance(value, str) else json.dumps(value)]
     return args
 
 
@@ -305,10 +306,16 @@ def store_tag(store) -> str:
 
 def run_tune(argv: Sequence[str]) -> Path:
     """Entry point of ``python train.py tune``; returns the study directory."""
+    verbosity = optuna.logging.get_verbosity()
+    # Optuna's INFO lines ("[I ...] A new study created", "Trial 3 finished with value...")
+    # repeat what trial_line prints once per trial; its warnings stay.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return _run_tune(argv)
     except (TuneError, SearchSpaceError) as err:
         raise ExitError(f"train.py tune: error: {err}") from err
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def _run_tune(argv: Sequence[str]) -> Path:
@@ -369,19 +376,14 @@ def _optimize(study: optuna.Study, objective, *, n_trials: int, done: int, name:
 
     if done < n_trials:
         print(f"tune: study {name!r}: {done} finished trial(s), running {n_trials - done} more")
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # trial_line says it in one line
-        try:
-            study.optimize(
-                objective,
-                n_trials=n_trials - done,
-                callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), trial_line],
-                # A diverging trial (NaN loss at a high lr) is a FAIL in the table, not the
-                # end of the search; it does not count toward --n_trials.
-                catch=(NonFiniteLossError,),
-            )
-        finally:
-            optuna.logging.set_verbosity(verbosity)
+        study.optimize(
+            objective,
+            n_trials=n_trials - done,
+            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), trial_line],
+            # A diverging trial (NaN loss at a high lr) is a FAIL in the table, not the end
+            # of the search; it does not count toward --n_trials.
+            catch=(NonFiniteLossError,),
+        )
 
 
 def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
