@@ -75,17 +75,22 @@ def test_recipe_steps_have_a_floor_and_a_ceiling():
 
 
 def test_the_length_rule_scales_down_with_the_store():
-    """A 1,000-row store gets a tenth of the step floor and 30 epochs of 64-row batches;
-    a 20,000-row store keeps the whole floor (3,000 steps at batch 256, as before)."""
+    """A 1,000-row store gets sqrt(1/10) of the step floor at batch 64; a 20,000-row store
+    keeps the whole floor (3,000 steps at batch 256, as before the floor scaled)."""
     recipe = Recipe()  # the defaults every config uses
     small, large = 1_000, 20_000
     assert auto_batch_size(small) == 64 and auto_batch_size(large) == 256
-    assert recipe.step_floor(small) == 300 and recipe.step_floor(large) == 3000
+    assert recipe.step_floor(large) == recipe.min_steps == 3000
+    assert recipe.step_floor(small) == math.ceil(3000 * math.sqrt(small / 10_000)) == 949
     small_steps = recipe.steps(small, auto_batch_size(small))
     large_steps = recipe.steps(large, auto_batch_size(large))
-    assert small_steps == 30 * math.ceil(small / 64) == 480  # 30 epochs: above the floor
+    assert small_steps == 949  # above 30 epochs of 16 batches (480)
     assert large_steps == 3000  # 30 epochs of 79 batches (2,370) is below the floor
-    assert small_steps * 6 < large_steps
+    # Fewer steps of 4x the rows: a third of the steps the rule gave before it scaled.
+    assert small_steps * 3 < Recipe(full_rows=0).steps(small, 16) == 3000
+    assert [recipe.step_floor(n) for n in (100, 1_000, 5_000, 10_000, 50_000)] == sorted(
+        recipe.step_floor(n) for n in (100, 1_000, 5_000, 10_000, 50_000)
+    )
 
 
 def test_a_fit_prints_its_planned_steps_in_one_line(tmp_path, caplog):
@@ -99,7 +104,7 @@ def test_a_fit_prints_its_planned_steps_in_one_line(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     cli = FusionCLI(args=[*base, "--run_dir", str(tmp_path / "a")], run=False)
     steps = Recipe().steps(120, 64)
-    assert cli.trainer.max_steps == steps == 30 * 2  # 30 epochs, above the floor (36)
+    assert cli.trainer.max_steps == steps == Recipe().step_floor(120) == 329  # > 30 epochs
     params = sum(p.numel() for p in cli.model.parameters())
     plan = [m for m in caplog.messages if m.startswith("fit: ")]
     assert plan == [
@@ -125,7 +130,7 @@ def test_cli_fills_training_length_from_the_store_but_keeps_explicit_epochs(tmp_
     base = ["--config", DEMO_CONFIG, "--data.store", str(store), "--trainer.logger", "false"]
     cli = FusionCLI(
         args=[*base, "--run_dir", str(tmp_path / "a"), "--recipe.min_steps", "40"]
-        + ["--recipe.epochs", "2"]
+        + ["--recipe.epochs", "2", "--recipe.full_rows", "0"]  # the whole floor
         + ["--trainer.max_epochs", "null"],
         run=False,
     )
