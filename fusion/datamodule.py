@@ -96,7 +96,8 @@ class FeatureDataModule(L.LightningDataModule):
         val_split: the store split validated on (checkpoints and early stopping).
         predict_split: the store split ``predict`` writes a submission for.
         test_split: the labelled store split ``train.py test`` scores (e.g. ``val``).
-        num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
+        num_workers: DataLoader workers (at most the CPU cores); 0 is fastest for
+            in-memory tensors.
         folds: 0 for the store's own train/val split; K >= 2 pools train+val and cuts it
             into K stratified folds (``fusion/folds.py``): fold ``fold`` is validated on,
             the other K-1 are trained on (``python train.py cv`` runs every fold).
