@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from feature_store import SplitArrays, StoreError, load_arrays, open_store
+from feature_store.console import usable_workers
 from feature_store.integrity import check_finite
 from fusion.batches import TensorBatches
 from fusion.folds import assign_folds, group_keys
@@ -72,13 +73,14 @@ def index_loader(
     rows: EmbeddingRows, *, batch_size: int, shuffle: bool, num_workers: int = 0
 ) -> DataLoader:
     """A plain ``DataLoader`` (so Lightning can shard it) that batches by index."""
+    workers = usable_workers(num_workers, option="--data.num_workers")
     return DataLoader(
         rows,
         batch_size=batch_size,
         shuffle=shuffle,
         collate_fn=_passthrough,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
+        num_workers=workers,
+        persistent_workers=workers > 0,
     )
 
 
@@ -96,7 +98,8 @@ class FeatureDataModule(L.LightningDataModule):
         predict_split: the store split ``predict`` writes a submission for.
         test_split: the labelled store split ``train.py test`` scores (e.g. ``val``).
         num_workers: DataLoader workers (val, test, predict, and training with
-            ``loader: dataloader``); 0 is fastest for in-memory tensors.
+            ``loader: dataloader``); at most the CPU cores;
+            0 is fastest for in-memory tensors.
         loader: how training batches are drawn: ``tensors`` (the train split kept as
             tensors on the training device, a seeded permutation per epoch sliced into
             batches, no DataLoader: fusion/batches.py) or ``dataloader`` (a shuffling
