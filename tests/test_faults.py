@@ -268,7 +268,7 @@ PROBES = [
     # predict.py ----------------------------------------------------------------------
     Probe("predict-out-is-checkpoint", "predict", pred(out="{ckpt}"), 2,
           r"would overwrite the checkpoint", setup=_remember("{ckpt}"), check=_unchanged),
-    Probe("predict-out-in-store", "predict", pred(out="{store}/manifest.json"), 2,
+    Probe("predict-out-in-store", "predict", pred(out="{store}/sub.csv"), 2,
           r"inside the store", setup=_remember("{store}/manifest.json"), check=_unchanged),
     Probe("predict-out-is-directory", "predict", pred(out="{tmp}"), 2, r"is a directory"),
     Probe("predict-out-read-only", "predict", pred(out="/proc/sketchfusion/sub.csv"), 2,

@@ -67,7 +67,7 @@ def test_offline_fit_dashboard(tmp_path, offline, monkeypatch):
     monkeypatch.setenv("WANDB_PROJECT", "my-project")  # W&B's variable beats our default
     run = tmp_path / "run"
     # Noisy embeddings and a high learning rate: val accuracy peaks early, so best != last.
-    store = small_store(tmp_path / "s", noise=2.0)
+    store = small_store(tmp_path / "s", noise=3.0)
     # fusion_lr_scale pinned: the trajectory this premise was checked on (default now 30).
     fit_cli(store, run, "--wandb.tags", "[a, b]", "--model.lr", "0.3", *LAYERNORM,
             "--model.fusion_lr_scale", "10", epochs=6)  # fmt: skip
