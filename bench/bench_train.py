@@ -288,6 +288,9 @@ def print_training(table: dict, args) -> None:
             ]
             cells.append(f"**{ratio[0]:.2f} / {ratio[1]:.2f}**")
         print(f"| **{path} / plain** (wall / CPU) | " + " | ".join(cells) + " |")
+    for b in sizes:  # every round, to judge the noise
+        rounds = {path: [round(t[1], 2) for t in table[b][path]] for path in PATHS}
+        print(f"batch {b}, CPU s/epoch per round: {rounds}")
 
 
 if __name__ == "__main__":
