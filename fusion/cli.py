@@ -333,7 +333,7 @@ class FusionCLI(LightningCLI):
             }
         )
         parser.add_class_arguments(Recipe, "recipe")
-        for key in ("image_dim", "text_dim", "class_names"):
+        for key in ("set_dims", "class_names"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
