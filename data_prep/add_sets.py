@@ -29,9 +29,10 @@ from typing import Any
 from data_prep.config import InputConfig, PrepConfig
 from data_prep.set_kinds import KINDS
 from data_prep.store import PREP_DIR, Shard, StoreMixError, StoreWriter, _diff, plan_shards
-from feature_store.layout import FORMAT_VERSION, StoreError, open_store, read_failures
-from feature_store.sets import FEATURES_DIR, entry_fingerprint, set_features, set_root
-from feature_store.writer import content_fingerprint, index_split, write_json
+from feature_store.layout import StoreError, open_store, read_failures
+from feature_store.set_writer import register_set, set_record_path, write_set_metadata
+from feature_store.sets import FEATURES_DIR, set_features, set_root
+from feature_store.writer import write_json
 
 NAME_KINDS = ("zero_shot", "caption_scores")  # kinds whose prompts need readable class names
 
@@ -63,12 +64,12 @@ class SetWriter(StoreWriter):
     def entry_path(self) -> Path:
         """The finished set's entry and failure rows, kept beside its markers so that a
         rerun of the rows' extraction (which rewrites the manifest) lists it again."""
-        return self.progress_path().with_name("entry.json")
+        return set_record_path(self.root, self.name)
 
     def remove(self) -> None:
         """Forget the set: its record, then its manifest entry and failures, then files."""
         self.entry_path().unlink(missing_ok=True)
-        _write_set_metadata(self.root, self.name, entry=None, failures=[])
+        write_set_metadata(self.root, self.name, entry=None, failures=[])
         shutil.rmtree(set_root(self.root, self.name), ignore_errors=True)
         shutil.rmtree(self.progress_path().parent, ignore_errors=True)
 
@@ -302,35 +303,20 @@ def finalize_set(writer: SetWriter, fs, spec, described, shards, feats, emb_dtyp
     failures: list[dict[str, str]] = []
     model_seconds = 0.0
     for split in info.splits:
-        split_shards = [s for s in shards if s.split == split]
         records[split] = []
-        for s in split_shards:
+        for s in [s for s in shards if s.split == split]:
             m = writer.marker(s)
             records[split].append({k: m[k] for k in ("file", "rows", "bytes", "sha256")})
             failures += m["failed"]
             model_seconds += sum(m["model_seconds"].values())
-        index_split(set_root(writer.root, fs.name), split, [r["file"] for r in records[split]],
-                    feats, content_fingerprint(records[split], salt=fs.name))  # fmt: skip
-    entry = {
-        "name": fs.name,
-        **described,
-        "column": fs.name,
-        "path": f"{FEATURES_DIR}/{fs.name}",
-        "dtype": emb_dtype,
-        "config": spec,
-        "shards": records,
-        "rows": {split: sum(r["rows"] for r in recs) for split, recs in records.items()},
-        "failed": {split: sum(1 for f in failures if f["split"] == split) for split in records},
-        "timing": {
-            "model_seconds": round(model_seconds, 3),
-            "load_seconds": round(seconds["load"], 3),
-            "wall_seconds_last_run": round(seconds["wall_last_run"], 3),
-        },  # fmt: skip
+    timing = {
+        "model_seconds": round(model_seconds, 3),
+        "load_seconds": round(seconds["load"], 3),
+        "wall_seconds_last_run": round(seconds["wall_last_run"], 3),
     }
-    entry["fingerprint"] = entry_fingerprint(entry)
-    write_json(writer.entry_path(), {"entry": entry, "failures": failures})
-    _write_set_metadata(writer.root, fs.name, entry=entry, failures=failures)
-    return entry
+    return register_set(writer.root, name=fs.name, fields={**described, "config": spec,
+                        "timing": timing}, records=records, feats=feats, dtype=emb_dtype,
+                        failures=failures)  # fmt: skip
 
 
 def recorded_sets(root: str | os.PathLike) -> tuple[list[dict], list[dict]]:
@@ -345,18 +331,6 @@ def recorded_sets(root: str | os.PathLike) -> tuple[list[dict], list[dict]]:
             entries.append(record["entry"])
             failures += record["failures"]
     return entries, failures
-
-
-def _write_set_metadata(root: Path, name: str, *, entry, failures: list[dict]) -> None:
-    """failures.csv with the set's rows replaced, then the manifest with its entry replaced
-    (removed when ``entry`` is None): the manifest last, as everywhere."""
-    from feature_store.layout import write_failures, write_manifest
-
-    info = open_store(root)
-    kept = [r for r in read_failures(root) if r.get("feature") != name]
-    write_failures(root, kept + failures)
-    entries = [e for e in info.features if e["name"] != name] + ([entry] if entry else [])
-    write_manifest(root, {**info.manifest, "format_version": FORMAT_VERSION, "features": entries})
 
 
 def is_rank_zero() -> bool:

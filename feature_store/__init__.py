@@ -15,7 +15,8 @@ float vectors). ``datasets.load_from_disk(STORE)`` opens it as a DatasetDict.
 A store holds named feature sets (``manifest.json["features"]``): ``image`` and ``text``
 are the ``image_emb`` / ``text_emb`` columns, further sets (other backbones, class-name
 scores) live in ``STORE/features/<name>/`` and are read with :func:`load_features`
-(:mod:`feature_store.sets`).
+(:mod:`feature_store.sets`); data_prep's add mode extracts one, :func:`add_feature_set` adds
+one from arrays computed elsewhere (:mod:`feature_store.set_writer`).
 
 Readers go through :func:`open_store` and :func:`load_arrays`, which check the manifest
 once, verify each shard against the size and checksum recorded when it was written
@@ -44,6 +45,13 @@ from feature_store.layout import (
     write_failures,
     write_manifest,
 )
+from feature_store.set_writer import (
+    FeatureSetError,
+    SetNameError,
+    SetShapeError,
+    SetValuesError,
+    add_feature_set,
+)
 from feature_store.sets import FEATURES_DIR, FeatureArrays, load_features
 from feature_store.writer import (
     from_dataset_dict,
@@ -53,15 +61,20 @@ from feature_store.writer import (
 )
 
 __all__ = [
+    "add_feature_set",
     "COLUMNS",
     "DATASET_DICT_NAME",
     "FAILURES_COLUMNS",
     "FAILURES_NAME",
     "FEATURES_DIR",
     "FeatureArrays",
+    "FeatureSetError",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "SplitArrays",
+    "SetNameError",
+    "SetShapeError",
+    "SetValuesError",
     "StoreError",
     "StoreInfo",
     "from_dataset_dict",

@@ -1,6 +1,10 @@
 """Synthetic feature stores with a known structure, for tests, benchmarks and examples.
 
 $ python -c "from feature_store.synthetic import make_synthetic_store; make_synthetic_store('/tmp/s')"
+
+Two stores of image and text only (:func:`make_synthetic_store`, :func:`make_caption_mix_store`)
+here; stores of any number of named feature sets, each knowing a chosen part of the classes,
+in :mod:`feature_store.synthetic_sets`.
 """
 
 from __future__ import annotations
