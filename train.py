@@ -62,13 +62,17 @@ subcommands (python train.py SUBCOMMAND --help lists its options):
 Configs: configs/<experiment>.yaml, each composed from configs/base.yaml; every value can be
 overridden on the command line (--model.lr 0.001) and `fit --print_config` shows them all.
 
-Submissions: python predict.py --checkpoint RUN/checkpoints/best.ckpt --store STORE
-  --out submission.csv (repeat --checkpoint to average runs; predict.py ensemble averages
-  saved .probs.npz files).
+Submissions: every fit writes RUN/submission.csv; python predict.py --checkpoint
+  RUN/checkpoints/best.ckpt --store STORE --out submission.csv (repeat --checkpoint to
+  average runs; predict.py ensemble averages saved .probs.npz files). Every command that
+  writes one takes --category index|name and --kaggle COMPETITION --message M (fit: only
+  --category), which sends it with the kaggle client.
 
-Exit codes: 0 done; 2 bad input or usage (one line naming it and the fix); 1 internal error
-or a diverged run (non-finite loss); 143 stopped by SIGTERM, 130 by Ctrl-C, after saving
-last.ckpt (resume with --ckpt_path last). More: README.md, section "Training and prediction".
+Exit codes: 0 done; 2 bad input or usage (one line naming it and the fix); 1 internal error,
+a diverged run (non-finite loss) or a full disk (one line: the disk and how to continue);
+143 stopped by SIGTERM, 130 by Ctrl-C, after saving last.ckpt (resume with --ckpt_path
+last; probe and stack keep nothing and start again). More: README.md, section "Training
+and prediction".
 """
 
 
@@ -109,20 +113,12 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
     """
     from feature_store.console import show_path
     from fusion.cli import main as cli_main
-    from fusion.wandb_report import finish_runs, log_submission, wandb_runs
 
     store = build_demo_store(store)
     args = ["fit", "--config", _repo_file(DEMO_TRAIN_CONFIG), "--data.store", str(store)]
-    # The W&B run stays open until the submission is logged to it.
-    cli = cli_main([*args, *overrides], finish_wandb=False)
-    try:
-        paths = _predict_demo(cli, store)
-        for wandb_run in wandb_runs(cli.trainer):
-            log_submission(wandb_run, paths["submission"], paths["test probabilities"])
-    except BaseException:
-        finish_runs(cli.trainer, exit_code=1)
-        raise
-    finish_runs(cli.trainer)
+    # The fit writes RUN/submission.csv itself and logs it to its W&B run.
+    cli = cli_main([*args, *overrides])
+    paths = _demo_paths(cli, store)
     run = paths["run directory"]
     wandb_dirs = sorted((run / "wandb").glob("*run-*")) if (run / "wandb").is_dir() else []
     if wandb_dirs:
@@ -139,27 +135,12 @@ def run_demo(store: Path = DEMO_STORE, overrides: Sequence[str] = ()) -> dict[st
     return paths
 
 
-def _predict_demo(cli, store: Path) -> dict[str, Path]:
-    """Write the demo's submission from the best checkpoint; return the paths of the run."""
-    from fusion.predict import predict_probs, submit
-
+def _demo_paths(cli, store: Path) -> dict[str, Path]:
+    """What the demo's fit wrote, by name, for the closing listing."""
     run = Path(cli.trainer.default_root_dir)
     ckpt_cb = cli.trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path or ckpt_cb.last_model_path)
-    split = cli.datamodule.predict_split
-    ids, probs = predict_probs([best], store, split)
-    # predict.py's own writer: one row per test input (a failed image gets the train class
-    # prior); run_demo logs the submission to the still-open W&B run itself.
-    submission, probs_file = submit(
-        run / "submission.csv",
-        ids,
-        probs,
-        store=store,
-        split=split,
-        checkpoints=[best],
-        log_to_fit_runs=False,
-        prog="train.py",
-    )
+    submission = run / "submission.csv"
     return {
         "feature store": store,
         "run directory": run,
@@ -170,14 +151,14 @@ def _predict_demo(cli, store: Path) -> dict[str, Path]:
         "alpha/beta plot": run / "alpha_beta.png",
         "val predictions": run / "val_predictions.csv",
         "submission": submission,
-        "test probabilities": probs_file,
+        "test probabilities": run / "submission.probs.npz",
     }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Exit codes (fusion/exit.py): 0 done; 2 bad input or usage (one line naming it and
-    the fix); 1 an internal error or a non-finite loss; 143 stopped by SIGTERM (130: by Ctrl-C)
-    after saving ``last.ckpt`` (resume: --ckpt_path last)."""
+    the fix); 1 an internal error, a non-finite loss or a full disk; 143 stopped by SIGTERM
+    (130: by Ctrl-C) after saving ``last.ckpt`` (resume: --ckpt_path last)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         run_demo()
@@ -238,6 +219,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise ExitError(f"train.py: error: {err}") from err
     except NonFiniteLossError as err:
         raise ExitError(f"train.py: error: {err}", code=EXIT_INTERNAL) from err
+    except Exception as err:
+        from fusion.exit import disk_full, disk_full_line
+
+        full = disk_full(err)
+        if full is None:
+            raise
+        # Checkpoints are written atomically: the last one is whole; metrics.csv rows are
+        # whole or absent (fusion/loggers.py), so the resume it names continues cleanly.
+        run = os.environ.get("SKETCHFUSION_RUN_DIR") if args[0] == "fit" else None
+        raise ExitError(
+            disk_full_line(full, prog="train.py", run=Path(run) if run else None),
+            code=EXIT_INTERNAL,
+        ) from err
     except SIGTERMException as err:
         # Lightning raises this (a SystemExit with code 0) at the next batch after SIGTERM,
         # or after a first Ctrl-C (fusion/stopping.py); RunCheckpoint has saved the current

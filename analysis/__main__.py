@@ -5,8 +5,10 @@ $ python -m analysis -c report.yaml --probe_train 0        # a YAML of these opt
 
 Writes REPORT_DIR/report.html (figures embedded, opens offline) and REPORT_DIR/figures/*.png.
 The caps keep a 50,000-row, 500-class store under a few minutes on 2 cores; raise them for
-more faithful numbers on a bigger machine (0 lifts a cap). Exit codes: 0 written, 2 bad
-input (one line naming it), 1 an internal error.
+more faithful numbers on a bigger machine (0 lifts a cap; ``--tsne_points 0`` skips t-SNE).
+``--run`` is a ``train.py fit``, ``probe`` or ``stack`` run directory. Exit codes: 0
+written, 2 bad input (one line naming it, nothing written), 1 an internal error (a section
+that failed: the rest is written).
 """
 
 from __future__ import annotations
@@ -58,10 +60,12 @@ def parser():
     query_help = "a free-text caption query; repeat for more (YAML: a list)"
     p.add_argument("--query", action="append", default=[], help=query_help)
     classes_help = (
-        "a count or comma-separated names: the classes on the 2-D maps (null: the 10 most "
-        "frequent) and, when given, the only classes image-retrieval queries come from"
+        "the classes on the 2-D maps (null: the 10 most frequent) and, when given, the only "
+        "classes image-retrieval queries come from: a count (>= 1), comma-separated names "
+        "(cat,dog), or a list for names with commas or of digits only: --classes "
+        '\'["a,b", "001"]\', or the option repeated (--classes a,b --classes 001)'
     )
-    p.add_argument("--classes", type=int | str | None, default=None, help=classes_help)
+    p.add_argument("--classes", type=int | list[str] | str | None, default=None, help=classes_help)
     names_help = "CSV class,name: names to show and find in captions instead of the store's"
     p.add_argument("--display_names", type=str | None, default=None, help=names_help)
     cs_help = "C values of the logistic-regression sweep, e.g. [0.01,0.1,1]"
@@ -72,8 +76,13 @@ def parser():
 
 
 def _compat(argv: list[str]) -> list[str]:
-    """Old dashed names still work (with a note); ``--probe_cs 0.01,0.1`` as a list."""
+    """Old dashed names still work (with a note); ``--probe_cs 0.01,0.1`` as a list;
+    ``--classes`` given more than once collects its values as a list of names (jsonargparse
+    would keep the last one), each taken whole."""
     argv = renamed_options(argv, RENAMES, PROG)
+    if sum(a == "--classes" or a.startswith("--classes=") for a in argv) > 1:
+        argv = [("--classes+" + a[len("--classes") :]) if a.split("=")[0] == "--classes" else a
+                for a in argv]  # fmt: skip
     for i, arg in enumerate(argv[:-1]):
         if arg == "--probe_cs" and not argv[i + 1].lstrip().startswith("["):
             argv[i + 1] = f"[{argv[i + 1]}]"
@@ -81,14 +90,18 @@ def _compat(argv: list[str]) -> list[str]:
 
 
 def parse_args(argv: list[str]) -> ReportOptions:
-    a = parser().parse_args(_compat(list(argv)))
+    p = parser()
+    a = p.parse_args(_compat(list(argv)))
+    for name in ("store", "out"):  # Path("") would be the current directory
+        if not a[name].strip():
+            p.error(f"--{name} is empty; give a directory")
     sizes = {FIELD.get(name, name): a[name] for name, _, _ in SIZES}
     sizes.update({k: sizes[k] or None for k in CAPS})  # ReportOptions: None = no cap
     return ReportOptions(
         store=Path(a.store),
         out=Path(a.out),
         run=Path(a.run) if a.run else None,
-        classes=None if a.classes is None else str(a.classes),
+        classes=a.classes,
         display_names=Path(a.display_names) if a.display_names else None,
         probe_cs=tuple(a.probe_cs),
         queries=a.query,
@@ -107,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     if opts.out.exists() and not opts.out.is_dir():
         return _bad_input(f"--out {opts.out} is a file; give a directory for the report "
                           "(report.html and figures/ go into it)")  # fmt: skip
+    store = opts.store.resolve()
+    in_store = opts.out.resolve() == store or store in opts.out.resolve().parents
+    if in_store and (store / "manifest.json").is_file():
+        return _bad_input(f"--out {opts.out} is inside the store {opts.store}, which data_prep "
+                          "writes and nothing else may; give a directory outside it, e.g. "
+                          "--out report/")  # fmt: skip
     try:
         result = build_report(opts)
     except (StoreError, ValueError) as err:  # bad store or --classes: the message names the fix
@@ -116,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
                           "--out directory")  # fmt: skip
     notes = result.report.notes
     print(f"wrote {result.page} ({len(result.report.figures)} figures, {len(notes)} notes)")
+    if result.failed:  # a bug, not the input: its traceback is logged above
+        print(f"{error_name(PROG)}: error: sections {', '.join(result.failed)} failed (an "
+              f"internal error, traceback above); the rest of the report is in {result.page}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

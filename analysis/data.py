@@ -9,11 +9,17 @@ dims come from the manifest, never from constants.
 from __future__ import annotations
 
 import csv
+import io
+import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from feature_store.cli import read_option_file
+from feature_store.integrity import non_finite_rows
 from feature_store.layout import SplitArrays, StoreInfo, load_arrays, open_store
 
 TRAIN_NAMES = ("train",)
@@ -31,6 +37,7 @@ class StoreViews:
     train_name: str | None = None  # the store's split names behind ``train`` and ``val``
     val_name: str | None = None
     display_names: list[str] | None = None  # --display_names: shown instead of the store's
+    non_finite: dict[str, int] = field(default_factory=dict)  # rows left out, per split
 
     @property
     def class_names(self) -> list[str]:
@@ -58,6 +65,20 @@ def _labelled(arrays: SplitArrays) -> SplitArrays:
     return take(arrays, keep)
 
 
+def _finite(arrays: SplitArrays, where: str, notes: list[str]) -> tuple[SplitArrays, int]:
+    """Drop rows whose embeddings hold NaN or infinity (sklearn refuses them), with a note."""
+    bad = non_finite_rows(arrays)
+    if len(bad) == 0:
+        return arrays, 0
+    ids = [arrays.ids[i] for i in bad[:5]]
+    notes.append(
+        f"{where}: {len(bad)} of {len(arrays)} rows have NaN or infinite embeddings (ids "
+        f"{ids}) and are left out of every section. data_prep lists such rows in "
+        "failures.csv instead of storing them: rebuild the store with it."
+    )
+    return take(arrays, np.setdiff1d(np.arange(len(arrays)), bad)), len(bad)
+
+
 def take(arrays: SplitArrays, idx: np.ndarray) -> SplitArrays:
     """The rows ``idx`` of a split, in that order."""
     idx = np.asarray(idx, dtype=np.int64)
@@ -74,13 +95,11 @@ def take(arrays: SplitArrays, idx: np.ndarray) -> SplitArrays:
 def read_display_names(path: str | Path, class_names: list[str]) -> list[str]:
     """Names to show per class from a ``class,name`` CSV (store class name, name to show,
     e.g. ``n01440764,tench``); classes it does not list keep their store name."""
+    text = read_option_file(path, "--display_names", "a class,name CSV file")  # ValueError
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(
-            f"--display_names {path} cannot be read ({err}); give a CSV file"
-        ) from None
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error as err:
+        raise ValueError(f"--display_names {path} is not a CSV file ({err})") from None
     if not rows or not {"class", "name"} <= set(rows[0]):
         raise ValueError(
             f"--display_names {path} needs a header line class,name and one row per class "
@@ -106,6 +125,14 @@ def load_views(store: str | Path, display_names: str | Path | None = None) -> St
     train_name, val_name = _first(info, TRAIN_NAMES), _first(info, VAL_NAMES)
     train = _labelled(load_arrays(store, train_name)) if train_name else None
     val = _labelled(load_arrays(store, val_name)) if val_name else None
+    non_finite = {}
+    if train is not None:
+        train, non_finite[train_name] = _finite(train, train_name, notes)
+    if val is not None:
+        val, non_finite[val_name] = _finite(val, val_name, notes)
+        if len(val) == 0:
+            notes.append(f"The {val_name} split has no labelled rows with finite embeddings.")
+            val = None
     if train is None:
         notes.append(f"The store has no train split (splits: {info.splits}).")
     if val is None:
@@ -117,7 +144,8 @@ def load_views(store: str | Path, display_names: str | Path | None = None) -> St
         notes.append("The train split has no labelled rows.")
         train = None
     train_name = train_name if train is not None else None
-    return StoreViews(info, train, val, notes, train_name, val_name, shown)
+    val_name = val_name if val is not None else None
+    return StoreViews(info, train, val, notes, train_name, val_name, shown, non_finite)
 
 
 def balanced_sample(labels: np.ndarray, cap: int | None, *, seed: int = 0) -> np.ndarray:
@@ -149,25 +177,50 @@ def balanced_sample(labels: np.ndarray, cap: int | None, *, seed: int = 0) -> np
 
 
 def class_subset(
-    labels: np.ndarray, class_names: list[str], spec: str | None, also: list[str] | None = None
+    labels: np.ndarray,
+    class_names: list[str],
+    spec: int | str | Sequence[str] | None,
+    also: list[str] | None = None,
 ) -> np.ndarray:
-    """Label ids to draw on 2-D maps: ``spec`` is a count ("12") or comma-separated names,
-    each one of ``class_names`` or of ``also`` (the store's names when others are shown).
+    """Label ids to draw on 2-D maps. ``spec``: a count (``10``, ``"10"``: the most frequent
+    classes, ties by label order, so the map is populated), a list of names taken as they
+    are (``["a,b", "001"]``: names with commas or digits only), or a string of comma-
+    separated names (a string that is itself a class name is that class). Each name is one
+    of ``class_names`` or of ``also`` (the store's names when others are shown).
 
-    A count takes the most frequent classes (ties by label order) so the map is populated.
+    ValueError for a count below 1, an empty list or names the store does not have.
     """
     if spec is None:
-        spec = "10"
-    if spec.strip().isdigit():
+        spec = 10
+    if isinstance(spec, str) and re.fullmatch(r"\s*[-+]?\d+\s*", spec):
+        spec = int(spec)
+    if isinstance(spec, int):
+        if spec < 1:
+            raise ValueError(
+                f"--classes {spec} selects no class; give a count of at least 1 (the most "
+                "frequent classes) or class names, e.g. --classes cat,dog"
+            )
         counts = np.bincount(labels, minlength=len(class_names))
         order = np.argsort(-counts, kind="stable")
-        return np.sort(order[: int(spec)][counts[order[: int(spec)]] > 0])
-    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+        return np.sort(order[:spec][counts[order[:spec]] > 0])
     index = {n: i for names in (also or [], class_names) for i, n in enumerate(names)}
+    if isinstance(spec, str) and spec not in index and spec.strip().startswith("["):
+        raise ValueError(  # a list jsonargparse could not read as strings: [001, 10]
+            f"--classes {spec} is not a list of names; quote each name, e.g. --classes "
+            """'["001", "a,b"]'"""
+        )
+    if isinstance(spec, str):
+        wanted = [spec] if spec in index else [w.strip() for w in spec.split(",") if w.strip()]
+    else:
+        wanted = [str(w) for w in spec]
+    if not wanted:
+        shown = spec if isinstance(spec, str) else json.dumps(list(spec))
+        raise ValueError(f"--classes {shown!r} names no class; give a count or class names")
     unknown = [w for w in wanted if w not in index]
     if unknown:
         raise ValueError(
             f"--classes names {unknown} are not in the store's class list "
-            f"(first few: {class_names[:5]}); pass a count or names from the manifest."
+            f"(first few: {class_names[:5]}); pass a count or names from the manifest (a "
+            'name with a comma or of digits only as a list: --classes \'["a,b", "001"]\').'
         )
     return np.array(sorted({index[w] for w in wanted}), dtype=np.int64)

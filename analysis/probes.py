@@ -2,9 +2,11 @@
 
 $ python -m analysis --store STORE --out report --probe_cs "[0.01,0.1,1,10]"
 
-For image, text and concatenated embeddings, raw and LDA-reduced: standardise on train, fit
-scikit-learn's LogisticRegression for each C of a log-spaced sweep, keep the C with the best
-val top-1 and report it. k-NN: majority vote of the k nearest train rows by cosine.
+For image, text and concatenated embeddings, raw and LDA-reduced: ``train.py probe``'s
+probe (:func:`fusion.probe.fit_probe`, with its C grid and iterations by default):
+standardise on train, fit LogisticRegression for each C, keep the C with the best val
+top-1. Where no cap below applies the raw rows equal ``train.py probe``'s on the same store.
+k-NN: majority vote of the k nearest train rows by cosine.
 
 Caps, so 500 classes x 1,536 dims stay within minutes on 2 cores: train and val are
 class-balanced samples (``train_cap``/``val_cap``); inputs wider than ``max_dim`` are
@@ -22,10 +24,10 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.neighbors import KNeighborsClassifier
 
 from analysis.data import balanced_sample
-from fusion.probe import fit_probe, project
+from fusion.probe import DEFAULT_CS, DEFAULT_MAX_ITER, fit_probe, project
 from fusion.probe import standardise as probe_standardise
 
-DEFAULT_CS = (0.01, 0.1, 1.0)
+__all__ = ["DEFAULT_CS", "DEFAULT_MAX_ITER", "add_probes", "probe_sweep"]
 
 
 @dataclass
@@ -49,7 +51,7 @@ def probe_sweep(
     y_val: np.ndarray,
     *,
     cs: tuple[float, ...] = DEFAULT_CS,
-    max_iter: int = 100,
+    max_iter: int = DEFAULT_MAX_ITER,
     max_dim: int | None = None,
 ) -> ProbeResult:
     """Pick C on val with :func:`fusion.probe.fit_probe` (the one probe implementation,
@@ -81,7 +83,7 @@ def add_probes(
     train_cap: int | None,
     val_cap: int | None,
     cs: tuple[float, ...] = DEFAULT_CS,
-    max_iter: int = 100,
+    max_iter: int = DEFAULT_MAX_ITER,
     max_dim: int | None = 256,
     k: int = 10,
 ) -> dict[str, dict[str, float]]:
@@ -98,14 +100,24 @@ def add_probes(
     tr = balanced_sample(train.labels, train_cap)
     va = balanced_sample(val.labels, val_cap)
     y_tr, y_va = train.labels[tr], val.labels[va]
+    x_tr_all, x_va_all = views.modalities(train), views.modalities(val)
+    widest = max(x.shape[1] for x in x_tr_all.values())
+    as_train_py = (
+        len(tr) == len(train) and len(va) == len(val)
+        and (max_dim is None or widest <= max_dim)
+        and tuple(cs) == DEFAULT_CS and max_iter == DEFAULT_MAX_ITER
+    )  # fmt: skip
     sec.text(
         f"Train sample {len(tr)} of {len(train)} rows, val sample {len(va)} of {len(val)}; "
         f"C swept over {list(cs)} (chosen on val), k-NN with k={min(k, len(tr))}. "
-        f"Chance is {1 / len(views.class_names):.4f}."
-    )
+        f"Chance is {1 / len(views.class_names):.4f}. "
+        + ("The LR column is `python train.py probe`'s result on this store (same probe, rows, "
+           "C grid and iterations)." if as_train_py else
+           "A row sample, the PCA cap or --probe_cs/--probe_max_iter differ from `python "
+           "train.py probe`, whose LR figures may differ (0 lifts the caps).")
+    )  # fmt: skip
     results: dict[str, dict[str, float]] = {}
     rows = []
-    x_tr_all, x_va_all = views.modalities(train), views.modalities(val)
     for name in x_tr_all:
         x_tr, x_va = x_tr_all[name][tr], x_va_all[name][va]
         raw = probe_sweep(x_tr, y_tr, x_va, y_va, cs=cs, max_iter=max_iter, max_dim=max_dim)

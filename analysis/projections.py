@@ -31,15 +31,20 @@ def _scatter(ax, xy: np.ndarray, labels: np.ndarray, names: list[str], title: st
 def embed_2d(x: np.ndarray, labels: np.ndarray, *, tsne_points: int, seed: int = 0):
     """{method: (xy, labels_of_xy) or a note string} for PCA, LDA and t-SNE."""
     out: dict[str, tuple[np.ndarray, np.ndarray] | str] = {}
-    out["PCA"] = (PCA(n_components=2, random_state=seed).fit_transform(x), labels)
+    if x.shape[1] < 2:  # PCA and LDA cannot give two components of one
+        out["PCA"] = out["LDA"] = f"a {x.shape[1]}-dim embedding has no 2-D projection."
+    else:
+        out["PCA"] = (PCA(n_components=2, random_state=seed).fit_transform(x), labels)
     n_cls = len(np.unique(labels))
     if n_cls < 3:
         out["LDA"] = f"LDA needs at least 3 classes for a 2-D map; the sample has {n_cls}."
-    else:
+    elif "LDA" not in out:
         lda = LinearDiscriminantAnalysis(n_components=2)
         out["LDA"] = (lda.fit_transform(x, labels), labels)
     idx = balanced_sample(labels, tsne_points, seed=seed)
-    if len(idx) < 5:
+    if tsne_points == 0:  # --tsne_points 0 turns t-SNE off; it is not a cap to lift
+        out["t-SNE"] = "t-SNE skipped (--tsne_points 0)."
+    elif len(idx) < 5:
         out["t-SNE"] = f"t-SNE needs at least 5 points; the sample has {len(idx)}."
     else:
         xs = x[idx]
@@ -66,10 +71,11 @@ def add_projections(report, views, *, classes: np.ndarray, points: int, tsne_poi
         sec.note("No labelled train split: no maps.")
         return
     rows = np.flatnonzero(np.isin(train.labels, classes))
-    if len(rows) < 3:
-        sec.note(f"Only {len(rows)} train rows in the chosen classes: no maps.")
-        return
     rows = rows[balanced_sample(train.labels[rows], points)]
+    if len(rows) < 3:
+        sec.note(f"Only {len(rows)} train rows in the chosen classes (--map_points {points}): "
+                 "no maps; a map needs at least 3.")  # fmt: skip
+        return
     labels = train.labels[rows]
     names = views.class_names
     sec.text(

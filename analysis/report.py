@@ -20,9 +20,10 @@ from analysis.clustering import add_clustering
 from analysis.data import class_subset, load_views
 from analysis.html import Report
 from analysis.patches import add_patch_view
-from analysis.probes import DEFAULT_CS, add_probes
+from analysis.probes import DEFAULT_CS, DEFAULT_MAX_ITER, add_probes
 from analysis.projections import add_projections
 from analysis.retrieval import add_image_retrieval, add_text_search
+from analysis.run_kind import identify_run
 from analysis.run_report import add_run
 from analysis.text_encoder import model_ref
 
@@ -34,16 +35,17 @@ class ReportOptions:
     store: Path
     out: Path
     run: Path | None = None
-    # A count ("10") or names: the classes on the 2-D maps (default: the 10 most frequent)
-    # and, when given, the only classes retrieval queries are drawn from.
-    classes: str | None = None
+    # A count (10), comma-separated names or a list of names (analysis.data.class_subset):
+    # the classes on the 2-D maps (default: the 10 most frequent) and, when given, the only
+    # classes retrieval queries are drawn from.
+    classes: int | str | list[str] | None = None
     display_names: Path | None = None  # class,name CSV: names to show instead of the store's
     map_points: int = 2000
     tsne_points: int = 1000
     probe_train: int | None = 5000
     probe_val: int | None = 2500
     probe_cs: tuple[float, ...] = DEFAULT_CS
-    probe_max_iter: int = 100
+    probe_max_iter: int = DEFAULT_MAX_ITER
     probe_dim: int | None = 256
     knn_k: int = 10
     cluster_points: int | None = 5000
@@ -58,6 +60,24 @@ class ReportResult:
     report: Report
     numbers: dict  # the values shown, keyed by section, for tests and benchmarks
     timings: dict[str, float]
+    failed: list[str] = field(default_factory=list)  # sections that raised (a bug: exit 1)
+
+
+def model_label(entry) -> str:
+    """A manifest ``models`` entry as one readable cell: its model name or path, else where
+    its output came from (``captions from /data/captions.csv`` for ``input.captions_csv``),
+    else its plain fields, never a Python dict."""
+    ref = model_ref(entry)
+    if ref:
+        return ref
+    if not isinstance(entry, dict):
+        return str(entry)
+    if entry.get("captions_csv"):
+        return f"captions from {entry['captions_csv']}"
+    if entry.get("source"):
+        return str(entry["source"])
+    plain = {k: v for k, v in entry.items() if isinstance(v, str | int | float) and v != ""}
+    return ", ".join(f"{k} {v}" for k, v in plain.items() if "sha" not in k) or "?"
 
 
 def _overview(report: Report, views) -> None:
@@ -72,7 +92,7 @@ def _overview(report: Report, views) -> None:
     models = info.manifest.get("models") or {}
     if models:
         rows = [
-            [role, model_ref(v) or str(v)]
+            [role, model_label(v)]
             + ([v.get("pooling", ""), v.get("dim", "")] if isinstance(v, dict) else ["", ""])
             for role, v in models.items()
         ]
@@ -86,11 +106,13 @@ def _overview(report: Report, views) -> None:
 def build_report(opts: ReportOptions) -> ReportResult:
     """Every section in order; one that fails becomes a note, the others still run.
 
-    Raises StoreError for a missing or broken store and ValueError for ``--classes`` names
-    the store does not have or a bad ``--display_names`` file: those are the caller's to
-    fix, not a section's to skip.
+    Raises StoreError for a missing or broken store, RunError (a ValueError) for a ``--run``
+    that is not a run directory, and ValueError for ``--classes`` the store does not have
+    or a bad ``--display_names`` file: those are the caller's to fix, not a section's to
+    skip, and are raised before anything is written.
     """
     t0 = time.perf_counter()
+    run = identify_run(opts.run) if opts.run is not None else None  # before the slow load
     views = load_views(opts.store, opts.display_names)  # a bad CSV: ValueError
     timings: dict[str, float] = {"load": time.perf_counter() - t0}
     report = Report(f"Feature-store report: {Path(opts.store).name}")
@@ -114,14 +136,16 @@ def build_report(opts: ReportOptions) -> ReportResult:
         ("captions", lambda: add_captions(report, views)),
         ("patches", lambda: add_patch_view(report, views, n_images=opts.patch_images)),
     ]  # fmt: skip
-    if opts.run is not None:
-        steps.append(("run", lambda: add_run(report, views, Path(opts.run))))
+    if run is not None:
+        steps.append(("run", lambda: add_run(report, views, run)))
+    failed = []
     for name, step in steps:
         t0 = time.perf_counter()
         try:
             numbers[name] = step()
         except Exception as err:  # one broken section must not cost the whole report
             log.error("section %s failed:\n%s", name, traceback.format_exc())
+            failed.append(name)
             report.section(f"{name} (failed)").note(f"This section failed: {err!r}")
         timings[name] = time.perf_counter() - t0
         log.info("%s: %.1fs", name, timings[name])
@@ -129,4 +153,4 @@ def build_report(opts: ReportOptions) -> ReportResult:
         ["section", "seconds"], [[k, f"{v:.1f}"] for k, v in timings.items()]
     )
     page = report.write(opts.out)
-    return ReportResult(page=page, report=report, numbers=numbers, timings=timings)
+    return ReportResult(page=page, report=report, numbers=numbers, timings=timings, failed=failed)

@@ -1,11 +1,14 @@
 """Run sections: accuracy and alpha/beta curves, per-class accuracy, confusions, worst images.
 
-$ python -m analysis --store STORE --run runs/dual_logit --out report
+$ python -m analysis --store STORE --run runs/dual_logit/RUN --out report
 
-Reads only the run directory's files: ``metrics.csv`` (Lightning's CSVLogger: one row per
-log call, columns empty where that call did not log them) and ``val_predictions.csv``
-(id,label,pred,confidence), joined to the store's val split on ``id`` for captions and
-thumbnails.
+Reads only the run directory's files (:mod:`analysis.run_kind` tells a ``train.py fit``,
+``probe`` and ``stack`` run apart): ``metrics.csv`` of a fit (Lightning's CSVLogger: one
+row per log call, columns empty where that call did not log them; torn rows left out and
+counted), ``probe.json`` or ``stack.json`` for the summary of the other two, and the
+per-row predictions (``val_predictions.csv``, or a ``--cv`` stack's
+``oof_predictions.csv``: id,label,pred,confidence), joined to the store's rows on ``id``
+for captions and thumbnails.
 """
 
 from __future__ import annotations
@@ -16,14 +19,34 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from analysis.run_summary import run_summary, summary_table
+from analysis.run_kind import RunDir
+from analysis.run_summary import probe_table, run_store, run_summary, stack_table, summary_table
 from analysis.style import MIN_TEXT_PT
 from analysis.thumbs import Tile, tile_grid
+from fusion.plots import weight_labels
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
+    with path.open(newline="", errors="replace") as f:
         return list(csv.DictReader(f))
+
+
+def _whole(row: dict) -> bool:
+    """A row CSVLogger wrote whole: every field present (no extra ones) and a number or empty."""
+    if None in row or None in row.values():
+        return False
+    try:
+        [float(v) for v in row.values() if v != ""]
+    except ValueError:
+        return False
+    return True
+
+
+def whole_rows(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[int]]:
+    """(the rows written whole, the file line numbers of torn ones: a disk that filled up
+    mid-row leaves fields missing or shifted, e.g. an lr value under val/acc_top1)."""
+    torn = [i + 2 for i, r in enumerate(rows) if not _whole(r)]  # line 1 is the header
+    return [r for r in rows if _whole(r)], torn
 
 
 def series(rows: list[dict[str, str]], name: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -41,7 +64,7 @@ def series(rows: list[dict[str, str]], name: str) -> tuple[np.ndarray, np.ndarra
     return (np.array(xs), np.array(ys)) if ys else None
 
 
-def _plot_curves(sec, rows) -> None:
+def _plot_curves(sec, rows, head: str | None = None) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     drawn = 0
     for ax, metric in zip(axes, ("acc_top1", "loss"), strict=True):
@@ -63,14 +86,15 @@ def _plot_curves(sec, rows) -> None:
     if alpha is None and beta is None:
         sec.note("No alpha/beta history in metrics.csv (not a dual-logit run): no alpha/beta plot.")
         return
+    first, second, what = weight_labels(head)
     fig, ax = plt.subplots(figsize=(7, 3.4))
-    for name, s in (("alpha (image)", alpha), ("beta (text)", beta)):
+    for name, s in ((first, alpha), (second, beta)):
         if s is not None:
             ax.plot(*s, label=name)
     ax.set_xlabel("step")
     ax.axhline(0, color="#999", lw=0.5)
     ax.legend()
-    sec.figure("alpha_beta", fig, "Dual-logit weights: z = alpha f(image) + beta g(text)")
+    sec.figure("alpha_beta", fig, what[0].upper() + what[1:])
 
 
 def confusion_pairs(labels: np.ndarray, preds: np.ndarray, top: int) -> list[tuple[int, int, int]]:
@@ -112,41 +136,86 @@ def per_class_figure(class_names: list[str], acc: np.ndarray):
     return fig
 
 
+def _prediction_row(r: dict) -> tuple[str, int, int, float] | None:
+    """(id, label, pred, confidence) of a row, None for a torn one."""
+    try:
+        return r["id"], int(r["label"]), int(r["pred"]), float(r.get("confidence") or "nan")
+    except (TypeError, ValueError):
+        return None
+
+
 def _predictions(sec, path: Path, names: list[str]):
-    with path.open(newline="") as f:
+    with path.open(newline="", errors="replace") as f:
         rows = list(csv.DictReader(f))
     need = {"id", "label", "pred"}
     if not rows or not need <= rows[0].keys():
         sec.note(f"{path} is empty or lacks columns {sorted(need)}; skipped.")
         return None
-    labels = np.array([int(r["label"]) for r in rows])
-    preds = np.array([int(r["pred"]) for r in rows])
-    conf = np.array([float(r.get("confidence") or "nan") for r in rows])
+    parsed = [_prediction_row(r) for r in rows]
+    torn = [i + 2 for i, p in enumerate(parsed) if p is None]  # line 1 is the header
+    if torn:
+        sec.note(f"{path}: {len(torn)} rows are not id,label,pred,confidence numbers (lines "
+                 f"{torn[:5]}); left out.")  # fmt: skip
+    parsed = [p for p in parsed if p is not None]
+    labels = np.array([p[1] for p in parsed], dtype=np.int64)
+    preds = np.array([p[2] for p in parsed], dtype=np.int64)
+    conf = np.array([p[3] for p in parsed], dtype=float)
     bad = (labels < 0) | (labels >= len(names)) | (preds < 0) | (preds >= len(names))
     if bad.any():
         sec.note(f"{int(bad.sum())} rows of {path.name} have labels outside the store's classes.")
     keep = ~bad
-    ids = [r["id"] for r, k in zip(rows, keep, strict=True) if k]
+    ids = [p[0] for p, k in zip(parsed, keep, strict=True) if k]
     return ids, labels[keep], preds[keep], conf[keep]
 
 
-def add_run(report, views, run_dir: Path, *, worst: int = 20, pairs: int = 15) -> dict:
-    sec = report.section("Training run")
-    run_dir = Path(run_dir)
-    out: dict = {}
-    if not run_dir.is_dir():
-        sec.note(f"Run directory {run_dir} does not exist.")
-        return out
-    metrics = run_dir / "metrics.csv"
-    rows = read_metrics(metrics) if metrics.is_file() else []
-    out["summary"] = run_summary(run_dir, views.info.root, rows)
-    header, row = summary_table(out["summary"], views.info.root)
+def _summary(sec, views, run: RunDir, rows) -> dict:
+    """The section's first table, for the kind of run; {"summary": ...} for a fit."""
+    if run.kind == "stack":
+        table = stack_table(run.path)
+        if table is None:
+            sec.note(f"{run.path / 'stack.json'} is unreadable or incomplete: no stack summary.")
+        else:
+            sec.table(*table, "train.py stack: the stack and each member alone")
+        return {"stack": table}
+    if run.kind == "probe":
+        table = probe_table(run.path)
+        if table is None:
+            sec.note(f"{run.path / 'probe.json'} is unreadable or incomplete: no probe summary.")
+        else:
+            sec.table(*table, "train.py probe: logistic regression per feature set, C on val")
+        return {"probe": table}
+    summary = run_summary(run.path, views.info.root, rows)
+    header, row = summary_table(summary, views.info.root)
     sec.table(header, [row], "summary (the best checkpoint's epoch and val accuracy)")
-    if rows:
-        _plot_curves(sec, rows)
-    else:
+    return {"summary": summary}
+
+
+def _store_note(sec, views, run: RunDir) -> None:
+    made_on = run_store(run.path, run.kind)
+    if made_on and Path(made_on).resolve() != Path(views.info.root).resolve():
+        sec.note(
+            f"This run was made on the store {made_on}, not on --store {views.info.root}: "
+            "predictions are matched to this store's rows by id."
+        )
+
+
+def add_run(report, views, run: RunDir, *, worst: int = 20, pairs: int = 15) -> dict:
+    """The run section of a ``train.py fit``, ``probe`` or ``stack`` run (:mod:`run_kind`)."""
+    titles = {"fit": "Training run", "probe": "Linear-probe run", "stack": "Stack run"}
+    sec = report.section(titles[run.kind])
+    metrics = run.path / "metrics.csv"
+    rows = read_metrics(metrics) if run.kind == "fit" and metrics.is_file() else []
+    rows, torn = whole_rows(rows)
+    out = _summary(sec, views, run, rows)
+    if torn:
+        sec.note(f"{metrics}: {len(torn)} torn rows left out (lines {torn[:5]}): fields missing "
+                 "or not numbers, as a full disk or a killed run leaves them.")  # fmt: skip
+    _store_note(sec, views, run)
+    if run.kind == "fit" and rows:
+        _plot_curves(sec, rows, out["summary"]["head"])
+    elif run.kind == "fit":
         sec.note(f"{metrics} is missing or empty: no curves.")
-    preds_file = run_dir / "val_predictions.csv"
+    preds_file = run.predictions
     if not preds_file.is_file():
         sec.note(f"{preds_file} is missing: no per-class accuracy, confusions or worst images.")
         return out
@@ -160,13 +229,14 @@ def add_run(report, views, run_dir: Path, *, worst: int = 20, pairs: int = 15) -
     out["per_class"] = acc
     present = np.flatnonzero(~np.isnan(acc))
     worst_cls = present[np.lexsort((present, acc[present]))][:worst]
-    sec.text(f"Val top-1 from val_predictions.csv: {out['val_acc']:.4f} over {len(ids)} rows.")
+    which = "Out-of-fold" if preds_file.name.startswith("oof") else "Val"
+    sec.text(f"{which} top-1 from {preds_file.name}: {out['val_acc']:.4f} over {len(ids)} rows.")
     fig = per_class_figure([names[c] for c in worst_cls], acc[worst_cls])
     sec.figure(
         "per_class_worst",
         fig,
-        f"The {len(worst_cls)} classes with the lowest val accuracy, worst at the top "
-        "(a class at 0 shows as a short dark stub)",
+        f"The {len(worst_cls)} classes with the lowest accuracy in {preds_file.name}, worst at "
+        "the top (a class at 0 shows as a short dark stub)",
     )
     top_pairs = confusion_pairs(labels, preds, pairs)
     out["pairs"] = top_pairs
@@ -174,7 +244,7 @@ def add_run(report, views, run_dir: Path, *, worst: int = 20, pairs: int = 15) -
         _confusion_figure(sec, top_pairs, labels, preds, names)
         _worst_images(sec, views, ids, labels, preds, conf)
     else:
-        sec.note("No val mistakes: no confusion pairs or worst images.")
+        sec.note(f"No mistakes in {preds_file.name}: no confusion pairs or worst images.")
     return out
 
 
@@ -206,19 +276,19 @@ def _confusion_figure(sec, top_pairs, labels, preds, names) -> None:
 def _worst_images(sec, views, ids, labels, preds, conf, n: int = 8) -> None:
     wrong = np.flatnonzero(labels != preds)
     order = wrong[np.argsort(-np.nan_to_num(conf[wrong], nan=0.0), kind="stable")][:n]
-    lookup = {}
-    if views.val is not None:
-        lookup = {i: k for k, i in enumerate(views.val.ids)}
+    # val first; train too, for a --cv stack's out-of-fold rows
+    splits = [s for s in (views.val, views.train) if s is not None]
+    lookup = {i: (s, k) for s in reversed(splits) for k, i in enumerate(s.ids)}
     names, tiles, unmatched = views.class_names, [], 0
     for i in order:
-        k = lookup.get(ids[i])
+        split, k = lookup.get(ids[i], (None, None))
         unmatched += k is None
-        path = views.val.paths[k] if k is not None else ""
-        caption = views.val.captions[k] if k is not None else "(id not in the store's val split)"
+        path = split.paths[k] if split is not None else ""
+        caption = split.captions[k] if split is not None else "(id not in the store)"
         text = f"true {names[labels[i]]} / pred {names[preds[i]]} ({conf[i]:.2f}): {caption}"
         tiles.append(Tile(path, text, "red"))
     rows = [tiles[j : j + 4] for j in range(0, len(tiles), 4)]
     fig, _ = tile_grid(rows, views.info.root)
     sec.figure("worst_val", fig, "Most confident mistakes on val, with their captions")
     if unmatched:
-        sec.note(f"{unmatched} worst-image ids were not found in the store's val split.")
+        sec.note(f"{unmatched} worst-image ids were not found in the store's val or train split.")

@@ -11,8 +11,11 @@ with ``_`` as spaces. Nothing here is a hard-coded class list.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from pathlib import Path
+
+from feature_store.cli import read_option_file
 
 SYNSET = re.compile(r"n\d{8}")
 
@@ -52,9 +55,8 @@ def readable_names(folders: list[str], csv_path: str | None = None) -> tuple[lis
 
 def _read_csv(path: str) -> dict[str, str]:
     """``folder,name`` rows (a header row naming those columns is optional)."""
-    if not Path(path).is_file():
-        raise ValueError(f"--input.class_names {path} does not exist; give a CSV folder,name")
-    with open(path, newline="") as f:
+    text = read_option_file(path, "--input.class_names", "a CSV file of folder,name rows")
+    with io.StringIO(text, newline="") as f:
         rows = [r for r in csv.reader(f) if r]
     if rows and [c.strip().lower() for c in rows[0][:2]] == ["folder", "name"]:
         rows = rows[1:]

@@ -47,23 +47,37 @@ def prepare_demo(cfg: PrepConfig, plain: dict[str, Any] | None = None) -> None:
             f"draws its own images into demo.images, {cfg.demo.images}). Fix: drop "
             "--input.root, or pass --demo.enabled false to use your images."
         )
+    # Every directory the demo writes is checked before it draws or builds anything.
+    check_dir_option(cfg.demo.images, "--demo.images", "the demo's images")
+    check_dir_option(cfg.demo.models, "--demo.models", "the demo's tiny models")
+    check_dir_option(cfg.run.out, "--run.out", "the store")
     images = Path(cfg.demo.images)
     complete = (images / "test_labels.csv").is_file()
     if not complete and images.is_dir() and any(images.iterdir()):
         # Only a demo folder from before the drawing was atomic can be in this state.
         raise ValueError(
-            f"{images} is an incomplete demo image folder (no test_labels.csv, written "
-            "last): delete it and rerun to draw the demo again"
+            f"--demo.images {images} holds files but no test_labels.csv (the demo writes it "
+            "last), so it is not a finished demo drawing: choose an empty or new --demo.images "
+            "directory (delete this one only if it is a demo drawing that was cut short)"
         )
-    if not complete:
-        make_demo_images(
-            images,
-            num_classes=cfg.demo.num_classes,
-            per_class=cfg.demo.per_class,
-            size=cfg.demo.size,
-            seed=cfg.demo.seed,
-        )
-    models = ensure_tiny_models(cfg.demo.models)
+    option = "--demo.images"
+    try:
+        if not complete:
+            make_demo_images(
+                images,
+                num_classes=cfg.demo.num_classes,
+                per_class=cfg.demo.per_class,
+                size=cfg.demo.size,
+                seed=cfg.demo.seed,
+            )
+        option = "--demo.models"
+        models = ensure_tiny_models(cfg.demo.models)
+    except OSError as err:  # not the store's fault: name the demo's own option
+        where = cfg.demo.images if option == "--demo.images" else cfg.demo.models
+        raise ValueError(
+            f"{option} {where} cannot be written ({err.strerror or err}); choose a writable "
+            f"directory ({option} DIR), then rerun"
+        ) from err
     cfg.input.kind, cfg.input.root = "kaggle", str(images)
     changed: dict[str, dict[str, str]] = {"input": {"kind": "kaggle", "root": str(images)}}
     if (cfg.image.model, cfg.image.library) == (ImageConfig.model, ImageConfig.library):
@@ -322,11 +336,30 @@ def build(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
     )
 
 
+def check_dir_option(path: str | os.PathLike, option: str, what: str) -> None:
+    """Refuse an option's directory that is a file, lies inside a file, or whose nearest
+    existing folder cannot be written; creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(
+            f"{option} {path} is a file, not a directory; choose a directory path for {what}"
+        )
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ValueError(
+            f"{option} {path} lies inside the file {existing}; choose a directory path for {what}"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{option} {path} cannot be written ({existing} is not writable); choose a writable "
+            f"directory for {what} ({option} DIR)"
+        )
+
+
 def check_writable(out: str) -> None:
     """Refuse a ``--run.out`` that is a file or cannot be written, before any model loads."""
     path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--run.out {path} is a file, not a directory; choose a directory path")
+    check_dir_option(path, "--run.out", "the store")
     try:
         path.mkdir(parents=True, exist_ok=True)
         # access(2), not a probe file: nothing is written into a directory not yet known

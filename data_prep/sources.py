@@ -15,6 +15,7 @@ seconds instead of after the models have loaded.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -25,6 +26,7 @@ from typing import Any
 from PIL import Image
 
 from data_prep.images import IMAGE_EXTENSIONS, BadImageError, is_image_file, load_image
+from feature_store.cli import OptionFileError, read_option_file
 
 DEFAULT_SPLIT_DIRS = {"train": "train_images", "val": "val_images", "test": "test_images"}
 UNLABELLED_SPLIT = "test"  # the one split whose folder names carry no class
@@ -221,9 +223,9 @@ def _sorted_unique(items: list[Item], where: Path) -> list[Item]:
     return sorted(items, key=lambda item: item.id)
 
 
-def read_class_map(path: str | os.PathLike) -> list[str]:
+def read_class_map(path: str | os.PathLike, option: str = "--input.class_map") -> list[str]:
     """Read a ``class_name,label`` CSV; return class names in label order (0..K-1)."""
-    rows, header = _read_csv(path)
+    rows, header = _read_csv(path, option, "a class_name,label CSV file")
     name_col = next((c for c in CLASS_MAP_NAME_COLUMNS if c in header), None)
     label_col = next((c for c in CLASS_MAP_LABEL_COLUMNS if c in header), None)
     if name_col is None or label_col is None:
@@ -243,7 +245,12 @@ def read_class_map(path: str | os.PathLike) -> list[str]:
         by_label[label] = row[name_col]
     names = [by_label.get(i) for i in range(len(by_label))]
     if None in names:
-        raise InputLayoutError(f"{path}: labels must be 0..{len(by_label) - 1}, each once.")
+        found = sorted(by_label)
+        raise InputLayoutError(
+            f"class map {path}: labels must be 0..{len(by_label) - 1}, each once; it has "
+            f"{found[0]}..{found[-1]}{' with gaps' if found[-1] - found[0] + 1 != len(found) else ''}"
+            " (labels count from 0, as Category in the submission)."
+        )
     repeated = [n for n, c in Counter(names).items() if c > 1]
     if repeated:
         raise InputLayoutError(f"{path}: class name(s) listed twice: {_few(repeated)}")
@@ -370,14 +377,17 @@ def _hf_classes(tables: dict[str, Any], label_column: str | None, name: str):
 
 
 def read_captions_csv(
-    path: str | os.PathLike, *, expected_ids: dict[str, list[str]] | None = None
+    path: str | os.PathLike,
+    *,
+    expected_ids: dict[str, list[str]] | None = None,
+    option: str = "--input.captions_csv",
 ) -> dict[str, str]:
     """Read ``id,caption`` rows; with ``expected_ids`` (split -> ids) check none is missing.
 
     Empty captions are kept (the caller counts them). Ids must be unique in the file, and,
     since a caption is looked up by id alone, unique across the expected splits too.
     """
-    rows, header = _read_csv(path)
+    rows, header = _read_csv(path, option, "an id,caption CSV file (one caption per image id)")
     if header != ["id", "caption"]:
         raise InputLayoutError(
             f"captions file {path} has header {header}; expected exactly: id,caption"
@@ -404,8 +414,17 @@ def read_captions_csv(
                 f"{len(shared)} image id(s) occur in more than one split ({_few(shared)}), so "
                 f"captions in {path}, keyed by id alone, cannot tell them apart."
             )
+        # ids written as file names (cat_001.png): the id is the name without extension
+        stems = {Path(k).stem: k for k in captions if Path(k).suffix.lower() in IMAGE_EXTENSIONS}
         for split, ids in expected_ids.items():
             missing = [i for i in ids if i not in captions]
+            named = [stems[i] for i in missing if i in stems]
+            if named:
+                raise InputLayoutError(
+                    f"captions file {path} gives {len(named)} ids as file names ({_few(named)}); "
+                    "an id is the file name without extension (cat_001 for cat_001.png): write "
+                    "the ids that way."
+                )
             if missing:
                 raise InputLayoutError(
                     f"captions file {path} lacks {len(missing)} of the {len(ids)} ids of split "
@@ -415,12 +434,17 @@ def read_captions_csv(
     return captions
 
 
-def _read_csv(path: str | os.PathLike) -> tuple[list[tuple[int, dict[str, str]]], list[str]]:
-    """Rows as (line number, dict) and the stripped header; errors name the file and line."""
+def _read_csv(
+    path: str | os.PathLike, option: str, expected: str
+) -> tuple[list[tuple[int, dict[str, str]]], list[str]]:
+    """Rows as (line number, dict) and the stripped header; errors name the option, the
+    file and the line (a missing file, a directory, not UTF-8: :func:`read_option_file`)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputLayoutError(f"CSV file {path} does not exist.")
-    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: tolerate an Excel BOM
+    try:
+        text = read_option_file(path, option, expected)  # UTF-8; an Excel BOM tolerated
+    except OptionFileError as err:
+        raise InputLayoutError(str(err)) from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         rows = []

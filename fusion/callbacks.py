@@ -2,8 +2,8 @@
 
 - :class:`RunArtifacts`: at the end of fit, ``RUN/alpha_beta.png`` (dual-logit heads;
   also logged to W&B), ``RUN/val_predictions.csv`` (id,label,pred,confidence of best) and
-  the W&B report of the best checkpoint (fusion/wandb_report.py), and ``RUN/val.probs.npz``
-  (its probabilities; the held-out fold's in a CV fold).
+  the W&B report of the best checkpoint (fusion/wandb_report.py), ``RUN/val.probs.npz``
+  (its probabilities; the held-out fold's in a CV fold) and ``RUN/submission.csv``.
 - :class:`RunCheckpoint`: ``best.ckpt`` by the monitored metric and ``last.ckpt`` at the
   end of *every* epoch and on SIGTERM (Lightning 2.6 rewrites last only with a new best).
 - :class:`ResumeMetrics`: on resume, drops ``metrics.csv`` rows logged after the restored
@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from feature_store import load_arrays, open_store
@@ -38,10 +39,17 @@ from fusion.predict import (
     load_head,
     predict_probs,
     save_probs,
+    submit,
     write_csv,
     write_predictions_csv,
 )
-from fusion.wandb_report import log_checkpoint, log_store_manifest, log_val_report, wandb_runs
+from fusion.wandb_report import (
+    log_checkpoint,
+    log_store_manifest,
+    log_submission,
+    log_val_report,
+    wandb_runs,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -164,7 +172,20 @@ class StoreFingerprint(L.Callback):
 class RunArtifacts(L.Callback):
     """Write the plot and val predictions when fit ends, and give W&B its end-of-fit report
     (fusion/wandb_report.py). The W&B run stays open: Lightning's WandbLogger uploads
-    ``log_model`` checkpoints after this, and the CLI finishes the run after the fit."""
+    ``log_model`` checkpoints after this, and the CLI finishes the run after the fit.
+
+    ``candidate`` is what the run is in the W&B project (its config key ``candidate``):
+    ``fit`` (a head you may submit: the fit also writes ``RUN/submission.csv`` of the
+    predict split from best.ckpt, in ``category`` form, logged as the run's
+    ``submission-<run id>`` artifact), ``cv_fold`` or ``tune_trial`` (parts of a ``cv`` or a
+    ``tune``, which write no submission of their own)."""
+
+    def __init__(self, candidate: str = "fit", category: str = "index") -> None:
+        self.candidate, self.category = candidate, category
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for wandb_run in wandb_runs(trainer):
+            wandb_run.config.update({"candidate": self.candidate}, allow_val_change=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -178,7 +199,10 @@ class RunArtifacts(L.Callback):
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if history:
             png = plot_alpha_beta(
-                history, run / "alpha_beta.png", title=f"{run.parent.name}/{run.name}"
+                history,
+                run / "alpha_beta.png",
+                title=f"{run.parent.name}/{run.name}",
+                head=pl_module.hparams.get("head"),
             )
             for logger in wandb_loggers:
                 logger.log_image(key="fusion/alpha_beta", images=[str(png)])
@@ -188,6 +212,7 @@ class RunArtifacts(L.Callback):
         if not (best and datamodule is not None and hasattr(datamodule, "store")):
             return
         _, ids, labels, probs = write_val_predictions(best, datamodule, run)
+        submission = self.write_submission(best, datamodule, run, ckpt)
         if not wandb_loggers:
             return
         captions, paths = val_texts(datamodule, ids)
@@ -213,6 +238,33 @@ class RunArtifacts(L.Callback):
                     monitor=str(getattr(ckpt, "monitor", "")),
                 )
             log_store_manifest(wandb_run, datamodule.store)
+            if submission is not None:
+                log_submission(wandb_run, submission)
+
+    def write_submission(self, best: str, datamodule, run: Path, ckpt) -> Path | None:
+        """``RUN/submission.csv`` (+ ``.probs.npz``, ``.json``) of the predict split from
+        ``best``, for a ``fit`` candidate whose store has that split."""
+        split = getattr(datamodule, "predict_split", "")
+        if self.candidate != "fit" or not split:
+            return None
+        if split not in open_store(datamodule.store).manifest["splits"]:
+            rank_zero_info(f"the store has no {split!r} split: no RUN/submission.csv")
+            return None
+        ids, probs = predict_probs([best], datamodule.store, split)
+        score = getattr(ckpt, "best_model_score", None)
+        out, _ = submit(
+            run / "submission.csv",
+            ids,
+            probs,
+            store=datamodule.store,
+            split=split,
+            checkpoints=[best],
+            prog="train.py fit",
+            category=self.category,
+            candidate="fit",
+            meta={"best/val/acc_top1": None if score is None else float(score)},
+        )
+        return out
 
 
 def val_texts(datamodule, ids: list[str]) -> tuple[list[str], list[str]]:
@@ -250,6 +302,7 @@ def write_val_predictions(checkpoint: str, datamodule, run: Path):
         class_names=class_names,
         checkpoints=[checkpoint],
         labels=labels,
+        held_out="oof" if getattr(datamodule, "folds", 0) else "val",
     )
     out = write_predictions_csv(run / "val_predictions.csv", ids, labels, probs)
     return out, ids, labels, probs

@@ -19,6 +19,8 @@ of the same experiment. A resume writes nothing before its checkpoint is restore
     RUN/wandb_run_id          its id: a resume continues the same W&B run
     RUN/alpha_beta.png        dual-logit heads
     RUN/val_predictions.csv   id,label,pred,confidence from best.ckpt
+    RUN/submission.csv        Id,Category of --data.predict_split from best.ckpt (--category
+                              index|name), with .probs.npz and .json (fusion/submission.py)
     RUN/confusion_top.png     over 50 classes: the most confused classes (also in W&B)
 
 W&B (fusion/loggers.py, fusion/wandb_report.py): ``--wandb.project/entity/group/tags/
@@ -42,8 +44,8 @@ submission predict.py would write (``fusion/submission_writer.py``), by default 
 
 from __future__ import annotations
 
-import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,9 +53,11 @@ from pathlib import Path
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from feature_store import open_store
+from feature_store.cli import EXIT_BAD_INPUT, unknown_option
 from feature_store.console import quiet_lightning, show_path
 from fusion.callbacks import (
     EpochSummary,
@@ -65,7 +69,7 @@ from fusion.callbacks import (
 )
 from fusion.datamodule import FeatureDataModule
 from fusion.exit import UsageError
-from fusion.loggers import adopt_user_loggers, make_loggers, wandb_settings
+from fusion.loggers import adopt_user_loggers, make_loggers, start_loggers, wandb_settings
 from fusion.module import FusionModule
 from fusion.predict import (
     FINGERPRINT_KEY,
@@ -84,13 +88,16 @@ from fusion.runs import (
     check_resume,
     check_settings,
     experiment_name,
+    export_run_dir,
     is_existing_run,
+    launch_rank,
+    worker_run_dir,
 )
 from fusion.stopping import CtrlCSaves, ResumableEarlyStopping
+from fusion.submission import add_submission_arguments, finish
 from fusion.submission_writer import SubmissionWriter
 from fusion.wandb_report import BestSummary, finish_runs
 
-RUN_DIR_ENV = "SKETCHFUSION_RUN_DIR"
 # Subcommands that score a trained checkpoint and start no run.
 EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 DESCRIPTIONS = {
@@ -178,6 +185,19 @@ def resume_run_dir(base: Path, run_dir: str | None) -> Path:
     return candidates[-1]
 
 
+class FusionArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser; an unknown option (``--model.droput``) is one line naming the
+    nearest real one, exit code 2. Other usage errors keep jsonargparse's usage text."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        parser = getattr(ex, "subcommand_parser", None) or self
+        line = unknown_option(message, parser) if self.exit_on_error else None
+        if line is None:
+            return super().error(message, ex)
+        print(f"train.py: error: {line}", file=sys.stderr, flush=True)
+        self.exit(EXIT_BAD_INPUT)
+
+
 class FusionCLI(LightningCLI):
     """LightningCLI with the store's dims linked into the model and a run directory per fit."""
 
@@ -187,12 +207,15 @@ class FusionCLI(LightningCLI):
         *,
         finish_wandb: bool = True,
         extra_callbacks: Sequence = (),
+        candidate: str = "fit",
         **kwargs,
     ) -> None:
-        # finish_wandb False: the caller logs more (train.py's demo: the submission), then
-        # finishes. extra_callbacks: added to this fit only (train.py tune: the pruner).
-        self.finish_wandb = finish_wandb
+        # finish_wandb False: the caller logs more, then finishes. extra_callbacks: added to
+        # this fit only (train.py tune: the pruner). candidate: the W&B config's `candidate`
+        # (fusion/callbacks.py:RunArtifacts; only a "fit" writes RUN/submission.csv).
+        self.finish_wandb, self.candidate = finish_wandb, candidate
         self.extra_callbacks = list(extra_callbacks)
+        kwargs.setdefault("parser_class", FusionArgumentParser)
         kwargs.setdefault("save_config_callback", RunConfigSaver)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resume rewrites it
         kwargs.setdefault("seed_everything_default", 0)
@@ -239,6 +262,9 @@ class FusionCLI(LightningCLI):
                 help="fail when an input of the split failed extraction instead of giving "
                 "it the train class prior",
             )
+            add_submission_arguments(parser, kaggle=True, message=True)
+        elif subcommand == "fit":  # the fit's own RUN/submission.csv
+            add_submission_arguments(parser, kaggle=False, message=False)
         return parser
 
     def _parse_ckpt_path(self) -> None:
@@ -352,10 +378,10 @@ class FusionCLI(LightningCLI):
             and cfg.get("run_dir")
             and Path(cfg["run_dir"]).resolve() in Path(ckpt_path).resolve().parents
         )
-        if os.environ.get(RUN_DIR_ENV) and int(os.environ.get("LOCAL_RANK", "0")) > 0:
-            # A DDP worker that Lightning launched: use rank 0's directory, whose timestamp
-            # may be a second older than this process.
-            self.run_dir = Path(os.environ[RUN_DIR_ENV])
+        if launch_rank() > 0:
+            # A DDP worker: rank 0's directory (fusion/runs.py:worker_run_dir), checked to
+            # be this launch's; rank 0 checks and creates it, a worker writes nothing there.
+            self.run_dir = worker_run_dir(cfg.get("run_dir"))
         elif ckpt_path == "last":
             self.run_dir = resume_run_dir(base, cfg.get("run_dir"))
         elif cfg.get("run_dir"):
@@ -371,11 +397,14 @@ class FusionCLI(LightningCLI):
         self.ckpt_file = (
             self.run_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else ckpt_path
         )
-        os.environ[RUN_DIR_ENV] = str(self.run_dir)  # inherited by DDP workers
+        if launch_rank() == 0:
+            export_run_dir(self.run_dir)  # inherited, and checked, by the DDP workers
         # Always from the run directory, never from a config (a saved one names another run).
         cfg["trainer"]["default_root_dir"] = str(self.run_dir)
         if cfg.get("checkpoint") is not None:
             cfg["checkpoint"]["dirpath"] = str(self.run_dir / "checkpoints")
+        if cfg["trainer"].get("logger") is not False:
+            self.wandb_settings()  # a project or tag W&B would refuse: refused now, one line
 
     def prepare_eval(self, cfg) -> None:
         """validate/test/predict: check the checkpoint against the store and point the
@@ -422,6 +451,9 @@ class FusionCLI(LightningCLI):
         try:
             return self.instantiate_fit_trainer(**kwargs)
         except UsageError:
+            for logger in kwargs.get("logger") or []:  # a user's logger may have started
+                if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                    logger._experiment.finish(exit_code=1)
             for d in missing:  # deepest first: the new run, then folders made for it
                 if d == self.run_dir:
                     shutil.rmtree(d, ignore_errors=True)
@@ -450,7 +482,11 @@ class FusionCLI(LightningCLI):
         if self.subcommand == "predict":
             cfg = self.config_init[self.subcommand]
             self.writer = SubmissionWriter(
-                self.predict_out, self.ckpt_file, strict=bool(cfg.get("strict"))
+                self.predict_out,
+                self.ckpt_file,
+                strict=bool(cfg.get("strict")),
+                category=cfg.get("category") or "index",
+                message=cfg.get("message"),
             )
             callbacks = [*callbacks, self.writer]
         kwargs["callbacks"] = callbacks
@@ -460,6 +496,9 @@ class FusionCLI(LightningCLI):
         return trainer
 
     def instantiate_fit_trainer(self, **kwargs):
+        # The store's rows are checked (finite, labelled, two classes) before the loggers
+        # create the run directory: a store the fit refuses leaves no run behind.
+        self.datamodule.setup("fit")
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         user_logger = trainer_cfg.get("logger")
         if user_logger in (None, True):
@@ -472,7 +511,9 @@ class FusionCLI(LightningCLI):
         self.apply_recipe(kwargs)
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-        extra = [RunArtifacts(), ResumeMetrics(), StopOnNonFiniteLoss(), StoreFingerprint()]
+        cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        artifacts = RunArtifacts(self.candidate, category=cfg.get("category") or "index")
+        extra = [artifacts, ResumeMetrics(), StopOnNonFiniteLoss(), StoreFingerprint()]
         extra.append(CtrlCSaves())  # Ctrl-C saves last.ckpt as SIGTERM does
         extra += [BestSummary(), EpochSummary()]  # EpochSummary: a line per epoch in a log file
         kwargs.update(EpochSummary.trainer_kwargs(trainer_cfg, callbacks))
@@ -486,6 +527,9 @@ class FusionCLI(LightningCLI):
         for callback in trainer.callbacks:
             if isinstance(callback, RunConfigSaver):
                 callback.resuming = self.resuming
+        # W&B starts now, not at the first log: a run that cannot start online falls back
+        # to offline (or to no W&B) with one line, before training (fusion/loggers.py).
+        trainer.loggers = start_loggers(trainer.loggers, self.run_dir)
         return trainer
 
     def apply_recipe(self, kwargs: dict) -> None:
@@ -529,6 +573,13 @@ class FusionCLI(LightningCLI):
                 "--trainer.devices 1 (or use predict.py)."
             )
 
+    def after_predict(self) -> None:
+        """``--kaggle COMPETITION``: send the written submission (fusion/submission.py)."""
+        cfg = self.config[self.subcommand]
+        if self.writer.written is not None:
+            finish(self.writer.written[0], competition=cfg.get("kaggle"),
+                   message=cfg.get("message"), prog="train.py predict")  # fmt: skip
+
     def before_fit(self) -> None:
         if self.ckpt_file:
             check_resume(Path(self.ckpt_file), self.model)
@@ -557,11 +608,18 @@ def main(
     *,
     finish_wandb: bool = True,
     extra_callbacks: Sequence = (),
+    candidate: str = "fit",
 ) -> FusionCLI:
     """Run the CLI on ``args`` (``sys.argv[1:]`` when None); return it for its trainer.
 
     ``finish_wandb=False`` leaves the W&B run open for the caller to log more and finish
     (``fusion.wandb_report.finish_runs(cli.trainer)``); ``extra_callbacks`` join this fit's
-    (``train.py tune``'s pruner)."""
+    (``train.py tune``'s pruner); ``candidate`` names the run's kind (``fit``, ``cv_fold``,
+    ``tune_trial``: fusion/callbacks.py:RunArtifacts)."""
     with quiet_lightning():  # no litlogger advertisement, no LeafSpec deprecation
-        return FusionCLI(args=args, finish_wandb=finish_wandb, extra_callbacks=extra_callbacks)
+        return FusionCLI(
+            args=args,
+            finish_wandb=finish_wandb,
+            extra_callbacks=extra_callbacks,
+            candidate=candidate,
+        )

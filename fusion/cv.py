@@ -3,8 +3,10 @@
 $ python train.py cv --config configs/concat.yaml --data.folds 5 --data.store stores/kaggle
 $ python train.py cv --config configs/concat.yaml --data.folds 5 --data.group_regex '^(.*)_aug'
 
-Every other argument is a ``train.py fit`` argument; ``--message`` goes into the
-submission's metadata (``CV/submission.json``). Train and val are pooled and cut
+Every other argument is a ``train.py fit`` argument. The CV's own: ``--cv_dir``,
+``--message`` (into the submission's metadata, ``CV/submission.json``), ``--category
+index|name`` (its Category column) and ``--kaggle COMPETITION`` (send it with the kaggle
+client, fusion/submission.py). Train and val are pooled and cut
 into K stratified (group-aware with ``--data.group_regex``) folds by ``fusion/folds.py``;
 fold i is a normal fit (``--data.fold i``) into ``CV/fold_i/``. ``CV`` is ``--cv_dir``,
 default ``runs/<experiment>/cv<K>``; rerunning the same command skips the finished folds
@@ -18,6 +20,8 @@ submission. Writes::
     CV/oof.probs.npz        every train+val row's out-of-fold probabilities (with labels)
     CV/cv.json              per-fold val top-1, CV mean and std, out-of-fold top-1
     CV/submission.csv       the folds' test probabilities averaged (+ .probs.npz, .json)
+    CV/wandb/               the CV's W&B run (candidate "cv", in the folds' group):
+                            best/oof/acc_top1, cv/*, the submission artifact
 
 The CV directories of several configs are late-fused by ``python train.py stack --cv A --cv
 B``, its stacker fitted on these out-of-fold probabilities (``fusion/stacking.py``).
@@ -39,6 +43,7 @@ import yaml
 
 from feature_store.console import show_path
 from fusion.exit import ExitError
+from fusion.submission import CATEGORIES, finish
 
 TEST = "test.probs.npz"  # a fold's test-split probabilities (none with predict_split '')
 DONE = "fold.done"  # written last in a fold: its presence marks the fold finished
@@ -151,8 +156,15 @@ def run_cv(argv: Sequence[str]) -> Path:
     for banned in ("--data.fold", "--run_dir", "--ckpt_path"):
         if option(args, banned) is not None:
             raise ExitError(f"train.py cv: error: {banned} is set per fold by cv; drop it")
-    cv_dir, message = option(args, "--cv_dir"), option(args, "--message")
-    args = without(without(args, "--cv_dir"), "--message")
+    # The CV's own options (its submission's), not passed to the folds' fits.
+    own = {name: option(args, name) for name in ("--cv_dir", "--message", "--kaggle", "--category")}
+    for name in own:
+        args = without(args, name)
+    cv_dir, message = own["--cv_dir"], own["--message"]
+    category = str(own["--category"] or config_value(args, "category") or "index")
+    if category not in CATEGORIES:
+        raise ExitError(f"train.py cv: error: --category {category!r}: choose one of "
+                        f"{', '.join(CATEGORIES)}")  # fmt: skip
     if cv_dir is None:
         config = option(args, "--config") or option(args, "-c") or "cv"
         experiment = config_value(args, "experiment") or Path(config).stem
@@ -177,7 +189,11 @@ def run_cv(argv: Sequence[str]) -> Path:
         plan_file.write_text(json.dumps(plan, indent=2))
         for fold in range(folds):
             run_fold(args, cv_dir, fold)
-        return summarise(cv_dir, folds, message=message)
+        summarise(cv_dir, folds, message=message, category=category, fit_args=args)
+    submission = cv_dir / "submission.csv"
+    if submission.is_file():
+        finish(submission, competition=own["--kaggle"], message=message, prog="train.py cv")
+    return cv_dir
 
 
 def run_fold(args: Sequence[str], cv_dir: Path, fold: int) -> None:
@@ -198,7 +214,8 @@ def run_fold(args: Sequence[str], cv_dir: Path, fold: int) -> None:
     saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args, not our argv
     try:
         group = [] if option(args, "--wandb_group") else ["--wandb_group", str(cv_dir)]
-        cli = cli_main(["fit", *args, *group, "--data.fold", str(fold), "--run_dir", str(run)])
+        fit_args = ["fit", *args, *group, "--data.fold", str(fold), "--run_dir", str(run)]
+        cli = cli_main(fit_args, candidate="cv_fold")
     except SIGTERMException as err:
         how = "Ctrl-C (SIGINT)" if stopped_by() == "SIGINT" else "SIGTERM"
         raise ExitError(
@@ -274,8 +291,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def summarise(cv_dir: Path, folds: int, *, message: str | None = None) -> Path:
-    """Join the folds' out-of-fold and test probabilities; print the CV score."""
+def summarise(
+    cv_dir: Path,
+    folds: int,
+    *,
+    message: str | None = None,
+    category: str = "index",
+    fit_args: Sequence[str] = (),
+) -> Path:
+    """Join the folds' out-of-fold and test probabilities; print the CV score; log the CV
+    as one W&B run (candidate ``cv``: ``best/oof/acc_top1``, the submission)."""
     from fusion.ensemble import average, check_members, load_probs, write_ensemble
     from fusion.predict import save_probs
 
@@ -292,6 +317,7 @@ def summarise(cv_dir: Path, folds: int, *, message: str | None = None) -> Path:
         class_names=oof[0].class_names,
         checkpoints=[c for m in oof for c in m.checkpoints],
         labels=labels,
+        held_out="oof",
     )
     summary = {
         "folds": folds,
@@ -300,15 +326,19 @@ def summarise(cv_dir: Path, folds: int, *, message: str | None = None) -> Path:
         "cv_acc_top1_std": float(np.std(accs)),
         "oof_acc_top1": float((probs.argmax(1) == labels).mean()),
     }
+    score = {"best/oof/acc_top1": summary["oof_acc_top1"]}
     tests = [cv_dir / f"fold_{f}" / TEST for f in range(folds)]
+    submission = None
     if all(t.is_file() for t in tests):
         members = check_members([load_probs(t) for t in tests])
-        write_ensemble(
+        submission = write_ensemble(
             cv_dir / "submission.csv",
             members,
             average(members),
-            meta={"kind": "cv", **summary},
+            meta={**score, **summary},
             message=message,
+            category=category,
+            candidate="cv",
         )
     (cv_dir / "cv.json").write_text(json.dumps(summary, indent=2))
     print(
@@ -316,4 +346,39 @@ def summarise(cv_dir: Path, folds: int, *, message: str | None = None) -> Path:
         f"{summary['cv_acc_top1_std']:.4f} (out-of-fold {summary['oof_acc_top1']:.4f}); "
         f"wrote {show_path(cv_dir)}"
     )
+    log_cv_run(cv_dir, fit_args, score, summary, submission)
     return cv_dir
+
+
+def log_cv_run(cv_dir: Path, fit_args: Sequence[str], score: dict, summary: dict,
+               submission: Path | None) -> None:  # fmt: skip
+    """The CV's W&B run in ``CV/wandb/``, in the folds' group: the folds' config (without
+    ``data.fold``), the CV score and the submission."""
+    from fusion.loggers import wandb_settings
+    from fusion.wandb_report import log_candidate
+
+    try:
+        config = yaml.safe_load((cv_dir / "fold_0" / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    if isinstance(config.get("data"), dict):
+        config["data"].pop("fold", None)
+    settings = wandb_settings(
+        cv_dir,
+        group=str(cv_dir),  # the folds' group (run_fold's --wandb_group)
+        project=config_value(fit_args, "wandb.project") or config_value(fit_args, "wandb_project"),
+        entity=config_value(fit_args, "wandb.entity"),
+        job_type=config_value(fit_args, "wandb.job_type"),
+        default_job_type="cv",
+        group_override=config_value(fit_args, "wandb.group")
+        or config_value(fit_args, "wandb_group"),
+    )
+    cv_summary = {f"cv/{k}": v for k, v in summary.items() if k != "oof_acc_top1"}
+    log_candidate(
+        cv_dir,
+        candidate="cv",
+        settings=settings,
+        config={**config, "cv": {"folds": summary["folds"], "dir": str(cv_dir)}},
+        summary={**score, **cv_summary},
+        submission=submission,
+    )

@@ -18,9 +18,12 @@ the fitted and the scored files is refused, and the accuracy printed for the fit
 is cross-fitted (each row scored by weights fitted on the other folds).
 
 Each ``--fit_on`` file must be its member's own (they record the checkpoints that made
-them). Writes ``OUT`` (``Id,Category``), ``OUT.probs.npz`` and ``OUT.json`` (members,
-weights, scores, ``--message``): the metadata of what ``kaggle competitions submit -f OUT
--m MESSAGE`` uploads. ``OUT`` must be a CSV path whose three files replace no input and no
+them). Writes ``OUT`` (``Id,Category``; ``--category index|name``), ``OUT.probs.npz`` and
+``OUT.json`` (members, weights, scores, ``--message``): the metadata of what ``kaggle
+competitions submit -f OUT -m MESSAGE`` uploads, which ``--kaggle COMPETITION`` runs
+(fusion/submission.py). The ensemble is a W&B run (candidate ``ensemble``, in ``OUT``'s
+folder ``wandb/``) with its score (``best/oof/acc_top1`` or ``best/val/acc_top1``) and
+the submission as an artifact. ``OUT`` must be a CSV path whose three files replace no input and no
 other command's files (``--out CV/oof.csv`` would replace ``CV/oof.probs.npz``); an
 earlier ensemble's own output is replaced.
 """
@@ -28,7 +31,6 @@ earlier ensemble's own output is replaced.
 from __future__ import annotations
 
 import json
-import time
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -53,6 +55,7 @@ class Member:
     class_names: list[str]
     labels: np.ndarray | None
     checkpoints: list[str]
+    held_out: str | None = None  # "val" or "oof": the labelled rows' kind (save_probs)
 
 
 def load_probs(path: str | Path) -> Member:
@@ -84,6 +87,7 @@ def load_probs(path: str | Path) -> Member:
         class_names=data["class_names"].tolist(),
         labels=data.get("labels"),
         checkpoints=data.get("checkpoints", np.array([], dtype=str)).tolist(),
+        held_out=str(data["held_out"]) if "held_out" in data else None,
     )
 
 
@@ -127,7 +131,15 @@ def check_members(members: Sequence[Member]) -> list[Member]:
         inverse[order] = np.arange(len(order))
         labels = m.labels[inverse] if m.labels is not None else None
         out.append(
-            Member(m.path, first.ids, m.probs[inverse], m.class_names, labels, m.checkpoints)
+            Member(
+                m.path,
+                first.ids,
+                m.probs[inverse],
+                m.class_names,
+                labels,
+                m.checkpoints,
+                m.held_out,
+            )  # fmt: skip
         )
     return out
 
@@ -212,12 +224,16 @@ def check_out(out: Path, inputs: Sequence[str]) -> None:
 
 
 def _ensemble_output(meta: Path, out: Path) -> bool:
-    """Whether ``meta`` is the metadata of an earlier ``predict.py ensemble --out out``."""
+    """Whether ``meta`` is the metadata of an earlier ``predict.py ensemble --out out``
+    (``candidate: ensemble``; older ensembles wrote no candidate, and only they and
+    ``train.py cv``, with ``kind``, wrote metadata at all)."""
     try:
         info = json.loads(meta.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(info, dict) and "kind" not in info and info.get("submission") == str(out)
+    if not isinstance(info, dict) or info.get("submission") != str(out):
+        return False
+    return info.get("candidate", "ensemble" if "kind" not in info else None) == "ensemble"
 
 
 def check_fit_on_order(fit: Sequence[Member], members: Sequence[Member]) -> None:
@@ -242,30 +258,67 @@ def check_fit_on_order(fit: Sequence[Member], members: Sequence[Member]) -> None
 
 
 def write_ensemble(
-    out: str | Path, members: Sequence[Member], probs: np.ndarray, *, meta: dict,
+    out: str | Path,
+    members: Sequence[Member],
+    probs: np.ndarray,
+    *,
+    meta: dict,
     message: str | None = None,
-) -> Path:  # fmt: skip
-    """``OUT`` (Id,Category), ``OUT.probs.npz`` and ``OUT.json`` (the submission's metadata)."""
-    from fusion.predict import write_submission
+    category: str = "index",
+    candidate: str = "ensemble",
+) -> Path:
+    """``OUT`` (Id,Category), ``OUT.probs.npz`` and ``OUT.json`` (the submission's metadata,
+    with the members and ``meta``), by fusion/submission.py's one writer."""
+    from fusion.submission import write_submission
 
-    out = Path(out)
-    checkpoints = [c for m in members for c in m.checkpoints]
-    write_submission(
-        out, members[0].ids, probs, class_names=members[0].class_names, checkpoints=checkpoints
+    out, _ = write_submission(
+        out,
+        members[0].ids,
+        probs,
+        class_names=members[0].class_names,
+        checkpoints=[c for m in members for c in m.checkpoints],
+        category=category,
+        candidate=candidate,
+        message=message,
+        meta={"members": [str(m.path) for m in members], **meta},
     )
-    info = {
-        "submission": str(out),
-        "message": message,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "rows": len(members[0].ids),
-        "members": [str(m.path) for m in members],
-        "checkpoints": checkpoints,
-        **meta,
-        "submit": f"kaggle competitions submit -c COMPETITION -f {out} -m "
-        + json.dumps(message or out.stem),
-    }
-    out.with_suffix(".json").write_text(json.dumps(info, indent=2))
     return out
+
+
+def held_out_score(members: Sequence[Member], probs: np.ndarray) -> dict:
+    """``{"best/<val|oof>/acc_top1": top-1}`` of pooled ``probs`` on the members' own
+    labelled rows (each member a val or out-of-fold file); empty when they hold no labels."""
+    labels = same_labels(members)
+    if labels is None:
+        return {}
+    kind = "oof" if all(m.held_out == "oof" for m in members) else "val"
+    return {f"best/{kind}/acc_top1": float((probs.argmax(1) == labels).mean())}
+
+
+def log_run(out: Path, args, score: dict, meta: dict) -> None:
+    """The ensemble's W&B run (candidate ``ensemble``) in ``OUT``'s folder (``wandb/``), a
+    new run each time, named after ``OUT``; its id goes into ``OUT.json``."""
+    from wandb.sdk.lib.runid import generate_id
+
+    from fusion.submission import read_metadata
+    from fusion.wandb_report import candidate_settings, log_candidate
+
+    settings = candidate_settings(out.parent, args, kind="ensemble")
+    # OUT's folder may hold other runs (and their wandb_run_id): this run is its own.
+    settings.update(id=generate_id(), name=out.stem)
+    run_id = log_candidate(
+        out.parent,
+        candidate="ensemble",
+        settings=settings,
+        config={k: v for k, v in args.as_dict().items() if k != "config"},
+        summary={**score, **{f"ensemble/{k}": v for k, v in meta.items() if k != "fit_on"}},
+        submission=out,
+        keep_id=False,
+    )
+    if run_id:
+        info = read_metadata(out)
+        info["wandb_run_id"] = run_id
+        out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
 
 
 def parser():
@@ -276,6 +329,8 @@ def parser():
 
     from feature_store.cli import cli_parser
     from fusion.stacking import METHODS
+    from fusion.submission import add_submission_arguments
+    from fusion.wandb_report import add_wandb_arguments
 
     p = cli_parser("predict.py ensemble", __doc__.split("\n")[0])
     p.add_argument(
@@ -301,22 +356,21 @@ def parser():
         help="cross-fitting folds for the printed score",
     )
     p.add_argument("--out", type=str, default="ensemble.csv", help="submission CSV to write")
-    p.add_argument(
-        "--message",
-        type=str | None,
-        default=None,
-        help="the Kaggle submission message (default: OUT's name)",
-    )
+    add_submission_arguments(p)
+    add_wandb_arguments(p, kind="ensemble")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``python predict.py ensemble`` / ``python -m fusion.ensemble``."""
+    from fusion.submission import finish
+
     args = parser().parse_args(argv)
     try:
         check_out(Path(args.out), [*args.probs, *args.fit_on])
         members = check_members([load_probs(f) for f in args.probs])
         meta: dict = {"method": "mean"}
+        score: dict = {}
         if args.fit_on:
             if len(args.fit_on) != len(args.probs):
                 raise EnsembleError(
@@ -328,18 +382,23 @@ def main(argv: Sequence[str] | None = None) -> Path:
             stacker, score, member_acc = fit_weights(fit, members, method=args.method,
                                                      folds=args.folds)  # fmt: skip
             probs = stacker.predict_proba(log_probs(members))
+            kind = "oof" if all(f.held_out == "oof" for f in fit) else "val"
+            score = {f"best/{kind}/acc_top1": score}
             meta = {
                 "method": args.method,
                 "fit_on": args.fit_on,
                 "mean_weights": stacker.mean_weights(log_probs(members)),
-                "fit_acc_top1_cross_fitted": score,
+                "fit_acc_top1_cross_fitted": next(iter(score.values())),
                 "member_fit_acc_top1": member_acc,
             }
-            print(f"ensemble ({args.method}): cross-fitted top-1 {score:.4f} on the fit rows "
+            print(f"ensemble ({args.method}): cross-fitted top-1 "
+                  f"{meta['fit_acc_top1_cross_fitted']:.4f} on the fit rows "
                   f"vs members {[round(a, 4) for a in member_acc]}")  # fmt: skip
         else:
             probs = average(members)
-        out = write_ensemble(args.out, members, probs, meta=meta, message=args.message)
+            score = held_out_score(members, probs)
+        out = write_ensemble(args.out, members, probs, meta={**score, **meta},
+                             message=args.message, category=args.category)  # fmt: skip
     except EnsembleError as err:
         raise ExitError(f"predict.py ensemble: error: {err}") from err
     except OSError as err:
@@ -349,6 +408,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         ) from err
     print(f"wrote {show_path(out)} ({len(members[0].ids)} rows, {len(members)} members) and "
           f"{show_path(out.with_suffix('.json'))}")  # fmt: skip
+    log_run(out, args, score, meta)
+    finish(out, competition=args.kaggle, message=args.message, prog="predict.py ensemble")
     return out
 
 

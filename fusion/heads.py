@@ -427,12 +427,15 @@ class WeightedLogitsHead(FusionHead):
     the same head).
 
     ``weighting="penalty"`` is the report's form: raw weights start at 1/K and the loss
-    gains ``penalty_lambda * (sum_k relu(-w_k) + |sum_k w_k - 1|)``. The penalty is soft:
-    with ``penalty_lambda`` 0.1 a larger sum that lowers the cross-entropy by more than 0.1
-    per unit is kept (the demo's alpha + beta reached 2.57), so read the weights' *shares*
-    ``w_k / sum w``, not their sum. ``weighting="softmax"`` keeps them on the simplex by
-    construction: ``w = softmax(v)``, ``v`` starting at zero, no penalty. A prior set
-    (``prior_sets``) is a branch whose logits are its standardised scores, with no MLP.
+    gains ``penalty_lambda * (sum_k relu(-w_k) + |sum_k w_k - 1|)``, which only pulls them
+    toward the simplex, with a constant force of ``penalty_lambda`` however far the sum is.
+    The sum also scales the logits (a temperature), so while a sharper softmax lowers the
+    cross-entropy by more than ``penalty_lambda`` per unit of sum, the sum keeps growing: it
+    settles well above 1 on data the head fits easily (alpha + beta 2.57 on the demo at
+    lambda 0.1). Set k's share is ``w_k / sum w``. ``weighting="softmax"`` keeps them on the
+    simplex by construction: ``w = softmax(v)``, ``v`` starting at zero (1/K each), no
+    penalty. A prior set (``prior_sets``) is a branch whose logits are its standardised
+    scores, with no MLP.
     """
 
     def __init__(

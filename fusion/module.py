@@ -150,9 +150,11 @@ class FusionModule(L.LightningModule):
         fusion_dim: projection, projection_ref only: width each modality is projected to.
         weighting: dual_logit only: ``penalty`` (one free weight per set, the report's
             penalty) or ``softmax`` (weights = softmax(v), no penalty).
-        penalty_lambda: dual_logit only: weight of the soft penalty pulling the set weights
-            toward non-negative values summing to 1 (a larger sum is kept where it lowers
-            the loss more than the penalty costs).
+        penalty_lambda: dual_logit only: slope of the penalty's L1 pull of the weights' sum
+            toward 1 (and of each weight toward >= 0). A constant pull, not a constraint:
+            the sum also scales the logits, and settles above 1 wherever sharper logits
+            lower the training loss by more than lambda (alpha + beta 2.57 on the demo at
+            0.1); read w_k / sum w as set k's share, or use weighting softmax.
         modality_dropout: concat, projection, dual_logit, gated only: per-row chance of
             dropping each set's whole input in training (at most one set per row).
         gate_hidden: gated only: hidden width of the gate (0: a linear gate).

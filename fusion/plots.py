@@ -1,4 +1,4 @@
-"""The alpha/beta plot of a dual-logit run (the report's Figures 3-4).
+"""The alpha/beta plot of a dual-logit run (the report's Figures 3-4), or a gated run's gate.
 
 $ python -c "from fusion.plots import plot_alpha_beta; plot_alpha_beta([[0,.5,.5],[1,.6,.4]], 'ab.png')"
 """
@@ -11,10 +11,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def weight_labels(head: str | None) -> tuple[str, str, str]:
+    """(first, second, title) for the two weights a run logs as fusion/alpha, fusion/beta:
+    a gated head logs its gate's batch mean g and 1 - g, not a learned alpha and beta."""
+    if head == "gated":
+        return ("gate g, batch mean (image)", "1 - g (text)",
+                "gated head's gate: z = g f(image) + (1 - g) h(text), g per row")  # fmt: skip
+    return "alpha (image)", "beta (text)", "dual-logit weights: z = alpha f(image) + beta g(text)"
+
+
 def plot_alpha_beta(
-    history: Sequence[Sequence[float]], out: str | os.PathLike, *, title: str = ""
+    history: Sequence[Sequence[float]],
+    out: str | os.PathLike,
+    *,
+    title: str = "",
+    head: str | None = None,
 ) -> Path:
-    """Plot ``(step, alpha, beta)`` rows and their sum to ``out`` (PNG), written atomically."""
+    """Plot ``(step, alpha, beta)`` rows and their sum to ``out`` (PNG), written atomically;
+    ``head="gated"``: labelled as the gate (whose two weights sum to 1 by construction)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
@@ -25,13 +39,16 @@ def plot_alpha_beta(
     steps = [row[0] for row in history]
     alpha = [row[1] for row in history]
     beta = [row[2] for row in history]
+    first, second, what = weight_labels(head)
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(steps, alpha, label="alpha (image)")
-    ax.plot(steps, beta, label="beta (text)")
-    ax.plot(steps, [a + b for a, b in zip(alpha, beta, strict=True)], "k:", label="alpha + beta")
+    ax.plot(steps, alpha, label=first)
+    ax.plot(steps, beta, label=second)
+    if head != "gated":
+        sums = [a + b for a, b in zip(alpha, beta, strict=True)]
+        ax.plot(steps, sums, "k:", label="alpha + beta")
     ax.set_xlabel("training step")
     ax.set_ylabel("weight")
-    ax.set_title(title or "dual-logit fusion weights")
+    ax.set_title(f"{title}: {what}" if title else what)
     ax.legend(loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -3,10 +3,13 @@
 $ python predict.py --checkpoint runs/concat/RUN/checkpoints/best.ckpt --store stores/kaggle \\
       --out submission.csv
 $ python predict.py --checkpoint A.ckpt --checkpoint B.ckpt --store STORE --out ens.csv
+$ python predict.py --checkpoint A.ckpt --store STORE --kaggle mva-recvis-2024 --message "A"
 
-Writes ``OUT`` (``Id,Category``, one row per *input* of the split) and ``OUT`` with suffix
-``.probs.npz`` (``ids``, ``probs`` [N, classes], ``class_names``, ``checkpoints``) so runs
-can be averaged later. Several ``--checkpoint`` average their class probabilities. Each
+Writes ``OUT`` (``Id,Category``, one row per *input* of the split; ``--category
+index|name``), ``OUT`` with suffix ``.probs.npz`` (``ids``, ``probs`` [N, classes],
+``class_names``, ``checkpoints``) so runs can be averaged later, and ``OUT.json`` (its
+metadata; fusion/submission.py). ``--kaggle COMPETITION --message M`` then sends it with the
+``kaggle`` client. It starts no W&B run (the fit's run holds the fit's own submission). Several ``--checkpoint`` average their class probabilities. Each
 checkpoint is rebuilt from its own plain hyper-parameters (``torch.load(weights_only=True)``)
 and refused if its dims, class names or store model fingerprint (models, revisions,
 pooling, preprocessing) differ from the store's; ``--allow_store_mismatch`` overrides
@@ -311,24 +314,6 @@ def probs_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.stem + ".probs.npz")
 
 
-def write_submission(
-    out: str | os.PathLike,
-    ids: Sequence[str],
-    probs: np.ndarray,
-    *,
-    class_names: Sequence[str],
-    checkpoints: Sequence[str | os.PathLike] = (),
-) -> tuple[Path, Path]:
-    """Write ``Id,Category`` (argmax) and the probabilities; return both paths."""
-    out = Path(out)
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"duplicate ids in the predicted split; {out} not written")
-    preds = probs.argmax(axis=1)
-    write_csv(out, ["Id", "Category"], zip(ids, preds.tolist(), strict=True))
-    npz = save_probs(probs_path(out), ids, probs, class_names=class_names, checkpoints=checkpoints)
-    return out, npz
-
-
 def save_probs(
     path: str | os.PathLike,
     ids: Sequence[str],
@@ -337,9 +322,11 @@ def save_probs(
     class_names: Sequence[str],
     checkpoints: Sequence[str | os.PathLike] = (),
     labels: np.ndarray | None = None,
+    held_out: str | None = None,
 ) -> Path:
     """Write a ``.probs.npz`` (``ids``, ``probs``, ``class_names``, ``checkpoints`` and,
-    for a labelled split, ``labels``) atomically; ``fusion/ensemble.py`` reads them."""
+    for a labelled split, ``labels`` and ``held_out``: ``val`` or ``oof``, the rows a score
+    on them is named after) atomically; ``fusion/ensemble.py`` reads them."""
     arrays = {
         "ids": np.asarray(ids, dtype=str),
         "probs": probs.astype(np.float32),
@@ -348,6 +335,8 @@ def save_probs(
     }
     if labels is not None:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    if held_out is not None:
+        arrays["held_out"] = np.asarray(held_out, dtype=str)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(Path(path), buf.getvalue())
@@ -359,6 +348,7 @@ def parser():
     from jsonargparse.typing import PositiveInt
 
     from feature_store.cli import cli_parser
+    from fusion.submission import add_submission_arguments
 
     p = cli_parser("predict.py", __doc__.split("\n\n")[0] + " (`predict.py ensemble --help`: "
                    "ensembles of saved .probs.npz files.)")  # fmt: skip
@@ -389,15 +379,22 @@ def parser():
         default=False,
         help="predict even if the store was built with other models than the training store",
     )
+    add_submission_arguments(p)
     return p
 
 
 def check_outputs(
     out: Path, checkpoints: Sequence[str], store: str | os.PathLike, prog: str = "predict.py"
 ) -> None:
-    """Refuse outputs that would overwrite an input or land inside the store."""
+    """Refuse outputs that would overwrite an input or land inside the store, and an
+    ``out`` that is not a file of its own beside its ``.probs.npz`` and ``.json``."""
+    from fusion.submission import metadata_path
+
     store_dir = Path(store).resolve()
-    for target in (out, probs_path(out)):
+    if out.suffix in (".json", ".npz"):
+        raise ExitError(f"{prog}: error: --out {out}: the submission's {out.suffix} file is "
+                        "written beside it; give a .csv path such as submission.csv")  # fmt: skip
+    for target in (out, probs_path(out), metadata_path(out)):
         resolved = target.resolve()
         if any(resolved == Path(c).resolve() for c in checkpoints):
             raise ExitError(f"{prog}: error: --out {out} would overwrite the checkpoint "
@@ -421,6 +418,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         from fusion.ensemble import main as ensemble_main
 
         return ensemble_main(argv[1:])
+    from fusion.submission import finish
+
     args = parser().parse_args(argv)
     out = Path(args.out)
     check_outputs(out, args.checkpoint, args.store)
@@ -442,7 +441,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
         split=args.split,
         checkpoints=args.checkpoint,
         strict=args.strict,
+        category=args.category,
+        message=args.message,
     )
+    finish(out, competition=args.kaggle, message=args.message, prog="predict.py")
     return out
 
 
@@ -455,17 +457,22 @@ def submit(
     split: str,
     checkpoints: Sequence[str | os.PathLike],
     strict: bool = False,
-    log_to_fit_runs: bool = True,
     prog: str = "predict.py",
+    category: str = "index",
+    candidate: str = "predict",
+    message: str | None = None,
+    meta: dict | None = None,
 ) -> tuple[Path, Path]:
     """Write the submission of ``split`` from its stored rows' probabilities; both paths.
 
-    The one implementation behind ``predict.py``, ``train.py predict`` and the demo: every
-    input that failed extraction gets a row with the train class prior (a warning lists
-    them; ``strict`` refuses them), then ``OUT`` and ``OUT.probs.npz`` are written and,
-    with ``log_to_fit_runs``, logged to each checkpoint's W&B fit run. Bad input is an
+    The one implementation behind ``predict.py``, ``train.py predict`` and a fit's own
+    submission: every input that failed extraction gets a row with the train class prior (a
+    warning lists them; ``strict`` refuses them), then ``OUT``, ``OUT.probs.npz`` and
+    ``OUT.json`` are written (fusion/submission.py). It starts no W&B run. Bad input is an
     :class:`ExitError` whose line starts with ``prog``.
     """
+    from fusion.submission import SubmissionError, write_submission
+
     out = Path(out)
     try:
         ids, probs, failed = complete_split(store, split, ids, probs)
@@ -491,23 +498,28 @@ def submit(
         )
     try:
         out, npz = write_submission(
-            out, ids, probs, class_names=class_names, checkpoints=checkpoints
+            out,
+            ids,
+            probs,
+            class_names=class_names,
+            checkpoints=checkpoints,
+            category=category,
+            candidate=candidate,
+            message=message,
+            meta={
+                "store": str(store),
+                "split": split,
+                "fallback_rows": len(failed),
+                **(meta or {}),
+            },
         )
+    except SubmissionError as err:
+        raise ExitError(f"{prog}: error: {err}") from err
     except OSError as err:
         raise ExitError(
             f"{prog}: error: cannot write {out} ({err.strerror or err}); choose a "
             "writable --out path."
         ) from err
-    if log_to_fit_runs:
-        try:  # the submission joins each fit's W&B run; a logging failure never loses it
-            from fusion.wandb_report import log_submission_to_fit_runs
-
-            log_submission_to_fit_runs(checkpoints, out, npz)
-        except Exception as err:  # noqa: BLE001
-            print(
-                f"WARNING: the submission was written but not logged to W&B: {err}",
-                file=sys.stderr,
-            )
     print(
         f"wrote {show_path(out)} ({len(ids)} rows, {len(checkpoints)} checkpoint(s)) "
         f"and {show_path(npz)}"

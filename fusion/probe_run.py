@@ -12,8 +12,11 @@ the image, text and concatenated embeddings and writes a run directory like a fi
     metrics.csv             features,C,val/acc_top1 for every fit of the sweep
     val_predictions.csv     id,label,pred,confidence of the best feature set on val
     submission.csv          Id,Category of the best feature set on the test split
+                            (--category index|name; --kaggle COMPETITION sends it)
     submission.probs.npz    its probabilities (ensemble them like a head's)
-    wandb/                  the W&B run (offline unless logged in)
+    submission.json         its metadata (fusion/submission.py)
+    wandb/                  the W&B run, candidate "probe": best/val/acc_top1 and the
+                            submission artifact (offline unless logged in)
 
 Every later ``train.py fit`` on the same store prints its best val accuracy next to these.
 """
@@ -26,14 +29,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from jsonargparse import ArgumentParser
-from lightning.pytorch.loggers import WandbLogger
 
 from feature_store import load_arrays, open_store
+from feature_store.cli import CliParser
 from feature_store.console import show_path
+from feature_store.integrity import check_finite
 from fusion.exit import ExitError
-from fusion.predict import write_csv, write_predictions_csv, write_submission
-from fusion.probe import DEFAULT_CS, fit_probe
+from fusion.predict import write_csv, write_predictions_csv
+from fusion.probe import DEFAULT_CS, DEFAULT_MAX_ITER, fit_probe
+from fusion.submission import add_submission_arguments, write_submission
+from fusion.wandb_report import add_wandb_arguments
 
 VIEWS = ("image", "text", "concat")
 PROBE_FILE = "probe.json"
@@ -58,54 +63,79 @@ def store_key(store: str | Path) -> dict:
     }
 
 
-def parser() -> ArgumentParser:
-    p = ArgumentParser(prog="train.py probe", description=__doc__.split("\n\n")[0])
+def parser() -> CliParser:
+    p = CliParser(prog="train.py probe", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", "-c", action="config", help="a YAML of these options")
     p.add_argument("--data.store", type=str, required=True, help="feature-store directory")
     p.add_argument("--data.train_split", type=str, default="train")
     p.add_argument("--data.val_split", type=str, default="val")
     p.add_argument("--data.predict_split", type=str, default="test", help="'' to skip")
     p.add_argument("--probe.cs", type=list[float], default=list(DEFAULT_CS), help="C values")
-    p.add_argument("--probe.max_iter", type=int, default=300, help="L-BFGS iterations per C")
+    p.add_argument(
+        "--probe.max_iter", type=int, default=DEFAULT_MAX_ITER, help="L-BFGS iterations per C"
+    )
     p.add_argument("--probe.max_dim", type=int | None, default=None, help="PCA past this many dims")
     p.add_argument("--probe.views", type=list[str], default=list(VIEWS), help="feature sets")
     p.add_argument("--run_dir", type=str | None, default=None, help="run directory")
     p.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")
-    p.add_argument("--wandb_project", type=str | None, default=None, help="= --wandb.project")
-    p.add_argument("--wandb.project", type=str | None, default=None, help="else $WANDB_PROJECT")
-    p.add_argument("--wandb.entity", type=str | None, default=None, help="else $WANDB_ENTITY")
-    p.add_argument("--wandb.group", type=str | None, default=None, help="default: probe")
-    p.add_argument("--wandb.tags", type=list[str] | None, default=None, help="else $WANDB_TAGS")
-    p.add_argument("--wandb.job_type", type=str | None, default=None, help="default: probe")
+    add_wandb_arguments(p, kind="probe")
+    add_submission_arguments(p)
     return p
 
 
 def run_probe(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``python train.py probe``; returns the run directory."""
     from fusion.cli import new_run_dir
-    from fusion.loggers import make_loggers, wandb_settings
+    from fusion.stopping import stop_exits
 
     p = parser()
     cfg = p.parse_args(list(argv) if argv is not None else None)
+    run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "probe")
+    with stop_exits("train.py probe", run):
+        return _probe(p, cfg, run)
+
+
+def _probe(p: CliParser, cfg, run: Path) -> Path:
+    from fusion.loggers import wandb_settings
+    from fusion.runs import claim_command_run, finish_command_run
+    from fusion.submission import finish
+    from fusion.wandb_report import log_candidate
+
     store = Path(cfg.data.store)
     info = open_store(store)
-    run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "probe")
-    if run.exists() and any(run.iterdir()):
-        raise ExitError(f"train.py probe: {run} already holds a run; pass a new --run_dir")
     unknown = [v for v in cfg.probe.views if v not in VIEWS]
     if unknown or not cfg.probe.views or min(cfg.probe.cs, default=0) <= 0:
         raise ExitError(
             f"train.py probe: --probe.views takes some of {list(VIEWS)} (got "
             f"{cfg.probe.views}) and --probe.cs positive values (got {cfg.probe.cs})"
         )
-    train = load_arrays(store, cfg.data.train_split)
-    val = load_arrays(store, cfg.data.val_split)
+
+    def settings() -> dict:  # refuses a project or tag W&B would refuse (UsageError)
+        return wandb_settings(
+            run,
+            group="probe",
+            project=cfg.wandb.project or cfg.wandb_project,
+            entity=cfg.wandb.entity,
+            tags=cfg.wandb.tags,
+            job_type=cfg.wandb.job_type,
+            default_job_type="probe",
+            group_override=cfg.wandb.group,
+        )
+
+    settings()
+    splits = [cfg.data.train_split, cfg.data.val_split, cfg.data.predict_split]
+    train, val, test = (load_arrays(store, s) if s else None for s in splits)
+    for split, arrays in zip(splits, (train, val, test), strict=True):
+        if arrays is not None:  # a NaN row would stop scikit-learn with a traceback
+            check_finite(arrays, f"{store}/{split}")
     if len(np.unique(train.labels)) < 2:
         raise ExitError(
             f"train.py probe: {store}/{cfg.data.train_split} holds fewer than 2 classes"
         )
     x_train, x_val = views(train), views(val)
-    run.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be good
+    # Only once the inputs are known to be good; an unfinished probe run there is replaced.
+    if claim_command_run(run, "train.py probe"):
+        print(f"replacing the unfinished probe run in {show_path(run)}")
     print(f"run directory: {show_path(run)}")
     p.save(cfg, run / "config.yaml", overwrite=True)
     results, probes, sweep_rows = {}, {}, []
@@ -135,33 +165,40 @@ def run_probe(argv: Sequence[str] | None = None) -> Path:
     write_csv(run / "metrics.csv", ["features", "C", "val/acc_top1"], sweep_rows)
     val_probs = probes[best].predict_proba(x_val[best])
     write_predictions_csv(run / "val_predictions.csv", val.ids, val.labels, val_probs)
-    if cfg.data.predict_split:
-        test = load_arrays(store, cfg.data.predict_split)
+    score = {"best/val/acc_top1": results[best]["val_acc_top1"]}
+    submission = None
+    if test is not None:
         probs = probes[best].predict_proba(views(test)[best])
-        write_submission(run / "submission.csv", test.ids, probs, class_names=info.class_names)
+        submission, _ = write_submission(
+            run / "submission.csv",
+            test.ids,
+            probs,
+            class_names=info.class_names,
+            category=cfg.category,
+            candidate="probe",
+            message=cfg.message,
+            meta={**score, "features": best, "C": probes[best].best_c},
+        )
     summary = {"store": store_key(store), "best": best, "results": results}
     (run / PROBE_FILE).write_text(json.dumps(summary, indent=2))
-    settings = wandb_settings(
+    log_candidate(
         run,
-        group="probe",
-        project=cfg.wandb.project or cfg.wandb_project,
-        entity=cfg.wandb.entity,
-        tags=cfg.wandb.tags,
-        job_type=cfg.wandb.job_type,
-        default_job_type="probe",
-        group_override=cfg.wandb.group,
+        candidate="probe",
+        settings=settings(),
+        config=cfg.as_dict(),
+        summary={
+            **score,
+            "best/features": best,
+            **{f"probe/{v}/val_acc_top1": r["val_acc_top1"] for v, r in results.items()},
+        },
+        submission=submission,
     )
-    loggers = make_loggers(run, settings=settings)
-    for logger in (lg for lg in loggers if isinstance(lg, WandbLogger)):  # metrics.csv is ours
-        logger.log_hyperparams({"probe": dict(cfg.probe), "data": dict(cfg.data)})
-        logger.log_metrics(
-            {f"probe/{v}/val_acc_top1": r["val_acc_top1"] for v, r in results.items()}, step=0
-        )
-        logger.finalize("success")
-        logger.experiment.finish()
+    finish_command_run(run)
     print(
         f"best: {best} (val/acc_top1 {results[best]['val_acc_top1']:.4f}); wrote {show_path(run)}"
     )
+    if submission is not None:
+        finish(submission, competition=cfg.kaggle, message=cfg.message, prog="train.py probe")
     return run
 
 

@@ -13,6 +13,8 @@ are refused here with one line.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import yaml
@@ -168,3 +170,105 @@ def check_resume(ckpt_path: Path, model) -> None:
             f"cannot resume from {ckpt_path}: {'; '.join(diffs)}. Resume with the run's own "
             "config (--config RUN/config.yaml), or start a new run without --ckpt_path."
         )
+
+
+# -- which process owns which run directory ------------------------------------------------
+RUN_DIR_ENV = "SKETCHFUSION_RUN_DIR"
+LAUNCH_ENV = "SKETCHFUSION_LAUNCH"  # "<pid>:<start>" of the process that chose RUN_DIR_ENV
+
+
+def _process_token(pid: int) -> str:
+    """``pid:start``, the start time (clock ticks since boot, Linux) telling a live process
+    from an earlier one that had the same pid; the pid alone elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        start = stat[stat.rindex(")") + 2 :].split()[19]  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        start = ""
+    return f"{pid}:{start}"
+
+
+def launch_rank() -> int:
+    """This process's rank as a launcher set it (``RANK``, else ``LOCAL_RANK``; 0 if none)."""
+    for key in ("RANK", "LOCAL_RANK"):
+        value = os.environ.get(key, "").strip()
+        if value:
+            try:
+                return int(value)
+            except ValueError:
+                raise RunDirError(f"{key}={value!r} is not a process rank (an integer)") from None
+    return 0
+
+
+def export_run_dir(run_dir: Path) -> None:
+    """Hand ``run_dir`` to the workers Lightning launches from this process (DDP): they
+    inherit the environment, and :func:`handed_run_dir` checks that it is this launch's."""
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    os.environ[LAUNCH_ENV] = _process_token(os.getpid())
+
+
+def handed_run_dir() -> Path | None:
+    """Rank 0's run directory when this process is a worker Lightning launched from it:
+    the environment names a run directory *and* the launch token names this process's
+    parent. A ``SKETCHFUSION_RUN_DIR`` left in a shell by an earlier launch fails the check
+    (its launcher is not this process's parent) and is ignored."""
+    run_dir, token = os.environ.get(RUN_DIR_ENV), os.environ.get(LAUNCH_ENV)
+    if run_dir and token and token == _process_token(os.getppid()):
+        return Path(run_dir)
+    return None
+
+
+def worker_run_dir(run_dir: str | None) -> Path:
+    """The run directory of a process with a non-zero rank (``LOCAL_RANK``/``RANK``).
+
+    - a worker Lightning launched from rank 0 (DDP on one node): rank 0's directory,
+      verified by :func:`handed_run_dir`;
+    - a rank of an outside launcher (``torchrun``, ``WORLD_SIZE`` > 1): ``--run_dir``,
+      which every rank must be given (rank 0 checks and creates it);
+    - else the rank is a leftover of a launcher in the environment: refused, since a
+      non-zero rank writes no metrics and trusts a run directory it did not choose.
+    """
+    handed = handed_run_dir()
+    if handed is not None:
+        return handed
+    rank = launch_rank()
+    world = os.environ.get("WORLD_SIZE", "").strip()
+    if world.isdigit() and int(world) > 1:
+        if not run_dir:
+            raise RunDirError(
+                f"rank {rank} of {world} processes (WORLD_SIZE={world}) needs --run_dir: "
+                "give every rank the same --run_dir"
+            )
+        return Path(run_dir)
+    raise RunDirError(
+        f"LOCAL_RANK/RANK={rank} is set but no multi-process launch is (WORLD_SIZE is "
+        f"{world or 'unset'}): a leftover of a launcher in this shell? `unset LOCAL_RANK "
+        f"RANK {RUN_DIR_ENV} {LAUNCH_ENV}` and rerun"
+    )
+
+
+# -- probe and stack runs: unfinished until their last file ---------------------------------
+UNFINISHED = ".unfinished"  # written first and removed last by train.py probe and stack
+
+
+def claim_command_run(run: Path, prog: str) -> bool:
+    """Take ``run`` for a ``probe``/``stack`` run: a new directory, or an unfinished one of
+    the same command (killed before its end: ``RUN/.unfinished`` names it), whose files are
+    removed. Returns whether it replaced one; refuses (:class:`RunDirError`) any other
+    existing run. Call it once the inputs are checked: it writes the marker."""
+    marker = run / UNFINISHED
+    replaced = is_existing_run(run) and marker.is_file() and marker.read_text().strip() == prog
+    if is_existing_run(run) and not replaced:
+        raise RunDirError(f"{run} already holds a run; pass a new --run_dir")
+    if replaced:
+        for entry in run.iterdir():
+            if entry.name != UNFINISHED:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    run.mkdir(parents=True, exist_ok=True)
+    marker.write_text(prog + "\n")
+    return replaced
+
+
+def finish_command_run(run: Path) -> None:
+    """The run is complete: remove its ``.unfinished`` marker (its last write)."""
+    (run / UNFINISHED).unlink(missing_ok=True)

@@ -31,7 +31,10 @@ The submission uses the stacker fitted on all of them. Writes a run directory::
                             top-1 of the stack and of each member alone on those rows
     val_predictions.csv     id,label,pred,confidence (cross-fitted); oof_predictions.csv
                             with --cv
-    submission.csv          Id,Category on the test split, and submission.probs.npz
+    submission.csv          Id,Category on the test split (--category index|name), with
+                            submission.probs.npz and submission.json; --kaggle sends it
+    wandb/                  the W&B run, candidate "stack": best/val/acc_top1 (--checkpoint)
+                            or best/oof/acc_top1 (--cv), cross-fitted; the submission
 
 $ python train.py cv --config configs/visual_only.yaml --data.folds 5 --data.store S
 $ python train.py cv --config configs/text_only.yaml --data.folds 5 --data.store S
@@ -279,13 +282,15 @@ def from_cv(cv_dirs: Sequence[str], predict: bool) -> StackRows:
 
 def run_stack(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``python train.py stack``; returns the run directory."""
-    from jsonargparse import ArgumentParser
-
+    from feature_store.cli import CliParser
     from fusion.cli import new_run_dir
     from fusion.exit import ExitError
-    from fusion.predict import write_predictions_csv, write_submission
+    from fusion.runs import UNFINISHED, is_existing_run
+    from fusion.stopping import stop_exits
+    from fusion.submission import add_submission_arguments
+    from fusion.wandb_report import add_wandb_arguments
 
-    p = ArgumentParser(prog="train.py stack", description=__doc__.split("\n\n")[0])
+    p = CliParser(prog="train.py stack", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", "-c", action="config", help="a YAML of these options")
     p.add_argument(
         "--checkpoint",
@@ -307,6 +312,8 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--stack.folds", type=int, default=5, help="cross-fitting folds")
     p.add_argument("--run_dir", type=str | None, default=None)
     p.add_argument("--runs_root", type=str, default="runs")
+    add_wandb_arguments(p, kind="stack")
+    add_submission_arguments(p)
     cfg = p.parse_args(list(argv) if argv is not None else None)
     members = cfg.checkpoint or cfg.cv
     if cfg.checkpoint and cfg.cv:
@@ -321,10 +328,21 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
     missing = [m for m in members if not exists(Path(m))]
     if missing:
         raise ExitError(f"train.py stack: not found: {', '.join(missing)}")
-    method, predict = cfg.stack.method, bool(cfg.data.predict_split)
     run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "stack")
-    if run.is_dir() and any(run.iterdir()):
+    if is_existing_run(run) and not (run / UNFINISHED).is_file():
         raise ExitError(f"train.py stack: {run} already holds a run; pass a new --run_dir")
+    with stop_exits("train.py stack", run):
+        return _stack(p, cfg, members, run)
+
+
+def _stack(p, cfg, members: Sequence[str], run: Path) -> Path:
+    from fusion.exit import ExitError
+    from fusion.predict import write_predictions_csv
+    from fusion.runs import claim_command_run, finish_command_run
+    from fusion.submission import finish, write_submission
+    from fusion.wandb_report import candidate_settings, log_candidate
+
+    method, predict = cfg.stack.method, bool(cfg.data.predict_split)
     # Every member is loaded and checked, and the stack fitted, before the run exists.
     try:
         rows = from_cv(cfg.cv, predict) if cfg.cv else from_checkpoints(cfg, predict)
@@ -333,8 +351,9 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
     except StackError as err:
         raise ExitError(f"train.py stack: error: {err}") from err
     stacker = Stacker(len(fit_lp), method).fit(fit_lp, labels)
-    try:
-        run.mkdir(parents=True, exist_ok=True)
+    try:  # an unfinished stack run there (killed before its end) is replaced
+        if claim_command_run(run, "train.py stack"):
+            print(f"replacing the unfinished stack run in {show_path(run)}")
     except OSError as err:
         raise ExitError(
             f"train.py stack: error: cannot create the run directory {run} "
@@ -351,18 +370,42 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
         "member_acc_top1": [float((lp.argmax(1) == labels).mean()) for lp in fit_lp],
     }
     write_predictions_csv(run / rows.predictions_file, ids, labels, crossed)
+    # Cross-fitted on val (--checkpoint) or on every train+val row out of fold (--cv).
+    held_out = "oof" if rows.fitted_on == "out-of-fold" else "val"
+    score = {f"best/{held_out}/acc_top1": summary["acc_top1_cross_fitted"]}
+    submission = None
     if predict:
-        write_submission(
+        submission, _ = write_submission(
             run / "submission.csv",
             rows.test_ids,
             stacker.predict_proba(rows.test_log_probs),
             class_names=rows.class_names,
             checkpoints=rows.checkpoints,
+            category=cfg.category,
+            candidate="stack",
+            message=cfg.message,
+            meta={**score, **summary},
         )
     (run / "stack.json").write_text(json.dumps(summary, indent=2))
+    log_candidate(
+        run,
+        candidate="stack",
+        settings=candidate_settings(run, cfg, kind="stack"),
+        config=cfg.as_dict(),
+        summary={
+            **score,
+            "stack/member_acc_top1": summary["member_acc_top1"],
+            "stack/mean_weights": summary["mean_weights"],
+            "stack/rows_fitted": summary["rows_fitted"],
+        },  # fmt: skip
+        submission=submission,
+    )
+    finish_command_run(run)
     print(
         f"stack ({method}, fitted on {len(labels)} {rows.fitted_on} rows): cross-fitted acc_top1 "
         f"{summary['acc_top1_cross_fitted']:.4f} vs members "
         f"{[round(a, 4) for a in summary['member_acc_top1']]}; wrote {show_path(run)}"
     )
+    if submission is not None:
+        finish(submission, competition=cfg.kaggle, message=cfg.message, prog="train.py stack")
     return run

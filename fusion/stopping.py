@@ -14,12 +14,19 @@ $ python train.py fit --config configs/concat.yaml --ckpt_path last --run_dir RU
   validation, and ``EarlyStopping(strict=True)`` then raised "conditioned on metric
   val/acc_top1 which is not available". Its state (best score, wait count) is restored
   from the checkpoint as before, under the same key.
+- :func:`stop_exits`: ``train.py probe`` and ``stack`` (no Lightning fit, no partial state
+  to resume) stopped by SIGTERM or Ctrl-C print one line and exit 143/130; the unfinished
+  run directory they were writing is removed, so the same command runs again.
 """
 
 from __future__ import annotations
 
+import shutil
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
@@ -93,3 +100,41 @@ class ResumableEarlyStopping(EarlyStopping):
         if not self._validated and self.monitor not in trainer.callback_metrics:
             return  # the end of an epoch restored from a checkpoint, validated before it
         super().on_train_epoch_end(trainer, pl_module)
+
+
+class Stopped(Exception):
+    """SIGTERM reached a command inside :func:`stop_exits`."""
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
+@contextmanager
+def stop_exits(prog: str, run: Path) -> Iterator[None]:
+    """Within: SIGTERM (else a silent death) and Ctrl-C (else a traceback) stop ``prog``
+    with one line, exit 143 or 130. ``run``, if this command marked it unfinished
+    (fusion/runs.py:claim_command_run), is removed: it holds nothing to resume from."""
+    from fusion.exit import EXIT_SIGINT, EXIT_SIGTERM, ExitError
+    from fusion.runs import UNFINISHED
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if main else None
+    try:
+        yield
+    except (Stopped, KeyboardInterrupt) as err:
+        sigterm = isinstance(err, Stopped)
+        marker = run / UNFINISHED
+        if marker.is_file() and marker.read_text().strip() == prog:
+            shutil.rmtree(run, ignore_errors=True)
+            kept = f"its unfinished run directory {run} is removed"
+        else:
+            kept = "it had written nothing"
+        raise ExitError(
+            f"{prog}: stopped by {'SIGTERM' if sigterm else 'Ctrl-C (SIGINT)'}; {kept} "
+            "(it keeps no partial state to resume). Rerun the same command to start again.",
+            code=EXIT_SIGTERM if sigterm else EXIT_SIGINT,
+        ) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

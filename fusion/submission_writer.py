@@ -2,11 +2,13 @@
 
 $ python train.py predict --ckpt_path RUN/checkpoints/best.ckpt --data.store stores/kaggle
 $ python train.py predict --ckpt_path RUN/checkpoints/best.ckpt --data.store S --out sub.csv
+$ python train.py predict --run_dir RUN --data.store S --kaggle mva-recvis-2024 --message M
 
 Lightning runs the head over ``--data.predict_split`` (``FusionModule.predict_step``:
 row indices and class probabilities); :class:`SubmissionWriter` puts the rows back in
 store order and hands them to :func:`fusion.predict.submit`, the code behind
-``predict.py``, so both write the same ``Id,Category`` file and ``.probs.npz``.
+``predict.py``, so both write the same ``Id,Category`` file, ``.probs.npz`` and ``.json``
+(fusion/submission.py), and neither starts a W&B run.
 """
 
 from __future__ import annotations
@@ -23,9 +25,18 @@ from fusion.predict import submit
 class SubmissionWriter(BasePredictionWriter):
     """Write the predicted split as a submission at ``out`` once the epoch ends."""
 
-    def __init__(self, out: Path, checkpoint: Path, *, strict: bool = False) -> None:
+    def __init__(
+        self,
+        out: Path,
+        checkpoint: Path,
+        *,
+        strict: bool = False,
+        category: str = "index",
+        message: str | None = None,
+    ) -> None:
         super().__init__(write_interval="epoch")
         self.out, self.checkpoint, self.strict = Path(out), Path(checkpoint), strict
+        self.category, self.message = category, message
         self.written: tuple[Path, Path] | None = None  # (submission, probabilities)
 
     def write_on_epoch_end(
@@ -47,4 +58,6 @@ class SubmissionWriter(BasePredictionWriter):
             checkpoints=[self.checkpoint],
             strict=self.strict,
             prog="train.py predict",
+            category=self.category,
+            message=self.message,
         )

@@ -290,7 +290,7 @@ def _run_tune(argv: Sequence[str]) -> Path:
         fit_args = ["fit", *args, *group, *suggest(trial, space), "--run_dir", str(run)]
         saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args, not our argv
         try:
-            cli = cli_main(fit_args, extra_callbacks=[PruneOnVal(trial)])
+            cli = cli_main(fit_args, extra_callbacks=[PruneOnVal(trial)], candidate="tune_trial")
         finally:
             sys.argv = saved
         score = cli.trainer.checkpoint_callback.best_model_score

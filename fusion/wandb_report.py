@@ -14,6 +14,8 @@ $ WANDB_MODE=offline python train.py fit --config configs/demo.yaml --data.store
   capped at ``max_rows`` with small thumbnails, so a 500-class run stays small.
 - :func:`log_checkpoint`, :func:`log_store_manifest`, :func:`log_submission`: artifacts
   named as W&B and Lightning name them (``model-<run id>:best``), for ``use_artifact``.
+- :func:`log_candidate`: the run of a candidate that is not a Lightning fit (probe, stack,
+  cv, ensemble), with the same summary keys and submission artifact as a fit's.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ PACKAGES = (
     "numpy",
     "wandb",
 )
+# Old option names train.py still takes: logged under the current name only.
+ALIASES = {"wandb_project": "wandb.project", "wandb_group": "wandb.group"}
 TABLE_COLUMNS = ["id", "thumbnail", "caption", "label", "prediction", "confidence", "correct"]
 PAIR_COLUMNS = ["label", "prediction", "count", "share_of_label"]
 
@@ -107,10 +111,14 @@ def run_config(config: Mapping[str, Any] | str) -> dict[str, Any]:
     if isinstance(config, str):  # jsonargparse dump
         config = json.loads(config)
     out = flatten(dict(config))
+    for alias, name in ALIASES.items():  # one key per setting: the alias's value, if set
+        value = out.pop(alias, None)
+        if value is not None and out.get(name) is None:
+            out[name] = value
     store = out.get("data.store")
     if store:
-        try:
-            out.update(store_config(store))
+        try:  # store.path would repeat data.store
+            out.update({k: v for k, v in store_config(store).items() if k != "store.path"})
         except Exception as err:  # the fit reports a bad store itself; keep the run going
             out["store.error"] = str(err)
     out.update(package_versions())
@@ -334,46 +342,108 @@ def log_store_manifest(run, store: str | Path) -> None:
 
 
 def log_submission(run, submission: str | Path, probs_file: str | Path | None = None) -> None:
-    """``submission-<run id>`` (type ``submission``): the CSV and its ``.probs.npz``."""
+    """``submission-<run id>`` (type ``submission``): the CSV, its ``.probs.npz`` and its
+    ``.json`` metadata (fusion/submission.py) when they are there."""
     import wandb
 
+    from fusion.predict import probs_path
+    from fusion.submission import metadata_path
+
+    submission = Path(submission)
     artifact = wandb.Artifact(f"submission-{run.id}", type="submission")
-    artifact.add_file(str(submission), name=Path(submission).name)
-    if probs_file and Path(probs_file).is_file():
-        artifact.add_file(str(probs_file), name=Path(probs_file).name)
+    artifact.add_file(str(submission), name=submission.name)
+    for extra in (probs_file or probs_path(submission), metadata_path(submission)):
+        if Path(extra).is_file():
+            artifact.add_file(str(extra), name=Path(extra).name)
     run.log_artifact(artifact, aliases=["latest"])
 
 
-def log_submission_to_fit_runs(
-    checkpoints: Sequence[str | Path], submission: str | Path, probs_file: str | Path
-) -> list[str]:
-    """After ``predict.py``: the submission as an artifact of each checkpoint's fit run.
+def add_wandb_arguments(parser, *, kind: str) -> None:
+    """``--wandb.project/entity/group/tags/job_type`` (and the old ``--wandb_project``) on
+    the parser of a candidate command that is not a fit (``kind``: probe, stack, ensemble);
+    read back by :func:`candidate_settings`."""
+    parser.add_argument("--wandb_project", type=str | None, default=None, help="= --wandb.project")
+    parser.add_argument(
+        "--wandb.project", type=str | None, default=None, help="else $WANDB_PROJECT"
+    )
+    parser.add_argument("--wandb.entity", type=str | None, default=None, help="else $WANDB_ENTITY")
+    parser.add_argument("--wandb.group", type=str | None, default=None, help=f"default: {kind}")
+    parser.add_argument(
+        "--wandb.tags", type=list[str] | None, default=None, help="else $WANDB_TAGS"
+    )
+    parser.add_argument("--wandb.job_type", type=str | None, default=None, help=f"default: {kind}")
 
-    The fit saved its W&B run id in ``RUN/wandb_run_id`` (``RUN/checkpoints/x.ckpt``); that
-    run is resumed, given the artifact and finished again. Checkpoints from elsewhere are
-    skipped. Returns the run ids logged to.
+
+def candidate_settings(run_dir: str | Path, cfg, *, kind: str) -> dict:
+    """:func:`fusion.loggers.wandb_settings` from the options of :func:`add_wandb_arguments`:
+    group and job type ``kind`` unless given."""
+    from fusion.loggers import wandb_settings
+
+    return wandb_settings(
+        Path(run_dir),
+        group=kind,
+        project=cfg.wandb.project or cfg.get("wandb_project"),
+        entity=cfg.wandb.entity,
+        tags=cfg.wandb.tags,
+        job_type=cfg.wandb.job_type,
+        default_job_type=kind,
+        group_override=cfg.wandb.group,
+    )
+
+
+def log_candidate(
+    run_dir: str | Path,
+    *,
+    candidate: str,
+    settings: dict,
+    config: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    submission: str | Path | None = None,
+    keep_id: bool = True,
+) -> str | None:
+    """The W&B run of a candidate no Lightning fit logs (``probe``, ``stack``, ``cv``,
+    ``ensemble``): ``config`` flattened once with ``candidate`` in it, ``summary`` (its
+    score as ``best/val/acc_top1`` or ``best/oof/acc_top1``), and ``submission`` as the
+    artifact ``submission-<run id>``. ``settings`` come from
+    :func:`fusion.loggers.wandb_settings`, the fits' own; ``config`` is flattened as a fit's
+    (:func:`run_config`: the store's essentials when it names ``data.store``, package
+    versions). Returns the run id, or None when
+    W&B is disabled or failed: a logging failure is one warning, the files are written.
     """
-    import yaml
+    import sys
 
-    from fusion.loggers import console_settings, saved_run_id, wandb_mode_and_reason, wandb_settings
+    from fusion.loggers import (
+        _say_mode,
+        init_settings,
+        init_wandb,
+        save_run_id,
+        wandb_mode_and_reason,
+    )
 
-    mode, _ = wandb_mode_and_reason()
+    mode, why = wandb_mode_and_reason()
     if mode == "disabled":
-        return []
-    import wandb
-
-    logged = []
-    for ckpt in checkpoints:
-        run_dir = Path(ckpt).resolve().parent.parent
-        if saved_run_id(run_dir) is None or saved_run_id(run_dir) in logged:
-            continue
-        config_file = run_dir / "config.yaml"
-        config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-        config = config if isinstance(config, dict) else {}
-        project = (config.get("wandb") or {}).get("project") or config.get("wandb_project")
-        settings = wandb_settings(run_dir, group=run_dir.parent.name, project=project)
-        run = wandb.init(dir=str(run_dir), mode=mode, settings=console_settings(mode), **settings)
-        log_submission(run, submission, probs_file)
+        return None
+    try:
+        _say_mode(mode, why, Path(run_dir))
+        if keep_id:  # RUN/wandb_run_id: a rerun in the same directory continues the run
+            save_run_id(run_dir, settings["id"])
+        flat = {"candidate": candidate, **run_config(config)}
+        run = init_wandb(  # never stops the command: offline, or off, with one line
+            Path(run_dir),
+            dir=str(Path(run_dir).resolve()),
+            mode=mode,
+            settings=init_settings(mode),
+            config=flat,
+            **settings,
+        )
+        if run is None:
+            return None
+        run.summary.update(dict(summary))
+        if submission is not None and Path(submission).is_file():
+            log_submission(run, submission)
         run.finish()
-        logged.append(settings["id"])
-    return logged
+        return run.id
+    except Exception as err:  # noqa: BLE001
+        print(f"WARNING: the {candidate} was written but not logged to W&B: {err}",
+              file=sys.stderr)  # fmt: skip
+        return None

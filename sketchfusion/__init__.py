@@ -5,13 +5,17 @@
 >>> fit = sf.fit("configs/demo.yaml", store=store, trainer__max_epochs=5)   # train.py fit
 >>> sf.predict(fit.best_checkpoint, store, "submission.csv")                # predict.py
 >>> sf.report(store, fit.run_dir, "report/")                                # python -m analysis
+>>> sf.metrics(fit), sf.val_predictions(fit), sf.submission("submission.csv")  # DataFrames
 
 Thin wrappers, no logic of their own: :func:`build_store` is ``data_prep.main``,
 :func:`fit` is ``fusion.cli.main`` (LightningCLI), :func:`predict` chains
 ``fusion.predict``'s functions as predict.py does, :func:`report` is
 ``analysis.report.build_report``. Bad input raises the same exceptions the command lines
 turn into one-line errors (``StoreError``, ``CheckpointError``, ``ValueError``), with the
-same messages. Importing this package is cheap: torch and Lightning load on first use.
+same messages. The files the command lines write read back as pandas DataFrames
+(:mod:`sketchfusion.tables`: metrics, val predictions, out-of-fold probabilities, tune
+trials, submissions). Importing this package is cheap: torch, Lightning and pandas load on
+first use.
 """
 
 from __future__ import annotations
@@ -31,6 +35,13 @@ from feature_store import (
     load_features,
     open_store,
 )
+from sketchfusion.tables import (
+    metrics,
+    probabilities,
+    submission,
+    trials,
+    val_predictions,
+)
 
 __all__ = [
     "FitResult",
@@ -41,9 +52,14 @@ __all__ = [
     "load_arrays",
     "load_dataset_dict",
     "load_features",
+    "metrics",
     "open_store",
     "predict",
+    "probabilities",
     "report",
+    "submission",
+    "trials",
+    "val_predictions",
 ]
 
 StoreLike = str | os.PathLike  # a StoreInfo is a PathLike of its directory
@@ -79,12 +95,16 @@ def build_store(config: str | os.PathLike | dict, **overrides: Any) -> StoreInfo
 
 @dataclass(frozen=True)
 class FitResult:
-    """Where a fit went: its run directory and checkpoints, and its best val top-1."""
+    """Where a fit went: its run directory and checkpoints, and its best val top-1; a
+    PathLike of its run directory."""
 
     run_dir: Path
     best_checkpoint: Path | None
     last_checkpoint: Path | None
     best_score: float | None
+
+    def __fspath__(self) -> str:  # sf.metrics(fit), sf.val_predictions(fit) read its run
+        return os.fspath(self.run_dir)
 
 
 def _arg(value: Any) -> str:
@@ -128,14 +148,17 @@ def predict(
     split: str = "test",
     strict: bool = False,
     allow_store_mismatch: bool = False,
+    category: str = "index",
 ) -> Path:
-    """predict.py: write the ``Id,Category`` submission of ``split`` (and ``OUT.probs.npz``).
+    """predict.py: write the ``Id,Category`` submission of ``split`` (and ``OUT.probs.npz``,
+    ``OUT.json``); ``category="name"`` writes class names instead of indices.
 
     ``checkpoint``: one train.py checkpoint or a list (their probabilities are averaged).
     Inputs that failed extraction get the train class prior, with a warning; ``strict``
     raises :class:`StoreError` instead. Returns the submission's path.
     """
-    from fusion.predict import complete_split, predict_probs, write_submission
+    from fusion.predict import complete_split, predict_probs
+    from fusion.submission import write_submission
 
     checkpoints = [str(c) for c in (checkpoint if isinstance(checkpoint, list) else [checkpoint])]
     root = os.fspath(store)
@@ -147,7 +170,12 @@ def predict(
             raise StoreError(f"{what}; strict=True refuses a submission with fallback rows")
         warnings.warn(f"{what}; their rows use the train class prior", stacklevel=2)
     submission, _ = write_submission(
-        out, ids, probs, class_names=open_store(root).class_names, checkpoints=checkpoints
+        out,
+        ids,
+        probs,
+        class_names=open_store(root).class_names,
+        checkpoints=checkpoints,
+        category=category,
     )
     return submission
 

@@ -203,8 +203,10 @@ def test_val_only_store_and_bad_run_files(tmp_path):
     assert "labels outside the store's classes" in notes
 
 
-def test_missing_run_directory_is_a_note(tmp_path):
+def test_missing_run_directory_is_one_line_and_nothing_written(tmp_path, capsys):
     make_synthetic_store(tmp_path / "s", num_classes=3)
-    res = build_report(ReportOptions(store=tmp_path / "s", out=tmp_path / "o", run=tmp_path / "x"))
-    assert any("does not exist" in n for n in res.report.notes)
-    assert not failed_sections(res.page.read_text())
+    argv = ["--store", str(tmp_path / "s"), "--out", str(tmp_path / "o"), "--run"]
+    assert main([*argv, str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--run {tmp_path / 'x'} does not exist" in err
+    assert not (tmp_path / "o").exists()

@@ -79,7 +79,9 @@ def test_wandb_goes_offline_without_a_key_or_a_server(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode() == "disabled"
     monkeypatch.setenv("WANDB_MODE", "online")
-    assert wandb_mode() == "online"  # an explicit choice wins
+    assert wandb_mode() == "offline"  # asked for, but W&B would stop the fit (issue 24)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_mode() == "offline"
 
 
 @pytest.mark.parametrize("classes", [3, 500])

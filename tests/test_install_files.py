@@ -49,3 +49,29 @@ def test_ci_runs_exactly_the_readme_quick_start():
     ci = [line for line in _lines(REPO / ".ci" / "run") if line.startswith("pip install")]
     assert len(quick) == 2 and ci == quick
     assert all("-c constraints.txt" in line for line in quick)
+
+
+def _pins() -> dict[str, str]:
+    return dict(line.split("==") for line in _lines(REPO / "constraints.txt"))
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/install.md"])
+def test_the_cpu_torch_install_pins_constraints_versions(doc):
+    """The CPU-wheel line installs exactly the torch and torchvision the tests ran with, so
+    the project install that follows keeps them instead of pulling the CUDA build."""
+    text = (REPO / doc).read_text()
+    (line,) = [s for s in text.splitlines() if "download.pytorch.org/whl/cpu" in s]
+    assert line.startswith("pip install ") and line.endswith(
+        "--index-url https://download.pytorch.org/whl/cpu"
+    )
+    asked = dict(re.findall(r"\b(torch|torchvision)==(\S+)", line))
+    pins = _pins()
+    assert asked == {"torch": pins["torch"], "torchvision": pins["torchvision"]}
+    assert f"`torch=={pins['torch']}` accepts `{pins['torch']}+cpu`" in text or doc != "README.md"
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/install.md"])
+def test_no_test_count_to_go_stale(doc):
+    """The suite grows every week: the docs say how long it takes, not how many tests."""
+    text = " ".join((REPO / doc).read_text().split())
+    assert not re.search(r"\b\d[\d,]* tests\b", text), re.search(r".{40}\d+ tests.{20}", text)

@@ -46,7 +46,8 @@ def test_fit_predict_and_read_the_submission_back(trained, tmp_path):
     np.testing.assert_allclose(saved["probs"].sum(axis=1), 1.0, rtol=1e-5)
     assert [int(r["Category"]) for r in rows] == saved["probs"].argmax(axis=1).tolist()
     # Atomic writes leave no temporary files behind.
-    assert {p.name for p in out.parent.iterdir()} == {"submission.csv", "submission.probs.npz"}
+    names = {p.name for p in out.parent.iterdir()}
+    assert names == {"submission.csv", "submission.probs.npz", "submission.json"}
 
 
 def test_probabilities_match_an_independent_forward_pass(trained):

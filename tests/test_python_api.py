@@ -18,6 +18,7 @@ from feature_store import load_arrays, open_store
 from feature_store.synthetic import make_synthetic_store
 from fusion.predict import CheckpointError
 from tests.fixtures_extraction import tiny_models  # noqa: F401 - fixture
+from tests.test_python_api_tables import assert_same_as_csv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,6 +72,13 @@ def test_the_readme_example_runs(tiny_demo_configs):
     assert [r["Id"] for r in rows] == load_arrays(store, "test").ids
     assert {int(r["Category"]) for r in rows} <= set(range(3))
     assert ns["page"] == fit.run_dir / "report" / "report.html" and ns["page"].is_file()
+    # The DataFrames are the files, read independently (tests/test_python_api_tables.py).
+    assert_same_as_csv(ns["preds"], fit.run_dir / "val_predictions.csv")
+    assert_same_as_csv(ns["sub"], ns["submission"])
+    assert ns["sub"]["Id"].tolist() == load_arrays(store, "test").ids
+    with (fit.run_dir / "metrics.csv").open() as f:
+        val_rows = [r for r in csv.DictReader(f) if r["val/acc_top1"]]
+    assert ns["curves"]["val/acc_top1"].tolist() == [float(r["val/acc_top1"]) for r in val_rows]
 
 
 def test_build_store_takes_a_dict_and_dotted_overrides(tmp_path, monkeypatch):

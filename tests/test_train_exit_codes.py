@@ -34,7 +34,7 @@ def fit(store, runs, *extra: str) -> list[str]:
 # (id, extra fit arguments or a whole argv, message regex; "" for jsonargparse's usage text)
 USAGE = [
     ("unknown-subcommand", ["fitt"], r"^train\.py: error: unknown subcommand 'fitt'.* probe"),
-    ("unknown-option", ["--model.bogus", "1"], r"unrecognized arguments: --model\.bogus"),
+    ("unknown-option", ["--model.bogus", "1"], r"^train\.py: error: unknown option --model\.bogus"),
     ("missing-config", ["--config", "nope.yaml"], r"nope\.yaml"),
     ("wrong-type", ["--model.lr", "abc"], r"model\.lr"),
     ("not-a-choice", ["--model.optimizer", "lion"], r"model\.optimizer"),

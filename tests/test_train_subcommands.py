@@ -119,7 +119,7 @@ def test_predict_writes_predict_pys_submission(trained, tmp_path, capsys):
     assert list(ours["ids"]) == list(theirs["ids"])
     np.testing.assert_allclose(ours["probs"], theirs["probs"], atol=1e-6)
     assert list(ours["class_names"]) == list(theirs["class_names"])
-    # Only the submission and its probabilities are new, in RUN/predict/test/.
+    # Only the submission, its probabilities and metadata are new, in RUN/predict/test/.
     after = tree(root)
     new = sorted(set(after) - set(before))
     rel = os.path.relpath(out.parent, root)
@@ -127,6 +127,7 @@ def test_predict_writes_predict_pys_submission(trained, tmp_path, capsys):
         str(Path(rel).parent),
         rel,
         f"{rel}/submission.csv",
+        f"{rel}/submission.json",
         f"{rel}/submission.probs.npz",
     ]
     assert all(after[k] == v for k, v in before.items())

@@ -188,24 +188,7 @@ def test_demo_logs_its_submission(tmp_path, monkeypatch, offline):
     (run_file,) = wandb_run_files(Path(paths["run directory"]))
     (sub,) = [a for a in wandb_artifacts(run_file) if a["type"] == "submission"]
     assert sub["name"] == f"submission-{wandb_run_id(run_file)}"
-    assert sub["files"] == ["submission.csv", paths["test probabilities"].name]
-
-
-def test_predict_logs_its_submission_to_the_fit_run(store, tmp_path, offline):
-    from fusion.predict import main as predict_main
-
-    run = tmp_path / "run"
-    fit_cli(store, run, "--wandb_project", "mine", epochs=1)
-    out = tmp_path / "sub" / "submission.csv"
-    predict_main(["--checkpoint", str(run / "checkpoints" / "best.ckpt"), "--store", str(store),
-                  "--out", str(out)])  # fmt: skip
-    fit_file, predict_file = wandb_run_files(run, count=2)
-    run_id = (run / RUN_ID_FILE).read_text().strip()
-    assert wandb_run_id(predict_file) == wandb_run_id(fit_file) == run_id  # the fit's own run
-    assert run_record(predict_file).project == "mine"
-    (sub,) = [a for a in wandb_artifacts(predict_file) if a["type"] == "submission"]
-    assert sub["name"] == f"submission-{run_id}"
-    assert sub["files"] == ["submission.csv", "submission.probs.npz"]
+    assert sub["files"] == ["submission.csv", "submission.json", paths["test probabilities"].name]
 
 
 # -- settings ------------------------------------------------------------------------------

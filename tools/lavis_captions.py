@@ -53,7 +53,7 @@ def main():
     model, vis, _ = load_model_and_preprocess(args.model, args.type, is_eval=True, device=device)
     todo = list(images(args.root))
     seen = set()
-    with open(args.out, "w", newline="") as f, torch.inference_mode():
+    with open(args.out, "w", newline="", encoding="utf-8") as f, torch.inference_mode():
         out = csv.writer(f)
         out.writerow(["id", "caption"])
         for i in range(0, len(todo), args.batch_size):
