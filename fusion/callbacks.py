@@ -203,6 +203,7 @@ class RunArtifacts(L.Callback):
                 run / "alpha_beta.png",
                 title=f"{run.parent.name}/{run.name}",
                 head=pl_module.hparams.get("head"),
+                names=pl_module.head.weight_names(),
             )
             for logger in wandb_loggers:
                 logger.log_image(key="fusion/alpha_beta", images=[str(png)])
