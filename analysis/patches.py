@@ -98,8 +98,11 @@ def add_patch_view(report, views, *, n_images: int) -> None:
     try:
         from transformers import AutoImageProcessor, AutoModel
 
-        processor = AutoImageProcessor.from_pretrained(ref)
-        model = AutoModel.from_pretrained(ref).eval()
+        from data_prep.loading import hf_progress_bars_off
+
+        with hf_progress_bars_off():  # no "Loading weights" bar in the report's output
+            processor = AutoImageProcessor.from_pretrained(ref)
+            model = AutoModel.from_pretrained(ref).eval()
         seen, maps = patch_pca_maps(model, processor, [f for f, _ in picked])
     except Exception as err:  # any load/forward failure: skip the section, say why
         sec.note(f"Skipped: image model {ref!r} could not be loaded or run ({err}).")

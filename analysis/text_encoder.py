@@ -32,6 +32,7 @@ class TextEncoder:
         import torch
 
         from data_prep.config import TextConfig
+        from data_prep.loading import hf_progress_bars_off
         from data_prep.text_encoder import TextEncoder as StoreTextEncoder
 
         ref = model_ref(entry)
@@ -46,7 +47,8 @@ class TextEncoder:
             max_length=int(fields.get("max_length") or TextConfig.max_length),
         )
         self.ref, self.pooling = ref, cfg.pooling
-        self._encoder = StoreTextEncoder(cfg, dtype=torch.float32)
+        with hf_progress_bars_off():  # no "Loading weights" bar in the report's output
+            self._encoder = StoreTextEncoder(cfg, dtype=torch.float32)
         self._torch = torch
 
     def encode(self, texts: list[str]) -> np.ndarray:

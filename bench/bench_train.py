@@ -1,31 +1,40 @@
-"""Training-epoch and prediction speed of the fusion stage, three data paths side by side.
+"""Training-epoch and prediction speed of the fusion stage, side by side in one run.
 
-$ python bench/bench_train.py                       # 50,000 x (768+768), 500 classes
-$ python bench/bench_train.py --rows 5000 --rounds 1  # quick look
+$ python bench/bench_train.py --threads 2 --batch_sizes 256 1024 --rounds 2 --skip_original
+$ python bench/bench_train.py --rows 2000 --dim 32 --classes 20 --hidden 64 --rounds 1 \\
+      --batch_sizes 64 --predict_rows 200 --original_rows 300    # smoke run (tests/)
 
-Training (one epoch of the dual-logit head, hidden 512, AdamW, CPU or the default device):
-- ``trainer``: our path: FeatureDataModule (tensors, index batches) + FusionModule + a
-  Lightning Trainer with the CSV logger writing alpha/beta every step (W&B off: it logs from
-  its own process);
-- ``plain``: a hand-written PyTorch loop over the same in-memory tensors, same head, same
-  batch size, same loss (cross-entropy + alpha/beta penalty);
-- ``original``: the original code's data path: HF dataset rows as Python lists, a
-  per-item ``torch.tensor`` collate, batch 64, the same plain loop.
+Training (the dual-logit head, hidden 512 (``--hidden``), dropout 0.3, AdamW, on CPU or
+the default device), each path timed on its second epoch (the first warms up), training
+batches only:
+- ``plain``: a hand-written PyTorch loop over in-memory tensors (the fp32 floor): same
+  head, batch size and loss (cross-entropy + alpha/beta penalty), nothing else;
+- ``trainer``: ``python train.py fit`` as a user runs it (``FusionCLI``: our callbacks,
+  the CSV logger, per-step alpha/beta, the learning-rate monitor, checkpoints), with the
+  default data path, ``--data.loader tensors`` (the split on the device, index batches);
+- ``trainer, DataLoader``: the same fit with ``--data.loader dataloader`` (a shuffling
+  DataLoader over the same tensors, batches copied to the device per step);
+- ``original`` (batch 64 only): the original code's data path: HF dataset rows as Python
+  lists, a per-item ``torch.tensor`` collate, batch 64, the plain loop.
 
-Prediction on ``--predict_rows`` test rows, from the store: ``predict_probs`` (arrays,
-batched) vs the original per-sample loop (one HF row, one forward at a time).
+W&B is off (``WANDB_MODE=disabled``; it logs from its own process, ``--wandb offline``
+keeps it). Prediction on ``--predict_rows`` test rows with the best checkpoint of the last
+fit: ``predict_probs`` (arrays, batched) vs the original per-sample loop.
 
-Each training figure is the median over ``--rounds`` of the epoch time (an untimed warm-up
-epoch first); the paths alternate within a round so load from other processes hits all.
+Each figure is the median over ``--rounds``; the paths alternate within a round so load
+from other processes hits all, and each ratio is the median of the per-round ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import lightning as L
 import torch
@@ -34,25 +43,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from feature_store import load_arrays, load_split, open_store
 from feature_store.synthetic import make_synthetic_store
-from fusion.datamodule import FeatureDataModule
-from fusion.loggers import RunCSVLogger
+from fusion.cli import FusionCLI
 from fusion.module import FusionModule
 from fusion.predict import load_head, predict_probs
 
 HEAD = {"head": "dual_logit", "hidden_dims": [512], "dropout": 0.3, "penalty_lambda": 0.1}
-
-
-class EpochTimer(L.Callback):
-    """Wall time of each training epoch (no validation: limit_val_batches=0)."""
-
-    def __init__(self) -> None:
-        self.times: list[tuple[float, float]] = []
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._t0 = clocks()
-
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.times.append(since(self._t0))
+PATHS = ("plain", "trainer", "trainer, DataLoader")
 
 
 def clocks() -> tuple[float, float]:
@@ -65,28 +61,41 @@ def since(t0: tuple[float, float]) -> tuple[float, float]:
     return wall - t0[0], cpu - t0[1]
 
 
-def trainer_epoch(store: Path, batch_size: int, run_dir: Path) -> tuple[float, float]:
-    L.seed_everything(0)
-    dm = FeatureDataModule(str(store), batch_size=batch_size)
-    model = FusionModule(
-        image_dim=dm.image_dim, text_dim=dm.text_dim, class_names=dm.class_names, **HEAD
-    )
+class EpochTimer(L.Callback):
+    """(wall, CPU) time of each epoch's training batches: from the epoch's start to the end
+    of its last batch, so validation and the end-of-epoch checkpoint are not counted."""
+
+    def __init__(self) -> None:
+        self.times: list[tuple[float, float]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._t0 = clocks()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx + 1 == trainer.num_training_batches:
+            self.times.append(since(self._t0))
+
+
+def trainer_epoch(
+    store: Path, batch_size: int, run_dir: Path, *, loader: str, log_every: int
+) -> tuple[tuple[float, float], Path]:
+    """``train.py fit`` for 2 epochs; the second epoch's time and the run's best checkpoint."""
     timer = EpochTimer()
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="auto",
-        devices=1,
-        logger=RunCSVLogger(run_dir),
-        log_every_n_steps=1,
-        callbacks=[timer],
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(model, dm)
-    return timer.times[-1]
+    # fmt: off
+    args = [
+        "fit", "--config", str(Path(__file__).resolve().parents[1] / "configs" / "base.yaml"),
+        "--data.store", str(store), "--data.batch_size", str(batch_size),
+        "--data.loader", loader, "--run_dir", str(run_dir), "--seed_everything", "0",
+        "--model.head", HEAD["head"], "--model.hidden_dims", str(HEAD["hidden_dims"]),
+        "--model.dropout", str(HEAD["dropout"]),
+        "--model.penalty_lambda", str(HEAD["penalty_lambda"]), "--model.weight_decay", "0.01",
+        "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", str(log_every),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ]
+    # fmt: on
+    with mock.patch.object(sys, "argv", sys.argv[:1]):  # the CLI reads args, not ours
+        FusionCLI(args=args, extra_callbacks=[timer])
+    return timer.times[-1], run_dir / "checkpoints" / "best.ckpt"
 
 
 def _step(model: FusionModule, opt, image, text, label) -> None:
@@ -102,30 +111,26 @@ def _step(model: FusionModule, opt, image, text, label) -> None:
 def _plain_model(image_dim: int, text_dim: int, class_names: list[str], device):
     torch.manual_seed(0)
     model = FusionModule(
-        image_dim=image_dim, text_dim=text_dim, class_names=class_names, **HEAD
+        set_dims={"image": image_dim, "text": text_dim}, class_names=class_names, **HEAD
     ).to(device)
     return model.train(), torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
 
 
 def plain_epoch(store: Path, batch_size: int, device) -> tuple[float, float]:
     info, arrays = open_store(store), load_arrays(store, "train")
-    image = torch.from_numpy(arrays.image_emb.copy())
-    text = torch.from_numpy(arrays.text_emb.copy())
-    label = torch.from_numpy(arrays.labels.copy())
+    image = torch.from_numpy(arrays.image_emb).to(device)
+    text = torch.from_numpy(arrays.text_emb).to(device)
+    label = torch.from_numpy(arrays.labels).to(device)
     model, opt = _plain_model(info.image_dim, info.text_dim, info.class_names, device)
     times = []
     for _ in range(2):
         t0 = clocks()
-        order = torch.randperm(len(label))
+        order = torch.randperm(len(label), device=device)
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            _step(
-                model,
-                opt,
-                image[idx].to(device),
-                text[idx].to(device),
-                label[idx].to(device),
-            )
+            _step(model, opt, image[idx], text[idx], label[idx])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(since(t0))
     return times[-1]
 
@@ -177,36 +182,28 @@ def original_predict(store: Path, checkpoint: Path, split: str) -> tuple[float, 
     return since(t0)
 
 
-def save_checkpoint(store: Path, out: Path) -> Path:
-    """A checkpoint of an untrained head in train.py's format (weights do not affect speed)."""
-    dm = FeatureDataModule(str(store))
-    model = FusionModule(
-        image_dim=dm.image_dim, text_dim=dm.text_dim, class_names=dm.class_names, **HEAD
-    )
-    trainer = L.Trainer(logger=False, enable_progress_bar=False, max_epochs=0)
-    trainer.strategy.connect(model)
-    trainer.save_checkpoint(out)
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--rows", type=int, default=50_000, help="train rows")
     parser.add_argument("--classes", type=int, default=500)
     parser.add_argument("--dim", type=int, default=768, help="image and text dims")
-    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[256, 64])
+    parser.add_argument("--hidden", type=int, default=512, help="the head's hidden width")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--log_every_n_steps", type=int, default=50, help="as configs/base.yaml")
     parser.add_argument("--original_rows", type=int, default=None, help="cap (then scaled)")
     parser.add_argument("--predict_rows", type=int, default=10_000)
     parser.add_argument("--skip_original", action="store_true", help="no original-path epoch")
+    parser.add_argument("--wandb", choices=["disabled", "offline"], default="disabled")
     args = parser.parse_args(argv)
+    HEAD["hidden_dims"] = [args.hidden]
     if args.threads:
         torch.set_num_threads(args.threads)
-    ours_64: dict[str, float] = {}
+    os.environ["WANDB_MODE"] = args.wandb
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     per_class = {
-        "train": args.rows // args.classes,
+        "train": max(1, args.rows // args.classes),
         "val": 1,
         "test": max(1, args.predict_rows // args.classes),
     }
@@ -227,48 +224,70 @@ def main(argv: list[str] | None = None) -> None:
             f"device {device}, {torch.get_num_threads()} threads "
             f"(built in {time.perf_counter() - t0:.0f}s)"
         )
+        table: dict[int, dict[str, list[tuple[float, float]]]] = {}
+        checkpoint = None
         for bs in args.batch_sizes:
-            trainer_t, plain_t = [], []
+            runs: dict[str, list[tuple[float, float]]] = {p: [] for p in PATHS}
             for r in range(args.rounds):
-                plain_t.append(plain_epoch(store, bs, device))
-                trainer_t.append(trainer_epoch(store, bs, Path(tmp) / f"run{bs}-{r}"))
-            for k, clock in enumerate(("wall", "CPU")):
-                tr = [t[k] for t in trainer_t]
-                pl = [t[k] for t in plain_t]
-                # Each round ran the two paths back to back: the per-round ratio compares
-                # runs that saw similar load from other processes.
-                ratio = statistics.median(a / b for a, b in zip(tr, pl, strict=True))
-                print(
-                    f"batch {bs:>4} {clock:>4}: trainer {statistics.median(tr):6.2f}s/epoch  "
-                    f"plain loop {statistics.median(pl):6.2f}s/epoch  ratio {ratio:.3f}  "
-                    f"(rounds: trainer {_r(tr)}, plain {_r(pl)})"
-                )
-                if bs == 64:
-                    ours_64[clock] = statistics.median(tr)
+                runs["plain"].append(plain_epoch(store, bs, device))
+                for path, loader in (("trainer", "tensors"), ("trainer, DataLoader", "dataloader")):
+                    t, checkpoint = trainer_epoch(
+                        store, bs, Path(tmp) / f"run{bs}-{r}-{loader}",
+                        loader=loader, log_every=args.log_every_n_steps,
+                    )  # fmt: skip
+                    runs[path].append(t)
+            table[bs] = runs
+        print_training(table, args)
         if 64 in args.batch_sizes and not args.skip_original:
+            ours = statistics.median(t[1] for t in table[64]["trainer"])
             orig, n = original_epoch(store, device, args.original_rows)
-            for k, clock in enumerate(("wall", "CPU")):
-                full = orig[k] * n_train / n
-                scaled = f" (measured {orig[k]:.1f}s on {n} rows, scaled)" if n < n_train else ""
-                print(
-                    f"batch   64 {clock:>4}: original HF-rows path {full:6.2f}s/epoch{scaled} "
-                    f"= {full / ours_64[clock]:.1f}x our trainer path"
-                )
-        ckpt = save_checkpoint(store, Path(tmp) / "head.ckpt")
+            full = orig[1] * n_train / n
+            scaled = f" (measured on {n} rows, scaled)" if n < n_train else ""
+            print(
+                f"\nbatch 64, CPU: original HF-rows path {full:.2f} s/epoch{scaled} "
+                f"= {full / ours:.1f}x our trainer path"
+            )
         n_test = open_store(store).rows("test")
         t0 = clocks()
-        predict_probs([ckpt], store, "test")
+        predict_probs([checkpoint], store, "test")
         batched = since(t0)
-        per_sample = original_predict(store, ckpt, "test")
-        for k, clock in enumerate(("wall", "CPU")):
-            print(
-                f"predict {n_test} rows {clock:>4}: batched {batched[k]:.2f}s  per-sample loop "
-                f"{per_sample[k]:.2f}s  = {per_sample[k] / batched[k]:.1f}x"
-            )
+        per_sample = original_predict(store, checkpoint, "test")
+        print(f"\n| predict {n_test} rows | wall | CPU |\n|---|---:|---:|")
+        for name, t in (("batched `predict_probs`", batched), ("per-sample loop", per_sample)):
+            print(f"| {name} | {t[0]:.2f} s | {t[1]:.2f} s |")
+        print(
+            f"| **speed-up** | **{per_sample[0] / batched[0]:.1f}x** "
+            f"| **{per_sample[1] / batched[1]:.1f}x** |"
+        )
 
 
-def _r(values: list[float]) -> list[float]:
-    return [round(v, 2) for v in values]
+def print_training(table: dict, args) -> None:
+    """One markdown table: s/epoch per path (wall / CPU), then ratios to the plain loop
+    (median of the per-round ratios: each round ran the paths back to back)."""
+    sizes = list(table)
+    print(f"\n| {args.rounds} round(s), median | " + " | ".join(f"batch {b}" for b in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+
+    def cell(values: list[tuple[float, float]]) -> str:
+        return " / ".join(f"{statistics.median(t[k] for t in values):.2f}" for k in (0, 1))
+
+    for path in PATHS:
+        label = "plain loop (fp32 floor)" if path == "plain" else path
+        print(
+            f"| {label}, s/epoch (wall / CPU) | "
+            + " | ".join(cell(table[b][path]) for b in sizes)
+            + " |"
+        )
+    for path in PATHS[1:]:
+        cells = []
+        for b in sizes:
+            runs, base = table[b][path], table[b]["plain"]
+            ratio = [
+                statistics.median(t[k] / p[k] for t, p in zip(runs, base, strict=True))
+                for k in (0, 1)
+            ]
+            cells.append(f"**{ratio[0]:.2f} / {ratio[1]:.2f}**")
+        print(f"| **{path} / plain** (wall / CPU) | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -174,7 +174,8 @@ class RunConfig:
         out: the store directory.
         batch_size: images per model batch.
         shard_size: rows per shard file: the unit of resume and of work per rank.
-        num_workers: DataLoader workers decoding and preprocessing images.
+        num_workers: DataLoader workers decoding and preprocessing images (at most the
+            CPU cores this process may use; more are capped, with one line).
         accelerator: Lightning accelerator (auto, cpu, gpu).
         devices: Lightning devices; N > 1 shards the work over N processes.
         num_nodes: Lightning nodes (the store directory must be shared).

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data_prep.images import BadImageError
 from data_prep.store import Shard, StoreWriter
+from feature_store.console import usable_workers
 
 
 class Interrupted(RuntimeError):
@@ -133,7 +134,7 @@ class PrepData(L.LightningDataModule):
             ItemDataset(self.listing, self.items),
             batch_sampler=ShardBatchSampler(self.rank_shards, self.offsets, self.batch_size),
             collate_fn=self.collate,
-            num_workers=self.num_workers,
+            num_workers=usable_workers(self.num_workers, option="--run.num_workers"),
             pin_memory=torch.cuda.is_available(),
         )
 

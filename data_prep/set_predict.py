@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data_prep.extract import Collate, ItemDataset, ShardBatchSampler, ShardWriter, _timed
 from data_prep.store import Shard
+from feature_store.console import usable_workers
 
 # Test-time transforms of a pixel batch [B, 3, H, W].
 TRANSFORMS = {"hflip": lambda x: x.flip(-1), "vflip": lambda x: x.flip(-2)}
@@ -72,7 +73,11 @@ class SetData(L.LightningDataModule):
             dataset,
             batch_sampler=ShardBatchSampler(shards, self.rows.offsets, self.batch_size),
             collate_fn=collate,
-            num_workers=self.num_workers if self.reads == "image" else 0,
+            num_workers=(
+                usable_workers(self.num_workers, option="--run.num_workers")
+                if self.reads == "image"
+                else 0
+            ),
             pin_memory=torch.cuda.is_available(),
         )
 

@@ -10,6 +10,9 @@ $ python -c "from feature_store.console import show_path; print(show_path('store
   code, nothing a user can act on) and, on request, its banners ("GPU available: ...").
   Everything it changes (warning filters, a logger filter, a logger level) is put back
   when the block ends, so a caller's own warnings and logging are untouched.
+- :func:`usable_workers`: DataLoader workers capped at the CPU cores this process may run
+  on (a config written for a big machine, run on a laptop, made torch warn inside the
+  progress bar), with one line saying so.
 
 Here because data_prep, fusion and train.py all import this package, and nothing else.
 """
@@ -40,6 +43,29 @@ def show_path(path: str | os.PathLike, *, cwd: str | os.PathLike | None = None) 
         return str(absolute.relative_to(base))
     except ValueError:  # outside the working directory: ../../.. would be longer
         return str(absolute)
+
+
+# (option, asked, cores) already reported by usable_workers: one line per process.
+_capped: set[tuple[str, int, int]] = set()
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity, as torch's DataLoader counts)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def usable_workers(requested: int, *, option: str) -> int:
+    """``requested`` DataLoader workers, at most :func:`cpu_cores`; when capped, one line
+    naming ``option`` (printed once per process)."""
+    cores = cpu_cores()
+    if requested <= cores:
+        return requested
+    if (option, requested, cores) not in _capped:
+        _capped.add((option, requested, cores))
+        print(f"{option} {requested}: this machine has {cores} CPU cores; using {cores} workers")
+    return cores
 
 
 class _DropAdverts(logging.Filter):

@@ -132,20 +132,44 @@ def drop_rows_from_step(path: Path, step: int) -> int:
 
 
 class StopOnNonFiniteLoss(L.Callback):
-    """Raise :class:`NonFiniteLossError` on the first NaN or infinite training loss.
+    """Raise :class:`NonFiniteLossError` once a training loss has been NaN or infinite.
 
     (``EarlyStopping(check_finite=True)`` checks the monitored val metric only, once per
-    epoch, after a NaN "best" could already be saved.)
+    epoch, after a NaN "best" could already be saved.) The first non-finite loss is kept
+    on the device, and read on the host at each logging step (``log_every_n_steps``), at
+    an epoch's last batch and before any checkpoint is written: no host copy per step, and
+    no checkpoint of a NaN model.
     """
+
+    def __init__(self) -> None:
+        self._first_bad: torch.Tensor | None = None  # 0 while every loss was finite
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
-            raise NonFiniteLossError(
-                f"the training loss is {float(loss)} at epoch {trainer.current_epoch}, step "
-                f"{trainer.global_step}; the fit stops and checkpoints/last.ckpt keeps the "
-                "last good epoch. Lower --model.lr or check the store's embeddings."
-            )
+        if not isinstance(loss, torch.Tensor):
+            return
+        loss = loss.detach()
+        if self._first_bad is None or self._first_bad.device != loss.device:
+            self._first_bad = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        # Stays at the first non-finite loss once there is one.
+        self._first_bad = torch.where(self._first_bad.isfinite(), loss, self._first_bad)
+        last = batch_idx + 1 >= trainer.num_training_batches
+        if last or (trainer.global_step % max(1, trainer.log_every_n_steps) == 0):
+            self._check(trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if self._first_bad is None or bool(self._first_bad.isfinite()):
+            return
+        # _first_bad stays non-finite: a later save (an exception handler's) refuses too.
+        loss = float(self._first_bad)
+        raise NonFiniteLossError(
+            f"the training loss is {loss} at epoch {trainer.current_epoch} (by step "
+            f"{trainer.global_step}); the fit stops and checkpoints/last.ckpt keeps the "
+            "last good epoch. Lower --model.lr or check the store's embeddings."
+        )
 
 
 class StoreFingerprint(L.Callback):

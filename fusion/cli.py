@@ -44,6 +44,7 @@ submission predict.py would write (``fusion/submission_writer.py``), by default 
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import time
@@ -196,6 +197,28 @@ class FusionArgumentParser(LightningArgumentParser):
             return super().error(message, ex)
         print(f"train.py: error: {line}", file=sys.stderr, flush=True)
         self.exit(EXIT_BAD_INPUT)
+def batches_per_epoch(rows: int, batch_size: int, trainer_cfg: dict) -> int:
+    """Optimizer steps per epoch of one process: its share of ``rows`` (every device of
+    every node takes one) in batches, over the gradient accumulation."""
+    devices = trainer_cfg.get("devices")
+    processes = (devices if isinstance(devices, int) and devices > 0 else 1) * max(
+        1, int(trainer_cfg.get("num_nodes") or 1)
+    )
+    batches = math.ceil(math.ceil(rows / processes) / batch_size)
+    return max(1, batches // max(1, int(trainer_cfg.get("accumulate_grad_batches") or 1)))
+
+
+def expected_steps(per_epoch: int, max_epochs: int | None, max_steps: int | None) -> int | None:
+    """The optimizer steps a fit plans: ``max_steps``, or ``max_epochs`` epochs, whichever
+    ends first (Lightning's default, 1,000 epochs, when neither is set); None: no limit."""
+    limits = []
+    if max_steps is not None and max_steps > 0:
+        limits.append(max_steps)
+    if max_epochs is None and not limits:
+        max_epochs = 1000
+    if max_epochs is not None and max_epochs >= 0:
+        limits.append(per_epoch * max_epochs)
+    return min(limits) if limits else None
 
 
 class FusionCLI(LightningCLI):
@@ -359,6 +382,9 @@ class FusionCLI(LightningCLI):
             }
         )
         parser.add_class_arguments(Recipe, "recipe")
+        # Lightning's 13-line table of a head's parts ("Total FLOPs: 0") on every fit: the
+        # fit's plan line gives its parameter count (--trainer.enable_model_summary true).
+        parser.set_defaults({"trainer.enable_model_summary": False})
         for key in ("set_dims", "class_names"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
 
@@ -490,6 +516,8 @@ class FusionCLI(LightningCLI):
             )
             callbacks = [*callbacks, self.writer]
         kwargs["callbacks"] = callbacks
+        # No 0.00it/s bar frames in a redirected log (the metrics are printed at the end).
+        kwargs.update(EpochSummary.trainer_kwargs(trainer_cfg, callbacks))
         trainer = self._trainer(**kwargs)
         # LightningCLI adds the config saver to every trainer; a scored run is not a new run.
         trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
@@ -535,27 +563,36 @@ class FusionCLI(LightningCLI):
     def apply_recipe(self, kwargs: dict) -> None:
         """Fill in the training length from the store (fusion/recipe.py) when the config
         sets neither ``max_epochs`` nor ``max_steps``, and keep early stopping off until
-        ``min_fraction`` of it has run."""
+        ``min_fraction`` of it has run; log metrics at most once per epoch's batches; print
+        the plan (steps, batch, lr, parameters) as one line."""
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         recipe = self._get(self.config_init, "recipe", default=None)
         dm = self.datamodule
-        if (
-            recipe is None
-            or self.subcommand not in ("fit", None)
-            or not getattr(dm, "train_rows", 0)
-        ):
+        rows = getattr(dm, "train_rows", 0)
+        if self.subcommand not in ("fit", None) or not rows:
             return
+        per_epoch = batches_per_epoch(rows, dm.batch_size, trainer_cfg)
+        # Lightning warns when an epoch has fewer batches than the logging interval.
+        every = trainer_cfg.get("log_every_n_steps")
+        if every is not None and every > per_epoch:
+            kwargs["log_every_n_steps"] = per_epoch
         max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps", -1)
-        if max_epochs is None and max_steps in (None, -1):
-            kwargs["max_steps"] = recipe.steps(dm.train_rows, dm.batch_size)
-            kwargs["max_epochs"] = -1
+        source = "--trainer.max_epochs/max_steps"
+        if recipe is not None and max_epochs is None and max_steps in (None, -1):
+            max_epochs, max_steps = -1, recipe.steps(rows, dm.batch_size)
+            kwargs["max_steps"], kwargs["max_epochs"] = max_steps, max_epochs
             if trainer_cfg.get("min_steps") is None:
-                kwargs["min_steps"] = round(recipe.min_fraction * kwargs["max_steps"])
-            rank_zero_info(
-                f"recipe: batch {dm.batch_size}, {kwargs['max_steps']} steps "
-                f"({kwargs['max_steps'] * dm.batch_size / dm.train_rows:.1f} epochs of "
-                f"{dm.train_rows} rows), lr {self.model.effective_lr_for(dm.batch_size):.2e}"
-            )
+                kwargs["min_steps"] = round(recipe.min_fraction * max_steps)
+            source = "the recipe"
+        steps = expected_steps(per_epoch, max_epochs, max_steps)
+        params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        length = f"{steps} steps" if steps is not None else "no step limit"
+        epochs = f" ({steps / per_epoch:.1f} epochs of {rows} rows)" if steps else ""
+        rank_zero_info(
+            f"fit: {length}{epochs} from {source}, batch {dm.batch_size}, "
+            f"lr {self.model.effective_lr_for(dm.batch_size):.2e}, "
+            f"{params:,} trainable parameters"
+        )
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:

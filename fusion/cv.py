@@ -203,6 +203,7 @@ def run_fold(args: Sequence[str], cv_dir: Path, fold: int) -> None:
     from fusion.cli import main as cli_main
     from fusion.exit import EXIT_SIGINT, EXIT_SIGTERM
     from fusion.predict import complete_split, predict_probs, save_probs
+    from fusion.runs import restored_environ
     from fusion.stopping import stopped_by
 
     run = cv_dir / f"fold_{fold}"
@@ -215,7 +216,8 @@ def run_fold(args: Sequence[str], cv_dir: Path, fold: int) -> None:
     try:
         group = [] if option(args, "--wandb_group") else ["--wandb_group", str(cv_dir)]
         fit_args = ["fit", *args, *group, "--data.fold", str(fold), "--run_dir", str(run)]
-        cli = cli_main(fit_args, candidate="cv_fold")
+        with restored_environ():  # each fold from the user's environment (WANDB_MODE)
+            cli = cli_main(fit_args, candidate="cv_fold")
     except SIGTERMException as err:
         how = "Ctrl-C (SIGINT)" if stopped_by() == "SIGINT" else "SIGTERM"
         raise ExitError(

@@ -20,8 +20,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from feature_store import FeatureArrays, StoreError, load_features, open_store
+from feature_store.console import usable_workers
 from feature_store.integrity import check_finite
 from feature_store.sets import entry
+from fusion.batches import TensorBatches
 from fusion.folds import assign_folds, group_keys
 from fusion.recipe import auto_batch_size
 
@@ -80,13 +82,14 @@ def index_loader(
     rows: EmbeddingRows, *, batch_size: int, shuffle: bool, num_workers: int = 0
 ) -> DataLoader:
     """A plain ``DataLoader`` (so Lightning can shard it) that batches by index."""
+    workers = usable_workers(num_workers, option="--data.num_workers")
     return DataLoader(
         rows,
         batch_size=batch_size,
         shuffle=shuffle,
         collate_fn=_passthrough,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
+        num_workers=workers,
+        persistent_workers=workers > 0,
     )
 
 
@@ -107,7 +110,13 @@ class FeatureDataModule(L.LightningDataModule):
         val_split: the store split validated on (checkpoints and early stopping).
         predict_split: the store split ``predict`` writes a submission for.
         test_split: the labelled store split ``train.py test`` scores (e.g. ``val``).
-        num_workers: DataLoader workers; 0 is fastest for in-memory tensors.
+        num_workers: DataLoader workers (val, test, predict, and training with
+            ``loader: dataloader``); at most the CPU cores;
+            0 is fastest for in-memory tensors.
+        loader: how training batches are drawn: ``tensors`` (the train split kept as
+            tensors on the training device, a seeded permutation per epoch sliced into
+            batches, no DataLoader: fusion/batches.py) or ``dataloader`` (a shuffling
+            DataLoader over CPU tensors, batches copied to the device each step).
         folds: 0 for the store's own train/val split; K >= 2 pools train+val and cuts it
             into K stratified folds (``fusion/folds.py``): fold ``fold`` is validated on,
             the other K-1 are trained on (``python train.py cv`` runs every fold).
@@ -131,6 +140,7 @@ class FeatureDataModule(L.LightningDataModule):
         predict_split: str = "test",
         test_split: str = "test",
         num_workers: int = 0,
+        loader: Literal["tensors", "dataloader"] = "tensors",
         folds: int = 0,
         fold: int = 0,
         fold_seed: int = 0,
@@ -161,6 +171,15 @@ class FeatureDataModule(L.LightningDataModule):
         self.predict_split = predict_split
         self.test_split = test_split
         self.num_workers = num_workers
+        if loader not in ("tensors", "dataloader"):
+            raise ValueError(f"--data.loader must be tensors or dataloader, got {loader!r}")
+        self.loader = loader
+        # The shuffle seed of loader=tensors: drawn from torch's generator at setup (so
+        # seed_everything fixes it), kept in checkpoints (state_dict) so a resume goes on
+        # with the same orders.
+        self.shuffle_seed: int | None = None
+        self._train_batches: TensorBatches | None = None
+        self._train_batches_state: dict | None = None  # restored, for the next loader
 
     def _split_folds(self) -> None:
         """Pool train+val, then hold out fold ``fold`` as the val rows (fusion/folds.py)."""
@@ -238,6 +257,7 @@ class FeatureDataModule(L.LightningDataModule):
                     f"({len(self.class_names)} in the manifest); a classifier needs at least "
                     "two. Rebuild the store with images of two or more classes."
                 )
+            self.shuffle_seed = int(torch.randint(0, 2**31 - 1, ()))
         if stage in ("fit", "validate"):
             self._load(self.val_split, labelled=True)
         if stage == "test":
@@ -245,13 +265,59 @@ class FeatureDataModule(L.LightningDataModule):
         if stage == "predict":
             self._load(self.predict_split, labelled=False)
 
-    def train_dataloader(self) -> DataLoader:
+    def state_dict(self) -> dict:
+        """The shuffle seed and where the train batches stand (loader ``tensors``).
+
+        Lightning restores a loader's own state only when the loader is built after the
+        training loops are restored; ``configure_optimizers`` builds it earlier (for
+        ``estimated_stepping_batches``), so a mid-epoch resume takes the position from
+        here, restored before any loader exists.
+        """
+        state: dict = {}
+        if self.shuffle_seed is not None:
+            state["shuffle_seed"] = self.shuffle_seed
+        if self._train_batches is not None:
+            state["train_batches"] = self._train_batches.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "shuffle_seed" in state_dict:
+            self.shuffle_seed = int(state_dict["shuffle_seed"])
+        self._train_batches_state = state_dict.get("train_batches")
+
+    def train_dataloader(self) -> TensorBatches | DataLoader:
+        if self.loader == "tensors":
+            return self.train_batches()
         return index_loader(
             self._rows[self.train_split],
             batch_size=self.batch_size,
             shuffle=True,
             num_workers=self.num_workers,
         )
+
+    def train_batches(self) -> TensorBatches:
+        """The train split on the training device, drawn by index (``loader: tensors``)."""
+        rows = self._rows[self.train_split]
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        seed = self.shuffle_seed if self.shuffle_seed is not None else 0
+        if trainer is not None:  # every rank shuffles alike (seeds differ without seed_everything)
+            seed = int(trainer.strategy.broadcast(seed, src=0))
+        self._train_batches = TensorBatches(
+            {
+                "x": [x.to(device) for x in rows.x],
+                "label": rows.label.to(device),
+            },
+            batch_size=self.batch_size,
+            seed=seed,
+            epoch=(lambda: trainer.current_epoch) if trainer is not None else None,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+        )
+        if self._train_batches_state is not None:  # a resume (used mid-epoch only)
+            self._train_batches.load_state_dict(self._train_batches_state)
+            self._train_batches_state = None
+        return self._train_batches
 
     def val_dataloader(self) -> DataLoader:
         return index_loader(

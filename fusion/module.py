@@ -17,6 +17,7 @@ from typing import Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -43,7 +44,7 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
 class TrainingStats(Metric):
     """Epoch means of the training loss and penalty, and top-1 / top-k accuracy.
 
-    One metric, one ``topk`` and in-place state updates per step: the accuracies equal
+    One metric and in-place state updates per step, no host copy: the accuracies equal
     ``MulticlassAccuracy(top_k=1)`` and ``(top_k=k)`` with micro averaging (tests check
     it), but ``MulticlassAccuracy(top_k=5)`` builds one-hot [N, classes] tensors (~2 ms
     per update at 500 classes on a CPU) and each extra metric adds its own bookkeeping, a
@@ -65,12 +66,14 @@ class TrainingStats(Metric):
         loss: torch.Tensor,
         penalty: torch.Tensor | None = None,
     ) -> None:
-        ranked = logits.topk(min(self.k, logits.shape[1]), dim=1).indices
-        hits = ranked.eq(target[:, None])
+        # A row is a top-k hit when fewer than k classes score above its target: one
+        # comparison pass over [N, classes], half the cost of topk(5) on a CPU (ties,
+        # measure zero for float logits, count as hits).
+        above = logits.gt(logits.gather(1, target[:, None])).sum(dim=1)
         n = target.numel()
         # add_() instead of +=: no nn.Module.__setattr__ per state per step.
-        self.top1.add_(hits[:, 0].sum())
-        self.topk.add_(hits.any(dim=1).sum())
+        self.top1.add_(above.eq(0).sum())
+        self.topk.add_(above.lt(self.k).sum())
         self.total.add_(n)
         self.loss_sum.add_(loss * n)
         if penalty is not None:
@@ -248,6 +251,10 @@ class FusionModule(L.LightningModule):
         # member that answers can change at each validation, so the history above jumps
         # between members; this one follows each member through the run.
         self.member_weights_history: list[list[float]] = []
+        # (step, epoch, answering member, every member's weights on the device) of the
+        # steps not yet logged; _flush_fusion_weights empties it.
+        self._pending_weights: list[tuple[int, int, int, torch.Tensor]] = []
+        self._answering: int | None = None
 
     def setup(self, stage: str) -> None:
         # Standardisation statistics from the train split, before the first step (a resumed
@@ -277,7 +284,7 @@ class FusionModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         members = head_members(self.head)
-        chosen = self._chosen()
+        chosen = self._answering_member()
         # A sweep's members have disjoint parameters: the gradient of the summed loss is
         # each member's own gradient, as if each were trained alone on these batches.
         total = 0.0
@@ -285,8 +292,9 @@ class FusionModule(L.LightningModule):
             logits, loss, penalty = self._member_loss(member, batch)
             total = total + loss
             if i == chosen:
-                # Accumulated per step, logged once per epoch (on_train_epoch_end):
-                # Lightning's log() costs more per call than a small head's step on a CPU.
+                # Accumulated on the device per step, logged once per epoch
+                # (on_train_epoch_end): Lightning's log() costs more per call than a small
+                # head's step on a CPU, and a host copy per step stalls a GPU.
                 self.train_stats.update(
                     logits.detach(),
                     batch["label"],
@@ -295,37 +303,65 @@ class FusionModule(L.LightningModule):
                 )
         weights = [member.fusion_weights() for member in members]
         if weights[0] is not None:
-            # One copy to the host per step: every member's weights for a sweep, of which
-            # the answering member's are logged.
-            values = torch.cat([w.detach().float() for w in weights]).cpu().tolist()
-            if len(members) > 1:
-                self.member_weights_history.append([self.global_step, *values])
-            k = len(weights[chosen])
-            self._log_fusion_weights(values[k * chosen : k * chosen + k])
+            self._record_fusion_weights(weights, chosen)
         return total
 
-    def _log_fusion_weights(self, values: list[float]) -> None:
-        """fusion/alpha and fusion/beta (``fusion/weight/<set>`` beyond image and text) at
-        every step, straight to the loggers.
+    def _answering_member(self) -> int:
+        """:meth:`_chosen`, read from the device once per validation instead of per step."""
+        if self._answering is None:
+            self._answering = self._chosen()
+        return self._answering
 
-        Every step regardless of ``log_every_n_steps`` (the report's plots are per step),
-        and without ``self.log``, whose bookkeeping would dominate a small head's step.
+    def _record_fusion_weights(self, weights: list[torch.Tensor], chosen: int) -> None:
+        """Keep this step's weights (alpha, beta) of every member on the device, until the next
+        logging step (``log_every_n_steps``) copies them all to the host at once."""
+        pairs = torch.cat([w.detach() for w in weights])  # a copy: the optimizer moves w
+        self._pending_weights.append((self.global_step, self.current_epoch, chosen, pairs))
+        every = self._trainer.log_every_n_steps if self._trainer is not None else 1
+        if (self.global_step + 1) % max(1, every) == 0:
+            self._flush_fusion_weights()
+
+    def _flush_fusion_weights(self) -> None:
+        """fusion/alpha and fusion/beta of every step since the last flush: into the
+        histories and straight to the loggers, in one host copy.
+
+        Every step is logged whatever ``log_every_n_steps`` (the report's plots are per
+        step), in a batch at each logging step, epoch end and checkpoint; without
+        ``self.log``, whose bookkeeping would dominate a small head's step.
         """
-        step = self.global_step
-        self.alpha_beta_history.append([step, *values])
-        if self.trainer.is_global_zero:
-            keys = fusion_weight_keys(self.head.weight_names())
-            row = {**dict(zip(keys, values, strict=True)), "epoch": self.current_epoch}
-            for logger in self.loggers:
-                logger.log_metrics(row, step=step)
+        if not self._pending_weights:
+            return
+        pending, self._pending_weights = self._pending_weights, []
+        values = torch.stack([row[3] for row in pending]).float().cpu().tolist()
+        # One weight per set of every member: (alpha, beta) over image and text.
+        keys = fusion_weight_keys(self.head.weight_names())
+        k = len(keys)
+        sweep = len(values[0]) > k
+        log = self._trainer is not None and self.trainer.is_global_zero
+        for (step, epoch, chosen, _), weights in zip(pending, values, strict=True):
+            mine = weights[k * chosen : k * chosen + k]
+            if sweep:
+                self.member_weights_history.append([step, *weights])
+            self.alpha_beta_history.append([step, *mine])
+            if log:
+                row = {**dict(zip(keys, mine, strict=True)), "epoch": epoch}
+                for logger in self.loggers:
+                    logger.log_metrics(row, step=step)
+
+    def on_train_start(self) -> None:
+        self._answering = None  # a restored checkpoint may have chosen another member
 
     def on_train_epoch_end(self) -> None:
+        self._flush_fusion_weights()
         stats = self.train_stats.compute()
         metrics = {f"train/{k}": stats[k] for k in ("loss", "acc_top1", "acc_top5")}
         if self.head.aux_loss() is not None:
             metrics["fusion/penalty"] = stats["penalty"]
         self.log_dict(metrics)
         self.train_stats.reset()
+
+    def on_train_end(self) -> None:
+        self._flush_fusion_weights()  # a fit stopped mid-epoch (max_steps)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         for member, metrics, mean_loss in zip(
@@ -351,6 +387,7 @@ class FusionModule(L.LightningModule):
         metrics = per_member[best]
         if isinstance(self.head, HeadSweep):
             self.head.selected.fill_(best)
+            self._answering = best
             metrics = {**metrics, "val/weight_decay": decays[best]}
         self.log_dict(metrics, prog_bar=True)
         for metric in (*self.val_metrics, *self.val_loss):
@@ -377,12 +414,24 @@ class FusionModule(L.LightningModule):
         return {"index": batch["index"], "probs": probs}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._flush_fusion_weights()
         checkpoint["alpha_beta_history"] = self.alpha_beta_history
         checkpoint["member_weights_history"] = self.member_weights_history
+        # Dropout draws from torch's global generator: its state at the save lets a resume
+        # draw the masks the uninterrupted run drew (the batches' order has its own seed,
+        # fusion/batches.py).
+        checkpoint[RNG_KEY] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.alpha_beta_history = list(checkpoint.get("alpha_beta_history", []))
         self.member_weights_history = list(checkpoint.get("member_weights_history", []))
+        self._pending_weights, self._answering = [], None
+        if (
+            RNG_KEY in checkpoint
+            and self._trainer is not None
+            and self.trainer.state.fn == TrainerFn.FITTING
+        ):
+            set_rng_states(checkpoint[RNG_KEY])  # a resumed fit, never a loaded head
 
     def effective_lr(self) -> float:
         """``lr`` scaled from batch 256 to the training batch size."""
@@ -443,6 +492,23 @@ class FusionModule(L.LightningModule):
         }
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, **options))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+RNG_KEY = "rng_states"
+
+
+def rng_states() -> dict[str, list[torch.Tensor]]:
+    """torch's CPU generator state, and each GPU's where CUDA is in use."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    return {"cpu": [torch.get_rng_state()], "cuda": cuda}
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore :func:`rng_states` (GPU states only onto as many GPUs as were saved)."""
+    torch.set_rng_state(states["cpu"][0])
+    cuda = states.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def head_options(hparams: dict) -> dict:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -26,6 +28,21 @@ from fusion.wandb_report import run_config, wandb_runs
 
 # Paths that belong to one run: never saved in RUN/config.yaml (a rerun gets its own).
 RUN_PATHS = ("run_dir", "ckpt_path", "trainer.default_root_dir", "checkpoint.dirpath")
+
+
+@contextmanager
+def restored_environ() -> Iterator[None]:
+    """The process environment put back as it was after the block: one fit of several in a
+    process (tune's trials, cv's folds) must not see what the previous one set
+    (Lightning's ``WandbLogger`` sets ``WANDB_MODE=dryrun`` for an offline run, so the next
+    run said ``WANDB_MODE=dryrun`` where the user exported ``offline``)."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        os.environ.update(saved)
 
 
 class ResumeError(FileNotFoundError):
@@ -126,6 +143,7 @@ def check_settings(cfg) -> None:
         ("model.modality_dropout", lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
         ("model.fusion_lr_scale", lambda v: v > 0, "> 0"),
         ("recipe.min_steps", lambda v: v >= 1, ">= 1"),
+        ("recipe.full_rows", lambda v: v >= 0, ">= 0"),
         ("data.batch_size", lambda v: v >= 1, ">= 1"),
         ("data.eval_batch_size", lambda v: v >= 1, ">= 1"),
     ]

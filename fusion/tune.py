@@ -7,9 +7,13 @@ $ python train.py tune --config configs/concat.yaml --n_trials 50 \\
 Every argument other than the ones below is a ``train.py fit`` argument, shared by all
 trials. The search space is ``--search`` (default ``configs/search/<config name>.yaml``):
 one entry per fit option, ``{low, high[, log]}`` (a float, or an int when both bounds are
-ints) or ``{choices: [...]}``. A TPE sampler (``--seed``) proposes values; a median
+ints) or ``{choices: [...]}``, and holds the config's own values: a new study's trial 0
+is the config as it is (``enqueue_trial``), so the search starts from, and is judged
+against, the untuned config. A TPE sampler (``--seed``) proposes values; a median
 pruner stops a trial whose val/acc_top1 at the same share of its training falls below
-the median of earlier trials (``--pruner none`` to switch it off).
+the median of earlier trials (``--pruner none`` to switch it off). Each trial prints one
+line when it ends (Optuna's own log is kept to warnings), and starts from the environment
+the command started with (W&B rewrites ``WANDB_MODE`` inside a run).
 
 ``STUDY`` is ``--study_dir`` (default ``runs/<experiment>/tune-<store>``, ``<store>`` the
 store's folder name and a hash of its path) and the study ``--study_name`` (default
@@ -51,6 +55,7 @@ from lightning.pytorch.loggers import WandbLogger
 from feature_store.console import show_path
 from fusion.cv import config_value, option, without
 from fusion.exit import ExitError
+from fusion.runs import restored_environ
 
 OWN_OPTIONS = ("--n_trials", "--search", "--study_dir", "--storage", "--study_name", "--seed",
                "--pruner")  # fmt: skip
@@ -101,8 +106,58 @@ def suggest(trial: optuna.Trial, space: dict[str, dict]) -> list[str]:
             value = trial.suggest_float(
                 name, float(spec["low"]), float(spec["high"]), log=spec.get("log", False)
             )
-        args += [f"--{name}", json.dumps(value)]
+        # A string goes as it is (``auto``): jsonargparse reads '"auto"' as a quoted string.
+        args += [f"--{name}", value if isinstance(value, str) else json.dumps(value)]
     return args
+
+
+def _default(name: str):
+    """The default of a ``model.*`` or ``data.*`` option that no config sets."""
+    import inspect
+
+    from fusion.datamodule import FeatureDataModule
+    from fusion.module import FusionModule
+
+    group, _, key = name.partition(".")
+    owner = {"model": FusionModule, "data": FeatureDataModule}.get(group)
+    param = inspect.signature(owner).parameters.get(key) if owner else None
+    if param is None or param.default is inspect.Parameter.empty:
+        return None
+    default = param.default
+    return list(default) if isinstance(default, tuple) else default
+
+
+def config_params(args: Sequence[str], space: dict[str, dict]) -> tuple[dict, list[str]]:
+    """The config's own values of the searched options, as Optuna parameters of ``space``
+    (what :func:`suggest` would draw to fit them), and the options whose value lies
+    outside the space (left to the sampler)."""
+    params, outside = {}, []
+    for name, spec in space.items():
+        value = config_value(args, name)
+        value = _default(name) if value is None else value
+        if "choices" in spec:
+            encoded = json.dumps(value)
+            inside = encoded in [json.dumps(c) for c in spec["choices"]]
+            value = encoded
+        else:
+            inside = isinstance(value, int | float) and spec["low"] <= value <= spec["high"]
+            integer = isinstance(spec["low"], int) and isinstance(spec["high"], int)
+            inside = inside and (not integer or float(value).is_integer())
+        if inside:
+            params[name] = value
+        else:
+            outside.append(name)
+    return params, outside
+
+
+def enqueue_config(study: optuna.Study, args: Sequence[str], space: dict[str, dict]) -> None:
+    """A new study's trial 0: the config's own values (the untuned baseline)."""
+    if study.get_trials(deepcopy=False):
+        return
+    params, outside = config_params(args, space)
+    study.enqueue_trial(params, skip_if_exists=True)
+    note = f" (outside the search space, sampled: {', '.join(outside)})" if outside else ""
+    print(f"tune: trial 0 is the config's own values{note}")
 
 
 class PruneOnVal(L.Callback):
@@ -114,6 +169,7 @@ class PruneOnVal(L.Callback):
 
     def __init__(self, trial: optuna.Trial, monitor: str = "val/acc_top1") -> None:
         self.trial, self.monitor = trial, monitor
+        self._reported: set[int] = set()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
@@ -123,7 +179,11 @@ class PruneOnVal(L.Callback):
             progress = trainer.global_step / trainer.max_steps
         else:
             progress = (trainer.current_epoch + 1) / max(1, trainer.max_epochs or 1)
-        self.trial.report(float(value), step=int(100 * progress))
+        step = int(100 * progress)
+        if step in self._reported:  # several validations per percent: Optuna keeps the first
+            return
+        self._reported.add(step)
+        self.trial.report(float(value), step=step)
         if self.trial.should_prune():
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):  # the next trial starts its own W&B run
@@ -246,10 +306,16 @@ def store_tag(store) -> str:
 
 def run_tune(argv: Sequence[str]) -> Path:
     """Entry point of ``python train.py tune``; returns the study directory."""
+    verbosity = optuna.logging.get_verbosity()
+    # Optuna's INFO lines ("[I ...] A new study created", "Trial 3 finished with value...")
+    # repeat what trial_line prints once per trial; its warnings stay.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return _run_tune(argv)
     except (TuneError, SearchSpaceError) as err:
         raise ExitError(f"train.py tune: error: {err}") from err
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def _run_tune(argv: Sequence[str]) -> Path:
@@ -278,6 +344,7 @@ def _run_tune(argv: Sequence[str]) -> Path:
     study_dir = Path(own["--study_dir"] or root / experiment / f"tune-{tag}")
     name = own["--study_name"] or f"{experiment}@{tag}"
     study = open_study(study_dir, name=name, storage_url=own["--storage"], seed=seed, pruner=pruner)
+    enqueue_config(study, args, space)
 
     def objective(trial: optuna.Trial) -> float:
         run = study_dir / "trials" / f"trial_{trial.number}"
@@ -290,7 +357,10 @@ def _run_tune(argv: Sequence[str]) -> Path:
         fit_args = ["fit", *args, *group, *suggest(trial, space), "--run_dir", str(run)]
         saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args, not our argv
         try:
-            cli = cli_main(fit_args, extra_callbacks=[PruneOnVal(trial)], candidate="tune_trial")
+            with restored_environ():  # W&B sets WANDB_MODE=dryrun for an offline run
+                cli = cli_main(
+                    fit_args, extra_callbacks=[PruneOnVal(trial)], candidate="tune_trial"
+                )
         finally:
             sys.argv = saved
         score = cli.trainer.checkpoint_callback.best_model_score
@@ -311,11 +381,28 @@ def _optimize(study: optuna.Study, objective, *, n_trials: int, done: int, name:
         study.optimize(
             objective,
             n_trials=n_trials - done,
-            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)],
+            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), trial_line],
             # A diverging trial (NaN loss at a high lr) is a FAIL in the table, not the end
             # of the search; it does not count toward --n_trials.
             catch=(NonFiniteLossError,),
         )
+
+
+def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """One line per finished trial: its state, value, the best so far and its parameters."""
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+        outcome = f"val/acc_top1 {trial.value:.4f}"
+    elif trial.state == optuna.trial.TrialState.PRUNED:
+        values = trial.intermediate_values
+        last = values[max(values)] if values else None
+        outcome = f"pruned at val/acc_top1 {last:.4f}" if last is not None else "pruned"
+    else:
+        outcome = trial.state.name.lower()
+    try:
+        best = f"best {study.best_value:.4f} (trial {study.best_trial.number})"
+    except ValueError:  # no complete trial yet
+        best = "no complete trial yet"
+    print(f"tune: trial {trial.number} {outcome}; {best}; {json.dumps(trial.params)}", flush=True)
 
 
 def report(study: optuna.Study, study_dir: Path) -> Path:

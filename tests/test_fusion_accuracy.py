@@ -5,6 +5,8 @@ stacking with cross-fitting, and the probe run."""
 from __future__ import annotations
 
 import json
+import logging
+import math
 
 import numpy as np
 import pytest
@@ -56,17 +58,68 @@ def test_heads_fit_their_standardisation_from_train_and_checkpoint_it(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("rows", "batch"), [(10, 16), (500, 16), (1100, 16), (20_000, 256), (500_000, 512)]
+    ("rows", "batch"),
+    [(10, 64), (500, 64), (1100, 64), (10_000, 128), (20_000, 256), (500_000, 512)],
 )
 def test_auto_batch_size_scales_with_rows_within_bounds(rows, batch):
     assert auto_batch_size(rows) == batch
 
 
 def test_recipe_steps_have_a_floor_and_a_ceiling():
-    recipe = Recipe(epochs=30, min_steps=3000, max_steps=100_000)
-    assert recipe.steps(500, 16) == 3000  # 30 epochs would be 960 steps: the floor wins
+    recipe = Recipe(epochs=30, min_steps=3000, max_steps=100_000, full_rows=10_000)
+    assert recipe.steps(10_000, 128) == 3000  # 30 epochs would be 2,370 steps: the floor wins
     assert recipe.steps(200_000, 512) == 30 * 391  # 30 epochs of 391 batches
     assert recipe.steps(5_000_000, 512) == 100_000
+    # full_rows 0: the whole floor at any size (the rule before it scaled)
+    assert Recipe(min_steps=3000, full_rows=0).steps(500, 16) == 3000
+
+
+def test_the_length_rule_scales_down_with_the_store():
+    """A 1,000-row store gets sqrt(1/10) of the step floor at batch 64; a 20,000-row store
+    keeps the whole floor (3,000 steps at batch 256, as before the floor scaled)."""
+    recipe = Recipe()  # the defaults every config uses
+    small, large = 1_000, 20_000
+    assert auto_batch_size(small) == 64 and auto_batch_size(large) == 256
+    assert recipe.step_floor(large) == recipe.min_steps == 3000
+    assert recipe.step_floor(small) == math.ceil(3000 * math.sqrt(small / 10_000)) == 949
+    small_steps = recipe.steps(small, auto_batch_size(small))
+    large_steps = recipe.steps(large, auto_batch_size(large))
+    assert small_steps == 949  # above 30 epochs of 16 batches (480)
+    assert large_steps == 3000  # 30 epochs of 79 batches (2,370) is below the floor
+    # Fewer steps of 4x the rows: a third of the steps the rule gave before it scaled.
+    assert small_steps * 3 < Recipe(full_rows=0).steps(small, 16) == 3000
+    assert [recipe.step_floor(n) for n in (100, 1_000, 5_000, 10_000, 50_000)] == sorted(
+        recipe.step_floor(n) for n in (100, 1_000, 5_000, 10_000, 50_000)
+    )
+
+
+def test_a_fit_prints_its_planned_steps_in_one_line(tmp_path, caplog):
+    """The plan line: the steps the fit will take, from the recipe or from max_epochs."""
+    from fusion.cli import FusionCLI
+    from tests.fixtures_training import DEMO_CONFIG
+
+    store = small_store(tmp_path / "s")  # 120 train rows -> batch 64 -> 2 batches per epoch
+    base = ["--config", DEMO_CONFIG, "--data.store", str(store), "--trainer.logger", "false"]
+    base += ["--data.batch_size", "auto", "--trainer.max_epochs", "null"]
+    caplog.set_level(logging.INFO)
+    cli = FusionCLI(args=[*base, "--run_dir", str(tmp_path / "a")], run=False)
+    steps = Recipe().steps(120, 64)
+    assert cli.trainer.max_steps == steps == Recipe().step_floor(120) == 329  # > 30 epochs
+    params = sum(p.numel() for p in cli.model.parameters())
+    plan = [m for m in caplog.messages if m.startswith("fit: ")]
+    assert plan == [
+        f"fit: {steps} steps ({steps / 2:.1f} epochs of 120 rows) from the recipe, batch 64, "
+        f"lr {cli.model.effective_lr_for(64):.2e}, {params:,} trainable parameters"
+    ]
+    # Lightning logs no more often than an epoch's batches (its warning otherwise).
+    assert cli.trainer.log_every_n_steps == 1
+    caplog.clear()
+    cli = FusionCLI(
+        args=[*base, "--run_dir", str(tmp_path / "b"), "--trainer.max_epochs", "3"], run=False
+    )
+    plan = [m for m in caplog.messages if m.startswith("fit: ")]
+    assert len(plan) == 1
+    assert plan[0].startswith("fit: 6 steps (3.0 epochs of 120 rows) from --trainer.max_epochs")
 
 
 def test_cli_fills_training_length_from_the_store_but_keeps_explicit_epochs(tmp_path):
@@ -77,7 +130,7 @@ def test_cli_fills_training_length_from_the_store_but_keeps_explicit_epochs(tmp_
     base = ["--config", DEMO_CONFIG, "--data.store", str(store), "--trainer.logger", "false"]
     cli = FusionCLI(
         args=[*base, "--run_dir", str(tmp_path / "a"), "--recipe.min_steps", "40"]
-        + ["--recipe.epochs", "2"]
+        + ["--recipe.epochs", "2", "--recipe.full_rows", "0"]  # the whole floor
         + ["--trainer.max_epochs", "null"],
         run=False,
     )

@@ -156,3 +156,106 @@ def test_a_fit_into_a_log_file_prints_one_line_per_epoch_and_no_noise(tmp_path):
         assert float(m[5]) == pytest.approx(float(val[epoch]["val/loss"]), abs=1e-4)
         assert float(m[6]) == pytest.approx(float(val[epoch]["val/acc_top1"]), abs=1e-4)
     assert Path(run / "checkpoints" / "best.ckpt").is_file()
+
+
+# What a first afternoon's logs used to hold (issue 22), none of it actionable.
+NOISE_22 = (
+    "Total FLOPs",  # Lightning's 13-line model summary...
+    "Trainable params",
+    "worker processes in total",  # torch: more DataLoader workers than cores
+    "is smaller than the logging interval",  # Lightning: log_every_n_steps > batches
+    "this step is already reported",  # Optuna: two validations in one percent
+    "WANDB_MODE=dryrun",  # Lightning's WandbLogger rewrote the user's offline
+    "it/s]",  # a progress bar's frame in a file
+    "Loading weights",  # transformers' bar
+)
+OPTUNA_INFO = re.compile(r"^\[I \d{4}-\d\d-\d\d", re.M)
+
+
+def _run_logged(args: list[str], cwd: Path) -> str:
+    """``python train.py ARGS > log 2>&1`` with W&B offline as the user exported it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SILENT", "WANDB_QUIET")}
+    env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc.stdout
+
+
+def _assert_quiet(log: str) -> None:
+    for noise in (*NOISE, *NOISE_22):
+        assert noise not in log, noise
+    assert not OPTUNA_INFO.search(log)
+
+
+def test_a_fit_validate_and_test_into_a_log_file_hold_none_of_the_noise(tmp_path):
+    """configs/linear.yaml as shipped (log interval 50, the model summary's default) on a
+    demo-sized store, with more DataLoader workers than this machine has cores."""
+    from feature_store.console import cpu_cores
+
+    store = small_store(tmp_path / "store")  # 120 train rows: 2 batches per epoch
+    workers = cpu_cores() + 2
+    log = _run_logged(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "linear.yaml"),
+            "--data.store",
+            str(store),
+            "--trainer.max_epochs",
+            "2",
+            "--data.num_workers",
+            str(workers),
+            "--run_dir",
+            str(tmp_path / "run"),
+        ],  # fmt: skip
+        tmp_path,
+    )
+    _assert_quiet(log)
+    assert log.count(f"--data.num_workers {workers}: this machine has {cpu_cores()} CPU") == 1
+    plan = [line for line in log.splitlines() if line.startswith("fit: ")]
+    assert len(plan) == 1 and plan[0].startswith("fit: 4 steps (2.0 epochs of 120 rows)")
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    for sub in ("validate", "test"):
+        log = _run_logged(
+            [sub, "--ckpt_path", str(ckpt), "--data.store", str(store), "--data.test_split", "val"],
+            tmp_path,
+        )
+        _assert_quiet(log)
+        assert f"{'val' if sub == 'validate' else 'test'}/acc_top1" in log
+
+
+def test_a_tune_into_a_log_file_says_one_line_per_trial_and_keeps_wandb_offline(tmp_path):
+    store = small_store(tmp_path / "store")
+    log = _run_logged(
+        [
+            "tune",
+            "--config",
+            str(REPO / "configs" / "linear.yaml"),
+            "--data.store",
+            str(store),
+            "--n_trials",
+            "2",
+            "--pruner",
+            "median",
+            "--trainer.max_epochs",
+            "2",
+            # two validations per epoch: the same percent of the run reported twice
+            "--trainer.val_check_interval",
+            "0.5",
+            "--study_dir",
+            str(tmp_path / "study"),
+        ],  # fmt: skip
+        tmp_path,
+    )
+    _assert_quiet(log)
+    assert log.count("W&B offline: WANDB_MODE=offline") == 2  # every trial, as exported
+    trials = [line for line in log.splitlines() if re.match(r"tune: trial \d+ (val|pruned)", line)]
+    assert [line.split()[2] for line in trials] == ["0", "1"]
+    assert "tune: trial 0 is the config's own values" in log

@@ -197,3 +197,72 @@ def test_a_diverging_trial_fails_alone(tmp_path):
     states = [t.state for t in _study(tmp_path).trials]
     assert states == [optuna.trial.TrialState.FAIL]
     assert not (study_dir / "best.yaml").exists()
+
+
+def _in_space(value, spec: dict) -> bool:
+    import json
+
+    if "choices" in spec:
+        return json.dumps(value) in [json.dumps(c) for c in spec["choices"]]
+    return isinstance(value, int | float) and spec["low"] <= value <= spec["high"]
+
+
+@pytest.mark.parametrize("space", sorted((REPO / "configs" / "search").glob("*.yaml")), ids=str)
+def test_every_search_space_holds_its_config_own_values(space, capsys):
+    """The config's lr, optimiser, weight decay (and every other searched option), as
+    LightningCLI resolves the config, lie inside its search space."""
+    import yaml
+
+    from fusion.tune import config_params
+
+    config = REPO / "configs" / space.name
+    with pytest.raises(SystemExit):
+        FusionCLI(args=["fit", "--config", str(config), "--print_config"])
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    spec = load_space(space)
+    for name, rule in spec.items():
+        group, key = name.split(".", 1)
+        value = resolved[group][key]
+        assert _in_space(value, rule), f"{space.name}: {name} {value!r} is outside {rule}"
+    assert "model.lr" in spec  # each space searches the lr of the config's own optimiser
+    if "model.optimizer" in spec:
+        assert _in_space(resolved["model"]["optimizer"], spec["model.optimizer"])
+    # What trial 0 is built from: every searched option, none left to the sampler.
+    params, outside = config_params(["--config", str(config)], spec)
+    assert outside == [] and set(params) == set(spec)
+
+
+def test_a_new_study_starts_with_the_config_as_trial_0(tmp_path, capsys):
+    import json
+
+    args = _setup(tmp_path)
+    space = tmp_path / "space.yaml"  # holds configs/demo.yaml's values, among others
+    space.write_text(
+        "model.lr: {low: 1.0e-4, high: 0.1, log: true}\n"
+        "model.dropout: {low: 0.0, high: 0.5}\n"
+        "model.hidden_dims: {choices: [[16], [128], [32, 16]]}\n"
+        "data.batch_size: {choices: [32, 16]}\n"
+        "model.penalty_lambda: {low: 0.01, high: 1.0, log: true}\n"
+    )
+    study_dir = run_tune([*args, "--n_trials", "2", "--pruner", "none"])
+    out = capsys.readouterr().out
+    assert "tune: trial 0 is the config's own values\n" in out
+    trial0 = _study(tmp_path).trials[0]
+    decoded = {k: json.loads(v) if isinstance(v, str) else v for k, v in trial0.params.items()}
+    assert decoded == {
+        "model.lr": 0.003,
+        "model.dropout": 0.2,
+        "model.hidden_dims": [128],
+        "data.batch_size": 16,
+        "model.penalty_lambda": 0.1,
+    }
+    config = (study_dir / "trials" / "trial_0" / "config.yaml").read_text()
+    assert "lr: 0.003\n" in config and "- 128\n" in config and "batch_size: 16\n" in config
+    # One line per trial (tests/test_logs.py checks Optuna's own lines are gone).
+    lines = [line for line in out.splitlines() if line.startswith("tune: trial ")]
+    assert [line.split()[2] for line in lines[1:]] == ["0", "1"]
+    assert lines[1].startswith(f"tune: trial 0 val/acc_top1 {trial0.value:.4f}; best ")
+    # A resumed study gets no second copy of the config.
+    run_tune([*args, "--n_trials", "3", "--pruner", "none"])
+    assert "trial 0 is the config" not in capsys.readouterr().out
+    assert len(_study(tmp_path).trials) == 3
