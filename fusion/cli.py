@@ -631,12 +631,14 @@ class FusionCLI(LightningCLI):
                 f"{float(score):.4f}); run directory: {show_path(self.run_dir)}"
             )
             cfg = self.config[self.subcommand] if self.subcommand else self.config
-            probe = latest_probe(cfg["data"]["store"], cfg["runs_root"])
+            sets = cfg["data"].get("features") or None
+            probe = latest_probe(cfg["data"]["store"], cfg["runs_root"], sets)
+            flag = f" --data.features [{','.join(sets)}]" if sets else ""
             rank_zero_info(
-                probe_line(probe)
+                probe_line(probe, sets)
                 if probe
-                else "no linear probe on this store yet: `python train.py probe --data.store "
-                f"{cfg['data']['store']}` gives the baseline to beat"
+                else "no linear probe on these sets yet: `python train.py probe --data.store "
+                f"{cfg['data']['store']}{flag}` gives the baseline to beat"
             )
 
 

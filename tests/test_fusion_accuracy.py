@@ -306,7 +306,7 @@ def test_probe_run_writes_a_run_and_fits_print_it(tmp_path, caplog):
     assert latest_probe(store, tmp_path / "runs")["best"] == summary["best"]
     with caplog.at_level("INFO", logger="lightning.pytorch"):
         fit_cli(store, tmp_path / "runs" / "fit", "--runs_root", str(tmp_path / "runs"), epochs=1)
-    assert "linear probe on this store (val/acc_top1): image" in caplog.text
+    assert "linear probe on these sets (val/acc_top1): image" in caplog.text
 
 
 def test_dual_logit_weights_settle_within_the_first_fifth_of_training(tmp_path):

@@ -147,3 +147,39 @@ def test_a_config_with_unknown_prior_sets_is_one_line(store, tmp_path):
     with pytest.raises((SystemExit, ValueError), match="prior_sets|one score per class"):
         FusionModule("concat", set_dims={"left": 24}, class_names=list("abcdefghij"),
                      prior_sets=["left"])  # fmt: skip
+
+
+def test_the_probe_fits_every_set_and_their_concatenation_and_fits_print_it(
+    store, tmp_path, caplog
+):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from fusion.probe_run import run_probe
+
+    runs = tmp_path / "runs"
+    sets = ["left", "right", "zs"]
+    run = run_probe(["--data.store", str(store), "--runs_root", str(runs),
+                     "--data.features", "[left, right, zs]", "--probe.cs", "[0.1, 1.0]"])  # fmt: skip
+    summary = json.loads((run / "probe.json").read_text())
+    assert summary["features"] == sets
+    results = {v: r["val_acc_top1"] for v, r in summary["results"].items()}
+    assert set(results) == {*sets, "concat"}
+    # Each figure is a plain scikit-learn fit of that set at its chosen C.
+    train, val = (load_features(store, s, ["right"]) for s in ("train", "val"))
+    scaler = StandardScaler().fit(train["right"])
+    c = summary["results"]["right"]["C"]
+    clf = LogisticRegression(C=c, max_iter=300).fit(scaler.transform(train["right"]), train.labels)
+    expected = (clf.predict(scaler.transform(val["right"])) == val.labels).mean()
+    assert results["right"] == pytest.approx(expected, abs=0.02)
+    # left and right each know half the classes: side by side they know all of them.
+    assert results["concat"] > max(results["left"], results["right"]) + 0.2, results
+    with caplog.at_level("INFO", logger="lightning.pytorch"):
+        fit_cli(store, runs / "fit", "--runs_root", str(runs), "--data.features",
+                "[left, right, zs]", "--trainer.logger", "false", epochs=1)  # fmt: skip
+    assert "linear probe on these sets (val/acc_top1): left" in caplog.text
+    assert "concat" in caplog.text.split("linear probe on these sets")[1].splitlines()[0]
+    with pytest.raises(SystemExit):
+        run_probe(["--data.store", str(store), "--data.features", "[left, nope]",
+                   "--run_dir", str(tmp_path / "bad")])  # fmt: skip
+    assert not (tmp_path / "bad").exists()
