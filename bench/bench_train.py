@@ -111,7 +111,7 @@ def _step(model: FusionModule, opt, image, text, label) -> None:
 def _plain_model(image_dim: int, text_dim: int, class_names: list[str], device):
     torch.manual_seed(0)
     model = FusionModule(
-        image_dim=image_dim, text_dim=text_dim, class_names=class_names, **HEAD
+        set_dims={"image": image_dim, "text": text_dim}, class_names=class_names, **HEAD
     ).to(device)
     return model.train(), torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
 

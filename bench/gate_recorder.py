@@ -36,8 +36,8 @@ class GateRecorder(L.Callback):
             head.eval()
             with torch.no_grad():
                 for batch in trainer.val_dataloaders:
-                    image, text = batch["image"].to(module.device), batch["text"].to(module.device)
-                    rows.append(head.gate_values(image, text).float().cpu().numpy())
+                    xs = [x.to(module.device) for x in batch["x"]]
+                    rows.append(head.gate_values(*xs)[:, 0].float().cpu().numpy())
             head.train(was_training)
             gates.append(np.concatenate(rows))
         self.steps.append(int(trainer.global_step))

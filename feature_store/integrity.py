@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from feature_store.layout import SplitArrays, StoreError, StoreInfo, open_store
+from feature_store.layout import StoreError, StoreInfo, open_store
 
 REBUILD_HINT = (
     "rerun the data_prep command that built the store (it redoes damaged shards), "
@@ -107,13 +108,21 @@ def verify_files(split_dir: Path, records: list[dict[str, Any]], rows: int | Non
         _VERIFIED.add(key)
 
 
-def non_finite_rows(arrays: SplitArrays) -> np.ndarray:
-    """Row indices whose image or text embedding holds a NaN or an infinity."""
-    bad = ~np.isfinite(arrays.image_emb).all(axis=1) | ~np.isfinite(arrays.text_emb).all(axis=1)
+def non_finite_rows(arrays) -> np.ndarray:
+    """Row indices whose image or text embedding (of a :class:`FeatureArrays`: any set read)
+    holds a NaN or an infinity."""
+    matrices = (
+        list(arrays.features.values())
+        if hasattr(arrays, "features")
+        else [arrays.image_emb, arrays.text_emb]
+    )
+    bad = np.zeros(len(arrays.ids), dtype=bool)
+    for m in matrices:
+        bad |= ~np.isfinite(m).all(axis=1)
     return np.flatnonzero(bad)
 
 
-def check_finite(arrays: SplitArrays, where: str) -> None:
+def check_finite(arrays, where: str) -> None:
     """Raise :class:`StoreError` if any embedding of ``arrays`` is NaN or infinite."""
     bad = non_finite_rows(arrays)
     if len(bad):
@@ -136,16 +145,33 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
         out[prefix] = value if isinstance(value, str | int | float | bool | None) else repr(value)
 
 
-def model_fingerprint(info: StoreInfo) -> dict[str, Any]:
-    """What decides the meaning of a store's embeddings, as flat ``{dotted key: value}``.
+def model_fingerprint(info: StoreInfo, sets: Sequence[str] | None = None) -> dict[str, Any]:
+    """What decides the meaning of the store's feature sets ``sets`` (default image and
+    text), as flat ``{dotted key: value}``.
 
-    The image, caption and text models (names, revisions, pooling, preprocessing, prompt,
-    max length...) from the manifest's ``models``, plus the embedding dims. Plain values
-    only, so it can sit in a checkpoint loaded with ``weights_only=True``.
+    For ``image`` the image model, for ``text`` the caption and text models (names,
+    revisions, pooling, preprocessing, prompt, max length...) from the manifest's
+    ``models``, with their dims; for an added set its manifest entry's fingerprint. Exactly
+    the sets read: adding another set to a store changes no checkpoint's fingerprint. Plain
+    values only, so it can sit in a checkpoint loaded with ``weights_only=True``.
     """
+    from feature_store.sets import BASE_SETS, entry
+
+    sets = list(BASE_SETS) if sets is None else list(sets)
     out: dict[str, Any] = {}
-    _flatten(info.manifest.get("models") or {}, "models", out)
-    _flatten(info.manifest.get("dims") or {}, "dims", out)
+    models = info.manifest.get("models") or {}
+    dims = info.manifest.get("dims") or {}
+    if "image" in sets:
+        _flatten({k: v for k, v in models.items() if k == "image"}, "models", out)
+        _flatten({k: v for k, v in dims.items() if k == BASE_SETS["image"]}, "dims", out)
+    if "text" in sets:  # a caption embedding means what its captioner and encoder did
+        _flatten({k: v for k, v in models.items() if k != "image"}, "models", out)
+        _flatten({k: v for k, v in dims.items() if k != BASE_SETS["image"]}, "dims", out)
+    for name in sets:
+        if name not in BASE_SETS:
+            e = entry(info, name)
+            out[f"features.{name}"] = e.get("fingerprint")
+            out[f"features.{name}.dim"] = int(e["dim"])
     return out
 
 

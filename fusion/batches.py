@@ -33,7 +33,8 @@ class TensorBatches:
     the interrupted one had not trained on.
 
     Args:
-        tensors: the columns (``image``, ``text``, ``label``...), on the training device.
+        tensors: the columns (``x``: one tensor per feature set, ``label``...), on the
+            training device; a list of tensors is indexed tensor by tensor.
         batch_size: rows per batch.
         seed: the shuffle seed (the same on every rank).
         epoch: returns the current epoch when an epoch starts (the Trainer's); without it
@@ -43,7 +44,7 @@ class TensorBatches:
 
     def __init__(
         self,
-        tensors: dict[str, torch.Tensor],
+        tensors: dict[str, torch.Tensor | list[torch.Tensor]],
         *,
         batch_size: int,
         seed: int,
@@ -52,14 +53,15 @@ class TensorBatches:
         world_size: int = 1,
     ) -> None:
         self.tensors = tensors
-        self.rows = len(next(iter(tensors.values())))
+        first = next(t for v in tensors.values() for t in (v if isinstance(v, list) else [v]))
+        self.rows = len(first)
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.rank, self.world_size = rank, world_size
         self._epoch_of = epoch
         self._passes = 0
         self._epoch, self._yielded = 0, 0  # for state_dict
         self._resume: dict | None = None
-        self._device = next(iter(tensors.values())).device
+        self._device = first.device
 
     def __len__(self) -> int:
         return math.ceil(self._rows_per_rank() / self.batch_size)
@@ -93,7 +95,7 @@ class TensorBatches:
         for start in range(skip * self.batch_size, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             self._yielded += 1
-            yield {**{k: v[idx] for k, v in self.tensors.items()}, "index": idx}
+            yield {**{k: _take(v, idx) for k, v in self.tensors.items()}, "index": idx}
 
     def state_dict(self) -> dict[str, int]:
         """The epoch and how many of its batches were drawn.
@@ -106,3 +108,8 @@ class TensorBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self._resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+
+
+def _take(column: torch.Tensor | list[torch.Tensor], idx: torch.Tensor):
+    """Rows ``idx`` of a column, or of each tensor of a list column (the feature sets)."""
+    return [t[idx] for t in column] if isinstance(column, list) else column[idx]

@@ -173,7 +173,7 @@ class StopOnNonFiniteLoss(L.Callback):
 
 
 class StoreFingerprint(L.Callback):
-    """Put the training store's model fingerprint into every checkpoint.
+    """Put the training store's model fingerprint (of the sets read) into every checkpoint.
 
     predict.py compares it with the store it is given and refuses one whose embeddings
     come from other models, pooling or preprocessing, even when the dims match.
@@ -185,7 +185,8 @@ class StoreFingerprint(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
         if datamodule is not None and hasattr(datamodule, "store"):
-            self.fingerprint = model_fingerprint(open_store(datamodule.store))
+            sets = getattr(datamodule, "features", None)
+            self.fingerprint = model_fingerprint(open_store(datamodule.store), sets)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if self.fingerprint is not None:
@@ -226,6 +227,7 @@ class RunArtifacts(L.Callback):
                 run / "alpha_beta.png",
                 title=f"{run.parent.name}/{run.name}",
                 head=pl_module.hparams.get("head"),
+                names=pl_module.head.weight_names(),
             )
             for logger in wandb_loggers:
                 logger.log_image(key="fusion/alpha_beta", images=[str(png)])
@@ -312,7 +314,7 @@ def write_val_predictions(checkpoint: str, datamodule, run: Path):
     if getattr(datamodule, "folds", 0):  # the held-out fold, not the store's val split
         ids, rows = datamodule.val_rows()
         head, hp = load_head(checkpoint)
-        probs = head_probs(head, rows.image.numpy(), rows.text.numpy())
+        probs = head_probs(head, [x.numpy() for x in rows.x])
         labels, class_names = rows.label.numpy(), hp["class_names"]
     else:
         store, split = datamodule.store, datamodule.val_split

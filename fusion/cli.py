@@ -385,7 +385,7 @@ class FusionCLI(LightningCLI):
         # Lightning's 13-line table of a head's parts ("Total FLOPs: 0") on every fit: the
         # fit's plan line gives its parameter count (--trainer.enable_model_summary true).
         parser.set_defaults({"trainer.enable_model_summary": False})
-        for key in ("image_dim", "text_dim", "class_names"):
+        for key in ("set_dims", "class_names"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
@@ -631,12 +631,14 @@ class FusionCLI(LightningCLI):
                 f"{float(score):.4f}); run directory: {show_path(self.run_dir)}"
             )
             cfg = self.config[self.subcommand] if self.subcommand else self.config
-            probe = latest_probe(cfg["data"]["store"], cfg["runs_root"])
+            sets = cfg["data"].get("features") or None
+            probe = latest_probe(cfg["data"]["store"], cfg["runs_root"], sets)
+            flag = f" --data.features [{','.join(sets)}]" if sets else ""
             rank_zero_info(
-                probe_line(probe)
+                probe_line(probe, sets)
                 if probe
-                else "no linear probe on this store yet: `python train.py probe --data.store "
-                f"{cfg['data']['store']}` gives the baseline to beat"
+                else "no linear probe on these sets yet: `python train.py probe --data.store "
+                f"{cfg['data']['store']}{flag}` gives the baseline to beat"
             )
 
 

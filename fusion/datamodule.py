@@ -2,9 +2,11 @@
 
 $ python train.py fit --config configs/concat.yaml --data.store stores/kaggle --data.batch_size 512
 $ python train.py fit --config configs/concat.yaml --data.folds 5 --data.fold 2   # CV fold 2
+$ python train.py fit --config configs/dual_logit_l0.1.yaml --data.features '[dinov2_giant, siglip]'
 
-The store's dims and class names are read from its manifest when the module is built, so
-``train.py`` links them into the model (``link_arguments``) before any weight exists.
+The store's sets, their dims and the class names are read from its manifest when the module
+is built, so ``train.py`` links them into the model (``link_arguments``) before any weight
+exists.
 """
 
 from __future__ import annotations
@@ -17,22 +19,32 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from feature_store import SplitArrays, StoreError, load_arrays, open_store
+from feature_store import FeatureArrays, StoreError, load_features, open_store
 from feature_store.console import usable_workers
 from feature_store.integrity import check_finite
+from feature_store.sets import entry
 from fusion.batches import TensorBatches
 from fusion.folds import assign_folds, group_keys
 from fusion.recipe import auto_batch_size
 
 
-def _take(arrays: SplitArrays, idx: np.ndarray) -> SplitArrays:
-    return SplitArrays(
+def _take(arrays: FeatureArrays, idx: np.ndarray) -> FeatureArrays:
+    return FeatureArrays(
         ids=[arrays.ids[i] for i in idx],
         labels=arrays.labels[idx],
-        image_emb=arrays.image_emb[idx],
-        text_emb=arrays.text_emb[idx],
         captions=[arrays.captions[i] for i in idx],
         paths=[arrays.paths[i] for i in idx],
+        features={k: v[idx] for k, v in arrays.features.items()},
+    )
+
+
+def _concat(parts: list[FeatureArrays]) -> FeatureArrays:
+    return FeatureArrays(
+        ids=[i for a in parts for i in a.ids],
+        labels=np.concatenate([a.labels for a in parts]),
+        captions=[c for a in parts for c in a.captions],
+        paths=[p for a in parts for p in a.paths],
+        features={k: np.concatenate([a[k] for a in parts]) for k in parts[0].features},
     )
 
 
@@ -42,31 +54,28 @@ def _passthrough(batch: dict) -> dict:
 
 
 class EmbeddingRows(Dataset):
-    """A split's embeddings as tensors; ``__getitems__`` slices a whole batch at once.
+    """A split's feature sets as tensors; ``__getitems__`` slices a whole batch at once.
 
     ``DataLoader`` calls ``__getitems__(indices)`` when a dataset defines it, so a batch is
-    one tensor index per column instead of ``batch_size`` Python rows plus a collate.
+    one tensor index per set instead of ``batch_size`` Python rows plus a collate. A batch
+    is ``{"x": [one tensor per set, in --data.features order], "label", "index"}``.
     """
 
-    def __init__(self, arrays: SplitArrays) -> None:
-        self.image = torch.from_numpy(arrays.image_emb)
-        self.text = torch.from_numpy(arrays.text_emb)
+    def __init__(self, arrays: FeatureArrays, names: list[str]) -> None:
+        self.names = list(names)
+        self.x = [torch.from_numpy(np.ascontiguousarray(arrays[n])) for n in self.names]
         self.label = torch.from_numpy(arrays.labels)
 
     def __len__(self) -> int:
         return len(self.label)
 
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+    def __getitems__(self, indices: list[int]) -> dict:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return {
-            "image": self.image[idx],
-            "text": self.text[idx],
-            "label": self.label[idx],
-            "index": idx,
-        }
+        return {"x": [x[idx] for x in self.x], "label": self.label[idx], "index": idx}
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {k: v[0] for k, v in self.__getitems__([index]).items()}
+    def __getitem__(self, index: int) -> dict:
+        batch = self.__getitems__([index])
+        return {"x": [x[0] for x in batch["x"]], "label": batch["label"][0], "index": index}
 
 
 def index_loader(
@@ -89,6 +98,10 @@ class FeatureDataModule(L.LightningDataModule):
 
     Args:
         store: the feature-store directory (``python -m data_prep`` writes one).
+        features: the store's feature sets the head reads, in order (``image`` and
+            ``text`` are every store's; others are added with ``data_prep --run.mode add``,
+            ``python -m feature_store info STORE`` lists them). Their dims come from the
+            manifest.
         batch_size: training batch size, or ``auto`` (``fusion.recipe.auto_batch_size``:
             about 1/64 of the train rows, a power of two in [16, 512]).
         eval_batch_size: batch size for validation, test and prediction (no gradients:
@@ -119,6 +132,7 @@ class FeatureDataModule(L.LightningDataModule):
         self,
         store: str = "stores/demo",
         *,
+        features: list[str] | None = None,
         batch_size: int | Literal["auto"] = "auto",
         eval_batch_size: int = 1024,
         train_split: str = "train",
@@ -136,9 +150,11 @@ class FeatureDataModule(L.LightningDataModule):
         super().__init__()
         self.store = Path(store)
         info = open_store(self.store)
+        self.features = list(features) if features else ["image", "text"]
+        if len(set(self.features)) != len(self.features):
+            raise StoreError(f"--data.features {self.features} names a set twice")
         # Read by train.py's link_arguments before the model is built.
-        self.image_dim = info.image_dim
-        self.text_dim = info.text_dim
+        self.set_dims = {n: int(entry(info, n)["dim"]) for n in self.features}
         self.class_names = info.class_names
         self.train_rows = info.rows(train_split) if train_split in info.manifest["splits"] else 0
         self.folds, self.fold, self.fold_seed = folds, fold, fold_seed
@@ -173,14 +189,7 @@ class FeatureDataModule(L.LightningDataModule):
                 f"below --data.folds {self.folds}."
             )
         parts = [self._checked(s, labelled=True) for s in (self.train_split, self.val_split)]
-        pooled = SplitArrays(
-            ids=[i for a in parts for i in a.ids],
-            labels=np.concatenate([a.labels for a in parts]),
-            image_emb=np.concatenate([a.image_emb for a in parts]),
-            text_emb=np.concatenate([a.text_emb for a in parts]),
-            captions=[c for a in parts for c in a.captions],
-            paths=[p for a in parts for p in a.paths],
-        )
+        pooled = _concat(parts)
         keys = pooled.ids if self.group_on == "id" else pooled.paths
         try:
             groups = group_keys(keys, self.group_regex) if self.group_regex else None
@@ -195,11 +204,11 @@ class FeatureDataModule(L.LightningDataModule):
             (self.val_split, folds == self.fold),
         ):
             idx = np.flatnonzero(rows)
-            self._rows[split] = EmbeddingRows(_take(pooled, idx))
+            self._rows[split] = EmbeddingRows(_take(pooled, idx), self.features)
             self._ids[split] = [pooled.ids[i] for i in idx]
 
-    def _checked(self, split: str, *, labelled: bool) -> SplitArrays:
-        arrays = load_arrays(self.store, split)
+    def _checked(self, split: str, *, labelled: bool) -> FeatureArrays:
+        arrays = load_features(self.store, split, self.features)
         # A NaN row makes the loss, alpha and beta NaN and every prediction class 0.
         check_finite(arrays, f"{self.store}/{split}")
         if labelled:
@@ -221,7 +230,7 @@ class FeatureDataModule(L.LightningDataModule):
     def _load(self, split: str, *, labelled: bool) -> EmbeddingRows:
         if split not in self._rows:
             arrays = self._checked(split, labelled=labelled)
-            self._rows[split] = EmbeddingRows(arrays)
+            self._rows[split] = EmbeddingRows(arrays, self.features)
             self._ids[split] = arrays.ids
         return self._rows[split]
 
@@ -234,10 +243,9 @@ class FeatureDataModule(L.LightningDataModule):
         rows = self._load(self.val_split, labelled=True)
         return self._ids[self.val_split], rows
 
-    def train_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The train split's image and text embeddings (for input standardisation)."""
-        rows = self._load(self.train_split, labelled=True)
-        return rows.image, rows.text
+    def train_tensors(self) -> list[torch.Tensor]:
+        """The train split's feature sets, in input order (for input standardisation)."""
+        return list(self._load(self.train_split, labelled=True).x)
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
@@ -297,8 +305,7 @@ class FeatureDataModule(L.LightningDataModule):
             seed = int(trainer.strategy.broadcast(seed, src=0))
         self._train_batches = TensorBatches(
             {
-                "image": rows.image.to(device),
-                "text": rows.text.to(device),
+                "x": [x.to(device) for x in rows.x],
                 "label": rows.label.to(device),
             },
             batch_size=self.batch_size,

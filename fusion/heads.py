@@ -1,23 +1,34 @@
-"""Fusion heads: plain ``nn.Module`` classifiers over cached image and text embeddings.
+"""Fusion heads: plain ``nn.Module`` classifiers over cached feature sets.
 
 $ python -c "from fusion.heads import HEADS; print(sorted(HEADS))"
 
-Every head takes ``forward(image_emb, text_emb) -> logits`` (it may ignore one modality),
-so training, prediction and the contract tests treat them alike. ``HEADS`` is the one
-registry; :func:`build_head` builds a head by name from plain hyper-parameters (what a
-checkpoint stores), with its dims and class count read from the feature store.
+A head reads K named feature sets of the store (``--data.features``, default
+``[image, text]``) in a fixed order and takes ``forward(*inputs) -> logits``, one tensor
+per set, so training, prediction and the contract tests treat every head alike.
+``HEADS`` is the one registry; :func:`build_head` builds a head by name from plain
+hyper-parameters (what a checkpoint stores), with its sets' dims and class count read from
+the feature store.
+
+A ``scores`` set (zero-shot or caption-to-class-name scores, one value per class) can enter
+like any other set, as a feature, or as a **prior** (``prior_sets``): its standardised
+scores are added to the logits with a learned weight and never pass through an MLP.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 HEADS: dict[str, type[FusionHead]] = {}
+# Older names that still load (checkpoints and configs written before the K-set heads).
+HEAD_ALIASES = {"weighted_logits": "dual_logit"}
+
+# The two sets every store has; a head over exactly these logs its weights as alpha/beta.
+IMAGE_TEXT = ("image", "text")
 
 
 def register(name: str):
@@ -36,27 +47,37 @@ def register(name: str):
 def build_head(
     kind: str,
     *,
-    image_dim: int,
-    text_dim: int,
+    set_dims: Mapping[str, int],
     num_classes: int,
     members: int = 1,
     **hparams: Any,
 ) -> FusionHead:
-    """Build the head registered as ``kind`` (``members`` > 1: a :class:`HeadSweep` of that
-    many copies).
+    """Build the head registered as ``kind`` over the sets ``set_dims`` (name -> width, in
+    input order); ``members`` > 1 gives a :class:`HeadSweep` of that many copies.
 
     ``hparams`` may hold options of other heads too (the LightningModule keeps one flat set
     of hyper-parameters); only the ones ``kind`` accepts are passed on.
     """
+    kind = HEAD_ALIASES.get(kind, kind)
     if kind not in HEADS:
         raise ValueError(f"unknown head {kind!r}; registered heads: {sorted(HEADS)}")
+    if not set_dims:
+        raise ValueError("a head needs at least one feature set (--data.features)")
     cls = HEADS[kind]
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in hparams.items() if k in accepted}
-    dims = {"image_dim": image_dim, "text_dim": text_dim, "num_classes": num_classes}
+    dims = {"set_dims": dict(set_dims), "num_classes": num_classes}
     if members > 1:
         return HeadSweep([cls(**dims, **kwargs) for _ in range(members)])
     return cls(**dims, **kwargs)
+
+
+def checkpoint_set_dims(hparams: Mapping[str, Any]) -> dict[str, int]:
+    """The sets (name -> dim, in input order) a module's hyper-parameters read; checkpoints
+    written before ``--data.features`` read image and text."""
+    if hparams.get("set_dims"):
+        return {str(k): int(v) for k, v in dict(hparams["set_dims"]).items()}
+    return {"image": int(hparams["image_dim"]), "text": int(hparams["text_dim"])}
 
 
 def mlp(
@@ -135,186 +156,292 @@ class Standardize(nn.Module):
 
 
 def norm_layer(dim: int, kind: str | bool) -> nn.Module:
-    """The input normalisation of one modality: ``standardize`` (train statistics, the
-    default), ``layernorm`` or ``none`` (``True``/``False`` are the old spellings)."""
+    """The input normalisation of one set: ``standardize`` (train statistics, the default),
+    ``layernorm`` or ``none`` (``True``/``False`` are the old spellings)."""
     kind = {True: "layernorm", False: "none"}.get(kind, kind)  # type: ignore[arg-type]
     if kind == "standardize":
         return Standardize(dim)
     if kind == "layernorm":
-        # One LayerNorm per modality: a shared norm over the concatenation would let the
-        # larger modality dominate.
+        # One LayerNorm per set: a shared norm over the concatenation would let the larger
+        # set dominate.
         return nn.LayerNorm(dim)
     if kind == "none":
         return nn.Identity()
     raise ValueError(f"input_norm must be one of {NORMS}, got {kind!r}")
 
 
-class FusionHead(nn.Module):
-    """Base class: ``forward(image_emb, text_emb) -> logits [N, num_classes]``.
+# Parameter names of heads written before K sets, and where they live now (image is set 0,
+# text set 1 of an [image, text] head): old checkpoints load unchanged.
+_OLD_PREFIXES = {
+    "image_norm.": "norms.0.",
+    "text_norm.": "norms.1.",
+    "image_mlp.": "branches.0.",
+    "text_mlp.": "branches.1.",
+    "image_proj.": "projs.0.",
+    "text_proj.": "projs.1.",
+}
 
-    Every head normalises each modality with ``image_norm`` / ``text_norm`` first.
-    Two-modality heads also take ``modality_dropout``: during training each row loses its
-    whole text input with that probability, or else its whole image input with the same
-    probability (a dropped input is zero after normalisation, i.e. the train mean), so the
-    head learns to classify from either modality alone and never leans on one that is
-    absent or says nothing.
+
+class FusionHead(nn.Module):
+    """Base class: ``forward(*inputs) -> logits [N, num_classes]``, one input per set.
+
+    Every head normalises each set with its own norm first (``norms[k]``). Multi-set heads
+    also take ``modality_dropout``: during training each row loses at most one whole set,
+    each with that probability (a dropped input is zero after normalisation, i.e. the train
+    mean), so the head learns to classify without any one set and never leans on a set that
+    is absent or says nothing. ``prior_sets`` (scores sets, dim = classes) skip the body and
+    are added to its logits with learned weights (``prior_weights``).
     """
 
     kind: str = ""
-    image_norm: nn.Module
-    text_norm: nn.Module
     modality_dropout: float = 0.0
+    sets: list[str]
+    norms: nn.ModuleList
 
-    def _init_norms(self, image_dim: int, text_dim: int, input_norm: str | bool) -> None:
-        self.image_norm = norm_layer(image_dim, input_norm)
-        self.text_norm = norm_layer(text_dim, input_norm)
+    def _init_sets(
+        self,
+        set_dims: Mapping[str, int],
+        num_classes: int,
+        input_norm: str | bool,
+        prior_sets: Sequence[str] | None = (),
+    ) -> list[int]:
+        """Norms for every set, the prior weights; returns the body's set indices."""
+        self.sets = list(set_dims)
+        self.dims = [int(d) for d in set_dims.values()]
+        self.norms = nn.ModuleList(norm_layer(d, input_norm) for d in self.dims)
+        prior_sets = list(prior_sets or ())
+        unknown = [s for s in prior_sets if s not in self.sets]
+        if unknown:
+            raise ValueError(
+                f"prior_sets {unknown} are not among the head's sets {self.sets} "
+                "(--data.features)"
+            )
+        wrong = [s for s in prior_sets if set_dims[s] != num_classes]
+        if wrong:
+            raise ValueError(
+                f"prior_sets {wrong}: a prior is one score per class, but their dims are "
+                f"{[set_dims[s] for s in wrong]} for {num_classes} classes; give them as "
+                "features instead"
+            )
+        self.prior_idx = [self.sets.index(s) for s in prior_sets]
+        body = [i for i in range(len(self.sets)) if i not in self.prior_idx]
+        if not body and not isinstance(self, WeightedLogitsHead):
+            raise ValueError("every set is a prior: leave at least one set as a feature")
+        return body
+
+    def _init_priors(self) -> None:
+        """A weight per prior set for the heads whose body is not a weighted sum; zero at
+        first, so the head starts as if the priors were absent (none without priors: the
+        parameters of a head without priors are the same as before priors existed)."""
+        if self.prior_idx:
+            self.prior_weights = nn.Parameter(torch.zeros(len(self.prior_idx)))
+
+    def _add_priors(self, logits: Tensor, xs: Sequence[Tensor]) -> Tensor:
+        if not self.prior_idx:
+            return logits
+        for w, i in zip(self.prior_weights, self.prior_idx, strict=True):
+            logits = logits + w * xs[i]
+        return logits
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            rest = key[len(prefix) :]
+            for old, new in _OLD_PREFIXES.items():
+                if rest.startswith(old):
+                    state_dict[prefix + new + rest[len(old) :]] = state_dict.pop(key)
+                    break
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def set_index(self, name: str) -> int:
+        """Position of set ``name`` among the inputs; ValueError naming the head's sets."""
+        if name not in self.sets:
+            raise ValueError(
+                f"head {self.kind!r} reads the set {name!r}, but its sets are {self.sets}; "
+                f"add it to --data.features, or use the head concat for any one set"
+            )
+        return self.sets.index(name)
 
     @torch.no_grad()
-    def fit_input_stats(self, image_emb: Tensor, text_emb: Tensor) -> None:
+    def fit_input_stats(self, *inputs: Tensor) -> None:
         """Set the ``standardize`` statistics from the train split (no-op otherwise)."""
-        for norm, x in ((self.image_norm, image_emb), (self.text_norm, text_emb)):
+        for norm, x in zip(self.norms, inputs, strict=True):
             if isinstance(norm, Standardize):
                 norm.fit(x)
 
-    def normalised(self, image_emb: Tensor, text_emb: Tensor) -> tuple[Tensor, Tensor]:
-        """Both inputs normalised, with modality dropout applied in training."""
-        image, text = self.image_norm(image_emb), self.text_norm(text_emb)
+    def normalised(self, *inputs: Tensor) -> list[Tensor]:
+        """Every input normalised, with set dropout applied in training."""
+        xs = [norm(x) for norm, x in zip(self.norms, inputs, strict=True)]
         p = self.modality_dropout
-        if self.training and p > 0:
-            draw = torch.rand(len(image), 1, device=image.device)
-            text = text * (draw >= p)
-            image = image * ((draw < p) | (draw >= 2 * p))
-        return image, text
+        if self.training and p > 0 and len(xs) > 1:
+            draw = torch.rand(len(xs[0]), 1, device=xs[0].device)
+            k = len(xs)
+            # Set i is dropped when draw falls in its own band of width p (the last set's
+            # band first: for [image, text], text on [0, p), image on [p, 2p)).
+            xs = [
+                x * ((draw < (k - 1 - i) * p) | (draw >= (k - i) * p)) for i, x in enumerate(xs)
+            ]
+        return xs
 
     def aux_loss(self) -> Tensor | None:
         """A regulariser added to the training loss (``None`` when the head has none)."""
         return None
 
     def branch_logits(self) -> tuple[Tensor, ...]:
-        """Per-modality logits of the last forward, for heads trained with a loss on each
-        branch too (``branch_loss`` of the module); empty for the others."""
+        """Per-set logits of the last forward, for heads trained with a loss on each branch
+        too (``branch_loss`` of the module); empty for the others."""
         return ()
 
     def fusion_weights(self) -> Tensor | None:
-        """``tensor([alpha, beta])`` for heads that weight the modalities, else ``None``."""
+        """One weight per set for heads that weight their sets (``[alpha, beta]`` over
+        image and text), else ``None``."""
         return None
 
+    def weight_names(self) -> list[str]:
+        """The set each entry of :meth:`fusion_weights` belongs to."""
+        return list(self.sets)
 
-class _SingleModalityHead(FusionHead):
-    """MLP on one modality; the other input is accepted and ignored."""
+
+def _check_modality_dropout(p: float, sets: int) -> float:
+    p = float(modality_dropout_value(p))
+    if p * sets > 1 and sets > 1:
+        raise ValueError(
+            f"modality_dropout {p} over {sets} sets drops more than every row; give at most "
+            f"{1 / sets:.3g}"
+        )
+    return p
+
+
+def modality_dropout_value(p: float) -> float:
+    if not 0 <= float(p) < 1:
+        raise ValueError(f"modality_dropout must be in [0, 1), got {p}")
+    return float(p)
+
+
+class _SingleSetHead(FusionHead):
+    """MLP on one named set; the other inputs are accepted and ignored."""
 
     modality: str = "image"
 
     def __init__(
         self,
         *,
-        image_dim: int,
-        text_dim: int,
+        set_dims: Mapping[str, int],
         num_classes: int,
         hidden_dims: Sequence[int] = (512,),
         dropout: float = 0.0,
         input_norm: str | bool = "standardize",
         linear_skip: bool = False,
+        prior_sets: Sequence[str] | None = (),
     ) -> None:
         super().__init__()
-        self._init_norms(image_dim, text_dim, input_norm)
-        dim = image_dim if self.modality == "image" else text_dim
-        self.mlp = mlp(dim, hidden_dims, num_classes, dropout, linear_skip)
+        self._init_sets(set_dims, num_classes, input_norm, prior_sets)
+        self._init_priors()
+        self.which = self.set_index(self.modality)
+        self.mlp = mlp(self.dims[self.which], hidden_dims, num_classes, dropout, linear_skip)
 
-    def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
-        if self.modality == "image":
-            return self.mlp(self.image_norm(image_emb))
-        return self.mlp(self.text_norm(text_emb))
+    def forward(self, *inputs: Tensor) -> Tensor:
+        xs = self.normalised(*inputs)
+        return self._add_priors(self.mlp(xs[self.which]), xs)
 
 
 @register("visual_only")
-class VisualOnlyHead(_SingleModalityHead):
-    """MLP on the image embedding alone (the report's DINOv2 baseline; ``hidden_dims: []``
-    makes it the linear layer on frozen features)."""
+class VisualOnlyHead(_SingleSetHead):
+    """MLP on the ``image`` set alone (the report's DINOv2 baseline; ``hidden_dims: []``
+    makes it the linear layer on frozen features). Any other single set: ``concat`` with
+    ``--data.features [NAME]``."""
 
     modality = "image"
 
 
 @register("text_only")
-class TextOnlyHead(_SingleModalityHead):
-    """MLP on the caption embedding alone."""
+class TextOnlyHead(_SingleSetHead):
+    """MLP on the ``text`` (caption embedding) set alone."""
 
     modality = "text"
 
 
 @register("concat")
 class ConcatHead(FusionHead):
-    """MLP over ``[image_emb; text_emb]`` (the report's "Concat.")."""
+    """MLP over the concatenation of every set (the report's "Concat."); over one set
+    (``--data.features [siglip]``) it is that set's single-set head."""
 
     def __init__(
         self,
         *,
-        image_dim: int,
-        text_dim: int,
+        set_dims: Mapping[str, int],
         num_classes: int,
         hidden_dims: Sequence[int] = (512,),
         dropout: float = 0.0,
         input_norm: str | bool = "standardize",
         modality_dropout: float = 0.0,
         linear_skip: bool = False,
+        prior_sets: Sequence[str] | None = (),
     ) -> None:
         super().__init__()
-        self._init_norms(image_dim, text_dim, input_norm)
-        self.modality_dropout = float(modality_dropout)
-        self.mlp = mlp(image_dim + text_dim, hidden_dims, num_classes, dropout, linear_skip)
+        self.body_idx = self._init_sets(set_dims, num_classes, input_norm, prior_sets)
+        self._init_priors()
+        self.modality_dropout = _check_modality_dropout(modality_dropout, len(self.sets))
+        width = sum(self.dims[i] for i in self.body_idx)
+        self.mlp = mlp(width, hidden_dims, num_classes, dropout, linear_skip)
 
-    def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
-        return self.mlp(torch.cat(self.normalised(image_emb, text_emb), dim=1))
+    def forward(self, *inputs: Tensor) -> Tensor:
+        xs = self.normalised(*inputs)
+        body = self.mlp(torch.cat([xs[i] for i in self.body_idx], dim=1))
+        return self._add_priors(body, xs)
 
 
 @register("projection")
 class ProjectionHead(FusionHead):
-    """Project each modality to ``fusion_dim``, concatenate, MLP (the original "fusion")."""
+    """Project each set to ``fusion_dim``, concatenate, MLP (the original "fusion")."""
 
     def __init__(
         self,
         *,
-        image_dim: int,
-        text_dim: int,
+        set_dims: Mapping[str, int],
         num_classes: int,
         fusion_dim: int = 512,
         hidden_dims: Sequence[int] = (512,),
         dropout: float = 0.0,
         input_norm: str | bool = "standardize",
         modality_dropout: float = 0.0,
+        prior_sets: Sequence[str] | None = (),
     ) -> None:
         super().__init__()
-        self._init_norms(image_dim, text_dim, input_norm)
-        self.modality_dropout = float(modality_dropout)
-        self.image_proj = nn.Linear(image_dim, fusion_dim)
-        self.text_proj = nn.Linear(text_dim, fusion_dim)
-        self.mlp = nn.Sequential(nn.ReLU(), mlp(2 * fusion_dim, hidden_dims, num_classes, dropout))
+        self.body_idx = self._init_sets(set_dims, num_classes, input_norm, prior_sets)
+        self._init_priors()
+        self.modality_dropout = _check_modality_dropout(modality_dropout, len(self.sets))
+        self.projs = nn.ModuleList(nn.Linear(self.dims[i], fusion_dim) for i in self.body_idx)
+        width = len(self.body_idx) * fusion_dim
+        self.mlp = nn.Sequential(nn.ReLU(), mlp(width, hidden_dims, num_classes, dropout))
 
-    def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
-        image, text = self.normalised(image_emb, text_emb)
-        return self.mlp(torch.cat([self.image_proj(image), self.text_proj(text)], dim=1))
+    def forward(self, *inputs: Tensor) -> Tensor:
+        xs = self.normalised(*inputs)
+        projected = [proj(xs[i]) for proj, i in zip(self.projs, self.body_idx, strict=True)]
+        return self._add_priors(self.mlp(torch.cat(projected, dim=1)), xs)
 
 
 @register("dual_logit")
-class DualLogitHead(FusionHead):
-    """``z = alpha * f(image_emb) + beta * g(text_emb)`` with learnable alpha and beta.
+class WeightedLogitsHead(FusionHead):
+    """``z = sum_k w_k * f_k(x_k)``: one branch per set, mixed by K learned weights (the
+    report's alpha/beta dual-logit for K = 2 over image and text; ``weighted_logits`` is
+    the same head).
 
-    ``weighting="penalty"`` is the report's form: raw alpha, beta start at 0.5 and the loss
-    gains ``penalty_lambda * (relu(-alpha) + relu(-beta) + |alpha + beta - 1|)``, which only
-    pulls them toward the simplex, with a constant force of ``penalty_lambda`` however far the
-    sum is. The sum also scales the logits (a temperature), so while a sharper softmax lowers
-    the cross-entropy by more than ``penalty_lambda`` per unit of sum, the sum keeps growing:
-    it settles well above 1 on data the head fits easily (2.57 on the demo at lambda 0.1).
-    The image's share is ``alpha / (alpha + beta)``. ``weighting="softmax"`` keeps them on
-    the simplex by construction: ``(alpha, beta) = softmax(w)``, with ``w`` starting at zero
-    (0.5 each) and no penalty.
+    ``weighting="penalty"`` is the report's form: raw weights start at 1/K and the loss
+    gains ``penalty_lambda * (sum_k relu(-w_k) + |sum_k w_k - 1|)``, which only pulls them
+    toward the simplex, with a constant force of ``penalty_lambda`` however far the sum is.
+    The sum also scales the logits (a temperature), so while a sharper softmax lowers the
+    cross-entropy by more than ``penalty_lambda`` per unit of sum, the sum keeps growing: it
+    settles well above 1 on data the head fits easily (alpha + beta 2.57 on the demo at
+    lambda 0.1). Set k's share is ``w_k / sum w``. ``weighting="softmax"`` keeps them on the
+    simplex by construction: ``w = softmax(v)``, ``v`` starting at zero (1/K each), no
+    penalty. A prior set (``prior_sets``) is a branch whose logits are its standardised
+    scores, with no MLP.
     """
 
     def __init__(
         self,
         *,
-        image_dim: int,
-        text_dim: int,
+        set_dims: Mapping[str, int],
         num_classes: int,
         hidden_dims: Sequence[int] = (512,),
         dropout: float = 0.0,
@@ -323,19 +450,25 @@ class DualLogitHead(FusionHead):
         weighting: str = "penalty",
         penalty_lambda: float = 0.1,
         linear_skip: bool = False,
+        prior_sets: Sequence[str] | None = (),
     ) -> None:
         super().__init__()
         if weighting not in ("penalty", "softmax"):
             raise ValueError(f"weighting must be 'penalty' or 'softmax', got {weighting!r}")
-        self._init_norms(image_dim, text_dim, input_norm)
-        self.modality_dropout = float(modality_dropout)
+        self._init_sets(set_dims, num_classes, input_norm, prior_sets)
+        self.modality_dropout = _check_modality_dropout(modality_dropout, len(self.sets))
         self.weighting = weighting
         self.penalty_lambda = float(penalty_lambda)
-        self.image_mlp = mlp(image_dim, hidden_dims, num_classes, dropout, linear_skip)
-        self.text_mlp = mlp(text_dim, hidden_dims, num_classes, dropout, linear_skip)
-        init = torch.full((2,), 0.5) if weighting == "penalty" else torch.zeros(2)
+        self.branches = nn.ModuleList(
+            nn.Identity()
+            if i in self.prior_idx
+            else mlp(d, hidden_dims, num_classes, dropout, linear_skip)
+            for i, d in enumerate(self.dims)
+        )
+        k = len(self.sets)
+        init = torch.full((k,), 1.0 / k) if weighting == "penalty" else torch.zeros(k)
         # Raw weights for "penalty", logits for "softmax"; fusion_weights() maps either to
-        # (alpha, beta).
+        # the weights that multiply the branches.
         self.weights = nn.Parameter(init)
 
     def fusion_weights(self) -> Tensor:
@@ -344,34 +477,35 @@ class DualLogitHead(FusionHead):
     def aux_loss(self) -> Tensor | None:
         if self.weighting == "softmax":
             return None
-        alpha, beta = self.weights
-        negative = torch.relu(-alpha) + torch.relu(-beta)
-        return self.penalty_lambda * (negative + (alpha + beta - 1).abs())
+        w = self.weights
+        return self.penalty_lambda * (torch.relu(-w).sum() + (w.sum() - 1).abs())
 
-    def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
-        image, text = self.normalised(image_emb, text_emb)
-        alpha, beta = self.fusion_weights()
-        return alpha * self.image_mlp(image) + beta * self.text_mlp(text)
+    def forward(self, *inputs: Tensor) -> Tensor:
+        xs = self.normalised(*inputs)
+        weights = self.fusion_weights()
+        logits = weights[0] * self.branches[0](xs[0])
+        for k in range(1, len(xs)):
+            logits = logits + weights[k] * self.branches[k](xs[k])
+        return logits
 
 
 @register("gated")
 class GatedHead(FusionHead):
-    """``z = g * f(image) + (1 - g) * h(text)`` with a per-row gate ``g = sigmoid(q([image;
-    text]))``.
+    """``z = sum_k g_k(x) * f_k(x_k)`` with a per-row gate over the sets.
 
-    Where dual-logit learns one (alpha, beta) for the whole data set, the gate looks at each
-    row: a caption that names the class opens it toward the text, a caption that says
-    nothing ("a sketch") closes it toward the image. ``f`` and ``h`` are also trained on
-    their own (the module's ``branch_loss``), so each branch is a full single-modality
-    classifier whichever way the gate swings. ``fusion_weights()`` is the batch mean of
-    ``(g, 1 - g)``, logged as alpha/beta.
+    Where the weighted-logits head learns one weight per set for the whole data set, the
+    gate looks at each row: a caption that names the class opens it toward the text, a
+    caption that says nothing ("a sketch") closes it toward the image. Over two sets the
+    gate is ``g = sigmoid(q([x_1; x_2]))`` and ``(g, 1 - g)`` (the report-era head); over
+    K > 2 it is ``softmax(q([x_1; ...; x_K]))``. Each branch ``f_k`` is also trained on its
+    own (the module's ``branch_loss``), so each is a full single-set classifier whichever
+    way the gate swings. ``fusion_weights()`` is the batch mean of the gate.
     """
 
     def __init__(
         self,
         *,
-        image_dim: int,
-        text_dim: int,
+        set_dims: Mapping[str, int],
         num_classes: int,
         hidden_dims: Sequence[int] = (512,),
         dropout: float = 0.0,
@@ -379,44 +513,64 @@ class GatedHead(FusionHead):
         modality_dropout: float = 0.0,
         gate_hidden: int = 64,
         linear_skip: bool = False,
+        prior_sets: Sequence[str] | None = (),
     ) -> None:
         super().__init__()
-        self._init_norms(image_dim, text_dim, input_norm)
-        self.modality_dropout = float(modality_dropout)
-        self.image_mlp = mlp(image_dim, hidden_dims, num_classes, dropout, linear_skip)
-        self.text_mlp = mlp(text_dim, hidden_dims, num_classes, dropout, linear_skip)
-        self.gate = mlp(image_dim + text_dim, [gate_hidden] if gate_hidden else [], 1, 0.0)
+        self.body_idx = self._init_sets(set_dims, num_classes, input_norm, prior_sets)
+        self._init_priors()
+        self.modality_dropout = _check_modality_dropout(modality_dropout, len(self.sets))
+        self.branches = nn.ModuleList(
+            mlp(self.dims[i], hidden_dims, num_classes, dropout, linear_skip)
+            for i in self.body_idx
+        )
+        k = len(self.body_idx)
+        width = sum(self.dims[i] for i in self.body_idx)
+        # Two branches: one sigmoid output (old checkpoints' shape); more: a softmax over K.
+        self.gate = mlp(width, [gate_hidden] if gate_hidden else [], 1 if k <= 2 else k, 0.0)
         self._last: tuple[Tensor, ...] = ()
-        self._mean_gate = torch.tensor(0.5)
+        self._mean_gate = torch.full((k,), 1.0 / k)
 
-    def _gate(self, image: Tensor, text: Tensor) -> Tensor:
-        """``g`` of normalised inputs, shape ``[N, 1]``."""
-        return torch.sigmoid(self.gate(torch.cat([image, text], dim=1)))
+    def _gate(self, xs: Sequence[Tensor]) -> Tensor:
+        """The gate of normalised inputs, shape ``[N, K]`` (rows sum to 1)."""
+        q = self.gate(torch.cat([xs[i] for i in self.body_idx], dim=1))
+        if len(self.body_idx) == 1:
+            return torch.ones_like(q)
+        if q.shape[1] == 1:
+            g = torch.sigmoid(q)
+            return torch.cat([g, 1 - g], dim=1)
+        return q.softmax(dim=1)
 
-    def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
-        image, text = self.normalised(image_emb, text_emb)
-        f, h = self.image_mlp(image), self.text_mlp(text)
-        g = self._gate(image, text)
-        self._last = (f, h) if self.training else ()
-        self._mean_gate = g.detach().mean()
-        return g * f + (1 - g) * h
+    def forward(self, *inputs: Tensor) -> Tensor:
+        xs = self.normalised(*inputs)
+        fs = [branch(xs[i]) for branch, i in zip(self.branches, self.body_idx, strict=True)]
+        g = self._gate(xs)
+        self._last = tuple(fs) if self.training else ()
+        self._mean_gate = g.detach().mean(dim=0)
+        logits = g[:, :1] * fs[0]
+        for k in range(1, len(fs)):
+            logits = logits + g[:, k : k + 1] * fs[k]
+        return self._add_priors(logits, xs)
 
-    def gate_values(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
-        """The per-row gate ``g`` (weight of the image branch), shape ``[N]``."""
-        return self._gate(self.image_norm(image_emb), self.text_norm(text_emb))[:, 0]
+    def gate_values(self, *inputs: Tensor) -> Tensor:
+        """The per-row gate, shape ``[N, K]`` (column k: the weight of set k's branch)."""
+        xs = [norm(x) for norm, x in zip(self.norms, inputs, strict=True)]
+        return self._gate(xs)
 
     def branch_logits(self) -> tuple[Tensor, ...]:
         return self._last
 
     def fusion_weights(self) -> Tensor:
-        return torch.stack([self._mean_gate, 1 - self._mean_gate])
+        return self._mean_gate
+
+    def weight_names(self) -> list[str]:
+        return [self.sets[i] for i in self.body_idx]
 
 
 @register("projection_ref")
 class ReferenceProjectionHead(FusionHead):
     """The reference code's ``FusionClassifier`` (its "fusion" model), for reproduction.
 
-    Each modality linearly projected to ``fusion_dim``, concatenated, then
+    Each set linearly projected to ``fusion_dim``, concatenated, then
     Linear -> ReLU -> Dropout -> Linear: unlike ``projection`` there is no ReLU between the
     projections and the MLP, and no input normalisation.
     """
@@ -424,21 +578,19 @@ class ReferenceProjectionHead(FusionHead):
     def __init__(
         self,
         *,
-        image_dim: int,
-        text_dim: int,
+        set_dims: Mapping[str, int],
         num_classes: int,
         fusion_dim: int = 512,
         hidden_dims: Sequence[int] = (512,),
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        self._init_norms(image_dim, text_dim, "none")  # the reference normalises nothing
-        self.image_proj = nn.Linear(image_dim, fusion_dim)
-        self.text_proj = nn.Linear(text_dim, fusion_dim)
-        self.mlp = mlp(2 * fusion_dim, hidden_dims, num_classes, dropout)
+        self._init_sets(set_dims, num_classes, "none")  # the reference normalises nothing
+        self.projs = nn.ModuleList(nn.Linear(d, fusion_dim) for d in self.dims)
+        self.mlp = mlp(len(self.dims) * fusion_dim, hidden_dims, num_classes, dropout)
 
-    def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
-        return self.mlp(torch.cat([self.image_proj(image_emb), self.text_proj(text_emb)], dim=1))
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return self.mlp(torch.cat([p(x) for p, x in zip(self.projs, inputs, strict=True)], 1))
 
 
 class HeadSweep(FusionHead):
@@ -465,12 +617,16 @@ class HeadSweep(FusionHead):
         """The member currently selected on val."""
         return self.members[int(self.selected)]
 
-    def fit_input_stats(self, image_emb: Tensor, text_emb: Tensor) -> None:
-        for member in self.members:
-            member.fit_input_stats(image_emb, text_emb)
+    @property
+    def sets(self) -> list[str]:  # type: ignore[override]
+        return self.members[0].sets
 
-    def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
-        return self.chosen(image_emb, text_emb)
+    def fit_input_stats(self, *inputs: Tensor) -> None:
+        for member in self.members:
+            member.fit_input_stats(*inputs)
+
+    def forward(self, *inputs: Tensor) -> Tensor:
+        return self.chosen(*inputs)
 
     def aux_loss(self) -> Tensor | None:
         return self.chosen.aux_loss()
@@ -480,6 +636,9 @@ class HeadSweep(FusionHead):
 
     def fusion_weights(self) -> Tensor | None:
         return self.chosen.fusion_weights()
+
+    def weight_names(self) -> list[str]:
+        return self.chosen.weight_names()
 
 
 def head_members(head: FusionHead) -> list[FusionHead]:

@@ -114,12 +114,23 @@ def lr_factor(
 def answering_history(
     alpha_beta_history: list[list[float]], member_weights_history: list[list[float]], chosen: int
 ) -> list[list[float]]:
-    """(step, alpha, beta) of member ``chosen`` through the whole run. Without a sweep that
-    is the logged history; with one, the logged history follows the member answering at
-    each step, which can change at a validation, so it is read from every member's."""
+    """(step, w_1, ..., w_K) of member ``chosen`` through the whole run ((step, alpha, beta)
+    over image and text). Without a sweep that is the logged history; with one, the logged
+    history follows the member answering at each step, which can change at a validation, so
+    it is read from every member's."""
     if not member_weights_history:
         return alpha_beta_history
-    return [[row[0], row[1 + 2 * chosen], row[2 + 2 * chosen]] for row in member_weights_history]
+    k = len(alpha_beta_history[0]) - 1 if alpha_beta_history else 2
+    start = 1 + k * chosen
+    return [[row[0], *row[start : start + k]] for row in member_weights_history]
+
+
+def fusion_weight_keys(names: Sequence[str]) -> list[str]:
+    """The logged names of a head's fusion weights: ``fusion/alpha``, ``fusion/beta`` over
+    image and text (the report's names), ``fusion/weight/<set>`` otherwise."""
+    if tuple(names) == ("image", "text"):
+        return ["fusion/alpha", "fusion/beta"]
+    return [f"fusion/weight/{n}" for n in names]
 
 
 class FusionModule(L.LightningModule):
@@ -129,24 +140,26 @@ class FusionModule(L.LightningModule):
 
     Args:
         head: the head, a name in ``fusion.heads.HEADS``: visual_only, text_only, concat,
-            projection, projection_ref, dual_logit or gated.
-        image_dim: image-embedding width, read from the store's manifest (linked by train.py).
-        text_dim: text-embedding width, read from the store's manifest (linked by train.py).
+            projection, projection_ref, dual_logit (= weighted_logits) or gated.
+        set_dims: the feature sets read, name -> width in input order, from the store's
+            manifest and ``--data.features`` (linked by train.py).
         class_names: the class list, read from the store's manifest (linked by train.py).
+        prior_sets: scores sets (dim = classes) added to the logits with a learned weight
+            instead of entering as features (``[]``: every set is a feature).
         hidden_dims: hidden sizes of each MLP; ``[]`` is one linear layer (the probe's model).
         dropout: dropout after each hidden layer.
         input_norm: every head but projection_ref: per-modality input normalisation:
             ``standardize`` (train mean/std, as the probe), ``layernorm`` or ``none``.
         fusion_dim: projection, projection_ref only: width each modality is projected to.
-        weighting: dual_logit only: ``penalty`` (alpha, beta free, the report's penalty) or
-            ``softmax`` ((alpha, beta) = softmax(w), no penalty).
-        penalty_lambda: dual_logit only: slope of the penalty's L1 pull of alpha + beta toward
-            1 (and of alpha, beta toward >= 0). A constant pull, not a constraint: alpha +
-            beta also scales the logits, and the sum settles above 1 wherever sharper logits
-            lower the training loss by more than lambda (2.57 on the demo at 0.1); read
-            alpha / (alpha + beta) as the image's share, or use weighting softmax.
+        weighting: dual_logit only: ``penalty`` (one free weight per set, the report's
+            penalty) or ``softmax`` (weights = softmax(v), no penalty).
+        penalty_lambda: dual_logit only: slope of the penalty's L1 pull of the weights' sum
+            toward 1 (and of each weight toward >= 0). A constant pull, not a constraint:
+            the sum also scales the logits, and settles above 1 wherever sharper logits
+            lower the training loss by more than lambda (alpha + beta 2.57 on the demo at
+            0.1); read w_k / sum w as set k's share, or use weighting softmax.
         modality_dropout: concat, projection, dual_logit, gated only: per-row chance of
-            dropping the text input, and the same chance of dropping the image, in training.
+            dropping each set's whole input in training (at most one set per row).
         gate_hidden: gated only: hidden width of the gate (0: a linear gate).
         branch_loss: gated only: weight of the cross-entropy of each single-modality branch.
         label_smoothing: label smoothing of the training loss (validation loss is plain).
@@ -180,9 +193,9 @@ class FusionModule(L.LightningModule):
         self,
         head: str = "dual_logit",
         *,
-        image_dim: int,
-        text_dim: int,
+        set_dims: dict[str, int],
         class_names: list[str],
+        prior_sets: list[str] | None = None,
         hidden_dims: Sequence[int] = (512,),
         dropout: float = 0.3,
         input_norm: Literal["standardize", "layernorm", "none"] | bool = "standardize",
@@ -212,14 +225,14 @@ class FusionModule(L.LightningModule):
         # Plain lists only (no tuples or config objects): checkpoints load with weights_only.
         self.hparams.hidden_dims = [int(h) for h in hidden_dims]
         self.hparams.class_names = [str(c) for c in class_names]
+        self.hparams.set_dims = {str(k): int(v) for k, v in dict(set_dims).items()}
         if isinstance(weight_decay, (list, tuple)):
             if not weight_decay:
                 raise ValueError("weight_decay: an empty list; give a value or a list of them")
             self.hparams.weight_decay = weight_decays(weight_decay)
         self.head = build_head(
             head,
-            image_dim=image_dim,
-            text_dim=text_dim,
+            set_dims=self.hparams.set_dims,
             num_classes=len(self.hparams.class_names),
             **head_options(self.hparams),
         )
@@ -231,7 +244,7 @@ class FusionModule(L.LightningModule):
             accuracy_metrics(num_classes, "val/") for _ in range(count)
         )
         self.val_loss = nn.ModuleList(MeanMetric() for _ in range(count))
-        # (step, alpha, beta) for the end-of-fit plot; saved in checkpoints so a resumed
+        # (step, alpha, beta) (over K sets: step and K weights) for the end-of-fit plot; saved in checkpoints so a resumed
         # run's plot covers the whole run.
         self.alpha_beta_history: list[list[float]] = []
         # A weight-decay sweep's every member, (step, alpha_0, beta_0, alpha_1, ...): the
@@ -250,8 +263,8 @@ class FusionModule(L.LightningModule):
         if stage == "fit" and hasattr(datamodule, "train_tensors"):
             self.head.fit_input_stats(*datamodule.train_tensors())
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.head(image, text)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(*inputs)
 
     def _chosen(self) -> int:
         """Index of the member that answers: the one chosen on val (0 without a sweep)."""
@@ -260,7 +273,7 @@ class FusionModule(L.LightningModule):
     def _member_loss(self, member: nn.Module, batch: dict):
         """(logits, loss, penalty) of one head on a training batch."""
         labels = batch["label"]
-        logits = member(batch["image"], batch["text"])
+        logits = member(*batch["x"])
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         for branch in member.branch_logits():
             loss = loss + self.hparams.branch_loss * F.cross_entropy(branch, labels)
@@ -300,7 +313,7 @@ class FusionModule(L.LightningModule):
         return self._answering
 
     def _record_fusion_weights(self, weights: list[torch.Tensor], chosen: int) -> None:
-        """Keep this step's (alpha, beta) of every member on the device, until the next
+        """Keep this step's weights (alpha, beta) of every member on the device, until the next
         logging step (``log_every_n_steps``) copies them all to the host at once."""
         pairs = torch.cat([w.detach() for w in weights])  # a copy: the optimizer moves w
         self._pending_weights.append((self.global_step, self.current_epoch, chosen, pairs))
@@ -320,15 +333,18 @@ class FusionModule(L.LightningModule):
             return
         pending, self._pending_weights = self._pending_weights, []
         values = torch.stack([row[3] for row in pending]).float().cpu().tolist()
-        sweep = len(values[0]) > 2
+        # One weight per set of every member: (alpha, beta) over image and text.
+        keys = fusion_weight_keys(self.head.weight_names())
+        k = len(keys)
+        sweep = len(values[0]) > k
         log = self._trainer is not None and self.trainer.is_global_zero
-        for (step, epoch, chosen, _), pairs in zip(pending, values, strict=True):
-            alpha, beta = pairs[2 * chosen : 2 * chosen + 2]
+        for (step, epoch, chosen, _), weights in zip(pending, values, strict=True):
+            mine = weights[k * chosen : k * chosen + k]
             if sweep:
-                self.member_weights_history.append([step, *pairs])
-            self.alpha_beta_history.append([step, alpha, beta])
+                self.member_weights_history.append([step, *weights])
+            self.alpha_beta_history.append([step, *mine])
             if log:
-                row = {"fusion/alpha": alpha, "fusion/beta": beta, "epoch": epoch}
+                row = {**dict(zip(keys, mine, strict=True)), "epoch": epoch}
                 for logger in self.loggers:
                     logger.log_metrics(row, step=step)
 
@@ -351,7 +367,7 @@ class FusionModule(L.LightningModule):
         for member, metrics, mean_loss in zip(
             head_members(self.head), self.val_metrics, self.val_loss, strict=True
         ):
-            logits = member(batch["image"], batch["text"])
+            logits = member(*batch["x"])
             loss = F.cross_entropy(logits, batch["label"], reduction="sum")
             mean_loss.update(loss / len(logits), weight=len(logits))
             metrics.update(logits, batch["label"])
@@ -394,7 +410,7 @@ class FusionModule(L.LightningModule):
             metric.reset()
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        probs = self.head(batch["image"], batch["text"]).softmax(dim=1)
+        probs = self.head(*batch["x"]).softmax(dim=1)
         return {"index": batch["index"], "probs": probs}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -438,7 +454,7 @@ class FusionModule(L.LightningModule):
         for member, weight_decay in zip(head_members(self.head), decays, strict=True):
             decay, no_decay, fusion = [], [], []
             for name, param in member.named_parameters():
-                if name == "weights" or name.startswith("gate."):
+                if name in ("weights", "prior_weights") or name.startswith("gate."):
                     fusion.append(param)
                 elif param.ndim >= 2:
                     decay.append(param)
@@ -497,7 +513,7 @@ def set_rng_states(states: dict) -> None:
 
 def head_options(hparams: dict) -> dict:
     """The head's own options out of a module's (or a checkpoint's) hyper-parameters."""
-    skip = {"head", "image_dim", "text_dim", "class_names"}
+    skip = {"head", "set_dims", "image_dim", "text_dim", "class_names"}
     options = {k: v for k, v in dict(hparams).items() if k not in skip}
     options["members"] = len(weight_decays(options.get("weight_decay", 0.0)))
     return options

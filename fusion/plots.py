@@ -26,9 +26,12 @@ def plot_alpha_beta(
     *,
     title: str = "",
     head: str | None = None,
+    names: Sequence[str] | None = None,
 ) -> Path:
     """Plot ``(step, alpha, beta)`` rows and their sum to ``out`` (PNG), written atomically;
-    ``head="gated"``: labelled as the gate (whose two weights sum to 1 by construction)."""
+    ``head="gated"``: labelled as the gate (whose two weights sum to 1 by construction).
+    Over other sets than image and text (``names``: the set of each weight, rows
+    ``(step, w_1, ..., w_K)``) one line per set, labelled with its name."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
@@ -37,15 +40,27 @@ def plot_alpha_beta(
     from fusion.predict import atomic_write_bytes
 
     steps = [row[0] for row in history]
-    alpha = [row[1] for row in history]
-    beta = [row[2] for row in history]
-    first, second, what = weight_labels(head)
+    names = list(names) if names else ["image", "text"]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(steps, alpha, label=first)
-    ax.plot(steps, beta, label=second)
-    if head != "gated":
-        sums = [a + b for a, b in zip(alpha, beta, strict=True)]
-        ax.plot(steps, sums, "k:", label="alpha + beta")
+    if names == ["image", "text"]:
+        alpha = [row[1] for row in history]
+        beta = [row[2] for row in history]
+        first, second, what = weight_labels(head)
+        ax.plot(steps, alpha, label=first)
+        ax.plot(steps, beta, label=second)
+        if head != "gated":
+            sums = [a + b for a, b in zip(alpha, beta, strict=True)]
+            ax.plot(steps, sums, "k:", label="alpha + beta")
+    else:
+        for k, name in enumerate(names):
+            ax.plot(steps, [row[1 + k] for row in history], label=name)
+        if head != "gated":
+            ax.plot(steps, [sum(row[1:]) for row in history], "k:", label="sum")
+        what = (
+            "gated head's gate, batch mean per set"
+            if head == "gated"
+            else "weighted-logits head: one weight per feature set"
+        )
     ax.set_xlabel("training step")
     ax.set_ylabel("weight")
     ax.set_title(f"{title}: {what}" if title else what)

@@ -37,11 +37,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from feature_store import StoreError, StoreInfo, load_arrays, open_store, read_failures
+from feature_store import (
+    StoreError,
+    StoreInfo,
+    load_arrays,
+    load_features,
+    open_store,
+    read_failures,
+)
 from feature_store.console import show_path
 from feature_store.integrity import fingerprint_diff, model_fingerprint
+from feature_store.sets import entry
 from fusion.exit import ExitError
-from fusion.heads import FusionHead, build_head
+from fusion.heads import FusionHead, build_head, checkpoint_set_dims
 
 FINGERPRINT_KEY = "store_fingerprint"  # written by fusion.callbacks.StoreFingerprint
 
@@ -90,8 +98,7 @@ def load_head(checkpoint: str | os.PathLike) -> tuple[FusionHead, dict]:
     hp = ckpt["hyper_parameters"]
     head = build_head(
         hp["head"],
-        image_dim=hp["image_dim"],
-        text_dim=hp["text_dim"],
+        set_dims=checkpoint_set_dims(hp),
         num_classes=len(hp["class_names"]),
         **head_options(hp),
     )
@@ -116,7 +123,7 @@ def check_fingerprint(hparams: dict, info: StoreInfo, checkpoint: str | os.PathL
             "store fingerprints); retrain it, or, if the store was built with the same "
             f"models, pooling and preprocessing, {flag}."
         )
-    diffs = fingerprint_diff(saved, model_fingerprint(info))
+    diffs = fingerprint_diff(saved, model_fingerprint(info, list(checkpoint_set_dims(hparams))))
     if diffs:
         raise StoreError(
             f"{info.root} was built with other models than {checkpoint}'s training store "
@@ -129,9 +136,14 @@ def check_fingerprint(hparams: dict, info: StoreInfo, checkpoint: str | os.PathL
 def check_compatible(hparams: dict, info: StoreInfo, checkpoint: str | os.PathLike) -> None:
     """Raise :class:`StoreError` naming every dim or class-list difference."""
     diffs = []
-    for key, store_value in (("image_dim", info.image_dim), ("text_dim", info.text_dim)):
-        if int(hparams[key]) != store_value:
-            diffs.append(f"{key}: checkpoint {hparams[key]}, store {store_value}")
+    names = info.feature_names
+    for name, dim in checkpoint_set_dims(hparams).items():
+        if name not in names:
+            diffs.append(f"set {name!r}: in the checkpoint, not in the store (it has {names})")
+        elif int(entry(info, name)["dim"]) != dim:
+            diffs.append(
+                f"set {name!r} dim: checkpoint {dim}, store {int(entry(info, name)['dim'])}"
+            )
     ckpt_names, store_names = list(hparams["class_names"]), info.class_names
     if len(ckpt_names) != len(store_names):
         diffs.append(f"class count: checkpoint {len(ckpt_names)}, store {len(store_names)}")
@@ -150,13 +162,15 @@ def check_compatible(hparams: dict, info: StoreInfo, checkpoint: str | os.PathLi
 
 @torch.inference_mode()
 def head_probs(
-    head: FusionHead, image: np.ndarray, text: np.ndarray, *, batch_size: int = 4096
+    head: FusionHead, inputs: Sequence[np.ndarray], *, batch_size: int = 4096
 ) -> np.ndarray:
-    """Softmax probabilities of ``head`` over in-memory embeddings, in batches."""
-    image_t, text_t = torch.from_numpy(image), torch.from_numpy(text)
+    """Softmax probabilities of ``head`` over in-memory feature sets (one array per set, in
+    the head's input order), in batches."""
+    xs = [torch.from_numpy(np.ascontiguousarray(x)) for x in inputs]
+    rows = len(xs[0]) if xs else 0
     out = [
-        head(image_t[i : i + batch_size], text_t[i : i + batch_size]).softmax(dim=1)
-        for i in range(0, len(image_t), batch_size)
+        head(*(x[i : i + batch_size] for x in xs)).softmax(dim=1)
+        for i in range(0, rows, batch_size)
     ]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
@@ -183,12 +197,14 @@ def predict_probs(
         check_compatible(hp, info, path)
         if not allow_store_mismatch:
             check_fingerprint(hp, info, path)
-        heads.append(head)
-    arrays = load_arrays(store, split)
+        heads.append((head, list(checkpoint_set_dims(hp))))
+    # Every set any checkpoint reads, loaded once (members may read different sets).
+    wanted = list(dict.fromkeys(n for _, sets in heads for n in sets))
+    arrays = load_features(store, split, wanted)
     probs = np.zeros((len(arrays), info.num_classes), dtype=np.float64)
     if len(arrays):
-        for head in heads:
-            probs += head_probs(head, arrays.image_emb, arrays.text_emb, batch_size=batch_size)
+        for head, sets in heads:
+            probs += head_probs(head, [arrays[n] for n in sets], batch_size=batch_size)
     probs /= len(heads)
     bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
     if len(bad):

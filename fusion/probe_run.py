@@ -2,13 +2,16 @@
 
 $ python train.py probe --data.store stores/kaggle
 $ python train.py probe --data.store stores/kaggle --probe.cs [0.01,0.1,1] --probe.max_dim 256
+$ python train.py probe --data.store stores/kaggle --data.features [dinov2_giant,siglip,siglip_zero_shot]
 
 Fits :func:`fusion.probe.fit_probe` (standardise, logistic regression, C swept on val) on
-the image, text and concatenated embeddings and writes a run directory like a fit's
+every feature set of ``--data.features`` alone (default ``[image, text]``) and on their
+concatenation, and writes a run directory like a fit's
 (``runs/probe/<time>/`` or ``--run_dir``)::
 
     config.yaml             the resolved options
-    probe.json              per feature set: best C, val top-1, the whole sweep; the store
+    probe.json              per feature set and the concatenation ("concat"): best C, val
+                            top-1, the whole sweep; the sets and the store
     metrics.csv             features,C,val/acc_top1 for every fit of the sweep
     val_predictions.csv     id,label,pred,confidence of the best feature set on val
     submission.csv          Id,Category of the best feature set on the test split
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_store import load_arrays, open_store
+from feature_store import load_features, open_store
 from feature_store.cli import CliParser
 from feature_store.console import show_path
 from feature_store.integrity import check_finite
@@ -40,16 +43,17 @@ from fusion.probe import DEFAULT_CS, DEFAULT_MAX_ITER, fit_probe
 from fusion.submission import add_submission_arguments, write_submission
 from fusion.wandb_report import add_wandb_arguments
 
-VIEWS = ("image", "text", "concat")
+CONCAT = "concat"  # the view of every chosen set side by side
+DEFAULT_SETS = ["image", "text"]
 PROBE_FILE = "probe.json"
 
 
-def views(arrays) -> dict[str, np.ndarray]:
-    return {
-        "image": arrays.image_emb,
-        "text": arrays.text_emb,
-        "concat": np.concatenate([arrays.image_emb, arrays.text_emb], axis=1),
-    }
+def views(arrays, sets: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each set of ``sets`` alone and (several sets) their concatenation ``concat``."""
+    out = {name: arrays[name] for name in sets}
+    if len(sets) > 1:
+        out[CONCAT] = np.concatenate([arrays[name] for name in sets], axis=1)
+    return out
 
 
 def store_key(store: str | Path) -> dict:
@@ -75,7 +79,14 @@ def parser() -> CliParser:
         "--probe.max_iter", type=int, default=DEFAULT_MAX_ITER, help="L-BFGS iterations per C"
     )
     p.add_argument("--probe.max_dim", type=int | None, default=None, help="PCA past this many dims")
-    p.add_argument("--probe.views", type=list[str], default=list(VIEWS), help="feature sets")
+    p.add_argument(
+        "--data.features", type=list[str] | None, default=None,
+        help="the store's feature sets to probe, alone and concatenated (default [image, text])",
+    )  # fmt: skip
+    p.add_argument(
+        "--probe.views", type=list[str] | None, default=None,
+        help="some of the sets and 'concat' (default: all of them)",
+    )  # fmt: skip
     p.add_argument("--run_dir", type=str | None, default=None, help="run directory")
     p.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")
     add_wandb_arguments(p, kind="probe")
@@ -103,10 +114,19 @@ def _probe(p: CliParser, cfg, run: Path) -> Path:
 
     store = Path(cfg.data.store)
     info = open_store(store)
-    unknown = [v for v in cfg.probe.views if v not in VIEWS]
-    if unknown or not cfg.probe.views or min(cfg.probe.cs, default=0) <= 0:
+    sets = list(cfg.data.features or DEFAULT_SETS)
+    missing = [s for s in sets if s not in info.feature_names]
+    if missing or len(set(sets)) != len(sets):
         raise ExitError(
-            f"train.py probe: --probe.views takes some of {list(VIEWS)} (got "
+            f"train.py probe: --data.features {sets}: {store} has the sets "
+            f"{info.feature_names} (each named once)"
+        )
+    allowed = [*sets, CONCAT] if len(sets) > 1 else sets
+    chosen = list(cfg.probe.views) if cfg.probe.views is not None else allowed
+    unknown = [v for v in chosen if v not in allowed]
+    if unknown or not chosen or min(cfg.probe.cs, default=0) <= 0:
+        raise ExitError(
+            f"train.py probe: --probe.views takes some of {allowed} (got "
             f"{cfg.probe.views}) and --probe.cs positive values (got {cfg.probe.cs})"
         )
 
@@ -124,7 +144,7 @@ def _probe(p: CliParser, cfg, run: Path) -> Path:
 
     settings()
     splits = [cfg.data.train_split, cfg.data.val_split, cfg.data.predict_split]
-    train, val, test = (load_arrays(store, s) if s else None for s in splits)
+    train, val, test = (load_features(store, s, sets) if s else None for s in splits)
     for split, arrays in zip(splits, (train, val, test), strict=True):
         if arrays is not None:  # a NaN row would stop scikit-learn with a traceback
             check_finite(arrays, f"{store}/{split}")
@@ -132,14 +152,14 @@ def _probe(p: CliParser, cfg, run: Path) -> Path:
         raise ExitError(
             f"train.py probe: {store}/{cfg.data.train_split} holds fewer than 2 classes"
         )
-    x_train, x_val = views(train), views(val)
+    x_train, x_val = views(train, sets), views(val, sets)
     # Only once the inputs are known to be good; an unfinished probe run there is replaced.
     if claim_command_run(run, "train.py probe"):
         print(f"replacing the unfinished probe run in {show_path(run)}")
     print(f"run directory: {show_path(run)}")
     p.save(cfg, run / "config.yaml", overwrite=True)
     results, probes, sweep_rows = {}, {}, []
-    for name in cfg.probe.views:
+    for name in chosen:
         start = time.perf_counter()
         probe = fit_probe(
             x_train[name],
@@ -168,7 +188,7 @@ def _probe(p: CliParser, cfg, run: Path) -> Path:
     score = {"best/val/acc_top1": results[best]["val_acc_top1"]}
     submission = None
     if test is not None:
-        probs = probes[best].predict_proba(views(test)[best])
+        probs = probes[best].predict_proba(views(test, sets)[best])
         submission, _ = write_submission(
             run / "submission.csv",
             test.ids,
@@ -179,7 +199,7 @@ def _probe(p: CliParser, cfg, run: Path) -> Path:
             message=cfg.message,
             meta={**score, "features": best, "C": probes[best].best_c},
         )
-    summary = {"store": store_key(store), "best": best, "results": results}
+    summary = {"store": store_key(store), "features": sets, "best": best, "results": results}
     (run / PROBE_FILE).write_text(json.dumps(summary, indent=2))
     log_candidate(
         run,
@@ -202,8 +222,12 @@ def _probe(p: CliParser, cfg, run: Path) -> Path:
     return run
 
 
-def latest_probe(store: str | Path, runs_root: str | Path = "runs") -> dict | None:
-    """The newest ``probe.json`` under ``runs_root/probe`` made on this very store."""
+def latest_probe(
+    store: str | Path, runs_root: str | Path = "runs", sets: Sequence[str] | None = None
+) -> dict | None:
+    """The newest ``probe.json`` under ``runs_root/probe`` made on this very store that
+    probed every set of ``sets`` (default image and text)."""
+    sets = list(sets or DEFAULT_SETS)
     try:
         key = store_key(store)
     except Exception:
@@ -214,12 +238,19 @@ def latest_probe(store: str | Path, runs_root: str | Path = "runs") -> dict | No
             summary = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if summary.get("store") == key:
+        if summary.get("store") == key and set(sets) <= set(summary.get("results") or {}):
             return summary
     return None
 
 
-def probe_line(summary: dict) -> str:
-    """``probe on this store: image 0.930, text 0.420, concat 0.885`` for a fit's last line."""
-    parts = [f"{v} {r['val_acc_top1']:.4f}" for v, r in summary["results"].items()]
-    return "linear probe on this store (val/acc_top1): " + ", ".join(parts)
+def probe_line(summary: dict, sets: Sequence[str] | None = None) -> str:
+    """``linear probe on these sets (val/acc_top1): image 0.930, text 0.420, concat 0.885``
+    for a fit's last line: the probe of each set the fit read, and of their concatenation
+    when the probe concatenated exactly those sets."""
+    sets = list(sets or DEFAULT_SETS)
+    results = summary["results"]
+    shown = [s for s in sets if s in results]
+    if list(summary.get("features") or DEFAULT_SETS) == sets and CONCAT in results:
+        shown.append(CONCAT)
+    parts = [f"{v} {results[v]['val_acc_top1']:.4f}" for v in shown]
+    return "linear probe on these sets (val/acc_top1): " + ", ".join(parts)

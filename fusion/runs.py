@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 
-from fusion.heads import HEADS
+from fusion.heads import HEADS, checkpoint_set_dims
 from fusion.predict import CheckpointError, load_checkpoint
 from fusion.wandb_report import run_config, wandb_runs
 
@@ -171,10 +171,11 @@ def check_resume(ckpt_path: Path, model) -> None:
         ckpt = load_checkpoint(ckpt_path)
     except CheckpointError as err:
         raise ResumeError(f"--ckpt_path: {err}") from err
-    hp, want = ckpt["hyper_parameters"], model.hparams
+    hp, want = dict(ckpt["hyper_parameters"]), dict(model.hparams)
+    hp["set_dims"], want["set_dims"] = checkpoint_set_dims(hp), checkpoint_set_dims(want)
     diffs = [
         f"{k}: checkpoint {hp.get(k)!r}, config {want.get(k)!r}"
-        for k in ("head", "image_dim", "text_dim", "class_names")
+        for k in ("head", "set_dims", "class_names")
         if hp.get(k) != want.get(k)
     ]
     mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -236,6 +236,26 @@ def cv_fold_of(checkpoint: str | Path) -> tuple[Path, int] | None:
     return (run.parent, int(folds)) if isinstance(folds, int) and folds > 1 else None
 
 
+def member_sets(member: str | Path) -> list[str]:
+    """The feature sets a member reads: a checkpoint's, or a ``train.py cv`` directory's
+    (its folds' ``data.features``; ``[image, text]`` when the config leaves it out)."""
+    import yaml
+
+    from fusion.heads import checkpoint_set_dims
+    from fusion.predict import load_checkpoint
+
+    path = Path(member)
+    if path.is_file():
+        return list(checkpoint_set_dims(load_checkpoint(path)["hyper_parameters"]))
+    try:
+        config = yaml.safe_load((path / "fold_0" / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    data = config.get("data") if isinstance(config, dict) else None
+    features = data.get("features") if isinstance(data, dict) else None
+    return list(features) if features else ["image", "text"]
+
+
 def from_checkpoints(cfg, predict: bool) -> StackRows:
     """``--checkpoint`` members: fitted on the val split of ``--data.store``."""
     from feature_store import load_arrays, open_store
@@ -362,6 +382,7 @@ def _stack(p, cfg, members: Sequence[str], run: Path) -> Path:
     p.save(cfg, run / "config.yaml", overwrite=True)
     summary = {
         "members": list(members),
+        "member_sets": [member_sets(m) for m in members],
         "method": method,
         "fitted_on": rows.fitted_on,
         "rows_fitted": len(labels),

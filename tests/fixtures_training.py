@@ -59,8 +59,7 @@ def fit_module(store: Path, head: str, *, epochs: int, seed: int = 0, **hparams)
     options = {"hidden_dims": [32], "dropout": 0.0, "lr": 3e-3, "warmup_epochs": 0.0}
     model = FusionModule(
         head,
-        image_dim=dm.image_dim,
-        text_dim=dm.text_dim,
+        set_dims=dm.set_dims,
         class_names=dm.class_names,
         **{**options, **hparams},
     )

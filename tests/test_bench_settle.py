@@ -49,6 +49,8 @@ def test_gate_recorder_saves_the_val_gate_of_the_final_weights(tmp_path):
     last = FusionModule.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     with torch.no_grad():
         chosen = head_members(last.head)[last._chosen()]
-        expected = chosen.gate_values(torch.as_tensor(val.image_emb), torch.as_tensor(val.text_emb))
+        expected = chosen.gate_values(
+            torch.as_tensor(val.image_emb), torch.as_tensor(val.text_emb)
+        )[:, 0]
     np.testing.assert_allclose(gates[-1], expected.numpy(), atol=1e-5)
     assert not np.allclose(gates[0], gates[-1])  # the gate moved from its initial values

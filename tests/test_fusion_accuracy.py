@@ -52,9 +52,9 @@ def test_heads_fit_their_standardisation_from_train_and_checkpoint_it(tmp_path):
     model, _ = fit_module(store, "concat", epochs=1)
     train = load_arrays(store, "train")
     torch.testing.assert_close(
-        model.head.image_norm.mean, torch.from_numpy(train.image_emb.mean(0))
+        model.head.norms[0].mean, torch.from_numpy(train.image_emb.mean(0))
     )
-    assert "head.image_norm.std" in model.state_dict()
+    assert "head.norms.0.std" in model.state_dict()
 
 
 @pytest.mark.parametrize(
@@ -147,7 +147,7 @@ def test_param_groups_never_decay_biases_or_alpha_beta_and_speed_up_alpha_beta()
     from fusion.module import FusionModule
 
     model = FusionModule(
-        "dual_logit", image_dim=4, text_dim=3, class_names=["a", "b"], fusion_lr_scale=10
+        "dual_logit", set_dims={"image": 4, "text": 3}, class_names=["a", "b"], fusion_lr_scale=10
     )
     groups = model.param_groups(lr=1e-3)
     fusion = next(g for g in groups if any(p is model.head.weights for p in g["params"]))
@@ -161,7 +161,7 @@ def test_a_gate_never_decays_and_learns_at_the_fusion_scale():
     from fusion.module import FusionModule
 
     model = FusionModule(
-        "gated", image_dim=4, text_dim=3, class_names=["a", "b"], fusion_lr_scale=3,
+        "gated", set_dims={"image": 4, "text": 3}, class_names=["a", "b"], fusion_lr_scale=3,
         weight_decay=[0.01, 0.1],
     )  # fmt: skip
     groups = model.param_groups(lr=0.1)
@@ -187,7 +187,9 @@ def test_gate_opens_toward_the_informative_caption(mix_store):
     head = model.head.eval()
     assert isinstance(head, GatedHead)
     with torch.no_grad():
-        gate = head.gate_values(torch.from_numpy(val.image_emb), torch.from_numpy(val.text_emb))
+        gate = head.gate_values(
+            torch.from_numpy(val.image_emb), torch.from_numpy(val.text_emb)
+        )[:, 0]
     image_weight = {k: float(gate[torch.from_numpy(kinds == k)].mean()) for k in set(kinds)}
     # The gate is the image branch's weight: low where the caption names the class.
     assert image_weight["informative"] < 0.4 < 0.6 < image_weight["neutral"], image_weight
@@ -211,7 +213,7 @@ def test_modality_dropout_keeps_image_only_accuracy(tmp_path):
 
     def image_only_acc(model) -> float:
         head = model.head.eval()
-        text_mean = head.text_norm.mean.expand(len(val.labels), -1)  # a caption that says nothing
+        text_mean = head.norms[1].mean.expand(len(val.labels), -1)  # a caption that says nothing
         with torch.no_grad():
             logits = head(torch.from_numpy(val.image_emb), text_mean)
         return float((logits.argmax(1).numpy() == val.labels).mean())
@@ -304,7 +306,7 @@ def test_probe_run_writes_a_run_and_fits_print_it(tmp_path, caplog):
     assert latest_probe(store, tmp_path / "runs")["best"] == summary["best"]
     with caplog.at_level("INFO", logger="lightning.pytorch"):
         fit_cli(store, tmp_path / "runs" / "fit", "--runs_root", str(tmp_path / "runs"), epochs=1)
-    assert "linear probe on this store (val/acc_top1): image" in caplog.text
+    assert "linear probe on these sets (val/acc_top1): image" in caplog.text
 
 
 def test_dual_logit_weights_settle_within_the_first_fifth_of_training(tmp_path):
@@ -319,7 +321,7 @@ def test_dual_logit_weights_settle_within_the_first_fifth_of_training(tmp_path):
 
 def test_every_head_builds_with_an_empty_hidden_list():
     for kind in ("visual_only", "concat", "dual_logit", "gated"):
-        head = build_head(kind, image_dim=4, text_dim=3, num_classes=2, hidden_dims=[])
+        head = build_head(kind, set_dims={"image": 4, "text": 3}, num_classes=2, hidden_dims=[])
         assert head(torch.randn(5, 4), torch.randn(5, 3)).shape == (5, 2)
 
 

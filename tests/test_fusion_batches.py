@@ -80,7 +80,8 @@ def test_the_datamodule_draws_tensor_batches_by_default(tmp_path):
     assert isinstance(loader, TensorBatches)
     rows = dm._rows[dm.train_split]
     batch = next(iter(loader))
-    assert torch.equal(batch["image"], rows.image[batch["index"]])
+    assert torch.equal(batch["x"][0], rows.x[0][batch["index"]])
+    assert torch.equal(batch["x"][1], rows.x[1][batch["index"]])
     assert torch.equal(batch["label"], rows.label[batch["index"]])
     old = FeatureDataModule(str(store), batch_size=32, loader="dataloader")
     old.setup("fit")
@@ -94,7 +95,7 @@ def _fit(store, root, *, epochs: int, ckpt_path=None, every_n_steps: int = 0):
     L.seed_everything(0)
     dm = FeatureDataModule(str(store), batch_size=16)
     model = FusionModule(
-        "dual_logit", image_dim=dm.image_dim, text_dim=dm.text_dim, class_names=dm.class_names,
+        "dual_logit", set_dims=dm.set_dims, class_names=dm.class_names,
         hidden_dims=[16], dropout=0.3, modality_dropout=0.1, weight_decay=[0.0, 0.1],
     )  # fmt: skip
     saver = ModelCheckpoint(

@@ -81,7 +81,7 @@ def test_config_instantiates(config: Path, tmp_path, monkeypatch, capsys):
     assert cli.model.head.kind == spec["model"]["head"]
     hp = cli.model.hparams
     # Dims and classes come from the store, never from the YAML.
-    assert (hp.image_dim, hp.text_dim, len(hp.class_names)) == (16, 12, 6)
+    assert (hp.set_dims, len(hp.class_names)) == ({"image": 16, "text": 12}, 6)
     for key, value in spec["model"].items():
         assert hp[key] == (list(value) if isinstance(value, tuple) else value), key
     if spec["trainer"]["max_epochs"] is not None:

@@ -20,7 +20,7 @@ def store(tmp_path_factory):
 
 def test_datamodule_reads_dims_and_classes_from_the_manifest(store):
     dm = FeatureDataModule(str(store))
-    assert (dm.image_dim, dm.text_dim) == (16, 12)
+    assert dm.set_dims == {"image": 16, "text": 12}
     assert dm.class_names == [f"class_{i:03d}" for i in range(5)]
 
 
@@ -32,10 +32,10 @@ def test_train_batches_are_index_slices_covering_every_row_once(store):
     for batch in dm.train_dataloader():
         idx = batch["index"].numpy()
         assert len(idx) <= 32
-        np.testing.assert_array_equal(batch["image"].numpy(), arrays.image_emb[idx])
-        np.testing.assert_array_equal(batch["text"].numpy(), arrays.text_emb[idx])
+        np.testing.assert_array_equal(batch["x"][0].numpy(), arrays.image_emb[idx])
+        np.testing.assert_array_equal(batch["x"][1].numpy(), arrays.text_emb[idx])
         np.testing.assert_array_equal(batch["label"].numpy(), arrays.labels[idx])
-        assert batch["image"].dtype == torch.float32 and batch["label"].dtype == torch.int64
+        assert batch["x"][0].dtype == torch.float32 and batch["label"].dtype == torch.int64
         seen.extend(idx.tolist())
     assert sorted(seen) == list(range(len(arrays)))
     assert seen != sorted(seen)  # shuffled

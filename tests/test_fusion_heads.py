@@ -1,12 +1,18 @@
-"""Contract tests over every registered head, and the dual-logit weightings."""
+"""Contract tests over every registered head, the weighted-logits weightings, and heads
+over K feature sets (priors, set dropout, old checkpoints' weights)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fusion.heads import HEADS, DualLogitHead, build_head
+from fusion.heads import HEADS, WeightedLogitsHead, build_head
 
 IMAGE_DIM, TEXT_DIM, CLASSES = 16, 12, 7
+DIMS = {"image": IMAGE_DIM, "text": TEXT_DIM}
+
+
+def DualLogitHead(*, image_dim, text_dim, **kw):  # noqa: N802 - the K=2 head, as before
+    return WeightedLogitsHead(set_dims={"image": image_dim, "text": text_dim}, **kw)
 
 
 def _batch(n=9, seed=0):
@@ -29,7 +35,7 @@ def test_registry_has_the_issue_heads():
 def test_head_contract(kind, options):
     torch.manual_seed(0)
     head = build_head(
-        kind, image_dim=IMAGE_DIM, text_dim=TEXT_DIM, num_classes=CLASSES, fusion_dim=10, **options
+        kind, set_dims=DIMS, num_classes=CLASSES, fusion_dim=10, **options
     )
     assert head.kind == kind
     image, text, labels = _batch()
@@ -47,8 +53,8 @@ def test_head_contract(kind, options):
 
 def test_single_modality_heads_ignore_the_other_input():
     image, text, _ = _batch()
-    visual = build_head("visual_only", image_dim=IMAGE_DIM, text_dim=TEXT_DIM, num_classes=CLASSES)
-    textual = build_head("text_only", image_dim=IMAGE_DIM, text_dim=TEXT_DIM, num_classes=CLASSES)
+    visual = build_head("visual_only", set_dims=DIMS, num_classes=CLASSES)
+    textual = build_head("text_only", set_dims=DIMS, num_classes=CLASSES)
     visual.eval(), textual.eval()
     assert torch.equal(visual(image, text), visual(image, torch.randn_like(text)))
     assert torch.equal(textual(image, text), textual(torch.randn_like(image), text))
@@ -57,7 +63,7 @@ def test_single_modality_heads_ignore_the_other_input():
 
 def test_unknown_head_names_the_registered_ones():
     with pytest.raises(ValueError, match="dual_logit"):
-        build_head("nope", image_dim=4, text_dim=4, num_classes=2)
+        build_head("nope", set_dims={"image": 4, "text": 4}, num_classes=2)
 
 
 def test_dual_logit_is_the_weighted_sum_of_its_two_classifiers():
@@ -65,7 +71,7 @@ def test_dual_logit_is_the_weighted_sum_of_its_two_classifiers():
     with torch.no_grad():
         head.weights.copy_(torch.tensor([0.3, 1.2]))
     image, text, _ = _batch()
-    expected = 0.3 * head.image_mlp(image) + 1.2 * head.text_mlp(text)
+    expected = 0.3 * head.branches[0](image) + 1.2 * head.branches[1](text)
     torch.testing.assert_close(head(image, text), expected)
 
 
@@ -121,3 +127,121 @@ def test_penalty_weighting_pulls_alpha_plus_beta_toward_one():
     _, without = _train_weights("penalty", 0.0, [1.5, 1.0])
     assert abs(with_penalty[-1] - 1) < 0.5 * abs(2.5 - 1)
     assert abs(with_penalty[-1] - 1) < abs(without[-1] - 1)
+
+
+SETS3 = {"a": 6, "b": 5, "zs": CLASSES}
+
+
+def _sets_batch(n=11, seed=0, dims=SETS3):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, d, generator=g) for d in dims.values()]
+
+
+@pytest.mark.parametrize("kind", ["concat", "projection", "dual_logit", "gated"])
+@pytest.mark.parametrize("priors", [[], ["zs"]])
+def test_heads_over_three_sets_train_every_parameter(kind, priors):
+    torch.manual_seed(0)
+    head = build_head(kind, set_dims=SETS3, num_classes=CLASSES, fusion_dim=8, prior_sets=priors)
+    xs = _sets_batch()
+    logits = head(*xs)
+    assert logits.shape == (11, CLASSES)
+    loss = F.cross_entropy(logits, torch.arange(11) % CLASSES)
+    for branch in head.branch_logits():
+        loss = loss + F.cross_entropy(branch, torch.arange(11) % CLASSES)
+    if head.aux_loss() is not None:
+        loss = loss + head.aux_loss()
+    loss.backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{kind}: {name} gets no gradient"
+    weights = head.fusion_weights()
+    if weights is not None:
+        assert len(weights) == len(head.weight_names())
+
+
+def test_weighted_logits_over_k_sets_is_the_weighted_sum_and_a_prior_is_its_scores():
+    head = build_head(
+        "weighted_logits", set_dims=SETS3, num_classes=CLASSES, input_norm="none",
+        prior_sets=["zs"],
+    ).eval()
+    assert head.kind == "dual_logit"  # one head, two names
+    torch.testing.assert_close(head.fusion_weights().detach(), torch.full((3,), 1 / 3))
+    with torch.no_grad():
+        head.weights.copy_(torch.tensor([0.2, 0.5, 2.0]))
+    a, b, zs = _sets_batch()
+    expected = 0.2 * head.branches[0](a) + 0.5 * head.branches[1](b) + 2.0 * zs
+    torch.testing.assert_close(head(a, b, zs), expected)
+    # The penalty over K weights: lambda * (negative parts + |sum - 1|).
+    with torch.no_grad():
+        head.weights.copy_(torch.tensor([-0.5, 0.5, 2.0]))
+    assert float(head.aux_loss().detach()) == pytest.approx(0.1 * (0.5 + abs(2.0 - 1)))
+
+
+def test_a_prior_on_concat_starts_at_zero_and_adds_its_scores():
+    head = build_head(
+        "concat", set_dims=SETS3, num_classes=CLASSES, input_norm="none", hidden_dims=[],
+        prior_sets=["zs"],
+    ).eval()
+    a, b, zs = _sets_batch()
+    body = head.mlp(torch.cat([a, b], dim=1))
+    torch.testing.assert_close(head(a, b, zs), body)  # weight 0: the plain head at first
+    with torch.no_grad():
+        head.prior_weights.fill_(1.5)
+    torch.testing.assert_close(head(a, b, zs), body + 1.5 * zs)
+
+
+def test_bad_sets_are_refused_with_what_to_change():
+    with pytest.raises(ValueError, match="one score per class"):
+        build_head("concat", set_dims=SETS3, num_classes=CLASSES, prior_sets=["a"])
+    with pytest.raises(ValueError, match="not among the head's sets"):
+        build_head("concat", set_dims=SETS3, num_classes=CLASSES, prior_sets=["x"])
+    with pytest.raises(ValueError, match="reads the set 'image'"):
+        build_head("visual_only", set_dims=SETS3, num_classes=CLASSES)
+    with pytest.raises(ValueError, match="at most"):
+        build_head("concat", set_dims=SETS3, num_classes=CLASSES, modality_dropout=0.4)
+
+
+def test_gated_over_three_sets_gives_each_row_a_distribution():
+    head = build_head("gated", set_dims={"a": 6, "b": 5, "c": 4}, num_classes=CLASSES).eval()
+    xs = _sets_batch(dims={"a": 6, "b": 5, "c": 4})
+    g = head.gate_values(*xs)
+    assert g.shape == (11, 3)
+    torch.testing.assert_close(g.sum(dim=1), torch.ones(11))
+    assert head.weight_names() == ["a", "b", "c"]
+
+
+def test_set_dropout_drops_at_most_one_set_per_row_each_at_its_rate():
+    torch.manual_seed(0)
+    head = build_head("concat", set_dims={"a": 3, "b": 3, "c": 3}, num_classes=2,
+                      input_norm="none", modality_dropout=0.2)
+    xs = [torch.ones(20000, 3) for _ in range(3)]
+    head.train()
+    out = head.normalised(*xs)
+    dropped = torch.stack([(x == 0).all(dim=1) for x in out], dim=1)
+    assert int(dropped.sum(dim=1).max()) == 1
+    rates = dropped.float().mean(dim=0)
+    torch.testing.assert_close(rates, torch.full((3,), 0.2), atol=0.015, rtol=0)
+    head.eval()
+    assert all(torch.equal(x, y) for x, y in zip(head.normalised(*xs), xs, strict=True))
+
+
+@pytest.mark.parametrize("kind", ["visual_only", "concat", "projection", "dual_logit", "gated"])
+def test_weights_saved_by_the_two_input_heads_load_into_the_k_set_heads(kind):
+    """Checkpoints written before --data.features named their parameters image_norm,
+    text_mlp...: they load unchanged and give the same logits."""
+    torch.manual_seed(0)
+    head = build_head(kind, set_dims=DIMS, num_classes=CLASSES, fusion_dim=10).eval()
+    renames = {"norms.0.": "image_norm.", "norms.1.": "text_norm.", "branches.0.": "image_mlp.",
+               "branches.1.": "text_mlp.", "projs.0.": "image_proj.", "projs.1.": "text_proj."}
+    old = {}
+    for k, v in head.state_dict().items():
+        for new, was in renames.items():
+            if k.startswith(new):
+                k = was + k[len(new):]
+                break
+        old[k] = v.clone() + 0.01
+    fresh = build_head(kind, set_dims=DIMS, num_classes=CLASSES, fusion_dim=10).eval()
+    fresh.load_state_dict(old)
+    image, text, _ = _batch()
+    for name, v in fresh.state_dict().items():
+        assert torch.equal(v, head.state_dict()[name] + 0.01), name
+    assert fresh(image, text).shape == (9, CLASSES)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def _module(dm: FeatureDataModule, **hparams) -> FusionModule:
     return FusionModule(
-        "dual_logit", image_dim=dm.image_dim, text_dim=dm.text_dim, class_names=dm.class_names,
+        "dual_logit", set_dims=dm.set_dims, class_names=dm.class_names,
         hidden_dims=[16], **hparams,
     )  # fmt: skip
 

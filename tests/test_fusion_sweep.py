@@ -19,14 +19,14 @@ from tests.fixtures_training import fit_cli, fit_module, small_store
 def test_linear_skip_head_starts_as_its_linear_map():
     torch.manual_seed(0)
     head = build_head(
-        "visual_only", image_dim=6, text_dim=3, num_classes=4, hidden_dims=[8], linear_skip=True
+        "visual_only", set_dims={"image": 6, "text": 3}, num_classes=4, hidden_dims=[8], linear_skip=True
     )
     assert isinstance(head.mlp, SkipMLP)
     x = torch.randn(10, 6)
-    torch.testing.assert_close(head(x, torch.randn(10, 3)), head.mlp.linear(head.image_norm(x)))
+    torch.testing.assert_close(head(x, torch.randn(10, 3)), head.mlp.linear(head.norms[0](x)))
     # Without hidden layers the head already is the linear map: no second one.
     plain = build_head(
-        "visual_only", image_dim=6, text_dim=3, num_classes=4, hidden_dims=[], linear_skip=True
+        "visual_only", set_dims={"image": 6, "text": 3}, num_classes=4, hidden_dims=[], linear_skip=True
     )
     assert sum(p.numel() for p in plain.parameters()) == 6 * 4 + 4
 
@@ -36,14 +36,14 @@ def test_sweep_members_train_as_if_each_were_trained_alone():
     torch.manual_seed(0)
     options = {"hidden_dims": [8], "dropout": 0.0, "optimizer": "sgd", "momentum": 0.9}
     sweep = FusionModule(
-        "concat", image_dim=5, text_dim=3, class_names=list("abcd"),
+        "concat", set_dims={"image": 5, "text": 3}, class_names=list("abcd"),
         weight_decay=[0.0, 0.5], **options,
     )  # fmt: skip
     assert isinstance(sweep.head, HeadSweep) and len(sweep.head.members) == 2
     alone = []
     for member, decay in zip(sweep.head.members, (0.0, 0.5), strict=True):
         single = FusionModule(
-            "concat", image_dim=5, text_dim=3, class_names=list("abcd"), weight_decay=decay,
+            "concat", set_dims={"image": 5, "text": 3}, class_names=list("abcd"), weight_decay=decay,
             **options,
         )  # fmt: skip
         single.head.load_state_dict(member.state_dict())
@@ -51,8 +51,7 @@ def test_sweep_members_train_as_if_each_were_trained_alone():
     gen = torch.Generator().manual_seed(1)
     batches = [
         {
-            "image": torch.randn(16, 5, generator=gen),
-            "text": torch.randn(16, 3, generator=gen),
+            "x": [torch.randn(16, 5, generator=gen), torch.randn(16, 3, generator=gen)],
             "label": torch.randint(0, 4, (16,), generator=gen),
         }
         for _ in range(5)
@@ -114,13 +113,13 @@ def test_sweep_checkpoint_predicts_with_the_chosen_member(tmp_path):
 def test_sweep_loss_is_the_sum_of_member_losses():
     torch.manual_seed(0)
     module = FusionModule(
-        "visual_only", image_dim=4, text_dim=2, class_names=list("abc"), hidden_dims=[],
+        "visual_only", set_dims={"image": 4, "text": 2}, class_names=list("abc"), hidden_dims=[],
         weight_decay=[0.0, 0.1, 1.0],
     )  # fmt: skip
-    batch = {"image": torch.randn(8, 4), "text": torch.randn(8, 2), "label": torch.arange(8) % 3}
+    batch = {"x": [torch.randn(8, 4), torch.randn(8, 2)], "label": torch.arange(8) % 3}
     loss = module.training_step(batch, 0)
     expected = sum(
-        F.cross_entropy(m(batch["image"], batch["text"]), batch["label"])
+        F.cross_entropy(m(batch["x"][0], batch["x"][1]), batch["label"])
         for m in copy.deepcopy(module.head).members
     )
     torch.testing.assert_close(loss, expected)
@@ -130,12 +129,12 @@ def test_sweep_ties_go_to_the_stronger_weight_decay():
     """As the probe keeps the smallest C among equal val scores."""
     torch.manual_seed(0)
     module = FusionModule(
-        "visual_only", image_dim=4, text_dim=2, class_names=list("abc"), hidden_dims=[],
+        "visual_only", set_dims={"image": 4, "text": 2}, class_names=list("abc"), hidden_dims=[],
         weight_decay=[0.0, 0.1, 0.01],
     )  # fmt: skip
     for member in module.head.members[1:]:
         member.load_state_dict(module.head.members[0].state_dict())
-    batch = {"image": torch.randn(9, 4), "text": torch.randn(9, 2), "label": torch.arange(9) % 3}
+    batch = {"x": [torch.randn(9, 4), torch.randn(9, 2)], "label": torch.arange(9) % 3}
     module.eval()
     module.validation_step(batch, 0)
     module.on_validation_epoch_end()
@@ -156,7 +155,7 @@ def test_a_sweep_keeps_every_members_alpha_beta_through_the_run(tmp_path):
     assert not np.allclose(pairs[-1, :2], pairs[-1, 2:])  # two members, two trajectories
     checkpoint = {}
     model.on_save_checkpoint(checkpoint)
-    restored = FusionModule("dual_logit", image_dim=16, text_dim=12, class_names=list("abcde"),
+    restored = FusionModule("dual_logit", set_dims={"image": 16, "text": 12}, class_names=list("abcde"),
                             weight_decay=[0.0, 1.0])  # fmt: skip
     restored.on_load_checkpoint(checkpoint)
     assert restored.member_weights_history == every

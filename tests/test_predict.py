@@ -80,7 +80,7 @@ def test_several_checkpoints_average_their_probabilities(trained, tmp_path):
 def test_a_store_with_other_dims_or_classes_is_refused(trained, tmp_path):
     _, (ckpt, _) = trained
     other = small_store(tmp_path / "dims", image_dim=20)
-    with pytest.raises(SystemExit, match="image_dim: checkpoint 16, store 20"):
+    with pytest.raises(SystemExit, match="set 'image' dim: checkpoint 16, store 20"):
         predict.main(
             ["--checkpoint", str(ckpt), "--store", str(other), "--out", str(tmp_path / "x.csv")]
         )
@@ -113,6 +113,6 @@ def test_head_probs_batches_agree_with_one_batch(trained):
     store, (ckpt, _) = trained
     head, _ = load_head(ckpt)
     val = load_arrays(store, "val")
-    one = head_probs(head, val.image_emb, val.text_emb, batch_size=10_000)
-    many = head_probs(head, val.image_emb, val.text_emb, batch_size=7)
+    one = head_probs(head, [val.image_emb, val.text_emb], batch_size=10_000)
+    many = head_probs(head, [val.image_emb, val.text_emb], batch_size=7)
     np.testing.assert_allclose(one, many, rtol=1e-5, atol=1e-7)

@@ -54,7 +54,7 @@ def expected_metrics(ckpt: Path, store: Path, split: str) -> tuple[float, float]
     """(top-1 accuracy, mean cross-entropy) of the checkpoint on ``split``, without Lightning."""
     head, _ = load_head(ckpt)
     arrays = load_arrays(store, split)
-    probs = head_probs(head, arrays.image_emb, arrays.text_emb).astype(np.float64)
+    probs = head_probs(head, [arrays.image_emb, arrays.text_emb]).astype(np.float64)
     acc = float((probs.argmax(axis=1) == arrays.labels).mean())
     loss = float(-np.log(probs[np.arange(len(probs)), arrays.labels]).mean())
     return acc, loss
