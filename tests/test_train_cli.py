@@ -52,7 +52,7 @@ def test_fit_writes_the_run_directory_contract(store, tmp_path, monkeypatch):
     # Checkpoints: plain hyper-parameters, loadable with weights_only=True.
     ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     hp = ckpt["hyper_parameters"]
-    assert (hp["head"], hp["image_dim"], hp["text_dim"]) == ("dual_logit", 16, 12)
+    assert (hp["head"], hp["set_dims"]) == ("dual_logit", {"image": 16, "text": 12})
     assert hp["class_names"] == [f"class_{i:03d}" for i in range(5)]
     # W&B ran offline into RUN/wandb and its history holds alpha/beta of every step.
     runs = wandb_run_files(run)
