@@ -144,8 +144,9 @@ class FusionModule(L.LightningModule):
         set_dims: the feature sets read, name -> width in input order, from the store's
             manifest and ``--data.features`` (linked by train.py).
         class_names: the class list, read from the store's manifest (linked by train.py).
-        prior_sets: scores sets (dim = classes) added to the logits with a learned weight
-            instead of entering as features (``[]``: every set is a feature).
+        prior_sets: every head but projection_ref: scores sets (dim = classes) added to the
+            logits with a learned weight instead of entering as features (none: every set
+            is a feature).
         hidden_dims: hidden sizes of each MLP; ``[]`` is one linear layer (the probe's model).
         dropout: dropout after each hidden layer.
         input_norm: every head but projection_ref: per-modality input normalisation:

@@ -21,7 +21,7 @@ from fusion.module import FusionModule
 from fusion.recipe import Recipe
 from tests.fixtures_training import REPO
 
-LINKED = {"image_dim", "text_dim", "class_names"}  # read from the store, not options
+LINKED = {"set_dims", "class_names"}  # read from the store, not options
 EXTRA = ["run_dir", "runs_root", "experiment", "wandb_project", "wandb_group"]
 EXTRA += [f"wandb.{k}" for k in ("project", "entity", "group", "tags", "job_type")]
 SUBCOMMANDS = ["fit", "validate", "test", "predict", "probe", "stack", "cv", "tune"]
