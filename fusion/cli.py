@@ -557,7 +557,10 @@ class FusionCLI(LightningCLI):
                 callback.resuming = self.resuming
         # W&B starts now, not at the first log: a run that cannot start online falls back
         # to offline (or to no W&B) with one line, before training (fusion/loggers.py).
-        trainer.loggers = start_loggers(trainer.loggers, self.run_dir)
+        # Only when a subcommand runs: FusionCLI(run=False) (the Python API, tests) builds
+        # a Trainer that may never train, and must not leave a W&B run open.
+        if self.subcommand is not None:
+            trainer.loggers = start_loggers(trainer.loggers, self.run_dir)
         return trainer
 
     def apply_recipe(self, kwargs: dict) -> None:

@@ -158,3 +158,17 @@ def test_train_main_turns_bad_input_into_a_one_line_error(store, tmp_path, no_wa
         train.main([*args, "--data.store", str(tmp_path / "missing")])
     with pytest.raises(SystemExit, match="--ckpt_path last: no checkpoint"):
         train.main([*args, "--data.store", str(store), "--ckpt_path", "last"])
+
+
+def test_a_cli_built_without_running_leaves_no_wandb_run(store, tmp_path, monkeypatch):
+    """FusionCLI(run=False) (the Python API, tests) builds a Trainer that may never train:
+    its W&B run must not start, or the next fit in the process would log into it."""
+    import wandb
+
+    from fusion.cli import FusionCLI
+    from tests.fixtures_training import DEMO_CONFIG
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    FusionCLI(args=["--config", DEMO_CONFIG, "--data.store", str(store),
+                    "--run_dir", str(tmp_path / "run")], run=False)  # fmt: skip
+    assert wandb.run is None
