@@ -243,14 +243,10 @@ class FusionHead(nn.Module):
             logits = logits + w * xs[i]
         return logits
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for key in [k for k in state_dict if k.startswith(prefix)]:
-            rest = key[len(prefix) :]
-            for old, new in _OLD_PREFIXES.items():
-                if rest.startswith(old):
-                    state_dict[prefix + new + rest[len(old) :]] = state_dict.pop(key)
-                    break
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def __init__(self) -> None:
+        super().__init__()
+        # torch's public hook, run before this module's own keys are read.
+        self.register_load_state_dict_pre_hook(_rename_old_keys)
 
     def set_index(self, name: str) -> int:
         """Position of set ``name`` among the inputs; ValueError naming the head's sets."""
@@ -302,7 +298,10 @@ class FusionHead(nn.Module):
 
 
 def _check_modality_dropout(p: float, sets: int) -> float:
-    p = float(modality_dropout_value(p))
+    """``p`` as a float in [0, 1), at most 1 / ``sets`` (each row loses at most one set)."""
+    p = float(p)
+    if not 0 <= p < 1:
+        raise ValueError(f"modality_dropout must be in [0, 1), got {p}")
     if p * sets > 1 and sets > 1:
         raise ValueError(
             f"modality_dropout {p} over {sets} sets drops more than every row; give at most "
@@ -311,10 +310,14 @@ def _check_modality_dropout(p: float, sets: int) -> float:
     return p
 
 
-def modality_dropout_value(p: float) -> float:
-    if not 0 <= float(p) < 1:
-        raise ValueError(f"modality_dropout must be in [0, 1), got {p}")
-    return float(p)
+def _rename_old_keys(module, state_dict, prefix, *_) -> None:
+    """Load hook: parameter names of heads written before K sets (``_OLD_PREFIXES``)."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix) :]
+        for old, new in _OLD_PREFIXES.items():
+            if rest.startswith(old):
+                state_dict[prefix + new + rest[len(old) :]] = state_dict.pop(key)
+                break
 
 
 class _SingleSetHead(FusionHead):
