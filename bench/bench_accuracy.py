@@ -194,17 +194,18 @@ def fitted_stacks(prefix: str, fit_lp, fit_labels, test_lp, labels, kinds) -> di
 
 def stack_scores(store: Path, results: dict, labels, kinds) -> dict[str, dict[str, float]]:
     """Late fusion of separately trained heads (``python train.py stack``)."""
-    from fusion.stacking import member_log_probs
+    from fusion.combine import member_rows
+    from fusion.ensemble import log_probs
 
     out = {}
-    val_labels = load_arrays(store, "val").labels
     for name, configs in STACKS.items():
         if not all(c in results for c in configs):
             continue
         members = [results[c]["checkpoint"] for c in configs]
-        _, val_lp = member_log_probs(members, str(store), "val")
-        _, test_lp = member_log_probs(members, str(store), "test")
-        out.update(fitted_stacks(name, val_lp, val_labels, test_lp, labels, kinds))
+        # What `train.py stack --checkpoint` fits (val) and predicts (the stored test rows).
+        rows = member_rows(members, store=str(store), complete=False)
+        val_lp, test_lp = log_probs(rows.fit), log_probs(rows.predicted)
+        out.update(fitted_stacks(name, val_lp, rows.fit[0].labels, test_lp, labels, kinds))
     return out
 
 
@@ -213,8 +214,9 @@ def cv_scores(store: Path, runs: Path, labels, kinds, extra: list[str], folds: i
     test probabilities averaged), then ``python train.py stack --cv`` over them: the stacker
     fitted on every train+val row's out-of-fold probabilities. The ``val`` column of these
     rows is out-of-fold top-1 (cross-fitted for the stacks)."""
+    from fusion.combine import member_rows
     from fusion.cv import run_cv
-    from fusion.stacking import from_cv
+    from fusion.ensemble import log_probs
 
     configs = STACKS["stack3"]
     dirs = [runs / store.name / f"cv{folds}" / config for config in configs]
@@ -227,9 +229,9 @@ def cv_scores(store: Path, runs: Path, labels, kinds, extra: list[str], folds: i
              *QUIET, *extra]
         )  # fmt: skip
         seconds.append(time.perf_counter() - t0)
-    rows = from_cv(dirs, predict=True)  # what `train.py stack --cv` fits and scores
-    position = {i: n for n, i in enumerate(rows.test_ids)}
-    test_lp = rows.test_log_probs[:, [position[i] for i in load_arrays(store, "test").ids]]
+    rows = member_rows(dirs)  # what `train.py stack --cv` fits and scores
+    position = {i: n for n, i in enumerate(rows.predicted[0].ids)}
+    test_lp = log_probs(rows.predicted)[:, [position[i] for i in load_arrays(store, "test").ids]]
     out = {}
     for config, cv_dir, lp, took in zip(configs, dirs, test_lp, seconds, strict=True):
         out[f"cv{folds}:{config}"] = {
@@ -237,7 +239,8 @@ def cv_scores(store: Path, runs: Path, labels, kinds, extra: list[str], folds: i
             "val": json.loads((cv_dir / "cv.json").read_text())["oof_acc_top1"],
             "seconds": took,
         }
-    out.update(fitted_stacks("cvstack3", rows.log_probs, rows.labels, test_lp, labels, kinds))
+    fit_lp, fit_labels = log_probs(rows.fit), rows.fit[0].labels
+    out.update(fitted_stacks("cvstack3", fit_lp, fit_labels, test_lp, labels, kinds))
     return out
 
 

@@ -150,8 +150,6 @@ def combine(
     if method not in METHODS:
         raise CombineError(f"method {method!r}: choose one of {', '.join(METHODS)}")
     sources = [source(m) for m in members]
-    if not sources:
-        raise CombineError("no members to combine")
     try:
         return _combine(sources, method, store, fit_split, predict_split, folds, complete,
                         batch_size, allow_store_mismatch)  # fmt: skip
@@ -163,17 +161,42 @@ def combine(
         raise CombineError(str(err)) from err
 
 
-def _combine(sources, method, store, fit_split, predict_split, folds, complete, batch_size,
-             allow_store_mismatch) -> Combined:  # fmt: skip
+@dataclass
+class MemberRows:
+    """Every member's probabilities, aligned by id (:func:`member_rows`)."""
+
+    fit: list[Member]  # labelled rows no member trained on; empty unless every member has them
+    predicted: list[Member]  # the predicted rows; empty without a predict split
+    fallback: list[dict]  # failure rows a checkpoint's predicted rows got the prior for
+
+
+def member_rows(
+    members: Sequence[str | os.PathLike | Source],
+    *,
+    store: str | os.PathLike | None = None,
+    fit_split: str | None = "val",
+    predict_split: str | None = "test",
+    complete: bool = True,
+    batch_size: int = 4096,
+    allow_store_mismatch: bool = False,
+    need_fit: bool = False,
+) -> MemberRows:
+    """Load, check and align the members' fitted and predicted rows (what :func:`combine`
+    pools; ``bench/bench_accuracy.py`` scores each member on them). ``need_fit``: refuse a
+    member without labelled rows. Raises :class:`CombineError` (and the members' own typed
+    errors, which :func:`combine` turns into it)."""
+    sources = [source(m) for m in members]
+    if not sources:
+        raise CombineError("no members to combine")
     check_sources(sources, store=store, fit_split=fit_split, predict=predict_split is not None)
     run = _Runner(store, batch_size, allow_store_mismatch)
     fit = [_fit_member(s, fit_split, run) for s in sources]
-    if method != "mean" and None in fit:
+    if need_fit and None in fit:
         lacking = next(s for s, f in zip(sources, fit, strict=True) if f is None)
         give = "--data.val_split" if lacking.kind == "checkpoint" else "--fit_on"
         raise CombineError(
-            f"{lacking.path} has no labelled rows to fit the {method!r} pooling on: give its "
-            f"own val or out-of-fold rows ({give}), or method 'mean'"
+            f"{lacking.path} has no labelled rows to fit a pooling on: give its own val or "
+            f"out-of-fold rows ({give}), or method 'mean'"
         )
     predicted, fallback = [], []
     if predict_split is not None:
@@ -187,20 +210,30 @@ def _combine(sources, method, store, fit_split, predict_split, folds, complete, 
         if pairs:  # each --fit_on file is its own member's (the checkpoints they record)
             check_fit_on_order([f for f, _ in pairs], [m for _, m in pairs])
     fit = _align_fit(fit) if None not in fit else []
+    if fit and predicted:
+        _check_disjoint(fit, predicted)
+        if fit[0].class_names != predicted[0].class_names:
+            raise CombineError(f"{fit[0].path}: class order differs from {predicted[0].path}")
+    return MemberRows(fit, predicted, fallback)
+
+
+def _combine(sources, method, store, fit_split, predict_split, folds, complete, batch_size,
+             allow_store_mismatch) -> Combined:  # fmt: skip
+    rows = member_rows(sources, store=store, fit_split=fit_split, predict_split=predict_split,
+                       complete=complete, batch_size=batch_size,
+                       allow_store_mismatch=allow_store_mismatch,
+                       need_fit=method != "mean")  # fmt: skip
+    fit, predicted = rows.fit, rows.predicted
     if not fit and method == "mean" and predicted and all(m.labels is not None for m in predicted):
         fit = predicted  # nothing is fitted: labelled predicted rows score the average
-    elif fit and predicted:
-        _check_disjoint(fit, predicted)
     first = (predicted or fit)[0]
     out = Combined(
         method=method,
         members=[str(s.path) for s in sources],
         kinds=[s.kind for s in sources],
         class_names=list(first.class_names),
-        fallback=fallback,
+        fallback=rows.fallback,
     )
-    if fit and predicted and fit[0].class_names != predicted[0].class_names:
-        raise CombineError(f"{fit[0].path}: class order differs from {predicted[0].path}")
     stacker = None
     if fit:
         out.fit_ids, out.fit_labels = list(fit[0].ids), fit[0].labels
@@ -231,7 +264,8 @@ def check_sources(sources: Sequence[Source], *, store=None, fit_split: str | Non
     checkpoint (it trained on most of the val rows a stack is fitted on)."""
     for s in sources:
         if not s.path.exists():
-            raise CombineError(f"not found: {s.path}")
+            what = {"probs": "probabilities file"}.get(s.kind, s.kind)
+            raise CombineError(f"{what} not found: {s.path}")
         if s.fit_on is not None and s.kind != "probs":
             raise CombineError(f"{s.path}: only a .probs.npz member takes a --fit_on file")
         if s.kind == "checkpoint":

@@ -156,44 +156,6 @@ def log_probs(members: Sequence[Member]) -> np.ndarray:
     return np.log(np.clip(np.stack([m.probs for m in members]), 1e-12, None))
 
 
-def same_labels(members: Sequence[Member]) -> np.ndarray | None:
-    """The labels every aligned member holds, or None if one lacks them or differs."""
-    labels = members[0].labels
-    if labels is None or any(m.labels is None or (m.labels != labels).any() for m in members):
-        return None
-    return labels
-
-
-def fit_weights(fit: Sequence[Member], scored: Sequence[Member], *, method: str, folds: int = 5):
-    """A :class:`Stacker` fitted on the labelled ``fit`` members, to score ``scored``.
-
-    Returns ``(stacker, cross-fitted top-1 on the fit rows, each member's top-1 there)``.
-    Refuses any id present in both: weights are never fitted on rows they score.
-    """
-    from fusion.stacking import Stacker, StackError, cross_fit
-
-    fit = check_members(fit)
-    overlap = set(fit[0].ids) & set(scored[0].ids)
-    if overlap:
-        raise EnsembleError(
-            f"{len(overlap)} ids (e.g. {sorted(overlap)[:3]}) are in both {fit[0].path} and "
-            f"{scored[0].path}; fit weights on out-of-fold or val rows, not on the scored ones."
-        )
-    labels = same_labels(fit)
-    if labels is None:
-        raise EnsembleError(
-            "every --fit_on file needs the same labels (RUN/val.probs.npz or CV/oof.probs.npz)"
-        )
-    lp = log_probs(fit)
-    try:
-        crossed = cross_fit(lp, labels, method=method, folds=folds)
-    except StackError as err:
-        raise EnsembleError(f"--fit_on: {err}") from err
-    stacker = Stacker(len(fit), method).fit(lp, labels)
-    member_acc = [float((m.probs.argmax(1) == labels).mean()) for m in fit]
-    return stacker, float((crossed.argmax(1) == labels).mean()), member_acc
-
-
 def _paths(paths) -> set[Path]:
     return {Path(p).resolve() for p in paths}
 
@@ -285,16 +247,6 @@ def write_ensemble(
     return out
 
 
-def held_out_score(members: Sequence[Member], probs: np.ndarray) -> dict:
-    """``{"best/<val|oof>/acc_top1": top-1}`` of pooled ``probs`` on the members' own
-    labelled rows (each member a val or out-of-fold file); empty when they hold no labels."""
-    labels = same_labels(members)
-    if labels is None:
-        return {}
-    kind = "oof" if all(m.held_out == "oof" for m in members) else "val"
-    return {f"best/{kind}/acc_top1": float((probs.argmax(1) == labels).mean())}
-
-
 def log_run(out: Path, args, score: dict, meta: dict) -> None:
     """The ensemble's W&B run (candidate ``ensemble``) in ``OUT``'s folder (``wandb/``), a
     new run each time, named after ``OUT``; its id goes into ``OUT.json``."""
@@ -328,7 +280,7 @@ def parser():
     from jsonargparse.typing import restricted_number_type
 
     from feature_store.cli import cli_parser
-    from fusion.stacking import METHODS
+    from fusion.combine import METHODS
     from fusion.submission import add_submission_arguments
     from fusion.wandb_report import add_wandb_arguments
 
@@ -347,7 +299,11 @@ def parser():
         "pooling on; without it the members are averaged",
     )
     p.add_argument(
-        "--method", type=Literal[METHODS], default="weights", help="pooling fitted with --fit_on"
+        "--method",
+        type=Literal[METHODS] | None,
+        default=None,
+        help="the pooling (fusion/combine.py); default: weights with --fit_on, mean without "
+        "(train.py stack's default is logistic)",
     )
     p.add_argument(
         "--folds",
@@ -362,51 +318,53 @@ def parser():
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    """Entry point of ``python predict.py ensemble`` / ``python -m fusion.ensemble``."""
-    from fusion.submission import finish
+    """Entry point of ``python predict.py ensemble`` / ``python -m fusion.ensemble``: an
+    alias of ``train.py stack --probs ... [--fit_on ...]`` (:func:`fusion.combine.combine`)
+    that writes ``--out`` instead of a run directory."""
+    import sys
+
+    from fusion.combine import CombineError, Source, combine
+    from fusion.submission import finish, write_submission
 
     args = parser().parse_args(argv)
+    method = args.method or ("weights" if args.fit_on else "mean")
+    if args.method is None:  # this alias's own default, kept so its submissions reproduce
+        print(f"predict.py ensemble: --method {method} (this command's default; train.py "
+              "stack, the same pooling, defaults to logistic)", file=sys.stderr)  # fmt: skip
     try:
         check_out(Path(args.out), [*args.probs, *args.fit_on])
-        members = check_members([load_probs(f) for f in args.probs])
-        meta: dict = {"method": "mean"}
-        score: dict = {}
+        if args.fit_on and len(args.fit_on) != len(args.probs):
+            raise EnsembleError(
+                f"{len(args.fit_on)} --fit_on files for {len(args.probs)} --probs; give "
+                "one labelled file per member, in the same order"
+            )
+        fit_on = [Path(f) for f in args.fit_on] or [None] * len(args.probs)
+        sources = [Source(Path(p), f) for p, f in zip(args.probs, fit_on, strict=True)]
+        got = combine(sources, method, folds=args.folds)
+        score = got.score()
+        meta: dict = {"method": method}
         if args.fit_on:
-            if len(args.fit_on) != len(args.probs):
-                raise EnsembleError(
-                    f"{len(args.fit_on)} --fit_on files for {len(args.probs)} --probs; give "
-                    "one labelled file per member, in the same order"
-                )
-            fit = [load_probs(f) for f in args.fit_on]
-            check_fit_on_order(fit, members)
-            stacker, score, member_acc = fit_weights(fit, members, method=args.method,
-                                                     folds=args.folds)  # fmt: skip
-            probs = stacker.predict_proba(log_probs(members))
-            kind = "oof" if all(f.held_out == "oof" for f in fit) else "val"
-            score = {f"best/{kind}/acc_top1": score}
-            meta = {
-                "method": args.method,
-                "fit_on": args.fit_on,
-                "mean_weights": stacker.mean_weights(log_probs(members)),
-                "fit_acc_top1_cross_fitted": next(iter(score.values())),
-                "member_fit_acc_top1": member_acc,
-            }
-            print(f"ensemble ({args.method}): cross-fitted top-1 "
-                  f"{meta['fit_acc_top1_cross_fitted']:.4f} on the fit rows "
-                  f"vs members {[round(a, 4) for a in member_acc]}")  # fmt: skip
-        else:
-            probs = average(members)
-            score = held_out_score(members, probs)
-        out = write_ensemble(args.out, members, probs, meta={**score, **meta},
-                             message=args.message, category=args.category)  # fmt: skip
-    except EnsembleError as err:
+            meta.update(
+                fit_on=args.fit_on,
+                mean_weights=got.mean_weights,
+                fit_acc_top1_cross_fitted=got.acc,
+                member_fit_acc_top1=got.member_acc,
+            )
+            print(f"ensemble ({method}): cross-fitted top-1 {got.acc:.4f} on the fit rows "
+                  f"vs members {[round(a, 4) for a in got.member_acc]}")  # fmt: skip
+        out, _ = write_submission(
+            args.out, got.ids, got.probs, class_names=got.class_names,
+            checkpoints=got.checkpoints, category=args.category, candidate="ensemble",
+            message=args.message, meta={"members": got.members, **score, **meta},
+        )  # fmt: skip
+    except (EnsembleError, CombineError) as err:
         raise ExitError(f"predict.py ensemble: error: {err}") from err
     except OSError as err:
         raise ExitError(
             f"predict.py ensemble: error: cannot write --out {args.out} "
             f"({err.strerror or err}); choose a writable path"
         ) from err
-    print(f"wrote {show_path(out)} ({len(members[0].ids)} rows, {len(members)} members) and "
+    print(f"wrote {show_path(out)} ({len(got.ids)} rows, {len(got.members)} members) and "
           f"{show_path(out.with_suffix('.json'))}")  # fmt: skip
     log_run(out, args, score, meta)
     finish(out, competition=args.kaggle, message=args.message, prog="predict.py ensemble")

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -167,57 +166,6 @@ def cross_fit(
     return out
 
 
-def member_log_probs(checkpoints: Sequence[str], store: str, split: str) -> tuple[list, np.ndarray]:
-    from fusion.predict import predict_probs
-
-    ids, stacked = None, []
-    for ckpt in checkpoints:
-        split_ids, probs = predict_probs([ckpt], store, split)
-        if ids is not None and split_ids != ids:
-            raise ValueError(f"{ckpt}: the {split} ids differ from the first member's")
-        ids = split_ids
-        stacked.append(np.log(np.clip(probs, 1e-12, None)))
-    return ids, np.stack(stacked)
-
-
-def cv_members(cv_dirs: Sequence[str], predict: bool):
-    """``train.py cv`` directories -> (fit members, test members) of ``fusion.ensemble``.
-
-    The fit members are each directory's ``oof.probs.npz`` (every train+val row scored by
-    the fold that did not train on it), the test members its ``submission.probs.npz``
-    (the folds' test probabilities averaged)."""
-    from fusion.ensemble import check_members, load_probs
-
-    needed = ["oof.probs.npz"] + (["submission.probs.npz"] if predict else [])
-    for cv_dir in cv_dirs:
-        lacking = [n for n in needed if not (Path(cv_dir) / n).is_file()]
-        if lacking:
-            inside = sorted(str(f.parent) for f in Path(cv_dir).glob("*/oof.probs.npz"))
-            hint = f"; did you mean {' or '.join(inside)}?" if inside else ""
-            raise ValueError(
-                f"{cv_dir} has no {' or '.join(lacking)}: pass a `train.py cv` directory and "
-                f"rerun its command to finish it (finished folds are kept){hint}"
-            )
-    fit = check_members([load_probs(Path(d) / "oof.probs.npz") for d in cv_dirs])
-    test = check_members([load_probs(Path(d) / needed[-1]) for d in cv_dirs]) if predict else []
-    return fit, test
-
-
-@dataclass
-class StackRows:
-    """What a stack is fitted on (labelled rows its members did not train on) and scores."""
-
-    ids: list[str]
-    log_probs: np.ndarray  # [members, N, C]
-    labels: np.ndarray
-    fitted_on: str  # "val" (the split's name) or "out-of-fold"
-    predictions_file: str
-    test_ids: list[str] = field(default_factory=list)
-    test_log_probs: np.ndarray | None = None
-    class_names: list[str] = field(default_factory=list)
-    checkpoints: list[str] = field(default_factory=list)
-
-
 def cv_fold_of(checkpoint: str | Path) -> tuple[Path, int] | None:
     """``(CV directory, K)`` when ``checkpoint`` is a ``train.py cv`` fold's, else None.
 
@@ -245,6 +193,11 @@ def member_sets(member: str | Path) -> list[str]:
     from fusion.predict import load_checkpoint
 
     path = Path(member)
+    if path.name.endswith(".npz"):  # saved probabilities: the sets of their checkpoints
+        from fusion.ensemble import load_probs
+
+        made_by = [c for c in load_probs(path).checkpoints if Path(c).is_file()]
+        return list(dict.fromkeys(s for c in made_by for s in member_sets(c)))
     if path.is_file():
         return list(checkpoint_set_dims(load_checkpoint(path)["hyper_parameters"]))
     try:
@@ -256,54 +209,12 @@ def member_sets(member: str | Path) -> list[str]:
     return list(features) if features else ["image", "text"]
 
 
-def from_checkpoints(cfg, predict: bool) -> StackRows:
-    """``--checkpoint`` members: fitted on the val split of ``--data.store``."""
-    from feature_store import load_arrays, open_store
-
-    store, members = cfg.data.store, cfg.checkpoint
-    for ckpt in members:
-        fold = cv_fold_of(ckpt)
-        if fold is not None:
-            raise StackError(
-                f"--checkpoint {ckpt} is a fold of the {fold[1]}-fold CV {fold[0]}: it "
-                f"trained on most of the {cfg.data.val_split} rows a stack is fitted on "
-                f"(a leaked, optimistic stack); stack CV runs out of fold with --cv {fold[0]}"
-            )
-    ids, log_probs = member_log_probs(members, store, cfg.data.val_split)
-    rows = StackRows(ids, log_probs, load_arrays(store, cfg.data.val_split).labels,
-                     cfg.data.val_split, "val_predictions.csv")  # fmt: skip
-    if predict:
-        rows.test_ids, rows.test_log_probs = member_log_probs(
-            members, store, cfg.data.predict_split
-        )
-        rows.class_names, rows.checkpoints = open_store(store).class_names, list(members)
-    return rows
-
-
-def from_cv(cv_dirs: Sequence[str], predict: bool) -> StackRows:
-    """``--cv`` members: fitted on every train+val row's out-of-fold probabilities."""
-    from fusion.ensemble import EnsembleError, log_probs, same_labels
-    from fusion.exit import ExitError
-
-    try:
-        fit, test = cv_members(cv_dirs, predict)
-    except (ValueError, EnsembleError) as err:
-        raise ExitError(f"train.py stack: {err}") from err
-    labels = same_labels(fit)
-    if labels is None:
-        raise ExitError("train.py stack: the --cv directories hold other rows or labels")
-    rows = StackRows(fit[0].ids, log_probs(fit), labels, "out-of-fold", "oof_predictions.csv")
-    if predict:
-        rows.test_ids, rows.test_log_probs = test[0].ids, log_probs(test)
-        rows.class_names = test[0].class_names
-        rows.checkpoints = [c for m in test for c in m.checkpoints]
-    return rows
-
-
 def run_stack(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``python train.py stack``; returns the run directory."""
     from feature_store.cli import CliParser
     from fusion.cli import new_run_dir
+    from fusion.combine import DEFAULT_METHOD, CombineError
+    from fusion.combine import METHODS as COMBINE_METHODS
     from fusion.exit import ExitError
     from fusion.runs import UNFINISHED, is_existing_run
     from fusion.stopping import stop_exits
@@ -316,38 +227,45 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
         "--checkpoint",
         action="append",
         default=[],
-        help="a member checkpoint; repeat it. The stacker is fitted on --data.val_split",
+        help="a member checkpoint (needs --data.store); repeat it. Fitted on --data.val_split",
     )
     p.add_argument(
         "--cv",
         action="append",
         default=[],
-        help="instead of --checkpoint: a member's `train.py cv` directory; repeat it. The "
-        "stacker is fitted on every train+val row's out-of-fold probabilities",
+        help="a member's `train.py cv` directory; repeat it. Fitted on its out-of-fold rows",
+    )
+    p.add_argument(
+        "--probs",
+        action="append",
+        default=[],
+        help="a member's saved test probabilities (.probs.npz); repeat it",
+    )
+    p.add_argument(
+        "--fit_on",
+        action="append",
+        default=[],
+        help="each --probs member's own labelled val or out-of-fold .probs.npz, in --probs "
+        "order (RUN/val.probs.npz, CV/oof.probs.npz); only --stack.method mean goes without",
     )
     p.add_argument("--data.store", type=str | None, default=None, help="with --checkpoint")
     p.add_argument("--data.val_split", type=str, default="val")
     p.add_argument("--data.predict_split", type=str, default="test", help="'' to skip")
-    p.add_argument("--stack.method", type=str, default="logistic", help=f"one of {METHODS}")
+    p.add_argument(
+        "--stack.method", type=str, default=DEFAULT_METHOD, help=f"one of {COMBINE_METHODS}"
+    )
     p.add_argument("--stack.folds", type=int, default=5, help="cross-fitting folds")
     p.add_argument("--run_dir", type=str | None, default=None)
     p.add_argument("--runs_root", type=str, default="runs")
     add_wandb_arguments(p, kind="stack")
     add_submission_arguments(p)
     cfg = p.parse_args(list(argv) if argv is not None else None)
-    members = cfg.checkpoint or cfg.cv
-    if cfg.checkpoint and cfg.cv:
-        raise ExitError("train.py stack: give --checkpoint members or --cv directories, not both")
-    if len(members) < 2:
-        raise ExitError("train.py stack: give at least two --checkpoint (or --cv) members")
-    if cfg.checkpoint and not cfg.data.store:
-        raise ExitError("train.py stack: --checkpoint members need --data.store STORE")
-    if cfg.stack.method not in METHODS:
-        raise ExitError(f"train.py stack: --stack.method must be one of {METHODS}")
-    exists = Path.is_file if cfg.checkpoint else Path.is_dir
-    missing = [m for m in members if not exists(Path(m))]
-    if missing:
-        raise ExitError(f"train.py stack: not found: {', '.join(missing)}")
+    try:
+        members = stack_members(cfg.checkpoint, cfg.cv, cfg.probs, cfg.fit_on)
+    except CombineError as err:
+        raise ExitError(f"train.py stack: {err}") from err
+    if cfg.stack.method not in COMBINE_METHODS:
+        raise ExitError(f"train.py stack: --stack.method must be one of {COMBINE_METHODS}")
     run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "stack")
     if is_existing_run(run) and not (run / UNFINISHED).is_file():
         raise ExitError(f"train.py stack: {run} already holds a run; pass a new --run_dir")
@@ -355,7 +273,34 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
         return _stack(p, cfg, members, run)
 
 
-def _stack(p, cfg, members: Sequence[str], run: Path) -> Path:
+def stack_members(checkpoints=(), cv=(), probs=(), fit_on=()) -> list:
+    """``--checkpoint``, ``--cv`` and ``--probs`` (with ``--fit_on`` in ``--probs`` order) as
+    :class:`fusion.combine.Source` members, in that order; at least two."""
+    from fusion.combine import CombineError, Source
+
+    if fit_on and len(fit_on) != len(probs):
+        raise CombineError(
+            f"{len(fit_on)} --fit_on files for {len(probs)} --probs; give one labelled file "
+            "per --probs member, in the same order"
+        )
+    fit_on = fit_on or [None] * len(probs)
+    members = [Source(Path(m)) for m in [*checkpoints, *cv]]
+    members += [Source(Path(p), Path(f) if f else None) for p, f in zip(probs, fit_on, strict=True)]
+    given = ["checkpoint"] * len(checkpoints) + ["cv"] * len(cv) + ["probs"] * len(probs)
+    for m, option in zip(members, given, strict=True):
+        if m.path.exists() and m.kind != option:
+            what = {"checkpoint": "a checkpoint file", "cv": "a `train.py cv` directory",
+                    "probs": "a .probs.npz file"}  # fmt: skip
+            raise CombineError(f"--{option} {m.path} is not {what[option]}; pass it as --{m.kind}")
+    if len(members) < 2:
+        raise CombineError("give at least two members (--checkpoint, --cv or --probs)")
+    return members
+
+
+def _stack(p, cfg, members: Sequence, run: Path) -> Path:
+    import sys
+
+    from fusion.combine import OOF, CombineError, combine
     from fusion.exit import ExitError
     from fusion.predict import write_predictions_csv
     from fusion.runs import claim_command_run, finish_command_run
@@ -365,12 +310,11 @@ def _stack(p, cfg, members: Sequence[str], run: Path) -> Path:
     method, predict = cfg.stack.method, bool(cfg.data.predict_split)
     # Every member is loaded and checked, and the stack fitted, before the run exists.
     try:
-        rows = from_cv(cfg.cv, predict) if cfg.cv else from_checkpoints(cfg, predict)
-        ids, fit_lp, labels = rows.ids, rows.log_probs, rows.labels
-        crossed = cross_fit(fit_lp, labels, method=method, folds=cfg.stack.folds)
-    except StackError as err:
+        got = combine(members, method, store=cfg.data.store, fit_split=cfg.data.val_split,
+                      predict_split=cfg.data.predict_split or None,
+                      folds=cfg.stack.folds)  # fmt: skip
+    except CombineError as err:
         raise ExitError(f"train.py stack: error: {err}") from err
-    stacker = Stacker(len(fit_lp), method).fit(fit_lp, labels)
     try:  # an unfinished stack run there (killed before its end) is replaced
         if claim_command_run(run, "train.py stack"):
             print(f"replacing the unfinished stack run in {show_path(run)}")
@@ -381,27 +325,31 @@ def _stack(p, cfg, members: Sequence[str], run: Path) -> Path:
         ) from err
     p.save(cfg, run / "config.yaml", overwrite=True)
     summary = {
-        "members": list(members),
-        "member_sets": [member_sets(m) for m in members],
+        "members": got.members,
+        "member_sets": [member_sets(m) for m in got.members],
         "method": method,
-        "fitted_on": rows.fitted_on,
-        "rows_fitted": len(labels),
-        "mean_weights": stacker.mean_weights(fit_lp),
-        "acc_top1_cross_fitted": float((crossed.argmax(1) == labels).mean()),
-        "member_acc_top1": [float((lp.argmax(1) == labels).mean()) for lp in fit_lp],
+        "fitted_on": got.fitted_on,
+        "rows_fitted": len(got.fit_ids),
+        "mean_weights": got.mean_weights,
+        "acc_top1_cross_fitted": got.acc,
+        "member_acc_top1": got.member_acc,
     }
-    write_predictions_csv(run / rows.predictions_file, ids, labels, crossed)
-    # Cross-fitted on val (--checkpoint) or on every train+val row out of fold (--cv).
-    held_out = "oof" if rows.fitted_on == "out-of-fold" else "val"
-    score = {f"best/{held_out}/acc_top1": summary["acc_top1_cross_fitted"]}
+    if got.fitted_on is not None:  # cross-fitted on val, or on every train+val row out of fold
+        name = "oof_predictions.csv" if got.fitted_on == OOF else "val_predictions.csv"
+        write_predictions_csv(run / name, got.fit_ids, got.fit_labels, got.fit_probs)
+    score = got.score()
+    if got.fallback:
+        print(f"WARNING: {len(got.fallback)} {cfg.data.predict_split} inputs failed extraction; "
+              "their rows use the train class prior (see the store's failures.csv)",
+              file=sys.stderr)  # fmt: skip
     submission = None
     if predict:
         submission, _ = write_submission(
             run / "submission.csv",
-            rows.test_ids,
-            stacker.predict_proba(rows.test_log_probs),
-            class_names=rows.class_names,
-            checkpoints=rows.checkpoints,
+            got.ids,
+            got.probs,
+            class_names=got.class_names,
+            checkpoints=got.checkpoints,
             category=cfg.category,
             candidate="stack",
             message=cfg.message,
@@ -422,11 +370,13 @@ def _stack(p, cfg, members: Sequence[str], run: Path) -> Path:
         submission=submission,
     )
     finish_command_run(run)
-    print(
-        f"stack ({method}, fitted on {len(labels)} {rows.fitted_on} rows): cross-fitted acc_top1 "
-        f"{summary['acc_top1_cross_fitted']:.4f} vs members "
-        f"{[round(a, 4) for a in summary['member_acc_top1']]}; wrote {show_path(run)}"
+    scored = (
+        f"fitted on {len(got.fit_ids)} {got.fitted_on} rows): cross-fitted acc_top1 "
+        f"{got.acc:.4f} vs members {[round(a, 4) for a in got.member_acc]}"
+        if got.acc is not None
+        else "no labelled rows to score it on)"
     )
+    print(f"stack ({method}, {scored}; wrote {show_path(run)}")
     if submission is not None:
         finish(submission, competition=cfg.kaggle, message=cfg.message, prog="train.py stack")
     return run

@@ -8,8 +8,9 @@ from fixtures_training import DEMO_CONFIG, read_csv
 
 from feature_store import load_arrays
 from feature_store.synthetic import make_caption_mix_store
+from fusion.combine import CombineError, Source, combine
 from fusion.cv import run_cv
-from fusion.ensemble import EnsembleError, check_members, fit_weights, load_probs
+from fusion.ensemble import EnsembleError, check_members, load_probs
 from fusion.ensemble import main as ensemble_main
 from fusion.folds import assign_folds
 from fusion.predict import save_probs
@@ -119,18 +120,16 @@ def test_weights_are_never_fitted_on_scored_rows(tmp_path):
     good[np.arange(n), y] = 0.8
     noise = rng.dirichlet(np.ones(3), size=n)
     ids = [f"r{i}" for i in range(n)]
-    fit = [load_probs(_member(tmp_path / f"{k}.npz", ids, p, y)) for k, p in
-           (("g", good), ("n", noise))]  # fmt: skip
+    fit = [_member(tmp_path / f"{k}.npz", ids, p, y) for k, p in (("g", good), ("n", noise))]
     # Scored rows that are also fitted rows: refused, whatever the call.
-    with pytest.raises(EnsembleError, match="in both"):
-        fit_weights(fit, fit, method="weights")
+    with pytest.raises(CombineError, match="both fitted"):
+        combine([Source(f, fit_on=f) for f in fit], "weights")
     test_ids = [f"t{i}" for i in range(10)]
-    scored = [load_probs(_member(tmp_path / f"{k}t.npz", test_ids, p[:10])) for k, p in
+    scored = [_member(tmp_path / f"{k}t.npz", test_ids, p[:10]) for k, p in
               (("g", good), ("n", noise))]  # fmt: skip
-    stacker, crossed, member_acc = fit_weights(fit, scored, method="weights")
-    weights = stacker.mean_weights(np.log(np.stack([m.probs for m in scored])))
-    assert weights[0] > 0.7  # the informative member dominates (0.8 here; noise: 0.2)
-    assert member_acc[0] == 1.0 and crossed >= 0.99
+    got = combine([Source(t, fit_on=f) for t, f in zip(scored, fit, strict=True)], "weights")
+    assert got.mean_weights[0] > 0.7  # the informative member dominates (0.8 here; noise: 0.2)
+    assert got.member_acc[0] == 1.0 and got.acc >= 0.99
 
 
 def test_ensemble_cli_from_probs_files(tmp_path, capsys):
