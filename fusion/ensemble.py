@@ -328,9 +328,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     args = parser().parse_args(argv)
     method = args.method or ("weights" if args.fit_on else "mean")
-    if args.method is None:  # this alias's own default, kept so its submissions reproduce
-        print(f"predict.py ensemble: --method {method} (this command's default; train.py "
-              "stack, the same pooling, defaults to logistic)", file=sys.stderr)  # fmt: skip
     try:
         check_out(Path(args.out), [*args.probs, *args.fit_on])
         if args.fit_on and len(args.fit_on) != len(args.probs):
@@ -341,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         fit_on = [Path(f) for f in args.fit_on] or [None] * len(args.probs)
         sources = [Source(Path(p), f) for p, f in zip(args.probs, fit_on, strict=True)]
         got = combine(sources, method, folds=args.folds)
+        if args.method is None:  # this alias's own default, kept so its submissions reproduce
+            print(f"predict.py ensemble: --method {method} (this command's default; train.py "
+                  "stack, the same pooling, defaults to logistic)", file=sys.stderr)  # fmt: skip
         score = got.score()
         meta: dict = {"method": method}
         if args.fit_on:

@@ -430,15 +430,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
         raise ExitError(f"predict.py: error: --checkpoint {other} is not a checkpoint; combine "
                         "CV directories and .probs.npz files with train.py stack --cv/--probs "
                         "(or predict.py ensemble --probs)")  # fmt: skip
-    if len(args.checkpoint) > 1:  # an alias of `train.py stack --stack.method mean`
-        print(f"predict.py: {len(args.checkpoint)} checkpoints averaged (method mean; train.py "
-              "stack fits their pooling on val, logistic by default)", file=sys.stderr)  # fmt: skip
     try:  # the stored rows; submit() adds the failed inputs (or refuses them, --strict)
         got = combine(args.checkpoint, "mean", store=args.store, fit_split=None,
                       predict_split=args.split, complete=False, batch_size=args.batch_size,
                       allow_store_mismatch=args.allow_store_mismatch)  # fmt: skip
     except CombineError as err:
         raise ExitError(f"predict.py: error: {err}") from err
+    if len(args.checkpoint) > 1:  # an alias of `train.py stack --stack.method mean`
+        print(f"predict.py: {len(args.checkpoint)} checkpoints averaged (method mean; train.py "
+              "stack fits their pooling on val, logistic by default)", file=sys.stderr)  # fmt: skip
     ids, probs = got.ids, got.probs
     out, _ = submit(
         out,

@@ -146,3 +146,98 @@ def test_without_a_predict_split_only_the_fitted_rows(members):
     got = combine([members["ckpt"], members["cv"]], store=members["store"], predict_split=None)
     assert got.probs is None and got.ids == [] and len(got.fit_ids) == 40
     assert isinstance(got.probs, type(None)) and Path(got.members[1]) == members["cv"]
+
+
+# --- the one command and its aliases ----------------------------------------------------
+
+
+def _same_submission(a: Path, b: Path) -> None:
+    """Two submissions with the same CSV bytes and the same probabilities."""
+    assert a.read_bytes() == b.read_bytes()
+    pa, pb = (load_probs(x.with_name(x.stem + ".probs.npz")) for x in (a, b))
+    assert pa.ids == pb.ids and pa.class_names == pb.class_names
+    np.testing.assert_array_equal(pa.probs, pb.probs)
+
+
+def test_train_stack_takes_the_mixed_members(members, tmp_path):
+    import json
+
+    import train
+
+    m, run = members, tmp_path / "stack"
+    train.main(["stack", "--checkpoint", str(m["ckpt"]), "--cv", str(m["cv"]), "--probs",
+                str(m["probs"]), "--fit_on", str(m["fit_on"]), "--data.store", str(m["store"]),
+                "--run_dir", str(run)])  # fmt: skip
+    got = combine(_mixed(m), store=m["store"])
+    sub = load_probs(run / "submission.probs.npz")
+    assert sub.ids == got.ids
+    np.testing.assert_array_equal(sub.probs, got.probs)
+    summary = json.loads((run / "stack.json").read_text())
+    assert summary["method"] == DEFAULT_METHOD  # train.py stack's default is the function's
+    assert summary["fitted_on"] == "val" and summary["rows_fitted"] == len(got.fit_ids)
+    assert summary["acc_top1_cross_fitted"] == pytest.approx(got.acc)
+    assert len((run / "val_predictions.csv").read_text().splitlines()) == len(got.fit_ids) + 1
+
+
+def test_predict_ensemble_is_an_alias_of_train_stack(members, tmp_path, capsys):
+    import predict
+    import train
+
+    m, root = members, members["ckpt"].parents[1]
+    pairs = [(m["probs"], m["fit_on"]), (root / "submission.probs.npz", root / "val.probs.npz")]
+    for method in ("weights", "mean"):
+        ens, run = tmp_path / f"ens_{method}.csv", tmp_path / f"stack_{method}"
+        fit_on = [a for _, f in pairs for a in ("--fit_on", str(f))] if method != "mean" else []
+        capsys.readouterr()
+        predict.main(["ensemble", *[a for p, _ in pairs for a in ("--probs", str(p))], *fit_on,
+                      "--out", str(ens)])  # fmt: skip
+        # Its old defaults (weights with --fit_on, mean without) stay, named on stderr.
+        assert f"--method {method} (this command's default" in capsys.readouterr().err
+        stack_members = [a for p, f in pairs for a in ("--probs", str(p), "--fit_on", str(f))]
+        if method == "mean":
+            stack_members = [a for p, _ in pairs for a in ("--probs", str(p))]
+        train.main(["stack", *stack_members, "--stack.method", method, "--run_dir", str(run)])
+        _same_submission(ens, run / "submission.csv")
+
+
+def test_several_checkpoints_in_predict_are_an_alias_of_a_mean_stack(members, tmp_path, capsys):
+    import predict
+    import train
+
+    m = members
+    ckpts = [str(m["ckpt"]), str(m["probs"].parent / "checkpoints" / "best.ckpt")]
+    out, run = tmp_path / "avg.csv", tmp_path / "stack"
+    capsys.readouterr()
+    predict.main(["--checkpoint", ckpts[0], "--checkpoint", ckpts[1], "--store", str(m["store"]),
+                  "--out", str(out)])  # fmt: skip
+    assert "2 checkpoints averaged (method mean" in capsys.readouterr().err
+    train.main(["stack", "--checkpoint", ckpts[0], "--checkpoint", ckpts[1], "--data.store",
+                str(m["store"]), "--stack.method", "mean", "--run_dir", str(run)])  # fmt: skip
+    _same_submission(out, run / "submission.csv")
+    by_hand = np.mean([predict_probs([c], m["store"], "test")[1] for c in ckpts], axis=0)
+    np.testing.assert_allclose(load_probs(out.with_name("avg.probs.npz")).probs, by_hand,
+                               atol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--cv", "{ckpt}", "--cv", "{cv}"], "--cv {ckpt} is not a `train.py cv` directory"),
+        (["--probs", "{probs}", "--probs", "{probs}", "--fit_on", "{fit_on}"],
+         "1 --fit_on files for 2 --probs"),
+        (["--cv", "{cv}", "--probs", "{probs}"], "no labelled rows"),
+        (["--cv", "{cv}"], "at least two members"),
+    ],
+)  # fmt: skip
+def test_train_stack_refuses_bad_members_in_one_line(members, tmp_path, capsys, argv, words):
+    import train
+
+    runs = tmp_path / "runs"
+    fill = {k: str(v) for k, v in members.items()}
+    argv = [a.format(**fill) for a in argv]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        train.main(["stack", *argv, "--runs_root", str(runs)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and words.format(**fill) in err[0], err
+    assert not runs.exists()
