@@ -10,10 +10,14 @@ Members are ``.probs.npz`` files (``predict.py`` writes ``OUT.probs.npz``, every
 All members must hold the same ids (rows are aligned by id) and the same class names in
 the same order; anything else is refused with the file named.
 
-Without ``--fit_on`` the members' probabilities are averaged. With it, pooling weights are
-fitted by ``fusion/stacking.py``'s :class:`Stacker` on labelled probabilities of the same
-members on *other* rows: out-of-fold (``CV/oof.probs.npz``) or val (``RUN/val.probs.npz``)
-files, in the same member order. Rows that are scored are never fitted on: an id in both
+An alias of ``train.py stack --probs A --fit_on FA --probs B --fit_on FB --stack.method M``
+(:func:`fusion.combine.combine`, the same pooling and the same submission files) that
+writes ``OUT`` instead of a run directory. Its ``--method`` default is what it always was,
+named on stderr when it applies: ``mean`` (the members' probabilities averaged) without
+``--fit_on``, ``weights`` with it (``train.py stack`` defaults to ``logistic``). With
+``--fit_on`` the pooling is fitted by ``fusion/stacking.py``'s :class:`Stacker` on
+labelled probabilities of the same members on *other* rows: out-of-fold
+(``CV/oof.probs.npz``) or val (``RUN/val.probs.npz``) files, in the same member order. Rows that are scored are never fitted on: an id in both
 the fitted and the scored files is refused, and the accuracy printed for the fitted rows
 is cross-fitted (each row scored by weights fitted on the other folds).
 

@@ -9,7 +9,10 @@ Writes ``OUT`` (``Id,Category``, one row per *input* of the split; ``--category
 index|name``), ``OUT`` with suffix ``.probs.npz`` (``ids``, ``probs`` [N, classes],
 ``class_names``, ``checkpoints``) so runs can be averaged later, and ``OUT.json`` (its
 metadata; fusion/submission.py). ``--kaggle COMPETITION --message M`` then sends it with the
-``kaggle`` client. It starts no W&B run (the fit's run holds the fit's own submission). Several ``--checkpoint`` average their class probabilities. Each
+``kaggle`` client. It starts no W&B run (the fit's run holds the fit's own submission).
+Several ``--checkpoint`` average their class probabilities: an alias of ``train.py stack
+--checkpoint A --checkpoint B --stack.method mean`` (fusion/combine.py; ``train.py stack``
+fits the pooling on val instead, ``logistic`` by default), noted on stderr. Each
 checkpoint is rebuilt from its own plain hyper-parameters (``torch.load(weights_only=True)``)
 and refused if its dims, class names or store model fingerprint (models, revisions,
 pooling, preprocessing) differ from the store's; ``--allow_store_mismatch`` overrides

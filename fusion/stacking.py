@@ -3,26 +3,35 @@
 $ python train.py stack --checkpoint runs/visual_only/A/checkpoints/best.ckpt \\
       --checkpoint runs/text_only/B/checkpoints/best.ckpt --data.store stores/kaggle
 
-Each member's log-probabilities are pooled as ``z = sum_m w_m(x) * log p_m(x)``, with
-non-negative weights that also set the temperature (:class:`Stacker`):
+``train.py stack`` is the one command that combines models; members are loaded, aligned
+and pooled by :func:`fusion.combine.combine` (``predict.py ensemble`` and ``predict.py
+--checkpoint A --checkpoint B`` are its aliases). Each member's log-probabilities are pooled
+as ``z = sum_m w_m(x) * log p_m(x)``, with non-negative weights that also set the
+temperature (:class:`Stacker`); ``--stack.method``:
 
+- ``logistic`` (the default, fusion/combine.py says why): a small logistic stacker gives each
+  row its own weights from the members' confidence on that row (max probability, entropy,
+  top-2 margin), so a row whose caption says nothing can lean on the image head and a row
+  whose caption names the class on the text head;
 - ``weights``: one weight per member, the same for every row;
-- ``logistic``: a small logistic stacker gives each row its own weights from the members'
-  confidence on that row (max probability, entropy, top-2 margin), so a row whose caption
-  says nothing can lean on the image head and a row whose caption names the class on the
-  text head.
+- ``mean``: the members' probabilities averaged, nothing fitted.
 
-Both are fitted by minimising the negative log-likelihood of labelled rows the members did
-not train on (L-BFGS, a few dozen parameters):
+``logistic`` and ``weights`` are fitted by minimising the negative log-likelihood of
+labelled rows the members did not train on (L-BFGS, a few dozen parameters):
 
 - ``--checkpoint`` members (``train.py fit`` runs): the val split. Cheap, but val is small
   (a few hundred rows on a small store), and a stacker fitted on it can lean on a member's
-  chance agreement with val labels;
+  chance agreement with val labels. A ``train.py cv`` fold's checkpoint is refused (it
+  trained on the val rows): pass its directory with ``--cv``;
 - ``--cv`` members (``train.py cv`` directories): every train+val row's out-of-fold
   probabilities, several times more rows, and the test probabilities averaged over the
   folds. On the bench stores this kept neutral-caption rows level with ``visual_only``
-  where the val-fitted stack lost up to 2.5 points (bench/README.md).
+  where the val-fitted stack lost up to 2.5 points (bench/README.md);
+- ``--probs`` members (saved ``.probs.npz`` test probabilities), each with its own labelled
+  ``--fit_on`` file (``RUN/val.probs.npz``, ``CV/oof.probs.npz``), in ``--probs`` order.
 
+Members may be mixed: the stack is fitted on the rows every member holds out (a
+checkpoint's val rows are among a CV's out-of-fold rows, so a mix is fitted on val).
 The accuracy reported is cross-fitted: the fitted rows are cut into ``folds`` stratified
 folds and every row is scored by a stacker fitted on the other folds, never on itself.
 The submission uses the stacker fitted on all of them. Writes a run directory::
@@ -30,7 +39,7 @@ The submission uses the stacker fitted on all of them. Writes a run directory::
     stack.json              members, method, rows fitted on, fitted weights, cross-fitted
                             top-1 of the stack and of each member alone on those rows
     val_predictions.csv     id,label,pred,confidence (cross-fitted); oof_predictions.csv
-                            with --cv
+                            when every member's rows are out of fold (--cv)
     submission.csv          Id,Category on the test split (--category index|name), with
                             submission.probs.npz and submission.json; --kaggle sends it
     wandb/                  the W&B run, candidate "stack": best/val/acc_top1 (--checkpoint)
