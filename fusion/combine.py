@@ -262,6 +262,10 @@ def check_sources(sources: Sequence[Source], *, store=None, fit_split: str | Non
     """Refuse, before any model runs: a missing member, ``fit_on`` given to a member that is
     not a ``.probs.npz``, checkpoints without a store, and a ``train.py cv`` fold's
     checkpoint (it trained on most of the val rows a stack is fitted on)."""
+    if store is not None and any(s.kind == "checkpoint" for s in sources):
+        from feature_store import open_store
+
+        open_store(store)  # a store that is not one is named first, before its members
     for s in sources:
         if not s.path.exists():
             what = {"probs": "probabilities file"}.get(s.kind, s.kind)
