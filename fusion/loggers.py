@@ -39,6 +39,13 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from feature_store.compat import (
+    restart_wandb_run,
+    set_wandb_identity,
+    wandb_init_arguments,
+    wandb_logger_offline,
+    wandb_run_started,
+)
 from feature_store.console import show_path
 from fusion.exit import UsageError
 from fusion.predict import write_csv
@@ -367,14 +374,10 @@ def init_wandb(run_dir: Path, **init):
 def start_wandb(logger: WandbLogger, run_dir: Path) -> bool:
     """Start a Lightning ``WandbLogger``'s run now, falling back as :func:`start_or_fallback`
     does; False when it cannot start (the caller drops the logger)."""
-    if logger._experiment is not None:
+    if wandb_run_started(logger) is not None:
         return True
-
-    def start():
-        logger._experiment = None
-        return logger.experiment
-
-    return start_or_fallback(start, logger._wandb_init, run_dir) is not None
+    init = wandb_init_arguments(logger)
+    return start_or_fallback(lambda: restart_wandb_run(logger), init, run_dir) is not None
 
 
 def start_loggers(loggers: Sequence[Logger], run_dir: Path) -> list[Logger]:
@@ -392,7 +395,7 @@ class RunWandbLogger(WandbLogger):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        drop_anonymous(self._wandb_init)
+        drop_anonymous(wandb_init_arguments(self))
 
     def log_hyperparams(self, params) -> None:
         config_logged_once(params)
@@ -449,12 +452,12 @@ def adopt_user_loggers(loggers: Sequence[Logger], run_dir: Path, *, settings: di
     if not any(isinstance(lg, RunCSVLogger) for lg in out):
         out.insert(0, RunCSVLogger(run_dir))
     for logger in out:
-        if not isinstance(logger, WandbLogger) or logger._experiment is not None:
+        if not isinstance(logger, WandbLogger) or wandb_run_started(logger) is not None:
             continue
-        init = logger._wandb_init
+        init = wandb_init_arguments(logger)
         logger.log_hyperparams = config_logged_once  # the config once, as for our logger
         mode, why = wandb_mode_and_reason()
-        offline = logger._offline or init.get("mode") in ("offline", "dryrun")
+        offline = wandb_logger_offline(logger) or init.get("mode") in ("offline", "dryrun")
         values = {**settings, "dir": str(Path(run_dir).resolve())}
         values["settings"] = init_settings("offline" if offline else mode)
         for key, value in values.items():
@@ -462,12 +465,11 @@ def adopt_user_loggers(loggers: Sequence[Logger], run_dir: Path, *, settings: di
                 init[key] = value
         drop_anonymous(init)
         # LightningCLI fills every wandb.init argument the config leaves out with None.
-        if init.get("mode") is None and not logger._offline:
+        if init.get("mode") is None and not wandb_logger_offline(logger):
             # Not WandbLogger(offline=True): that refuses log_model, which works offline.
             init["mode"] = mode if mode != "online" else None
             _say_mode(mode, why, run_dir)
         if init.get("id") and rank_zero_only.rank == 0:
             save_run_id(run_dir, init["id"])
-        logger._project, logger._save_dir = init.get("project"), init.get("dir")
-        logger._name, logger._id = init.get("name"), init.get("id")
+        set_wandb_identity(logger, init)
     return out
