@@ -47,6 +47,12 @@ def dataset_files(split_dir: str | os.PathLike) -> tuple[list[str], str]:
     return [f["filename"] for f in state.get("_data_files") or []], state.get("_fingerprint")
 
 
+def dataset_fingerprint(dataset) -> str | None:
+    """The cache key `datasets` gives a ``Dataset`` (it changes when the rows do), None for
+    anything else: its private ``_fingerprint``."""
+    return getattr(dataset, "_fingerprint", None)
+
+
 # --- argparse (jsonargparse's parsers are argparse parsers) ----------------------------
 
 
@@ -87,6 +93,16 @@ def save_last_checkpoint(callback, trainer) -> None:
     """Write ``callback``'s ``last.ckpt`` now, as Lightning does after a top-k save: its
     private ``_save_last_checkpoint(trainer, _monitor_candidates(trainer))``."""
     callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+# --- Lightning: LightningModule -------------------------------------------------------
+
+
+def attached_trainer(module):
+    """The Trainer a ``LightningModule`` is attached to, or None (a head used on its own, by
+    predict.py or a test): its private ``_trainer``; the public ``trainer`` raises when
+    there is none."""
+    return module._trainer
 
 
 # --- Lightning: WandbLogger -------------------------------------------------------------
@@ -133,3 +149,12 @@ def set_wandb_identity(logger, init: dict) -> None:
     id: its private ``_project``, ``_save_dir``, ``_name`` and ``_id``."""
     logger._project, logger._save_dir = init.get("project"), init.get("dir")
     logger._name, logger._id = init.get("name"), init.get("id")
+
+
+def wandb_staging_dir() -> Path:
+    """Where W&B copies an artifact's files before uploading them (bench/bench_wandb_report.py
+    measures what a report leaves there): ``wandb.sdk.artifacts.staging.get_staging_dir``,
+    an internal module of the SDK."""
+    from wandb.sdk.artifacts.staging import get_staging_dir
+
+    return Path(get_staging_dir())

@@ -37,6 +37,7 @@ from feature_store.compat import (
     wandb_logger_logs_model,
 )
 from feature_store.integrity import model_fingerprint
+from fusion.loggers import RunCSVLogger
 from fusion.module import answering_history
 from fusion.plots import plot_alpha_beta
 from fusion.predict import (
@@ -110,7 +111,7 @@ class ResumeMetrics(L.Callback):
         if not trainer.is_global_zero or trainer.global_step == 0:
             return
         for logger in trainer.loggers:
-            if isinstance(logger, CSVLogger):
+            if isinstance(logger, CSVLogger | RunCSVLogger):
                 drop_rows_from_step(Path(logger.experiment.metrics_file_path), trainer.global_step)
 
 

@@ -507,7 +507,7 @@ class FusionCLI(LightningCLI):
                     d.rmdir()
             raise
 
-    def _trainer(self, **kwargs):
+    def build_trainer(self, **kwargs):
         try:
             return super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as err:
@@ -538,7 +538,7 @@ class FusionCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         # No 0.00it/s bar frames in a redirected log (the metrics are printed at the end).
         kwargs.update(EpochSummary.trainer_kwargs(trainer_cfg, callbacks))
-        trainer = self._trainer(**kwargs)
+        trainer = self.build_trainer(**kwargs)
         # LightningCLI adds the config saver to every trainer; a scored run is not a new run.
         trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         return trainer
@@ -571,7 +571,7 @@ class FusionCLI(LightningCLI):
             extra.append(LearningRateMonitor(logging_interval="step"))
         extra += self.extra_callbacks
         kwargs["callbacks"] = [*callbacks, *extra]
-        trainer = self._trainer(**kwargs)
+        trainer = self.build_trainer(**kwargs)
         for callback in trainer.callbacks:
             if isinstance(callback, RunConfigSaver):
                 callback.resuming = self.resuming
