@@ -265,3 +265,27 @@ def test_the_adapter_is_the_one_that_names_them():
                        and a.attr.startswith("_")} - {"__name__"}  # fmt: skip
             doc = ast.get_docstring(node) or ""
             assert all(name in doc for name in private), (node.name, private)
+
+
+# The libraries whose private names the adapter uses: pyproject allows only the minor
+# releases the shims were tested with (a new minor release may rename them).
+ADAPTED = ("lightning", "wandb", "datasets")
+
+
+@pytest.mark.parametrize("name", ADAPTED)
+def test_pyproject_bounds_an_adapted_library_to_its_tested_minor_release(name):
+    from importlib.metadata import version
+
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (req,) = [Requirement(r) for r in project["dependencies"] if Requirement(r).name == name]
+    pinned = dict(
+        line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )[name]  # fmt: skip
+    tested = Version(pinned)
+    assert req.specifier.contains(pinned) and req.specifier.contains(version(name))
+    assert not req.specifier.contains(f"{tested.major}.{tested.minor + 1}.0"), str(req)
