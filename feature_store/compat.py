@@ -95,6 +95,14 @@ def save_last_checkpoint(callback, trainer) -> None:
     callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
 
 
+# --- Lightning: a warning's source ------------------------------------------------------
+
+# Lightning 2.6 calls torch's deprecated `isinstance(treespec, LeafSpec)` on every fit;
+# feature_store/console.py:quiet_lightning silences that warning only where it comes from:
+# Lightning's private module `lightning.pytorch.utilities._pytree`.
+LIGHTNING_PYTREE_MODULE = r"lightning\.pytorch\.utilities\._pytree"
+
+
 # --- Lightning: LightningModule -------------------------------------------------------
 
 

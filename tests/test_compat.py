@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -137,6 +138,17 @@ def test_a_top_k_save_alone_is_not_a_last_save(tmp_path):
     trainer = _fit(tmp_path, callback)
     assert callback.best_model_path and not callback.last_model_path
     assert not compat.last_saved_now(callback, trainer)
+
+
+def test_the_leafspec_warning_comes_from_the_module_named(tmp_path):
+    with pytest.warns(FutureWarning, match="LeafSpec") as caught:
+        _fit(tmp_path, ModelCheckpoint(dirpath=tmp_path))
+    modules = {
+        ".".join(Path(w.filename).with_suffix("").parts[-4:])
+        for w in caught if "LeafSpec" in str(w.message)
+    }  # fmt: skip
+    assert modules == {"lightning.pytorch.utilities._pytree"}
+    assert all(re.fullmatch(compat.LIGHTNING_PYTREE_MODULE, m) for m in modules)
 
 
 def test_attached_trainer_is_none_for_a_module_on_its_own():
