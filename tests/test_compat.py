@@ -158,6 +158,33 @@ def test_attached_trainer_is_none_for_a_module_on_its_own():
         module.trainer  # noqa: B018 - the public property raises instead
 
 
+def test_run_csv_logger_writes_what_lightnings_csv_logger_writes(tmp_path):
+    # fusion/loggers.py:RunCSVLogger is built on the public Logger instead of overriding
+    # CSVLogger's private writer hooks: the same files, row for row.
+    from lightning.pytorch.loggers import CSVLogger
+
+    from fusion.loggers import RunCSVLogger
+
+    class HparamsModel(LoggingModel):
+        def __init__(self, lr: float = 0.1):
+            super().__init__()
+            self.save_hyperparameters()
+
+    theirs, ours = CSVLogger(tmp_path / "theirs", name="", version=""), RunCSVLogger(tmp_path / "ours")
+    trainer = L.Trainer(
+        max_epochs=2, limit_train_batches=3, limit_val_batches=1, log_every_n_steps=1,
+        logger=[theirs, ours], enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(HparamsModel())
+    for name in ("metrics.csv", "hparams.yaml"):
+        expected = (tmp_path / "theirs" / name).read_text()
+        assert (tmp_path / "ours" / name).read_text() == expected, name
+    assert "valid_loss" in (tmp_path / "ours" / "metrics.csv").read_text().splitlines()[0]
+    assert "lr: 0.1" in (tmp_path / "ours" / "hparams.yaml").read_text()
+    assert (ours.log_dir, ours.save_dir) == (str(tmp_path / "ours"),) * 2
+
+
 # --- Lightning: WandbLogger ------------------------------------------------------------
 
 
