@@ -56,11 +56,16 @@ def dataset_fingerprint(dataset) -> str | None:
 # --- argparse (jsonargparse's parsers are argparse parsers) ----------------------------
 
 
+def parser_actions(parser) -> list:
+    """The argparse ``Action`` of each argument of ``parser`` (its options and their help,
+    as ``--help`` prints them): argparse lists them only in its private ``_actions``."""
+    return list(parser._actions)
+
+
 def option_strings(parser) -> list[str]:
     """Every option string of an argparse ``parser`` (``--model.dropout``, ``-c``...), for
-    the "did you mean" of an unknown option. argparse lists a parser's options only in its
-    private ``_actions`` (each action's public ``option_strings``)."""
-    return [s for action in parser._actions for s in action.option_strings]
+    the "did you mean" of an unknown option (:func:`parser_actions`)."""
+    return [s for action in parser_actions(parser) for s in action.option_strings]
 
 
 # --- Lightning: ModelCheckpoint's last.ckpt --------------------------------------------

@@ -86,6 +86,11 @@ def test_option_strings_lists_every_option_of_a_parser():
     assert {"--model.dropout", "-n", "--name", "-h", "--help"} <= set(found)
     text = parser.format_help()
     assert all(s in text for s in found)
+    actions = {a.dest: a for a in compat.parser_actions(parser)}
+    assert actions["model.dropout"].default == 0.1 and actions["name"].option_strings == [
+        "-n",
+        "--name",
+    ]
 
 
 # --- Lightning: ModelCheckpoint and LightningModule ------------------------------------
@@ -170,7 +175,10 @@ def test_run_csv_logger_writes_what_lightnings_csv_logger_writes(tmp_path):
             super().__init__()
             self.save_hyperparameters()
 
-    theirs, ours = CSVLogger(tmp_path / "theirs", name="", version=""), RunCSVLogger(tmp_path / "ours")
+    theirs, ours = (
+        CSVLogger(tmp_path / "theirs", name="", version=""),
+        RunCSVLogger(tmp_path / "ours"),
+    )
     trainer = L.Trainer(
         max_epochs=2, limit_train_batches=3, limit_val_batches=1, log_every_n_steps=1,
         logger=[theirs, ours], enable_progress_bar=False, enable_model_summary=False,
