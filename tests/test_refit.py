@@ -145,7 +145,9 @@ REFUSED = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("extra", "message"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
+@pytest.mark.parametrize(
+    ("extra", "message"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED]
+)
 def test_a_refit_that_cannot_be_one_is_refused_in_one_line(
     store, validated, tmp_path, extra, message, capsys
 ):
