@@ -22,6 +22,9 @@ of the same experiment. A resume writes nothing before its checkpoint is restore
     RUN/submission.csv        Id,Category of --data.predict_split from best.ckpt (--category
                               index|name), with .probs.npz and .json (fusion/submission.py)
     RUN/confusion_top.png     over 50 classes: the most confused classes (also in W&B)
+    RUN/refit.json            a refit on train+val (--data.train_splits '[train, val]'
+                              --recipe.from_run VALIDATED_RUN): no best.ckpt, no val files,
+                              last.ckpt is the model (fusion/refit.py, docs/refit.md)
 
 W&B (fusion/loggers.py, fusion/wandb_report.py): ``--wandb.project/entity/group/tags/
 job_type`` (``--wandb_project`` is an alias of ``--wandb.project``), else W&B's

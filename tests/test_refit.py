@@ -80,7 +80,7 @@ class RowsSeen(L.Callback):
 
 @pytest.mark.slow
 def test_a_refit_trains_on_train_and_val_for_the_validated_length_and_submits(
-    store, validated, tmp_path
+    store, validated, tmp_path, capsys
 ):
     best = torch.load(validated / "checkpoints" / "best.ckpt", weights_only=True)
     run = tmp_path / "refit"
@@ -121,6 +121,11 @@ def test_a_refit_trains_on_train_and_val_for_the_validated_length_and_submits(
     train.main(["predict", "--config", str(run / "config.yaml"), "--run_dir", str(run),
                 "--data.store", str(store), "--out", str(tmp_path / "again.csv")])  # fmt: skip
     assert read_csv(tmp_path / "again.csv") == submission
+    # A refit trained on the val rows a stack is fitted on: not a stack member.
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["stack", "--checkpoint", str(run / "checkpoints" / "last.ckpt"),
+                    "--data.store", str(store)])  # fmt: skip
+    assert exit_.value.code == 2 and "is a refit" in capsys.readouterr().err
 
 
 REFUSED = [
