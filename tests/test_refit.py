@@ -123,7 +123,8 @@ def test_a_refit_trains_on_train_and_val_for_the_validated_length_and_submits(
     assert read_csv(tmp_path / "again.csv") == submission
     # A refit trained on the val rows a stack is fitted on: not a stack member.
     with pytest.raises(SystemExit) as exit_:
-        train.main(["stack", "--checkpoint", str(run / "checkpoints" / "last.ckpt"),
+        train.main(["stack", "--checkpoint", str(validated / "checkpoints" / "best.ckpt"),
+                    "--checkpoint", str(run / "checkpoints" / "last.ckpt"),
                     "--data.store", str(store)])  # fmt: skip
     assert exit_.value.code == 2 and "is a refit" in capsys.readouterr().err
 
