@@ -284,6 +284,10 @@ class StopAtStep(L.Callback):
     def __init__(self, steps: int) -> None:
         self.steps = steps
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step >= self.steps:  # a resume of a refit that had finished
+            trainer.should_stop = True
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if trainer.global_step >= self.steps:
             trainer.should_stop = True

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import lightning as L
 import numpy as np
@@ -20,7 +25,7 @@ from feature_store import load_features
 from feature_store.synthetic_sets import SyntheticSet, make_feature_sets_store
 from fusion.cli import FusionCLI
 from fusion.datamodule import FeatureDataModule
-from tests.fixtures_training import DEMO_CONFIG, read_csv
+from tests.fixtures_training import DEMO_CONFIG, REPO, read_csv
 
 SETS = [
     SyntheticSet("left", dim=12, classes=(0.0, 0.6), separation=3.0),
@@ -78,26 +83,35 @@ class RowsSeen(L.Callback):
         self.rows[epoch] = self.rows.get(epoch, 0) + len(batch["label"])
 
 
+def refit_argv(validated, run) -> list[str]:
+    return ["fit", "--config", str(validated / "config.yaml"), "--data.train_splits",
+            "[train, val]", "--recipe.from_run", str(validated), "--run_dir", str(run),
+            "--trainer.enable_progress_bar", "false"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def refitted(validated, tmp_path_factory):
+    """The refit of ``validated``: its run directory, trainer and the rows it trained on."""
+    run = tmp_path_factory.mktemp("refitted") / "run"
+    seen = RowsSeen()
+    cli = FusionCLI(args=refit_argv(validated, run), extra_callbacks=[seen])
+    return run, cli.trainer, seen
+
+
 @pytest.mark.slow
 def test_a_refit_trains_on_train_and_val_for_the_validated_length_and_submits(
-    store, validated, tmp_path, capsys
+    store, validated, refitted, tmp_path, capsys
 ):
     best = torch.load(validated / "checkpoints" / "best.ckpt", weights_only=True)
-    run = tmp_path / "refit"
-    seen = RowsSeen()
-    cli = FusionCLI(args=["fit", "--config", str(validated / "config.yaml"),
-                          "--data.train_splits", "[train, val]", "--recipe.from_run",
-                          str(validated), "--run_dir", str(run),
-                          "--trainer.enable_progress_bar", "false"],
-                    extra_callbacks=[seen])  # fmt: skip
+    run, trainer, seen = refitted
     # Every train and val row, once an epoch.
     assert seen.rows[0] == ROWS["train"] + ROWS["val"]
     # As many epochs as the validated best checkpoint: its steps at ceil(80/32) = 3 a
     # epoch become steps at ceil(120/32) = 4 an epoch; its 4-epoch schedule alike.
     then, now = math.ceil(ROWS["train"] / BATCH), math.ceil((ROWS["train"] + ROWS["val"]) / BATCH)
     steps = round(best["global_step"] * now / then)
-    assert cli.trainer.global_step == steps
-    assert cli.trainer.max_steps == 4 * now
+    assert trainer.global_step == steps
+    assert trainer.max_steps == 4 * now
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == steps
     # No validation, no early stopping, no best: last.ckpt is the model.
@@ -127,6 +141,31 @@ def test_a_refit_trains_on_train_and_val_for_the_validated_length_and_submits(
                     "--checkpoint", str(run / "checkpoints" / "last.ckpt"),
                     "--data.store", str(store)])  # fmt: skip
     assert exit_.value.code == 2 and "is a refit" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_refit_stopped_by_sigterm_resumes_to_the_same_weights(validated, refitted, tmp_path):
+    run, flag = tmp_path / "run", tmp_path / "paused"
+    cmd = [sys.executable, "-m", "tests.train_runner", "--pause-at-step", "2", "--flag",
+           str(flag), "--", *refit_argv(validated, run)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not flag.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "train.py never reached the pause"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err[-3000:]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    FusionCLI(args=[*refit_argv(validated, run), "--ckpt_path", "last"])
+    whole = torch.load(refitted[0] / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == whole["global_step"]
+    for key, value in whole["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0)
 
 
 REFUSED = [
