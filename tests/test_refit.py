@@ -56,8 +56,11 @@ def validated(store, tmp_path_factory):
     return run
 
 
-def test_pooled_train_splits_are_the_rows_of_each_split_in_order(store):
-    dm = FeatureDataModule(str(store), features=["left", "zs"], train_splits=["train", "val"])
+@pytest.mark.parametrize("loader", ["tensors", "dataloader"])
+def test_pooled_train_splits_are_the_rows_of_each_split_in_order(store, loader):
+    dm = FeatureDataModule(
+        str(store), features=["left", "zs"], train_splits=["train", "val"], loader=loader
+    )
     assert dm.train_rows == ROWS["train"] + ROWS["val"] and not dm.validates
     dm.setup("fit")
     parts = [load_features(store, s, ["left", "zs"]) for s in ("train", "val")]
