@@ -260,8 +260,8 @@ def _combine(sources, method, store, fit_split, predict_split, folds, complete, 
 def check_sources(sources: Sequence[Source], *, store=None, fit_split: str | None = "val",
                   predict: bool = True) -> None:  # fmt: skip
     """Refuse, before any model runs: a missing member, ``fit_on`` given to a member that is
-    not a ``.probs.npz``, checkpoints without a store, and a ``train.py cv`` fold's
-    checkpoint (it trained on most of the val rows a stack is fitted on)."""
+    not a ``.probs.npz``, checkpoints without a store, and, when rows are fitted, a refit's or
+    a ``train.py cv`` fold's checkpoint (each trained on the val rows a stack is fitted on)."""
     if store is not None and any(s.kind == "checkpoint" for s in sources):
         from feature_store import open_store
 
@@ -275,6 +275,13 @@ def check_sources(sources: Sequence[Source], *, store=None, fit_split: str | Non
         if s.kind == "checkpoint":
             if store is None:
                 raise CombineError(f"checkpoint {s.path} needs a store to run on (--data.store)")
+            run = s.path.parent.parent if s.path.parent.name == "checkpoints" else None
+            if run is not None and (run / "refit.json").is_file() and fit_split is not None:
+                raise CombineError(  # fusion/refit.py: trained on train and val
+                    f"--checkpoint {s.path} is a refit: it trained on the {fit_split} rows a "
+                    "stack is fitted on (a leaked, optimistic stack); stack the run it was "
+                    "refitted from (RUN/refit.json names it)"
+                )
             fold = cv_fold_of(s.path)
             if fold is not None and fit_split is not None:
                 raise CombineError(
