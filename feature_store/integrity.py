@@ -98,8 +98,7 @@ def verify_files(
         total = sum(int(r["rows"]) for r in records)
         if rows is not None and total != rows:
             raise StoreError(
-                f"{split_dir}: shards hold {total} rows, the manifest says {rows}; "
-                f"{REBUILD_HINT}."
+                f"{split_dir}: shards hold {total} rows, the manifest says {rows}; {REBUILD_HINT}."
             )
         return True
 
