@@ -286,9 +286,11 @@ def load_split(root: str | os.PathLike, split: str):
 
     Each shard's size and checksum are checked against the manifest first; a damaged,
     missing or unreadable shard raises :class:`StoreError` naming it and the fix. Read once
-    per process while its files are unchanged (:mod:`feature_store.cache`).
+    per process while its files are unchanged (:mod:`feature_store.cache`); each call gets
+    its own `Dataset` object over the shared memory map (``set_format`` on one changes no
+    other).
     """
-    return split_rows(open_store(root), split).dataset
+    return split_rows(open_store(root), split).dataset.with_format(None)
 
 
 class SplitRows:

@@ -22,6 +22,7 @@ from feature_store import (
     cache,
     load_arrays,
     load_features,
+    load_split,
     open_store,
 )
 from feature_store.synthetic import make_synthetic_store
@@ -125,6 +126,8 @@ def test_readers_get_arrays_of_their_own(tmp_path):
     a.ids.append("ghost")
     f.captions.clear()
     _same(before, _everything(store))
+    load_split(store, "val").set_format("numpy")  # the Dataset object is the caller's too
+    assert load_split(store, "val").format["type"] is None
     # Reading another store drops the first one's entries: one store's arrays in memory.
     other = make_synthetic_store(tmp_path / "other")
     age_files(other.root)
