@@ -17,21 +17,24 @@ past the cache's racy-timestamp window as a store in use is. Each round runs, al
 
 In each: ``train.py fit`` (the concat head over image, text and the added set, one epoch
 of ``--trainer.limit_train_batches 2``, the fit's own val predictions and submission), then
-``train.py test --data.test_split val`` and ``predict.py`` on its checkpoint. The figure is
+``train.py test --data.test_split val`` and ``predict.py`` on its checkpoint. The figures:
 the time spent inside the store readers (``open_store``, ``load_split``, ``load_arrays``,
-``load_features`` as called from outside them, i.e. what the stages wait for), the median
-over ``--rounds``, with the count of split reads (``datasets.load_from_disk``).
+``load_features`` as called from outside them, i.e. what the stages wait for), wall and
+CPU (the calling thread's, which other processes' load barely moves), the median over
+``--rounds`` (modes in a rotating order), the ratio the median of the per-round ratios;
+and the count of split reads (``datasets.load_from_disk``).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, redirect_stdout
 from pathlib import Path
 from unittest import mock
 
@@ -61,8 +64,9 @@ def build(root: Path, classes: int) -> None:
 
 
 class ReaderClock:
-    """Seconds inside the store readers (outermost calls only) and split reads, patched
-    into every module that holds them."""
+    """Wall and CPU seconds (this thread's: other processes' load barely moves it) inside
+    the store readers, outermost calls only, and split reads; patched into every module
+    that holds the readers."""
 
     def __init__(self, stack: ExitStack) -> None:
         import datasets
@@ -70,7 +74,7 @@ class ReaderClock:
         import feature_store.layout as layout
         import feature_store.sets as sets
 
-        self.seconds, self.reads, self._depth = 0.0, 0, 0
+        self.wall, self.cpu, self.reads, self._depth = 0.0, 0.0, 0, 0
         originals = [layout.open_store, layout.load_split, layout.load_arrays, sets.load_features]
         for real in originals:
             timed = self._timed(real)
@@ -89,13 +93,14 @@ class ReaderClock:
     def _timed(self, real):
         def timed(*args, **kwargs):
             self._depth += 1
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.thread_time()
             try:
                 return real(*args, **kwargs)
             finally:
                 self._depth -= 1
                 if self._depth == 0:
-                    self.seconds += time.perf_counter() - start
+                    self.wall += time.perf_counter() - wall
+                    self.cpu += time.thread_time() - cpu
 
         return timed
 
@@ -113,8 +118,9 @@ def bypassing(stack: ExitStack, kinds: tuple[str, ...]) -> None:
         stack.enter_context(mock.patch.object(sys.modules[name], "cached", cached))
 
 
-def run_once(store: Path, work: Path, kinds: tuple[str, ...]) -> tuple[float, int, float]:
-    """(seconds in readers, split reads, wall seconds) of fit + test + predict."""
+def run_once(store: Path, work: Path, kinds: tuple[str, ...]) -> dict[str, float]:
+    """Seconds in the readers (wall, CPU), split reads and wall seconds of fit + test +
+    predict."""
     import predict
     from feature_store import cache
     from fusion.cli import FusionCLI
@@ -133,7 +139,8 @@ def run_once(store: Path, work: Path, kinds: tuple[str, ...]) -> tuple[float, in
         FusionCLI(args=["test", *common, "--ckpt_path", ckpt, "--data.test_split", "val"])
         predict.main(["--checkpoint", ckpt, "--store", str(store), "--out",
                       str(work / "submission.csv")])  # fmt: skip
-        return clock.seconds, clock.reads, time.perf_counter() - start
+        total = time.perf_counter() - start
+    return {"wall": clock.wall, "cpu": clock.cpu, "reads": clock.reads, "total": total}
 
 
 def main() -> None:
@@ -153,21 +160,29 @@ def main() -> None:
         rows = {s: info.rows(s) for s in info.splits}
         for s in info.splits:
             load_features(store, s)  # warm the page cache for every mode
-        results: dict[str, list[tuple[float, int, float]]] = {m: [] for m in MODES}
+        results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
         for r in range(a.rounds):
-            for mode, kinds in MODES.items():
-                results[mode].append(run_once(store, Path(tmp) / f"{r}-{mode}", kinds))
-    cached = statistics.median(t[0] for t in results["cached"])
-    print(f"\nstore: {rows} rows, image 768 + text 768 + wide 1,152 float16; "
-          f"median of {a.rounds} round(s)")  # fmt: skip
-    print(
-        "\n| readers cache | time in store readers | vs cached | split reads | fit+test+predict |"
-    )
-    print("|---|---:|---:|---:|---:|")
-    for mode, runs in results.items():
-        sec = statistics.median(t[0] for t in runs)
-        wall = statistics.median(t[2] for t in runs)
-        print(f"| {mode} | {sec:.2f} s | x{sec / cached:.1f} | {runs[0][1]} | {wall:.1f} s |")
+            order = list(MODES)[r % len(MODES) :] + list(MODES)[: r % len(MODES)]
+            for mode in order:  # each mode first in some round: no order favours one
+                with redirect_stdout(io.StringIO()):  # the stages' own reports
+                    results[mode].append(run_once(store, Path(tmp) / f"{r}-{mode}", MODES[mode]))
+
+    def median(mode: str, key: str) -> float:
+        return statistics.median(run[key] for run in results[mode])
+
+    def ratio(mode: str, key: str) -> float:  # the median of the per-round ratios
+        return statistics.median(
+            run[key] / ours[key] for run, ours in zip(results[mode], results["cached"], strict=True)
+        )
+
+    print(f"\nstore: {rows} rows, image 768 + text 768 + wide 1,152 float16; median of "
+          f"{a.rounds} round(s); load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print("\n| readers' cache | split reads | in the readers: wall | CPU | CPU vs cached "
+          "| fit + test + predict, wall |\n|---|---:|---:|---:|---:|---:|")  # fmt: skip
+    for mode in MODES:
+        print(f"| {mode} | {results[mode][0]['reads']} | {median(mode, 'wall'):.2f} s "
+              f"| {median(mode, 'cpu'):.2f} s | x{ratio(mode, 'cpu'):.2f} "
+              f"| {median(mode, 'total'):.1f} s |")  # fmt: skip
 
 
 if __name__ == "__main__":
