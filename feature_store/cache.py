@@ -1,6 +1,6 @@
-"""What readers take from a store, kept per process while the files it came from are unchanged.
+"""What readers take from a store, kept per process while its files are unchanged.
 
-$ python -c "from feature_store import cache, load_arrays; load_arrays('stores/demo', 'val'); print(cache.held())"
+$ python -c "from feature_store import cache, load_arrays as r; r('stores/demo', 'val'); print(cache.held())"
 
 A fit, its test and its submission open the store about thirty times (the datamodule, the
 callbacks, prediction, the class prior, the submission checks) and read each split three
@@ -8,7 +8,7 @@ or four times. Every reader goes through :func:`cached`, so a process parses the
 once, hashes each shard list once and reads and decodes each split (and each added set of
 it) once:
 
-- ``(root, "manifest")``: the parsed, checked ``manifest.json`` (:func:`feature_store.open_store`);
+- ``(root, "manifest")``: the parsed, checked ``manifest.json`` (``open_store``);
 - ``(root, "verified", split_dir)``: a shard list that passed its size and SHA-256 check
   (:func:`feature_store.integrity.verify_files`);
 - ``(root, "rows", split)``: the split's memory-mapped dataset and the columns decoded from
