@@ -5,16 +5,16 @@ $ python -c "from feature_store import cache, load_arrays as r; r('stores/demo',
 A fit, its test and its submission open the store about thirty times (the datamodule, the
 callbacks, prediction, the class prior, the submission checks) and read each split three
 or four times. Every reader goes through :func:`cached`, so a process parses the manifest
-once, hashes each shard list once and reads and decodes each split (and each added set of
-it) once:
+once, hashes each shard list once and reads each split (and each added set of it) once:
 
 - ``(root, "manifest")``: the parsed, checked ``manifest.json`` (``open_store``);
 - ``(root, "verified", split_dir)``: a shard list that passed its size and SHA-256 check
   (:func:`feature_store.integrity.verify_files`);
-- ``(root, "rows", split)``: the split's memory-mapped dataset and the columns decoded from
-  it so far (:func:`feature_store.layout.split_rows`, behind ``load_split``, ``load_arrays``
-  and ``load_features``);
-- ``(root, "set", name, split)``: an added set's float32 matrix (``load_features``).
+- ``(root, "rows", split)``: the split's memory-mapped dataset, its ids, labels, captions
+  and paths (:func:`feature_store.layout.split_rows`, behind ``load_split``,
+  ``load_arrays`` and ``load_features``);
+- ``(root, "set", name, split)``: an added set's memory-mapped table, ids checked
+  against the rows' (``load_features``).
 
 Each entry is kept with a stamp of the files it was read from (path, inode, size, mtime,
 ctime): every lookup stats them again, and an entry whose files changed (a shard damaged
@@ -22,10 +22,10 @@ or replaced, a set added, the manifest rewritten) is read, verified and decoded 
 Files modified in the last :data:`RACY_SECONDS` are never cached: a rewrite within the
 filesystem's timestamp granularity would leave the stamp unchanged (git's "racy" rule).
 
-Entries of one store are held at a time (reading another store drops them), so a process
-that walks many stores (the test suite, the benches) keeps one store's arrays in memory.
-Readers hand out copies of the decoded arrays (writable, theirs to change), never the
-cache's own.
+Entries of one store are held at a time (reading another store drops them). Readers hand
+out copies of what is held (writable, theirs to change); the embedding matrices are
+converted from the mapped Arrow memory at each call (``SplitRows`` says why), so the
+cache holds no float arrays: memory stays one copy per caller.
 """
 
 from __future__ import annotations

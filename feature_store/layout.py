@@ -294,22 +294,24 @@ def load_split(root: str | os.PathLike, split: str):
 
 
 class SplitRows:
-    """One split as this process read it: the verified, memory-mapped dataset and the
-    columns decoded from it so far. The decoded columns are the cache's: the accessors
-    hand out copies."""
+    """One split as this process read it: the verified, memory-mapped dataset, and its
+    ids, labels, captions and paths decoded once (the accessors hand out copies).
+
+    The embedding matrices are converted from :attr:`table` at every call (:func:`_matrix`:
+    a fresh writable float32 array, no file read): keeping decoded matrices and copying them out cost a
+    fit+test+predict more than converting again (a fit reads its train split once; the
+    copy of it outweighed what val and test saved, bench/README.md).
+    """
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
         self.table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
-        self._decoded: dict[Any, Any] = {}
+        self._decoded: dict[str, Any] = {}
 
-    def _once(self, key: Any, decode):
-        if key not in self._decoded:
-            value = decode()
-            if isinstance(value, np.ndarray):
-                value.flags.writeable = False  # the cache's copy; readers get their own
-            self._decoded[key] = value
-        return self._decoded[key]
+    def _once(self, column: str, decode):
+        if column not in self._decoded:
+            self._decoded[column] = decode()
+        return self._decoded[column]
 
     def ids(self) -> list[str]:
         return self.strings("id")
@@ -322,10 +324,6 @@ class SplitRows:
         return self._once(
             "label", lambda: self.table.column("label").to_numpy().astype(np.int64)
         ).copy()
-
-    def matrix(self, column: str, dim: int) -> np.ndarray:
-        """A fixed-size-list column as float32 [N, dim] (:func:`_matrix`)."""
-        return self._once((column, dim), lambda: _matrix(self.table, column, dim)).copy()
 
 
 def split_rows(info: StoreInfo, split: str) -> SplitRows:
@@ -395,8 +393,8 @@ def load_arrays(root: str | os.PathLike, split: str) -> SplitArrays:
         return SplitArrays(
             ids=rows.ids(),
             labels=rows.labels(),
-            image_emb=rows.matrix("image_emb", info.image_dim),
-            text_emb=rows.matrix("text_emb", info.text_dim),
+            image_emb=_matrix(rows.table, "image_emb", info.image_dim),
+            text_emb=_matrix(rows.table, "text_emb", info.text_dim),
             captions=rows.strings("caption"),
             paths=rows.strings("path"),
         )

@@ -171,7 +171,7 @@ def load_features(
     """Feature sets ``names`` (all when None) of ``split`` as float32 arrays, dims checked.
 
     Every shard read is verified against its recorded checksum. The split and each set are
-    read, verified and decoded once per process while their files are unchanged
+    read and verified once per process while their files are unchanged
     (:mod:`feature_store.cache`); every call returns its own (writable) arrays.
     """
     from feature_store.layout import split_rows
@@ -183,12 +183,10 @@ def load_features(
     features = {}
     for e in entries:
         # image/text sit in the rows' own shards; an added set in its own files.
-        if e.get("path"):
-            features[e["name"]] = added_set(info, e, split, rows).copy()
-        else:
-            features[e["name"]] = _decoded(
-                info, e, split, lambda e=e: rows.matrix(e["column"], int(e["dim"]))
-            )
+        table = set_table(info, e, split, rows) if e.get("path") else rows.table
+        features[e["name"]] = _decoded(
+            info, e, split, lambda e=e, t=table: _matrix(t, e["column"], int(e["dim"]))
+        )
     return FeatureArrays(
         ids=rows.ids(),
         labels=rows.labels(),
@@ -198,21 +196,19 @@ def load_features(
     )
 
 
-def added_set(info: StoreInfo, e: dict[str, Any], split: str, rows) -> np.ndarray:
-    """The added set ``e`` of ``split`` as a read-only float32 matrix (the cache's own),
-    read once per process while its files, the rows' and the manifest are unchanged."""
+def set_table(info: StoreInfo, e: dict[str, Any], split: str, rows):
+    """The added set ``e`` of ``split`` as a pyarrow table (memory-mapped), its shards
+    verified and its ids checked against the rows' once per process while its files, the
+    rows' and the manifest are unchanged."""
     from feature_store.layout import MANIFEST_NAME
 
     where = info.root.resolve()
-
-    def read() -> np.ndarray:
-        table = _table(read_set(info, e, split, rows.ids()))
-        matrix = _decoded(info, e, split, lambda: _matrix(table, e["column"], int(e["dim"])))
-        matrix.flags.writeable = False
-        return matrix
-
     paths = [where / MANIFEST_NAME, *files_of(where / split), *files_of(where / e["path"] / split)]
-    return cached((where, "set", e["name"], split), paths, read)
+    return cached(
+        (where, "set", e["name"], split),
+        paths,
+        lambda: _table(read_set(info, e, split, rows.ids())),
+    )
 
 
 def _decoded(info: StoreInfo, e: dict[str, Any], split: str, decode) -> np.ndarray:

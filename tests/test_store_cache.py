@@ -1,7 +1,7 @@
 """The store read once per process (feature_store/cache.py): a fit, its test and predict.py
-parse the manifest once, hash each shard once and read and decode each split and each
-added set once; readers still get arrays of their own; a store changed on disk between
-two reads is read and verified again."""
+parse the manifest once, hash each shard once and read each split and each added set
+once; readers still get arrays of their own; a store changed on disk between two reads is
+read and verified again."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import pytest
 
 import feature_store.integrity as integrity
 import feature_store.layout as layout
-import feature_store.sets as sets
 import predict
 from feature_store import (
     StoreError,
@@ -53,15 +52,13 @@ def _with_extra(root: Path, name: str = "extra", seed: int = 0) -> Path:
 
 class Reads:
     """Counts, per file or split, what the cache exists to do once: manifest parses, shard
-    hashes, split reads (load_from_disk) and column decodes."""
+    hashes and split reads (load_from_disk)."""
 
     def __init__(self, monkeypatch) -> None:
-        self.parsed, self.hashed, self.read, self.decoded = (Counter() for _ in range(4))
+        self.parsed, self.hashed, self.read = Counter(), Counter(), Counter()
         spies = [(layout, "_read_store", lambda root, *a: self.parsed.update([Path(root)])),
                  (integrity, "file_sha256", lambda path, *a: self.hashed.update([Path(path)])),
-                 (datasets, "load_from_disk", lambda path, *a, **k: self.read.update([Path(path)])),
-                 (layout, "_matrix", lambda t, col, *a: self.decoded.update([(t.num_rows, col)])),
-                 (sets, "_matrix", lambda t, col, *a: self.decoded.update([(t.num_rows, col)]))]  # fmt: skip
+                 (datasets, "load_from_disk", lambda path, *a, **k: self.read.update([Path(path)]))]  # fmt: skip
         for module, name, count in spies:
             real = getattr(module, name)
             monkeypatch.setattr(
@@ -104,10 +101,6 @@ def test_fit_test_and_predict_read_each_split_once(tmp_path, monkeypatch):
     assert sum(reads.parsed.values()) == 1
     assert sorted(reads.hashed) == shards and set(reads.hashed.values()) == {1}
     assert sorted(reads.read) == sorted(split_dirs) and set(reads.read.values()) == {1}
-    rows = {s: open_store(store).rows(s) for s in ("train", "val", "test")}
-    assert sorted(reads.decoded) == sorted((n, c) for n in rows.values()
-                                           for c in ("image_emb", "text_emb", "extra"))  # fmt: skip
-    assert set(reads.decoded.values()) == {1}
     # Nothing the fit, the test or the prediction did changed what the cache holds.
     warm = _everything(store)
     cache.clear()
