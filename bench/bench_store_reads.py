@@ -10,9 +10,10 @@ competition's 22,500 train+val and 5,500 test rows), ``image_emb`` and ``text_em
 past the cache's racy-timestamp window as a store in use is. Each round runs, alternating:
 
 - ``cached``: the readers as they are: the manifest parsed, each shard hashed, each split
-  and each added set read and decoded once per process;
+  and each added set read once per process (the embedding matrices converted to float32
+  from the mapped tables at each call);
 - ``checks only``: the readers before: manifest and shard checks cached, every split and
-  set read and decoded again at every call;
+  set read again at every call;
 - ``nothing``: no cache at all (every call parses, hashes, reads and decodes).
 
 In each: ``train.py fit`` (the concat head over image, text and the added set, one epoch
