@@ -40,15 +40,15 @@ from fusion.probe import fit_probe  # noqa: E402
 PIPELINES: dict[str, tuple[str, list[str]]] = {
     "weighted_softmax": ("dual_logit_softmax", []),
     "weighted_penalty": ("dual_logit_l0.1", []),
-    "weighted_softmax+prior": ("dual_logit_softmax", ["--model.prior_sets", "{scores}"]),
     "gated": ("gated", []),
     "concat": ("concat", []),
-    "concat+prior": ("concat", ["--model.prior_sets", "{scores}"]),
     "sets_weighted": ("sets_weighted", []),
     "sets_weighted+prior": ("sets_weighted", ["--model.prior_sets", "{scores}"]),
 }
 TINY = {"num_classes": 10, "per_class": {"train": 12, "val": 6, "test": 6}}
-STACK = "stack:linear"  # one configs/linear.yaml fit per set, stacked on val
+# Late fusion (``train.py stack --checkpoint ...``, the weights stacker fitted on val): of one
+# configs/linear.yaml fit per set, and of those plus the concat pipeline's fit.
+STACK, STACK_CONCAT = "stack:sets", "stack:sets+concat"
 QUIET = [
     "--trainer.logger", "false",
     "--trainer.enable_progress_bar", "false",
@@ -144,14 +144,16 @@ def pipeline_scores(store: Path, runs: Path, name: str, sets, scores_sets, extra
         "test": float((probs.argmax(1) == labels).mean()),
         "steps": int(cli.trainer.global_step),
         "weights": learned_weights(ckpt.best_model_path, store),
+        "checkpoint": ckpt.best_model_path,
         "seconds": round(seconds, 1),
     }
 
 
-def stack_scores(store: Path, runs: Path, sets: list[str], extra: list[str]) -> dict:
-    """One ``linear`` fit per set (``--data.features [set]``, the ``concat`` head over one set
-    is its single-set head), pooled by the weights stacker fitted on val
-    (``train.py stack --checkpoint ...``, cross-fitted val top-1)."""
+def stack_scores(store: Path, runs: Path, sets: list[str], concat: str | None, extra) -> dict:
+    """One ``linear`` fit per set (``--data.features [set]``; the ``concat`` head over one set
+    is its single-set head), pooled by the weights stacker of ``train.py stack`` fitted on
+    val (val top-1 cross-fitted, as ``stack.json`` reports it); again with the checkpoint
+    ``concat`` (the concat pipeline's fit over every set) as one more member."""
     from fusion.stacking import Stacker, cross_fit, member_log_probs
 
     t0 = time.perf_counter()
@@ -160,18 +162,29 @@ def stack_scores(store: Path, runs: Path, sets: list[str], extra: list[str]) -> 
         cli, _ = fit(store, runs, f"linear_{s}", "linear",
                      ["--model.head", "concat", "--data.features", f"[{s}]", *extra])  # fmt: skip
         members.append(cli.trainer.checkpoint_callback.best_model_path)
+    fits = time.perf_counter() - t0
     val_labels = load_features(store, "val", []).labels
     test_labels = load_features(store, "test", []).labels
-    _, val_lp = member_log_probs(members, str(store), "val")
-    _, test_lp = member_log_probs(members, str(store), "test")
-    crossed = cross_fit(val_lp, val_labels, method="weights")
-    stacker = Stacker(len(members), "weights").fit(val_lp, val_labels)
-    probs = stacker.predict_proba(test_lp)
-    return {
-        "val": float((crossed.argmax(1) == val_labels).mean()),
-        "test": float((np.asarray(probs).argmax(1) == test_labels).mean()),
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
+    out = {}
+    for name, ckpts, names in ((STACK, members, sets),
+                               (STACK_CONCAT, [*members, concat], [*sets, "concat"])):  # fmt: skip
+        if None in ckpts:
+            continue
+        t1 = time.perf_counter()
+        _, val_lp = member_log_probs(ckpts, str(store), "val")
+        _, test_lp = member_log_probs(ckpts, str(store), "test")
+        crossed = cross_fit(val_lp, val_labels, method="weights")
+        stacker = Stacker(len(ckpts), "weights").fit(val_lp, val_labels)
+        probs = stacker.predict_proba(test_lp)
+        w = np.asarray(stacker.mean_weights(val_lp))
+        out[name] = {
+            "val": float((crossed.argmax(1) == val_labels).mean()),
+            "test": float((probs.argmax(1) == test_labels).mean()),
+            # each member's share of the stacker's weights (the stack's trust in each set)
+            "weights": {n: float(v) for n, v in zip(names, w / w.sum(), strict=True)},
+            "seconds": round(fits + time.perf_counter() - t1, 1),
+        }
+    return out
 
 
 def summary(store: str, rows: dict, bayes: dict) -> dict:
@@ -257,8 +270,10 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{name} {pipe}: test {got['test']:.4f} val {got['val']:.4f} "
                       f"{got['weights']} ({got['seconds']} s)", flush=True)  # fmt: skip
         if a.stack:
-            rows[STACK] = stack_scores(store, Path(a.runs), sets, a.fit_args)
-            print(f"{name} {STACK}: test {rows[STACK]['test']:.4f}", flush=True)
+            concat = rows.get("concat", {}).get("checkpoint")
+            for key, got in stack_scores(store, Path(a.runs), sets, concat, a.fit_args).items():
+                rows[key] = got
+                print(f"{name} {key}: test {got['test']:.4f} {got['weights']}", flush=True)
         results[name] = {"rows": rows, "summary": summary(name, rows, built["bayes"])}
     text = markdown(results)
     print(text)

@@ -484,19 +484,11 @@ class WeightedLogitsHead(FusionHead):
         return self.penalty_lambda * (torch.relu(-w).sum() + (w.sum() - 1).abs())
 
     def forward(self, *inputs: Tensor) -> Tensor:
-        return self.mix(self.branch_outputs(*inputs))
-
-    def branch_outputs(self, *inputs: Tensor) -> list[Tensor]:
-        """Each set's own logits ``f_k(x_k)`` (a prior: its standardised scores)."""
         xs = self.normalised(*inputs)
-        return [branch(x) for branch, x in zip(self.branches, xs, strict=True)]
-
-    def mix(self, outputs: Sequence[Tensor]) -> Tensor:
-        """``sum_k w_k * outputs[k]``: the head's logits from its branches' outputs."""
         weights = self.fusion_weights()
-        logits = weights[0] * outputs[0]
-        for k in range(1, len(outputs)):
-            logits = logits + weights[k] * outputs[k]
+        logits = weights[0] * self.branches[0](xs[0])
+        for k in range(1, len(xs)):
+            logits = logits + weights[k] * self.branches[k](xs[k])
         return logits
 
 

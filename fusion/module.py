@@ -163,14 +163,6 @@ class FusionModule(L.LightningModule):
             dropping each set's whole input in training (at most one set per row).
         gate_hidden: gated only: hidden width of the gate (0: a linear gate).
         branch_loss: gated only: weight of the cross-entropy of each single-modality branch.
-        mix_holdout: dual_logit only: the share of the train rows (a fixed subset, by row)
-            that only the mixing weights learn from, on the branches' detached logits;
-            each branch learns from its own cross-entropy on the other rows. 0 (the
-            default): weights and branches learn from the fused loss on every row. Why:
-            a branch can fit the train rows of a set that says nothing (noise memorised),
-            so weights learned there trust what does not generalise, and a branch whose
-            weight shrinks early gets too little gradient to ever become useful
-            (bench/README.md, "Fusion over several feature sets"; configs/sets_weighted.yaml).
         label_smoothing: label smoothing of the training loss (validation loss is plain).
         optimizer: ``adamw`` or ``sgd`` (with ``momentum``).
         lr: learning rate at batch size 256, scaled to the real batch by ``lr_scaling``.
@@ -214,7 +206,6 @@ class FusionModule(L.LightningModule):
         modality_dropout: float = 0.0,
         gate_hidden: int = 64,
         branch_loss: float = 0.5,
-        mix_holdout: float = 0.0,
         label_smoothing: float = 0.0,
         optimizer: Literal["adamw", "sgd"] = "adamw",
         lr: float = 1e-3,
@@ -240,13 +231,6 @@ class FusionModule(L.LightningModule):
             if not weight_decay:
                 raise ValueError("weight_decay: an empty list; give a value or a list of them")
             self.hparams.weight_decay = weight_decays(weight_decay)
-        if not 0 <= mix_holdout < 1:
-            raise ValueError(f"mix_holdout must be in [0, 1), got {mix_holdout}")
-        if mix_holdout and head not in ("dual_logit", "weighted_logits"):
-            raise ValueError(
-                f"mix_holdout {mix_holdout}: only the dual_logit (weighted_logits) head mixes "
-                f"learned weights; give 0 for the head {head!r}"
-            )
         self.head = build_head(
             head,
             set_dims=self.hparams.set_dims,
@@ -290,8 +274,6 @@ class FusionModule(L.LightningModule):
     def _member_loss(self, member: nn.Module, batch: dict):
         """(logits, loss, penalty) of one head on a training batch."""
         labels = batch["label"]
-        if self.hparams.get("mix_holdout"):  # .get: checkpoints written before it lack it
-            return self._held_out_mix_loss(member, batch)
         logits = member(*batch["x"])
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         for branch in member.branch_logits():
@@ -300,30 +282,6 @@ class FusionModule(L.LightningModule):
         if penalty is not None:
             loss = loss + penalty
         return logits, loss, penalty
-
-    def _held_out_mix_loss(self, member: nn.Module, batch: dict):
-        """(logits, loss, penalty) with ``mix_holdout``: each branch's own cross-entropy on
-        the rows it trains on, the fused cross-entropy of the held-out rows on the
-        branches' detached logits (it moves only the mixing weights)."""
-        labels = batch["label"]
-        outputs = member.branch_outputs(*batch["x"])
-        index = torch.as_tensor(batch["index"], device=labels.device)
-        held = held_out_rows(index, self.hparams.mix_holdout)
-        fit = ~held
-        loss = outputs[0].new_zeros(())
-        if fit.any():
-            for k, out in enumerate(outputs):
-                if k not in member.prior_idx:  # a prior has nothing to train
-                    loss = loss + F.cross_entropy(
-                        out[fit], labels[fit], label_smoothing=self.hparams.label_smoothing
-                    )
-        if held.any():
-            fused = member.mix([out[held].detach() for out in outputs])
-            loss = loss + F.cross_entropy(fused, labels[held])
-        penalty = member.aux_loss()
-        if penalty is not None:
-            loss = loss + penalty
-        return member.mix([out.detach() for out in outputs]), loss, penalty
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         members = head_members(self.head)
@@ -552,14 +510,6 @@ def set_rng_states(states: dict) -> None:
     cuda = states.get("cuda") or []
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-
-
-def held_out_rows(index: torch.Tensor, share: float) -> torch.Tensor:
-    """Which rows (by their index in the split) are ``mix_holdout``'s: a fixed share of the
-    split, the same in every epoch, spread over it by a multiplicative hash (a split sorted
-    by class loses the same share of each class)."""
-    hashed = (index.long() * 2654435761) % (1 << 32)
-    return hashed < int(share * (1 << 32))
 
 
 def head_options(hparams: dict) -> dict:
