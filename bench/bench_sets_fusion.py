@@ -244,8 +244,14 @@ def main(argv: list[str] | None = None) -> dict:
                    help="10-class stores of a few rows each (a smoke run; not a measurement)")
     p.add_argument("--json", default="", help="write every figure here")
     p.add_argument("--md", default="", help="write the tables here")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="no fit: the rows of these --json files of the same code, store by "
+                        "store (the first file that has a row gives it), tables and goals "
+                        "again")  # fmt: skip
     p.add_argument("fit_args", nargs="*", help="after --: options given to every fit")
     a = p.parse_args(argv)
+    if a.merge:
+        return write(merged([json.loads(Path(f).read_text()) for f in a.merge]), a)
     stores = a.stores.split(",")
     pipelines = [x for x in a.pipelines.split(",") if x]
     unknown = [s for s in stores if s not in STORES] + [x for x in pipelines if x not in PIPELINES]
@@ -275,6 +281,29 @@ def main(argv: list[str] | None = None) -> dict:
                 rows[key] = got
                 print(f"{name} {key}: test {got['test']:.4f} {got['weights']}", flush=True)
         results[name] = {"rows": rows, "summary": summary(name, rows, built["bayes"])}
+    return write(results, a)
+
+
+def merged(parts: list[dict]) -> dict:
+    """Several runs' results as one: each store's rows from every part (probes first), the
+    summary computed again."""
+    rows: dict[str, dict] = {}
+    bayes: dict[str, dict] = {}
+    for part in parts:
+        for store, res in part.items():
+            mine = rows.setdefault(store, {})
+            for name, row in res["rows"].items():
+                mine.setdefault(name, row)
+            s = res["summary"]
+            bayes[store] = {"all": s["bayes_all"], "sets": s["bayes_sets"]}
+    out = {}
+    for store, mine in rows.items():
+        ordered = dict(sorted(mine.items(), key=lambda kv: not kv[0].startswith("probe:")))
+        out[store] = {"rows": ordered, "summary": summary(store, ordered, bayes[store])}
+    return out
+
+
+def write(results: dict, a) -> dict:
     text = markdown(results)
     print(text)
     if a.json:

@@ -191,6 +191,7 @@ def test_the_weighted_logits_name_is_a_head_on_the_command_line(store, tmp_path)
     assert cli.model.head.kind == "dual_logit" and cli.model.head.sets == ["left", "right"]
 
 
+@pytest.mark.slow
 def test_sets_weighted_sends_a_noise_sets_weight_to_zero(tmp_path):
     # One set knows every class, the other is wide noise a branch can memorise (48 dims,
     # 10 classes x 24 rows): the fused training loss alone cannot tell them apart.
