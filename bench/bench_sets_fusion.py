@@ -303,8 +303,31 @@ def merged(parts: list[dict]) -> dict:
     return out
 
 
+def goals(results: dict) -> str:
+    """Issue 20's goals per store, in points of test top-1: the best pipeline against the
+    concat probe, the best single-set probe and the Bayes bound; every pipeline more than
+    1 point below the best single-set probe."""
+    lines = ["| store | best pipeline | - concat probe | - best single probe | Bayes (all sets) - best "
+             "single probe | pipelines > 1 point below the best single probe |",
+             "|---|---|---:|---:|---:|---|"]  # fmt: skip
+    for store, res in results.items():
+        s, rows = res["summary"], res["rows"]
+        if "best_pipeline" not in s or "best_single_probe" not in s:
+            continue
+        single, best = s["best_single_probe"]["test"], s["best_pipeline"]
+        below = [f"`{k}` {100 * (r['test'] - single):+.1f}" for k, r in rows.items()
+                 if not k.startswith("probe:") and r["test"] < single - 0.01]  # fmt: skip
+        lines.append(
+            f"| `{store}` | `{best['name']}` {best['test']:.3f} | "
+            f"{100 * (best['test'] - s.get('concat_probe', float('nan'))):+.1f} | "
+            f"{100 * (best['test'] - single):+.1f} | {100 * (s['bayes_all'] - single):+.1f} | "
+            f"{', '.join(below) or 'none'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def write(results: dict, a) -> dict:
-    text = markdown(results)
+    text = markdown(results) + "\n" + goals(results)
     print(text)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
