@@ -36,6 +36,8 @@ import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_info
 
+from feature_store.compat import fit_may_stop
+
 # The signal that stopped this process's latest fit (None: none did).
 _stopped_by: str | None = None
 
@@ -99,14 +101,14 @@ class ResumableEarlyStopping(EarlyStopping):
         self._validated = False
         self._stop_pending = False
 
-    def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
-        asked_before = trainer.should_stop
-        super()._run_early_stopping_check(trainer)
+    def _hold_stop(self, trainer: L.Trainer, asked_before: bool) -> None:
+        """Move a stop this callback just asked for, and that only min_steps holds back,
+        from ``trainer.should_stop`` into ``_stop_pending`` (module doc)."""
         loop = trainer.fit_loop
-        # Only a stop that min_steps alone holds back waits here: Lightning checks
-        # min_epochs at an epoch boundary, min_steps after every batch (as below).
+        # Lightning checks min_epochs at an epoch boundary, min_steps after every batch (as
+        # on_train_batch_end below): a stop min_epochs holds back stays Lightning's.
         min_epochs_met = loop.epoch_progress.current.processed >= (loop.min_epochs or 0)
-        if trainer.should_stop and not asked_before and min_epochs_met and not loop._can_stop_early:
+        if trainer.should_stop and not asked_before and min_epochs_met and not fit_may_stop(trainer):
             trainer.should_stop = False
             if not self._stop_pending:
                 rank_zero_info(
@@ -118,19 +120,23 @@ class ResumableEarlyStopping(EarlyStopping):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         # After the optimizer step, before Lightning's check for validation and stopping:
         # the step that reaches min_steps validates and stops, as with should_stop set.
-        if self._stop_pending and trainer.fit_loop._can_stop_early:
+        if self._stop_pending and fit_may_stop(trainer):
             trainer.should_stop = True
             self._stop_pending = False
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._validated = True
+        asked_before = trainer.should_stop
         super().on_validation_end(trainer, pl_module)
+        self._hold_stop(trainer, asked_before)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._validated and self.monitor not in trainer.callback_metrics:
             return  # the end of an epoch restored from a checkpoint, validated before it
+        asked_before = trainer.should_stop
         super().on_train_epoch_end(trainer, pl_module)
+        self._hold_stop(trainer, asked_before)
 
 
 class Stopped(Exception):
