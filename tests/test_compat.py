@@ -158,7 +158,8 @@ def test_the_leafspec_warning_comes_from_the_module_named(tmp_path):
 
 def test_fit_may_stop_waits_for_min_steps(tmp_path):
     trainer = L.Trainer(min_steps=3, max_steps=3, logger=False, accelerator="cpu",
-                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+                        enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path))  # fmt: skip
     assert not compat.fit_may_stop(trainer)  # no step yet
     trainer.fit(BoringModel())
     assert trainer.global_step == 3 and compat.fit_may_stop(trainer)
