@@ -10,7 +10,8 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
-from feature_store.layout import load_arrays, write_store
+from feature_store.layout import load_arrays
+from feature_store.writer import write_store
 
 METRIC_COLS = ["epoch", "fusion/alpha", "fusion/beta", "step", "train/acc_top1", "train/loss"]
 METRIC_COLS += ["train/acc_top5", "val/acc_top1", "val/acc_top5", "val/loss"]

@@ -99,7 +99,7 @@ def test_all_duplicate_text_skips_dbscan_with_a_note(tmp_path):
         "image_emb": rng.standard_normal((3, 8))[labels] + 0.1 * rng.standard_normal((30, 8)),
         "text_emb": rng.standard_normal((3, 4))[labels],  # 10 copies of each caption
     }
-    from feature_store.layout import write_store
+    from feature_store.writer import write_store
 
     write_store(tmp_path / "s", splits={"train": split}, class_names=["a", "b", "c"])
     report = Report("t")
@@ -253,7 +253,7 @@ def test_degenerate_is_the_manifests_definition_and_a_stale_count_is_flagged(tmp
 
 
 def test_display_names_replace_wordnet_ids(tmp_path, capsys):
-    from feature_store.layout import write_store
+    from feature_store.writer import write_store
 
     wnids, shown = (
         ["n01440764", "n01443537", "n01484850"],
