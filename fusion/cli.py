@@ -51,6 +51,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+from jsonargparse import get_loader, set_loader
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -71,7 +73,15 @@ from fusion.callbacks import (
 from fusion.datamodule import FeatureDataModule
 from fusion.exit import UsageError
 from fusion.loggers import adopt_user_loggers, make_loggers, start_loggers, wandb_settings
-from fusion.module import FusionModule
+from fusion.module import (
+    RENAMED,
+    FusionModule,
+    group_flat,
+    grouped_hparams,
+    is_old_value,
+    regrouped,
+    renamed,
+)
 from fusion.predict import (
     FINGERPRINT_KEY,
     CheckpointError,
@@ -186,9 +196,88 @@ def resume_run_dir(base: Path, run_dir: str | None) -> Path:
     return candidates[-1]
 
 
+# Old flat model options already announced in this parse (one deprecation line each).
+_ANNOUNCED: set[str] = set()
+
+
+def _announce(moved: list[tuple[str, str]]) -> None:
+    for old, new in moved:
+        if old not in _ANNOUNCED:
+            _ANNOUNCED.add(old)
+            print(
+                f"train.py: --model.{old} is deprecated, read as --model.{new} (the model's "
+                "options are grouped: python train.py fit --help); rename it",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def regroup_config(value):
+    """A loaded config (``model:`` sections, dotted ``model.x`` keys, subcommand sections)
+    with the model's old flat options moved into their groups, announced."""
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        name = key[len("model.") :] if key.startswith("model.") else None
+        if key == "model" and isinstance(item, dict):
+            grouped, moved = group_flat(item)
+            out[key] = grouped
+            _announce(moved)
+        elif key in (*DESCRIPTIONS, "fit") and isinstance(item, dict):
+            out[key] = regroup_config(item)
+        elif is_old_value(name, item):
+            new, out[f"model.{new}"] = regrouped(name, item)
+            _announce([(name, new)])
+        else:
+            out[key] = item
+    return out
+
+
+def regroup_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the model's old flat options (``--model.lr 0.1``) renamed, announced."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        name, eq, text = arg.partition("=")
+        old = name[len("--model.") :] if name.startswith("--model.") else ""
+        if old not in RENAMED:
+            continue
+        text = text if eq else (out[i + 1] if i + 1 < len(out) else "")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if is_old_value(old, value):
+            new = renamed(old, value)
+            _announce([(old, new)])
+            out[i] = f"--model.{new}" + (f"={text}" if eq else "")
+    return out
+
+
+def _load_config(text: str):
+    """jsonargparse's YAML loader, old flat model options regrouped (:func:`regroup_config`)."""
+    return regroup_config(YAML_LOADER(text))
+
+
+YAML_LOADER = get_loader("yaml")
+set_loader("fusion_yaml", _load_config, exceptions=(yaml.YAMLError,))
+
+
 class FusionArgumentParser(LightningArgumentParser):
     """LightningCLI's parser; an unknown option (``--model.droput``) is one line naming the
-    nearest real one, exit code 2. Other usage errors keep jsonargparse's usage text."""
+    nearest real one, exit code 2. Other usage errors keep jsonargparse's usage text.
+
+    The model's flat options of before issue 21 (``--model.lr``, ``model.weight_decay: [..]``
+    in a config) are read as their grouped names, with one deprecation line each."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("parser_mode", "fusion_yaml")
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, *rest, **kwargs):
+        _ANNOUNCED.clear()
+        argv = regroup_argv(sys.argv[1:] if args is None else args)
+        return super().parse_args(argv, *rest, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         parser = getattr(ex, "subcommand_parser", None) or self
@@ -299,9 +388,15 @@ class FusionCLI(LightningCLI):
         path = self.config[sub].get("ckpt_path") if sub else None
         if path and path not in ("last", "best", "hpc", "registry"):
             try:
-                load_checkpoint(path)
+                hparams = load_checkpoint(path)["hyper_parameters"]
             except CheckpointError as err:
                 raise ResumeError(f"--ckpt_path: {err}") from err
+            # What LightningCLI does with the file's hyper-parameters, on their grouped
+            # form: a checkpoint written before the options were grouped holds them flat.
+            hparams = grouped_hparams(hparams)
+            hparams.pop("_instantiator", None)
+            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+            return
         super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
