@@ -44,7 +44,9 @@ submission predict.py would write (``fusion/submission_writer.py``), by default 
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 import shutil
 import sys
 import time
@@ -60,7 +62,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from feature_store import open_store
-from feature_store.cli import EXIT_BAD_INPUT, unknown_option
+from feature_store.cli import EXIT_BAD_INPUT, option_names, unknown_option
 from feature_store.console import quiet_lightning, show_path
 from fusion.callbacks import (
     EpochSummary,
@@ -284,8 +286,23 @@ class FusionArgumentParser(LightningArgumentParser):
         line = unknown_option(message, parser) if self.exit_on_error else None
         if line is None:
             return super().error(message, ex)
-        print(f"train.py: error: {line}", file=sys.stderr, flush=True)
+        print(f"train.py: error: {grouped_guess(line, parser)}", file=sys.stderr, flush=True)
         self.exit(EXIT_BAD_INPUT)
+
+
+def grouped_guess(line: str, parser) -> str:
+    """``unknown option --model.droput; did you mean ...`` naming the grouped option whose
+    last name is nearest (``--model.head_options.dropout``): the whole dotted name of an old
+    flat option is nearer to a group's name than to the option in it."""
+    found = re.match(r"unknown option (--model\.(\w+))(;|\s)", line)
+    if not found:
+        return line
+    options = [o for o in option_names(parser) if o.startswith("--model.")]
+    leaves = {o.rsplit(".", 1)[1]: o for o in options}
+    close = difflib.get_close_matches(found.group(2), list(leaves), n=1)
+    return f"unknown option {found.group(1)}; did you mean {leaves[close[0]]}?" if close else line
+
+
 def batches_per_epoch(rows: int, batch_size: int, trainer_cfg: dict) -> int:
     """Optimizer steps per epoch of one process: its share of ``rows`` (every device of
     every node takes one) in batches, over the gradient accumulation."""

@@ -106,7 +106,7 @@ def check_head_options(kind: str, options: Mapping[str, Any], *, prefix: str = "
         takers = ", ".join(heads_taking(name)) or "none"
         raise HeadOptionError(
             f"{prefix}{name}: the head {kind} does not take this option (heads that do: "
-            f"{takers}); leave it out, or choose one of those heads"
+            f"{takers}); leave it out (null over a config that sets it), or choose one of those heads"
         )
 
 

@@ -36,13 +36,13 @@ USAGE = [
     ("unknown-subcommand", ["fitt"], r"^train\.py: error: unknown subcommand 'fitt'.* probe"),
     ("unknown-option", ["--model.bogus", "1"], r"^train\.py: error: unknown option --model\.bogus"),
     ("missing-config", ["--config", "nope.yaml"], r"nope\.yaml"),
-    ("wrong-type", ["--model.lr", "abc"], r"model\.lr"),
-    ("not-a-choice", ["--model.optimizer", "lion"], r"model\.optimizer"),
+    ("wrong-type", ["--model.optimizer.lr", "abc"], r"model\.optimizer\.lr"),
+    ("not-a-choice", ["--model.optimizer.name", "lion"], r"model\.optimizer"),
     ("accelerator-missing", ["--trainer.accelerator", "gpu"], r"^train\.py: error: --trainer"),
     ("devices-0", ["--trainer.devices", "0"], r"^train\.py: error: --trainer options: .*devices"),
     ("unknown-strategy", ["--trainer.strategy", "nope"], r"^train\.py: error: --trainer .*nope"),
-    ("hidden-size-0", ["--model.hidden_dims", "[0]"], r"^train\.py: error: --model\.hidden_dims"),
-    ("hidden-size-negative", ["--model.hidden_dims", "[-3]"], r"hidden size must be >= 1"),
+    ("hidden-size-0", ["--model.head_options.hidden_dims", "[0]"], r"^train\.py: error: --model\.head_options\.hidden_dims"),
+    ("hidden-size-negative", ["--model.head_options.hidden_dims", "[-3]"], r"hidden size must be >= 1"),
     ("cv-without-folds", ["cv", "--config", DEMO_CONFIG], r"^train\.py cv: error: give --data\.folds"),
 ]  # fmt: skip
 

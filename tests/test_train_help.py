@@ -48,7 +48,7 @@ def help_entries(text: str) -> dict[str, str]:
         if match:
             current = match.group(1)[2:]
             rest = match.group(2)
-            # "  --model.lr LR         learning rate ..." keeps its help on the same line.
+            # "  --model.optimizer.lr LR         learning rate ..." keeps its help on the same line.
             same_line = re.split(r"\s{2,}", rest.strip(), maxsplit=1)
             entries[current] = same_line[1] if len(same_line) == 2 else ""
         elif current and line.startswith(" " * 10) and line.strip():
@@ -116,8 +116,8 @@ def test_every_option_of_ours_has_a_one_line_help(fit_help):
 
 
 def test_help_shows_real_defaults(fit_help):
-    assert "default: (512,)" in fit_help["model.hidden_dims"]
-    assert "default: null" not in fit_help["model.hidden_dims"]
+    assert "default: (512,)" in fit_help["model.head_options.hidden_dims"]
+    assert "default: null" not in fit_help["model.head_options.hidden_dims"]
     assert "default: dual_logit" in fit_help["model.head"]
     assert "default: 3000" in fit_help["recipe.min_steps"]
     assert "default: test" in fit_help["data.test_split"]
