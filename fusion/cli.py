@@ -284,6 +284,14 @@ class FusionArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None):
         parser = getattr(ex, "subcommand_parser", None) or self
         line = unknown_option(message, parser) if self.exit_on_error else None
+        listed = re.search(r'"model\.optimizer\.weight_decay":\s+Expected .*value: (\[.*?\])', message)
+        if listed and self.exit_on_error:  # the old spelling of a sweep, under the new name
+            line = (
+                f"--model.optimizer.weight_decay {listed.group(1)}: one value; several (one head "
+                f"each, the best on val kept) are --model.weight_decay_sweep {listed.group(1)}"
+            )
+            print(f"train.py: error: {line}", file=sys.stderr, flush=True)
+            self.exit(EXIT_BAD_INPUT)
         if line is None:
             return super().error(message, ex)
         print(f"train.py: error: {grouped_guess(line, parser)}", file=sys.stderr, flush=True)

@@ -58,9 +58,11 @@ def build_head(
     """Build the head registered as ``kind`` over the sets ``set_dims`` (name -> width, in
     input order); ``members`` > 1 gives a :class:`HeadSweep` of that many copies.
 
-    ``options`` are the head's own constructor options; one it does not take (see
-    :func:`heads_taking`) is a :class:`HeadOptionError`, never silently dropped.
+    ``options`` are the head's own constructor options (None: the head's default); one it
+    does not take (see :func:`heads_taking`) is a :class:`HeadOptionError`, never silently
+    dropped.
     """
+    options = {k: v for k, v in options.items() if v is not None}
     kind = HEAD_ALIASES.get(kind, kind)
     if kind not in HEADS:
         raise ValueError(f"unknown head {kind!r}; registered heads: {sorted(HEADS)}")
