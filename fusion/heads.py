@@ -81,8 +81,21 @@ class HeadOptionError(UsageError):
 
 
 # Options the training module applies for some heads only (not constructor arguments):
-# option -> the heads it applies to.
+# option -> the heads it applies to, and its default.
 MODULE_HEAD_OPTIONS = {"branch_loss": ("gated",)}
+MODULE_HEAD_DEFAULTS = {"branch_loss": 0.5}
+
+
+def head_default(kind: str, option: str) -> Any:
+    """The value head ``kind`` uses for ``option`` when it is not given (None when the head
+    does not take it)."""
+    kind = HEAD_ALIASES.get(kind, kind)
+    if kind not in heads_taking(option):
+        return None
+    if option in MODULE_HEAD_DEFAULTS:
+        return MODULE_HEAD_DEFAULTS[option]
+    default = inspect.signature(HEADS[kind].__init__).parameters[option].default
+    return list(default) if isinstance(default, tuple) else default
 
 
 def heads_taking(option: str) -> list[str]:

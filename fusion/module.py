@@ -27,6 +27,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from fusion.exit import UsageError
 from fusion.heads import (
     HEAD_ALIASES,
+    MODULE_HEAD_DEFAULTS,
     HeadOptions,
     HeadSweep,
     build_head,
@@ -262,7 +263,9 @@ class FusionModule(L.LightningModule):
             **head_options.constructor(),
         )
         # gated: the weight of each branch's own loss (other heads have no branches).
-        self.branch_loss = head_options.branch_loss if head_options.branch_loss is not None else 0.5
+        self.branch_loss = head_options.branch_loss
+        if self.branch_loss is None:
+            self.branch_loss = MODULE_HEAD_DEFAULTS["branch_loss"]
         num_classes = len(self.hparams.class_names)
         self.train_stats = TrainingStats(k=5)
         # One set of val metrics per member of a weight-decay sweep (one otherwise).

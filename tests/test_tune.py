@@ -1,5 +1,6 @@
 """train.py tune: a study completes, survives kill -9, and its best.yaml refits to its score."""
 
+import inspect
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from fixtures_training import DEMO_CONFIG, REPO, read_csv, wandb_records
 
 from feature_store.synthetic import make_synthetic_store
 from fusion.cli import FusionCLI
+from fusion.heads import HEADS
 from fusion.tune import FINISHED, PruneOnVal, SearchSpaceError, load_space, run_tune
 
 SPACE = """
@@ -220,13 +222,17 @@ def test_every_search_space_holds_its_config_own_values(space, capsys):
         FusionCLI(args=["fit", "--config", str(config), "--print_config"])
     resolved = yaml.safe_load(capsys.readouterr().out)
     spec = load_space(space)
+    head = resolved["model"]["head"]
     for name, rule in spec.items():
-        group, key = name.split(".", 1)
-        value = resolved[group][key]
+        value = resolved
+        for part in name.split("."):
+            value = value[part]
+        if value is None and name.startswith("model.head_options."):  # the head's default
+            value = inspect.signature(HEADS[head].__init__).parameters[part].default
         assert _in_space(value, rule), f"{space.name}: {name} {value!r} is outside {rule}"
     assert "model.optimizer.lr" in spec  # each space searches the lr of the config's own optimiser
-    if "model.optimizer" in spec:
-        assert _in_space(resolved["model"]["optimizer"], spec["model.optimizer"])
+    if "model.optimizer.name" in spec:
+        assert _in_space(resolved["model"]["optimizer"]["name"], spec["model.optimizer.name"])
     # What trial 0 is built from: every searched option, none left to the sampler.
     params, outside = config_params(["--config", str(config)], spec)
     assert outside == [] and set(params) == set(spec)
