@@ -82,7 +82,7 @@ def members(store, tmp_path_factory):
 
 def test_a_checkpoint_remembers_its_sets_and_predicts_from_them(store, members, tmp_path):
     head, hp = load_head(members["right_zs"])
-    assert hp["set_dims"] == {"right": 16, "zs": 10} and hp["prior_sets"] == ["zs"]
+    assert hp["set_dims"] == {"right": 16, "zs": 10} and hp["head_options"]["prior_sets"] == ["zs"]
     assert set(hp["store_fingerprint"]) >= {"features.right", "features.zs"}
     assert not any(k.startswith("models.") for k in hp["store_fingerprint"])  # image/text unread
     # predict.py = the head on exactly those arrays.

@@ -234,7 +234,7 @@ def test_offline_reason_is_one_line(monkeypatch, tmp_path):
 
 def test_flatten_keeps_plain_lists_and_dots_nested_keys():
     flat = flatten({"model": {"head": "concat", "hidden_dims": [32, 16]}, "cb": [{"a": 1}]})
-    assert flat == {"model.head": "concat", "model.head_options.hidden_dims": [32, 16], "cb": '[{"a": 1}]'}
+    assert flat == {"model.head": "concat", "model.hidden_dims": [32, 16], "cb": '[{"a": 1}]'}
 
 
 def test_misclassified_first_caps_and_orders():
