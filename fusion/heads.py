@@ -702,7 +702,7 @@ class ReferenceProjectionHead(FusionHead):
 class HeadSweep(FusionHead):
     """Several copies of one head trained side by side; the one that is best on val answers.
 
-    The module gives each member its own weight decay (``--model.weight_decay`` as a list)
+    The module gives each member its own weight decay (``--model.weight_decay_sweep``)
     and trains all of them on the same batches in one pass; after each validation it
     points :attr:`selected` at the member with the best val accuracy, so checkpoints,
     ``predict.py`` and the val predictions use that member. This is the linear probe's
