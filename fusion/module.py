@@ -32,6 +32,7 @@ from fusion.heads import (
     HeadSweep,
     build_head,
     check_head_options,
+    checkpoint_set_dims,
     head_members,
     heads_taking,
 )
@@ -622,6 +623,9 @@ def grouped_hparams(hparams: dict) -> dict:
     if isinstance(hp.get("optimizer"), dict) or "head_options" in hp:
         return hp
     hp, _ = group_flat(hp)
+    if "image_dim" in hp:  # written before --data.features: the image and text sets
+        hp["set_dims"] = checkpoint_set_dims(hp)
+        hp.pop("image_dim"), hp.pop("text_dim", None)
     head = hp.get("head")
     options = dict(hp.get("head_options") or {})
     hp["head_options"] = {

@@ -14,11 +14,10 @@ import yaml
 
 from feature_store import load_arrays
 from fusion.cli import FusionCLI
-from fusion.heads import HeadSweep
+from fusion.heads import HeadSweep, SkipMLP, build_head
+from fusion.module import grouped_hparams, head_options
 from fusion.predict import head_probs, load_head
 from tests.fixtures_training import REPO, fit_cli, small_store
-
-pytestmark = pytest.mark.slow
 
 # configs/concat.yaml as it was written before the options were grouped (flat, with a list
 # as weight_decay), spelled out whole: the head, its network, SGD and the sweep.
@@ -50,6 +49,7 @@ def _fit(store, run, *config_args):
     return FusionCLI(args=args)
 
 
+@pytest.mark.slow
 def test_an_old_flat_config_trains_exactly_as_its_grouped_form(tmp_path, capsys):
     store = small_store(tmp_path / "s")
     old = tmp_path / "old_concat.yaml"
@@ -91,6 +91,35 @@ def flat_hyper_parameters(hp: dict) -> dict:
     return flat
 
 
+def test_flat_hyper_parameters_are_grouped_as_the_head_was_trained():
+    """What a checkpoint from before --data.features and the groups holds, read back: the
+    image/text dims as sets, options at their old defaults as unset (None: the head's own,
+    the same value), options the head never took dropped (it dropped them), a list of weight
+    decays as the sweep."""
+    flat = {
+        "head": "dual_logit", "image_dim": 4, "text_dim": 3, "class_names": ["a", "b"],
+        "hidden_dims": [5], "dropout": 0.1, "input_norm": "standardize", "fusion_dim": 256,
+        "penalty_lambda": 0.3, "weighting": "penalty", "gate_hidden": 64, "linear_skip": True,
+        "optimizer": "sgd", "lr": 0.1, "momentum": 0.5, "weight_decay": [0.0, 0.1],
+        "schedule": "step", "gamma": 0.5, "label_smoothing": 0.1,
+    }  # fmt: skip
+    assert grouped_hparams(flat) == {
+        "head": "dual_logit", "set_dims": {"image": 4, "text": 3}, "class_names": ["a", "b"],
+        "head_options": {"hidden_dims": [5], "dropout": 0.1, "input_norm": None,
+                         "penalty_lambda": 0.3, "weighting": None, "linear_skip": True},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.5},
+        "schedule": {"name": "step", "gamma": 0.5},
+        "weight_decay_sweep": [0.0, 0.1], "label_smoothing": 0.1,
+    }  # fmt: skip
+    head = build_head("dual_logit", set_dims={"image": 4, "text": 3}, num_classes=2,
+                      **head_options(flat))  # fmt: skip
+    assert isinstance(head, HeadSweep) and head.members[0].penalty_lambda == 0.3
+    assert isinstance(head.members[0].branches[0], SkipMLP)
+    # A grouped checkpoint is read as it is.
+    grouped = grouped_hparams(flat)
+    assert grouped_hparams(grouped) == grouped
+
+
 @pytest.fixture(scope="module")
 def old_checkpoint(tmp_path_factory):
     """A trained concat sweep's best.ckpt and a copy with flat (old) hyper-parameters."""
@@ -110,6 +139,7 @@ def old_checkpoint(tmp_path_factory):
     return store, new, old
 
 
+@pytest.mark.slow
 def test_an_old_flat_checkpoint_loads_and_predicts_as_it_was_trained(old_checkpoint):
     store, new, old = old_checkpoint
     flat = torch.load(old, weights_only=True)["hyper_parameters"]
@@ -123,6 +153,7 @@ def test_an_old_flat_checkpoint_loads_and_predicts_as_it_was_trained(old_checkpo
     np.testing.assert_array_equal(head_probs(head_old, inputs), head_probs(head_new, inputs))
 
 
+@pytest.mark.slow
 def test_validate_scores_an_old_checkpoint_as_the_new_one(old_checkpoint, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     store, new, old = old_checkpoint
