@@ -396,7 +396,7 @@ def test_a_truncated_probs_file_is_one_line_naming_it(member_files, tmp_path, ca
 
 # --- train.py tune ------------------------------------------------------------------------
 
-SPACE = "model.optimizer.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nmodel.dropout: {low: 0.0, high: 0.5}\n"
+SPACE = "model.optimizer.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nmodel.head_options.dropout: {low: 0.0, high: 0.5}\n"
 
 
 def _tune_args(store: Path, root: Path, *extra: str) -> list[str]:
