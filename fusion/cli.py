@@ -226,7 +226,7 @@ def regroup_config(value):
             grouped, moved = group_flat(item)
             out[key] = grouped
             _announce(moved)
-        elif key in (*DESCRIPTIONS, "fit") and isinstance(item, dict):
+        elif key in DESCRIPTIONS and isinstance(item, dict):  # a subcommand's section
             out[key] = regroup_config(item)
         elif is_old_value(name, item):
             new, out[f"model.{new}"] = regrouped(name, item)

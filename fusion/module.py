@@ -601,7 +601,9 @@ def group_flat(model: dict) -> tuple[dict, list[tuple[str, str]]]:
     out, moved = {}, []
     for key, value in model.items():
         if not is_old_value(key, value):
-            out[key] = value
+            # A group may hold both forms (``optimizer: {name: sgd}`` and ``lr: 0.1``).
+            both = isinstance(value, dict) and isinstance(out.get(key), dict)
+            out[key] = {**out[key], **value} if both else value
             continue
         new, value = regrouped(key, value)
         moved.append((key, new))

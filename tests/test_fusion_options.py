@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from feature_store import load_arrays
-from fusion.cli import FusionCLI
+from fusion.cli import FusionCLI, regroup_argv
 from fusion.heads import HeadSweep, SkipMLP, build_head
 from fusion.module import grouped_hparams, head_options
 from fusion.predict import head_probs, load_head
@@ -89,6 +89,26 @@ def flat_hyper_parameters(hp: dict) -> dict:
     flat.update({k: v for k, v in sched.items() if k != "name"}, schedule=sched["name"])
     flat["weight_decay"] = hp["weight_decay_sweep"] or opt["weight_decay"]
     return flat
+
+
+def test_old_flat_command_line_options_are_read_as_their_grouped_names(capsys, monkeypatch):
+    import fusion.cli
+
+    monkeypatch.setattr(fusion.cli, "_ANNOUNCED", set())  # a new parse: each one announced
+    argv = ["fit", "--model.lr", "0.1", "--model.optimizer", "sgd", "--model.weight_decay",
+            "[0.1, 0.2]", "--model.schedule.name", "step", "--model.linear_skip=true",
+            "--model.schedule={name: step}", "--data.batch_size", "8"]  # fmt: skip
+    assert regroup_argv(argv) == [
+        "fit", "--model.optimizer.lr", "0.1", "--model.optimizer.name", "sgd",
+        "--model.weight_decay_sweep", "[0.1, 0.2]", "--model.schedule.name", "step",
+        "--model.head_options.linear_skip=true", "--model.schedule={name: step}",
+        "--data.batch_size", "8",
+    ]  # fmt: skip
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4 and all(line.startswith("train.py: --model.") for line in lines)
+    assert lines[2].startswith(
+        "train.py: --model.weight_decay is deprecated, read as --model.weight_decay_sweep"
+    )
 
 
 def test_flat_hyper_parameters_are_grouped_as_the_head_was_trained():
