@@ -22,6 +22,9 @@ of the same experiment. A resume writes nothing before its checkpoint is restore
     RUN/submission.csv        Id,Category of --data.predict_split from best.ckpt (--category
                               index|name), with .probs.npz and .json (fusion/submission.py)
     RUN/confusion_top.png     over 50 classes: the most confused classes (also in W&B)
+    RUN/refit.json            a refit on train+val (--data.train_splits '[train, val]'
+                              --recipe.from_run VALIDATED_RUN): no best.ckpt, no val files,
+                              last.ckpt is the model (fusion/refit.py, docs/refit.md)
 
 W&B (fusion/loggers.py, fusion/wandb_report.py): ``--wandb.project/entity/group/tags/
 job_type`` (``--wandb_project`` is an alias of ``--wandb.project``), else W&B's
@@ -56,13 +59,14 @@ from pathlib import Path
 import yaml
 from jsonargparse import get_loader, set_loader
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from feature_store import open_store
 from feature_store.cli import EXIT_BAD_INPUT, option_names, unknown_option
+from feature_store.compat import wandb_run_started
 from feature_store.console import quiet_lightning, show_path
 from fusion.callbacks import (
     EpochSummary,
@@ -94,6 +98,7 @@ from fusion.predict import (
 )
 from fusion.probe_run import latest_probe, probe_line
 from fusion.recipe import Recipe
+from fusion.refit import MARKER, FitPlan, StopAtStep, check_refit, refit_plan
 from fusion.runs import (
     ResumeError,
     RunConfigSaver,
@@ -134,8 +139,8 @@ def run_of_checkpoint(ckpt: Path) -> Path:
 
 def eval_checkpoint(cfg, subcommand: str) -> Path:
     """The checkpoint ``validate``/``test``/``predict`` score: ``--ckpt_path FILE``, or
-    ``best``/``last`` (default ``best``) of ``--run_dir RUN``, or (``best``/``last`` only)
-    of the newest run of the experiment under ``--runs_root``."""
+    ``best``/``last`` (default ``best``; ``last`` for a refit) of ``--run_dir RUN``, or
+    (``best``/``last`` only) of the newest run of the experiment under ``--runs_root``."""
     path = cfg.get("ckpt_path")
     if path not in (None, "best", "last"):
         if path in ("hpc", "registry"):
@@ -143,6 +148,8 @@ def eval_checkpoint(cfg, subcommand: str) -> Path:
         return Path(path)
     name = f"{path or 'best'}.ckpt"
     if cfg.get("run_dir"):
+        if path is None and (Path(cfg["run_dir"]) / MARKER).is_file():
+            name = "last.ckpt"  # a refit keeps no best (fusion/refit.py)
         return Path(cfg["run_dir"]) / "checkpoints" / name
     base = Path(cfg["runs_root"]) / experiment_name(cfg)
     found = sorted(base.glob(f"*/checkpoints/{name}"), key=lambda p: p.stat().st_mtime)
@@ -269,17 +276,36 @@ class FusionArgumentParser(LightningArgumentParser):
     """LightningCLI's parser; an unknown option (``--model.droput``) is one line naming the
     nearest real one, exit code 2. Other usage errors keep jsonargparse's usage text.
 
-    The model's flat options of before issue 21 (``--model.lr``, ``model.weight_decay: [..]``
-    in a config) are read as their grouped names, with one deprecation line each."""
+    ``fusion_subcommand``: the subcommand whose options it parses (None: the main parser),
+    given through LightningCLI's per-subcommand ``parser_kwargs``, so that
+    ``add_arguments_to_parser`` adds each subcommand's own options.
 
-    def __init__(self, *args, **kwargs) -> None:
+    The model's flat options of before issue 21 (``--model.lr``, ``model.weight_decay: [..]``
+    in a config) are read as their grouped names, with one deprecation line each, and a
+    checkpoint's flat hyper-parameters (``--ckpt_path``) as the head was trained."""
+
+    def __init__(self, *args, fusion_subcommand: str | None = None, **kwargs) -> None:
         kwargs.setdefault("parser_mode", "fusion_yaml")
         super().__init__(*args, **kwargs)
+        self.fusion_subcommand = fusion_subcommand
 
     def parse_args(self, args=None, *rest, **kwargs):
         _ANNOUNCED.clear()
         argv = regroup_argv(sys.argv[1:] if args is None else args)
         return super().parse_args(argv, *rest, **kwargs)
+
+    def parse_object(self, cfg_obj, *rest, **kwargs):
+        """LightningCLI parses a ``--ckpt_path`` file's hyper-parameters as
+        ``{subcommand: {"model": hparams}}``; ones written before the options were grouped
+        are flat (:func:`fusion.module.grouped_hparams`)."""
+        if isinstance(cfg_obj, dict):
+            cfg_obj = {
+                key: {**item, "model": grouped_hparams(item["model"])}
+                if isinstance(item, dict) and isinstance(item.get("model"), dict)
+                else item
+                for key, item in cfg_obj.items()
+            }
+        return super().parse_object(cfg_obj, *rest, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         parser = getattr(ex, "subcommand_parser", None) or self
@@ -357,25 +383,39 @@ class FusionCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resume rewrites it
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault(
-            "parser_kwargs",
-            {
-                "description": "Train, score and predict with fusion heads on a feature store "
-                "(python train.py --help: the overview and the other subcommands).",
-                **{k: {"description": v} for k, v in DESCRIPTIONS.items()},
-            },
-        )
+        parser_kwargs = {
+            "description": "Train, score and predict with fusion heads on a feature store "
+            "(python train.py --help: the overview and the other subcommands).",
+            **{k: {"description": v} for k, v in DESCRIPTIONS.items()},
+            **kwargs.get("parser_kwargs", {}),
+        }
+        for name in self.subcommands():  # each subcommand's parser knows its subcommand
+            parser_kwargs[name] = {**parser_kwargs.get(name, {}), "fusion_subcommand": name}
+        kwargs["parser_kwargs"] = parser_kwargs
         self.claimed: list[Path] = []  # a new run's directory and the folders made for it
+        # The command line as given: a refit refuses options that ask it to validate
+        # (fusion/refit.py), which the config file's values (the validated run's) do not.
+        self.argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        self.validated = None  # a refit's validated run (fusion/refit.py)
+        self.refit = None  # its plan: RUN/refit.json
+        self.fit_plan: dict | None = None  # this fit's, recorded in its checkpoints
         try:
             super().__init__(FusionModule, FeatureDataModule, args=args, **kwargs)
         except BaseException:
+            finish_runs(getattr(self, "trainer", None), exit_code=1)
             for d in self.claimed:  # deepest first; only while nothing was written in it
                 if d.is_dir() and not any(d.iterdir()):
                     d.rmdir()
             raise
+        if self.subcommand is not None and self.finish_wandb:
+            finish_runs(self.trainer)
 
-    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+    def section(self, config):
+        """The running subcommand's part of a parsed ``config`` (all of it without one)."""
+        return config[self.subcommand] if self.subcommand else config
+
+    def add_subcommand_arguments(self, parser: LightningArgumentParser, subcommand: str) -> None:
+        """Options of one subcommand only: scoring a checkpoint, predict's output."""
         if subcommand in EVAL_SUBCOMMANDS:
             parser.add_argument(
                 "--allow_store_mismatch",
@@ -402,29 +442,25 @@ class FusionCLI(LightningCLI):
             add_submission_arguments(parser, kaggle=True, message=True)
         elif subcommand == "fit":  # the fit's own RUN/submission.csv
             add_submission_arguments(parser, kaggle=False, message=False)
-        return parser
 
-    def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads a --ckpt_path file's hyper-parameters before anything else;
-        # a truncated or foreign file must be a one-line error here, not torch's traceback.
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads a --ckpt_path file's hyper-parameters right after parsing; a
+        # truncated or foreign file must be a one-line error here, not torch's traceback.
         sub = self.config.get("subcommand")
         if sub in EVAL_SUBCOMMANDS:
             self.config[sub]["ckpt_path"] = str(eval_checkpoint(self.config[sub], sub))
         path = self.config[sub].get("ckpt_path") if sub else None
         if path and path not in ("last", "best", "hpc", "registry"):
             try:
-                hparams = load_checkpoint(path)["hyper_parameters"]
+                load_checkpoint(path)
             except CheckpointError as err:
                 raise ResumeError(f"--ckpt_path: {err}") from err
-            # What LightningCLI does with the file's hyper-parameters, on their grouped
-            # form: a checkpoint written before the options were grouped holds them flat.
-            hparams = grouped_hparams(hparams)
-            hparams.pop("_instantiator", None)
-            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
-            return
-        super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        subcommand = getattr(parser, "fusion_subcommand", None)
+        if subcommand is not None:
+            self.add_subcommand_arguments(parser, subcommand)
         parser.add_argument(
             "--run_dir",
             type=str | None,
@@ -516,6 +552,9 @@ class FusionCLI(LightningCLI):
             self.prepare_eval(cfg)
             return
         cfg["experiment"] = self.experiment  # saved in RUN/config.yaml for reruns
+        # A refit (the val split among --data.train_splits) is checked, and its config
+        # completed from its validated run, before any run directory exists.
+        self.validated = check_refit(cfg, self.argv)
         base = Path(cfg["runs_root"]) / self.experiment
         ckpt_path = cfg.get("ckpt_path")
         # Resuming: `last`, or a checkpoint file of the run given by --run_dir.
@@ -567,6 +606,8 @@ class FusionCLI(LightningCLI):
         cfg["trainer"]["default_root_dir"] = str(self.run_dir)
         if cfg.get("checkpoint") is not None:  # the run's own; nothing is saved in eval
             cfg["checkpoint"]["dirpath"] = str(self.ckpt_file.parent)
+            if (self.run_dir / MARKER).is_file():  # a refit's: monitors nothing (refit.py)
+                cfg["checkpoint"]["monitor"], cfg["checkpoint"]["save_top_k"] = None, 0
         if self.subcommand == "predict":
             split = cfg["data"]["predict_split"]
             default = self.run_dir / "predict" / split / "submission.csv"
@@ -598,8 +639,9 @@ class FusionCLI(LightningCLI):
             return self.instantiate_fit_trainer(**kwargs)
         except UsageError:
             for logger in kwargs.get("logger") or []:  # a user's logger may have started
-                if isinstance(logger, WandbLogger) and logger._experiment is not None:
-                    logger._experiment.finish(exit_code=1)
+                run = wandb_run_started(logger) if isinstance(logger, WandbLogger) else None
+                if run is not None:
+                    run.finish(exit_code=1)
             for d in missing:  # deepest first: the new run, then folders made for it
                 if d == self.run_dir:
                     shutil.rmtree(d, ignore_errors=True)
@@ -607,7 +649,7 @@ class FusionCLI(LightningCLI):
                     d.rmdir()
             raise
 
-    def _trainer(self, **kwargs):
+    def build_trainer(self, **kwargs):
         try:
             return super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as err:
@@ -619,7 +661,7 @@ class FusionCLI(LightningCLI):
     def instantiate_eval_trainer(self, **kwargs):
         """No logger, no run files: only the user's callbacks (and predict's writer)."""
         kwargs["logger"] = False
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        trainer_cfg = self.section(self.config_init).get("trainer", {})
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         # BestSummary has state in every fit checkpoint (Lightning warns when it is absent);
@@ -638,7 +680,7 @@ class FusionCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         # No 0.00it/s bar frames in a redirected log (the metrics are printed at the end).
         kwargs.update(EpochSummary.trainer_kwargs(trainer_cfg, callbacks))
-        trainer = self._trainer(**kwargs)
+        trainer = self.build_trainer(**kwargs)
         # LightningCLI adds the config saver to every trainer; a scored run is not a new run.
         trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         return trainer
@@ -647,7 +689,7 @@ class FusionCLI(LightningCLI):
         # The store's rows are checked (finite, labelled, two classes) before the loggers
         # create the run directory: a store the fit refuses leaves no run behind.
         self.datamodule.setup("fit")
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        trainer_cfg = self.section(self.config_init).get("trainer", {})
         user_logger = trainer_cfg.get("logger")
         if user_logger in (None, True):
             kwargs["logger"] = make_loggers(self.run_dir, settings=self.wandb_settings())
@@ -662,6 +704,9 @@ class FusionCLI(LightningCLI):
         cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
         artifacts = RunArtifacts(self.candidate, category=cfg.get("category") or "index")
         extra = [artifacts, ResumeMetrics(), StopOnNonFiniteLoss(), StoreFingerprint()]
+        extra.append(FitPlan(self.fit_plan))
+        if self.refit is not None:
+            extra.append(StopAtStep(self.refit.steps))
         extra.append(CtrlCSaves())  # Ctrl-C saves last.ckpt as SIGTERM does
         extra += [BestSummary(), EpochSummary()]  # EpochSummary: a line per epoch in a log file
         kwargs.update(EpochSummary.trainer_kwargs(trainer_cfg, callbacks))
@@ -671,10 +716,12 @@ class FusionCLI(LightningCLI):
             extra.append(LearningRateMonitor(logging_interval="step"))
         extra += self.extra_callbacks
         kwargs["callbacks"] = [*callbacks, *extra]
-        trainer = self._trainer(**kwargs)
+        trainer = self.build_trainer(**kwargs)
         for callback in trainer.callbacks:
             if isinstance(callback, RunConfigSaver):
                 callback.resuming = self.resuming
+        if self.refit is not None:  # nothing to stop early by (the config's own is set aside)
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, EarlyStopping)]
         # W&B starts now, not at the first log: a run that cannot start online falls back
         # to offline (or to no W&B) with one line, before training (fusion/loggers.py).
         # Only when a subcommand runs: FusionCLI(run=False) (the Python API, tests) builds
@@ -686,10 +733,11 @@ class FusionCLI(LightningCLI):
     def apply_recipe(self, kwargs: dict) -> None:
         """Fill in the training length from the store (fusion/recipe.py) when the config
         sets neither ``max_epochs`` nor ``max_steps``, and keep early stopping off until
-        ``min_fraction`` of it has run; log metrics at most once per epoch's batches; print
+        ``min_fraction`` of it has run; a refit (fusion/refit.py) takes its validated run's
+        length and does not validate; log metrics at most once per epoch's batches; print
         the plan (steps, batch, lr, parameters) as one line."""
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
-        recipe = self._get(self.config_init, "recipe", default=None)
+        trainer_cfg = self.section(self.config_init).get("trainer", {})
+        recipe = self.section(self.config_init).get("recipe")
         dm = self.datamodule
         rows = getattr(dm, "train_rows", 0)
         if self.subcommand not in ("fit", None) or not rows:
@@ -701,30 +749,33 @@ class FusionCLI(LightningCLI):
             kwargs["log_every_n_steps"] = per_epoch
         max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps", -1)
         source = "--trainer.max_epochs/max_steps"
-        if recipe is not None and max_epochs is None and max_steps in (None, -1):
+        if self.validated is not None:  # a refit: the validated run's length, no validation
+            self.refit = refit_plan(self.validated, dm.train_splits, rows, dm.batch_size, per_epoch)
+            max_epochs, max_steps = -1, self.refit.schedule_steps
+            kwargs.update(max_epochs=-1, max_steps=max_steps, min_steps=None, min_epochs=None,
+                          limit_val_batches=0, num_sanity_val_steps=0)  # fmt: skip
+        elif recipe is not None and max_epochs is None and max_steps in (None, -1):
             max_epochs, max_steps = -1, recipe.steps(rows, dm.batch_size)
             kwargs["max_steps"], kwargs["max_epochs"] = max_steps, max_epochs
             if trainer_cfg.get("min_steps") is None:
                 kwargs["min_steps"] = round(recipe.min_fraction * max_steps)
             source = "the recipe"
         steps = expected_steps(per_epoch, max_epochs, max_steps)
+        # Recorded in every checkpoint: what a later refit from this run scales (FitPlan).
+        self.fit_plan = {"train_splits": list(getattr(dm, "train_splits", [])),
+                         "train_rows": int(rows), "batch_size": int(dm.batch_size),
+                         "steps_per_epoch": int(per_epoch), "steps": steps}  # fmt: skip
         params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        length = f"{steps} steps" if steps is not None else "no step limit"
-        epochs = f" ({steps / per_epoch:.1f} epochs of {rows} rows)" if steps else ""
-        rank_zero_info(
-            f"fit: {length}{epochs} from {source}, batch {dm.batch_size}, "
-            f"lr {self.model.effective_lr_for(dm.batch_size):.2e}, "
+        batch = (
+            f"batch {dm.batch_size}, lr {self.model.effective_lr_for(dm.batch_size):.2e}, "
             f"{params:,} trainable parameters"
         )
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        try:
-            super()._run_subcommand(subcommand)
-        except BaseException:
-            finish_runs(getattr(self, "trainer", None), exit_code=1)
-            raise
-        if self.finish_wandb:
-            finish_runs(self.trainer)
+        if self.refit is not None:
+            rank_zero_info(self.refit.line(rows) + f"; {batch}")
+            return
+        length = f"{steps} steps" if steps is not None else "no step limit"
+        epochs = f" ({steps / per_epoch:.1f} epochs of {rows} rows)" if steps else ""
+        rank_zero_info(f"fit: {length}{epochs} from {source}, {batch}")
 
     def before_predict(self) -> None:
         if self.trainer.world_size > 1:
@@ -744,9 +795,20 @@ class FusionCLI(LightningCLI):
         if self.ckpt_file:
             check_resume(Path(self.ckpt_file), self.model)
         rank_zero_info(f"run directory: {show_path(self.run_dir)}")
+        if self.refit is not None and self.trainer.is_global_zero:
+            self.refit.write(self.run_dir)  # before training: even a killed refit says so
 
     def after_fit(self) -> None:
         ckpt = self.trainer.checkpoint_callback
+        if self.refit is not None:
+            rank_zero_info(
+                f"refit: {self.trainer.global_step} steps on {'+'.join(self.refit.train_splits)}"
+                f" ({self.refit.train_rows} rows); the model is "
+                f"{show_path(self.run_dir / 'checkpoints' / 'last.ckpt')} (no val left to "
+                f"score it on; {MARKER} says how it was refitted). Run directory: "
+                f"{show_path(self.run_dir)}"
+            )
+            return
         if ckpt is not None and ckpt.best_model_path:
             score = ckpt.best_model_score
             rank_zero_info(
