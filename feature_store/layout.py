@@ -12,12 +12,13 @@ import copy
 import csv
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from feature_store.cache import cached, files_of
 
 MANIFEST_NAME = "manifest.json"
 FAILURES_NAME = "failures.csv"
@@ -104,41 +105,17 @@ class SplitArrays:
 def open_store(root: str | os.PathLike) -> StoreInfo:
     """Read and check ``root/manifest.json``; raise :class:`StoreError` naming the fix.
 
-    Parsed once per process while the file is unchanged (:func:`unchanged_key`); every
+    Parsed once per process while the file is unchanged (:mod:`feature_store.cache`); every
     caller gets its own copy, so one that edits the dict cannot change another's.
     """
     root = Path(root)
-    manifest_path = root / MANIFEST_NAME
-    key = unchanged_key([manifest_path])
-    if key is not None and key in _MANIFESTS:
-        return StoreInfo(root=root, manifest=copy.deepcopy(_MANIFESTS[key]))
-    info = _read_store(root, manifest_path)
-    if key is not None:
-        _MANIFESTS.clear()  # one store at a time is the common case; keep memory flat
-        _MANIFESTS[key] = copy.deepcopy(info.manifest)
-    return info
-
-
-# Files modified this recently are re-read even when their size and mtime look unchanged:
-# a rewrite within the filesystem's timestamp granularity would not show (git's "racy" rule).
-RACY_SECONDS = 2.0
-_MANIFESTS: dict[tuple, dict[str, Any]] = {}
-
-
-def unchanged_key(paths: list[Path]) -> tuple | None:
-    """A key that changes whenever one of ``paths`` is rewritten (path, inode, size, mtime),
-    or None when one is missing or too recently modified to trust its timestamp."""
-    key = []
-    now = time.time()
-    for path in paths:
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        if now - st.st_mtime < RACY_SECONDS:
-            return None
-        key.append((str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-    return tuple(key)
+    where = root.resolve()
+    manifest = cached(
+        (where, "manifest"),
+        [where / MANIFEST_NAME],
+        lambda: _read_store(root, root / MANIFEST_NAME).manifest,
+    )
+    return StoreInfo(root=root, manifest=copy.deepcopy(manifest))
 
 
 def _read_store(root: Path, manifest_path: Path) -> StoreInfo:
@@ -308,21 +285,71 @@ def load_split(root: str | os.PathLike, split: str):
     """The split as a `datasets.Dataset` (memory-mapped Arrow, nothing copied).
 
     Each shard's size and checksum are checked against the manifest first; a damaged,
-    missing or unreadable shard raises :class:`StoreError` naming it and the fix.
+    missing or unreadable shard raises :class:`StoreError` naming it and the fix. Read once
+    per process while its files are unchanged (:mod:`feature_store.cache`); each call gets
+    its own `Dataset` object over the shared memory map (``set_format`` on one changes no
+    other).
     """
+    return split_rows(open_store(root), split).dataset.with_format(None)
+
+
+class SplitRows:
+    """One split as this process read it: the verified, memory-mapped dataset, and its
+    ids, labels, captions and paths decoded once (the accessors hand out copies).
+
+    The embedding matrices are converted from :attr:`table` at every call (:func:`_matrix`:
+    a fresh writable float32 array, no file read): keeping decoded matrices and copying them out cost a
+    fit+test+predict more than converting again (a fit reads its train split once; the
+    copy of it outweighed what val and test saved, bench/README.md).
+    """
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+        self.table = dataset.data.table if hasattr(dataset.data, "table") else dataset.data
+        self._decoded: dict[str, Any] = {}
+
+    def _once(self, column: str, decode):
+        if column not in self._decoded:
+            self._decoded[column] = decode()
+        return self._decoded[column]
+
+    def ids(self) -> list[str]:
+        return self.strings("id")
+
+    def strings(self, column: str) -> list[str]:
+        return list(self._once(column, lambda: self.table.column(column).to_pylist()))
+
+    def labels(self) -> np.ndarray:
+        """int64 [N], -1 where unknown."""
+        return self._once(
+            "label", lambda: self.table.column("label").to_numpy().astype(np.int64)
+        ).copy()
+
+
+def split_rows(info: StoreInfo, split: str) -> SplitRows:
+    """``split`` of the store ``info`` opened, read and verified once per process while the
+    manifest and the split's files are unchanged (:func:`feature_store.cache.cached`)."""
+    where = info.root.resolve()
+    return cached(
+        (where, "rows", split),
+        [where / MANIFEST_NAME, *files_of(where / split)],
+        lambda: SplitRows(_read_split(info, split)),
+    )
+
+
+def _read_split(info: StoreInfo, split: str):
     import datasets
 
     from feature_store.compat import dataset_files
     from feature_store.integrity import REBUILD_HINT, verify_split
 
-    info = open_store(root)
     path = info.root / split
     if not path.is_dir():
         raise StoreError(
             f"{info.root} has no split {split!r} (it has {info.splits}); "
             "check the split names in the prep config."
         )
-    verify_split(root, split, info)
+    verify_split(info.root, split, info)
     try:
         if not dataset_files(path)[0]:  # format 1: a split without any shard file
             feats = store_features(info.image_dim, info.text_dim, info.manifest["emb_dtype"])
@@ -350,23 +377,26 @@ def _matrix(table, column: str, dim: int) -> np.ndarray:
 
 
 def load_arrays(root: str | os.PathLike, split: str) -> SplitArrays:
-    """One split's columns as numpy arrays, dims checked against the manifest."""
+    """One split's columns as numpy arrays, dims checked against the manifest.
+
+    Read and decoded once per process while the store is unchanged; every call returns
+    its own (writable) arrays.
+    """
     from feature_store.integrity import REBUILD_HINT
 
     info = open_store(root)
-    ds = load_split(root, split)
-    table = ds.data.table if hasattr(ds.data, "table") else ds.data
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    rows = split_rows(info, split)
+    missing = [c for c in COLUMNS if c not in rows.table.column_names]
     if missing:
         raise StoreError(f"{info.root / split} lacks columns {missing}; rebuild the store.")
     try:
         return SplitArrays(
-            ids=table.column("id").to_pylist(),
-            labels=table.column("label").to_numpy().astype(np.int64),  # astype copies
-            image_emb=_matrix(table, "image_emb", info.image_dim),
-            text_emb=_matrix(table, "text_emb", info.text_dim),
-            captions=table.column("caption").to_pylist(),
-            paths=table.column("path").to_pylist(),
+            ids=rows.ids(),
+            labels=rows.labels(),
+            image_emb=_matrix(rows.table, "image_emb", info.image_dim),
+            text_emb=_matrix(rows.table, "text_emb", info.text_dim),
+            captions=rows.strings("caption"),
+            paths=rows.strings("path"),
         )
     except Exception as err:  # noqa: BLE001 - a shard whose contents do not fit the schema
         raise StoreError(

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from feature_store.cache import cached, files_of
 from feature_store.layout import StoreError, StoreInfo, _matrix, _short, open_store
 
 FEATURES_DIR = "features"
@@ -151,7 +152,7 @@ def read_set(info: StoreInfo, e: dict[str, Any], split: str, ids: list[str]):
             f"feature set {e['name']!r} has no files for split {split!r} ({split_dir}); rerun "
             f"the data_prep command that added it (--run.out {info.root})."
         )
-    verify_files(split_dir, records, len(ids))
+    verify_files(info, split_dir, records, len(ids))
     try:
         ds = datasets.load_from_disk(str(split_dir))
     except Exception as err:  # noqa: BLE001 - pyarrow/datasets/OS errors all mean "damaged"
@@ -169,35 +170,55 @@ def load_features(
 ) -> FeatureArrays:
     """Feature sets ``names`` (all when None) of ``split`` as float32 arrays, dims checked.
 
-    Every shard read is verified against its recorded checksum (once per process while the
-    files are unchanged, see :mod:`feature_store.integrity`).
+    Every shard read is verified against its recorded checksum. The split and each set are
+    read and verified once per process while their files are unchanged
+    (:mod:`feature_store.cache`); every call returns its own (writable) arrays.
     """
-    from feature_store.layout import load_split
+    from feature_store.layout import split_rows
 
     info = open_store(root)
     wanted = [e["name"] for e in info.features] if names is None else list(names)
     entries = [entry(info, n) for n in wanted]
-    table = _table(load_split(root, split))
-    ids = table.column("id").to_pylist()
+    rows = split_rows(info, split)
     features = {}
     for e in entries:
         # image/text sit in the rows' own shards; an added set in its own files.
-        source = _table(read_set(info, e, split, ids)) if e.get("path") else table
-        column = e["column"]
-        try:
-            features[e["name"]] = _matrix(source, column, int(e["dim"]))
-        except Exception as err:  # noqa: BLE001 - a shard whose contents do not fit the entry
-            raise StoreError(
-                f"feature set {e['name']!r} of {info.root / split} does not match its manifest "
-                f"entry ({_short(err)}); rerun the data_prep command that wrote it."
-            ) from err
+        table = set_table(info, e, split, rows) if e.get("path") else rows.table
+        features[e["name"]] = _decoded(
+            info, e, split, lambda e=e, t=table: _matrix(t, e["column"], int(e["dim"]))
+        )
     return FeatureArrays(
-        ids=ids,
-        labels=table.column("label").to_numpy().astype(np.int64),
-        captions=table.column("caption").to_pylist(),
-        paths=table.column("path").to_pylist(),
+        ids=rows.ids(),
+        labels=rows.labels(),
+        captions=rows.strings("caption"),
+        paths=rows.strings("path"),
         features=features,
     )
+
+
+def set_table(info: StoreInfo, e: dict[str, Any], split: str, rows):
+    """The added set ``e`` of ``split`` as a pyarrow table (memory-mapped), its shards
+    verified and its ids checked against the rows' once per process while its files, the
+    rows' and the manifest are unchanged."""
+    from feature_store.layout import MANIFEST_NAME
+
+    where = info.root.resolve()
+    paths = [where / MANIFEST_NAME, *files_of(where / split), *files_of(where / e["path"] / split)]
+    return cached(
+        (where, "set", e["name"], split),
+        paths,
+        lambda: _table(read_set(info, e, split, rows.ids())),
+    )
+
+
+def _decoded(info: StoreInfo, e: dict[str, Any], split: str, decode) -> np.ndarray:
+    try:
+        return decode()
+    except Exception as err:  # noqa: BLE001 - a shard whose contents do not fit the entry
+        raise StoreError(
+            f"feature set {e['name']!r} of {info.root / split} does not match its manifest "
+            f"entry ({_short(err)}); rerun the data_prep command that wrote it."
+        ) from err
 
 
 def _table(ds):

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 
-from fusion.heads import HEADS, check_head_options, checkpoint_set_dims
+from fusion.heads import HEAD_ALIASES, HEADS, check_head_options, checkpoint_set_dims
 from fusion.predict import CheckpointError, load_checkpoint
 from fusion.wandb_report import run_config, wandb_runs
 
@@ -133,8 +133,10 @@ def _includes(path: Path) -> set[Path]:
 def check_settings(cfg) -> None:
     """One-line errors for values that would otherwise fail deep inside a fit."""
     head = cfg.get("model.head")
-    if head is not None and head not in HEADS:
-        raise RunDirError(f"--model.head {head!r} is not a head; choose one of {sorted(HEADS)}")
+    if head is not None and head not in HEADS and head not in HEAD_ALIASES:
+        raise RunDirError(
+            f"--model.head {head!r} is not a head; choose one of {sorted({*HEADS, *HEAD_ALIASES})}"
+        )
     options = cfg.get("model.head_options")
     if head is not None and options is not None:
         given = options.as_dict() if hasattr(options, "as_dict") else dict(vars(options))

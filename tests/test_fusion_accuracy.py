@@ -143,6 +143,55 @@ def test_cli_fills_training_length_from_the_store_but_keeps_explicit_epochs(tmp_
     assert cli.trainer.max_epochs == 3 and cli.trainer.max_steps == -1
 
 
+def test_early_stopping_before_min_steps_waits_without_logging_every_step(
+    tmp_path, monkeypatch, caplog
+):
+    """A stop early stopping asks for before the recipe's min_steps ends the fit at
+    min_steps with a validation there, as Lightning's own ``should_stop`` did, and trains
+    the same weights; the steps in between log on the ``log_every_n_steps`` schedule, not at
+    every step (Lightning treats each step with ``should_stop`` set as a logging step)."""
+    from lightning.pytorch.callbacks import Callback
+
+    from fusion.cli import FusionCLI
+    from fusion.stopping import ResumableEarlyStopping
+    from tests.fixtures_training import DEMO_CONFIG, read_csv
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    store = small_store(tmp_path / "s")  # 120 train rows, batch 16: 8 steps per epoch
+    args = ["fit", "--config", DEMO_CONFIG, "--data.store", str(store), "--trainer.max_epochs",
+            "null", "--recipe.min_steps", "40", "--recipe.epochs", "2", "--recipe.full_rows",
+            "0", "--trainer.log_every_n_steps", "4", "--trainer.enable_progress_bar", "false",
+            # no val/acc_top1 gain of 1.0: the stop is asked for at the second validation
+            "--early_stopping.patience", "1", "--early_stopping.min_delta", "1.0"]  # fmt: skip
+
+    def fit(run: str):
+        cli = FusionCLI(args=[*args, "--run_dir", str(tmp_path / run)])
+        rows = read_csv(tmp_path / run / "metrics.csv")
+        lr = next(k for k in rows[0] if k.startswith("lr-"))
+        val = [int(r["step"]) for r in rows if r["val/acc_top1"]]
+        return cli, [int(r["step"]) for r in rows if r[lr]], val
+
+    caplog.set_level(logging.INFO)
+    cli, lr_steps, val_steps = fit("waits")
+    assert cli.trainer.fit_loop.min_steps == 36 and cli.trainer.global_step == 36
+    assert lr_steps == [s for s in range(36) if (s + 1) % 4 == 0]
+    notes = [m for m in caplog.messages if m.startswith("early stopping at step")]
+    assert len(notes) == 1 and notes[0].startswith("early stopping at step 16:")
+
+    # Lightning's own: the stop sits in trainer.should_stop from step 16 on.
+    monkeypatch.setattr(ResumableEarlyStopping, "_hold_stop", lambda self, trainer, asked: None)
+    monkeypatch.setattr(ResumableEarlyStopping, "on_train_batch_end", Callback.on_train_batch_end)
+    before, before_lr, before_val = fit("lightning")
+    assert before.trainer.global_step == 36 and val_steps == before_val
+    assert val_steps[-1] == 35  # the step that reaches min_steps validates, then stops
+    assert set(range(16, 36)) <= set(before_lr)  # every step once the stop was asked for
+    weights, lightning_weights = cli.model.state_dict(), before.model.state_dict()
+    assert all(torch.equal(weights[k], lightning_weights[k]) for k in weights)
+    assert float(cli.trainer.checkpoint_callback.best_model_score) == float(
+        before.trainer.checkpoint_callback.best_model_score
+    )
+
+
 def test_param_groups_never_decay_biases_or_alpha_beta_and_speed_up_alpha_beta():
     from fusion.module import FusionModule
 

@@ -183,3 +183,29 @@ def test_the_probe_fits_every_set_and_their_concatenation_and_fits_print_it(
         run_probe(["--data.store", str(store), "--data.features", "[left, nope]",
                    "--run_dir", str(tmp_path / "bad")])  # fmt: skip
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_weighted_logits_name_is_a_head_on_the_command_line(store, tmp_path):
+    cli = fit_cli(store, tmp_path / "w", "--model.head", "weighted_logits",
+                  "--data.features", "[left, right]", "--trainer.logger", "false", epochs=1)  # fmt: skip
+    assert cli.model.head.kind == "dual_logit" and cli.model.head.sets == ["left", "right"]
+
+
+@pytest.mark.slow
+def test_sets_weighted_sends_a_noise_sets_weight_to_zero(tmp_path):
+    # One set knows every class, the other is wide noise a branch can memorise (48 dims,
+    # 10 classes x 24 rows): the fused training loss alone cannot tell them apart.
+    root = tmp_path / "store"
+    make_feature_sets_store(
+        root, sets=[SyntheticSet("signal", dim=16, separation=3.0),
+                    SyntheticSet("noise", dim=48, separation=0.0)],
+        num_classes=10, per_class={"train": 24, "val": 10, "test": 2}, seed=0,
+    )  # fmt: skip
+    from tests.fixtures_training import REPO
+
+    cli = fit_cli(root, tmp_path / "run", "--config", str(REPO / "configs" / "sets_weighted.yaml"),
+                  "--data.store", str(root), "--data.features", "[noise, signal]",
+                  "--trainer.logger", "false", epochs=30)  # fmt: skip
+    head = cli.model.head.chosen
+    w = head.fusion_weights().detach()
+    assert head.sets == ["noise", "signal"] and w[0] < 0.1 < 0.9 < w[1], w
