@@ -177,6 +177,22 @@ def test_run_summary_heads_the_run_section(tmp_path):
     assert res.numbers["run"]["summary"]["best"]["epoch"] == 1
 
 
+@pytest.mark.parametrize(
+    ("options", "expect"),
+    [({"penalty_lambda": 0.3, "flat": True}, "0.3000"),  # a run from before issue 21
+     ({"penalty_lambda": None, "weighting": None}, "0.1000")],  # unset: the head's default
+)  # fmt: skip
+def test_run_summary_reads_old_flat_and_unset_options(tmp_path, options, expect):
+    store = tmp_path / "store"
+    make_synthetic_store(store, num_classes=3, per_class={"train": 8, "val": 4})
+    run = tmp_path / "run"
+    write_fit_config(run, **options)
+    _metrics(run, [0.7, 0.6])
+    res = build_report(ReportOptions(store=store, out=tmp_path / "o", run=run))
+    header, row = _run_table(res.page.read_text())
+    assert row[header.index("lambda")] == expect
+
+
 def test_run_summary_lambda_only_for_dual_logit(tmp_path):
     store = tmp_path / "store"
     make_synthetic_store(store, num_classes=3, per_class={"train": 8, "val": 4})
