@@ -43,7 +43,7 @@ PIPELINES: dict[str, tuple[str, list[str]]] = {
     "gated": ("gated", []),
     "concat": ("concat", []),
     "sets_weighted": ("sets_weighted", []),
-    "sets_weighted+prior": ("sets_weighted", ["--model.prior_sets", "{scores}"]),
+    "sets_weighted+prior": ("sets_weighted", ["--model.head_options.prior_sets", "{scores}"]),
 }
 TINY = {"num_classes": 10, "per_class": {"train": 12, "val": 6, "test": 6}}
 # Late fusion (``train.py stack --checkpoint ...``, the weights stacker fitted on val): of one

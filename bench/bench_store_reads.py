@@ -115,7 +115,8 @@ def bypassing(stack: ExitStack, kinds: tuple[str, ...]) -> None:
     def cached(slot, paths, read, **kwargs):
         return read() if slot[1] in kinds else real(slot, paths, read, **kwargs)
 
-    for name in ("feature_store.layout", "feature_store.sets", "feature_store.integrity"):
+    for name in ("feature_store.manifest", "feature_store.layout", "feature_store.sets",
+                 "feature_store.integrity"):
         stack.enter_context(mock.patch.object(sys.modules[name], "cached", cached))
 
 

@@ -32,18 +32,20 @@ from feature_store.layout import (
     DATASET_DICT_NAME,
     FAILURES_COLUMNS,
     FAILURES_NAME,
-    FORMAT_VERSION,
-    MANIFEST_NAME,
     SplitArrays,
-    StoreError,
-    StoreInfo,
     load_arrays,
     load_split,
-    make_manifest,
-    open_store,
     read_failures,
     store_features,
     write_failures,
+)
+from feature_store.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    StoreError,
+    StoreInfo,
+    make_manifest,
+    open_store,
     write_manifest,
 )
 from feature_store.set_writer import (

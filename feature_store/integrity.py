@@ -21,12 +21,15 @@ from typing import Any
 import numpy as np
 
 from feature_store.cache import cached
-from feature_store.layout import StoreError, StoreInfo, open_store
-
-REBUILD_HINT = (
-    "rerun the data_prep command that built the store (it redoes damaged shards), "
-    "or rebuild it into a new --run.out"
+from feature_store.manifest import (
+    BASE_SETS,
+    REBUILD_HINT,
+    StoreError,
+    StoreInfo,
+    entry,
+    open_store,
 )
+
 # Machine-specific or cosmetic entries that do not change what an embedding means.
 FINGERPRINT_SKIP = {"local_path", "seconds"}
 
@@ -154,8 +157,6 @@ def model_fingerprint(info: StoreInfo, sets: Sequence[str] | None = None) -> dic
     the sets read: adding another set to a store changes no checkpoint's fingerprint. Plain
     values only, so it can sit in a checkpoint loaded with ``weights_only=True``.
     """
-    from feature_store.sets import BASE_SETS, entry
-
     sets = list(BASE_SETS) if sets is None else list(sets)
     out: dict[str, Any] = {}
     models = info.manifest.get("models") or {}

@@ -1,16 +1,16 @@
-"""Read the feature-store layout; the manifest and failures.csv writers.
+"""Read the feature-store layout: splits as verified datasets and arrays; failures.csv.
 
 $ python -c "from feature_store import open_store; print(open_store('stores/demo').splits)"
 
-The other files (shards, split indexes, dataset_dict.json) are written by
+The manifest (open_store, StoreInfo, StoreError, make_manifest, write_manifest) is
+feature_store/manifest.py's, re-exported here for the readers that import it from this
+module. The other files (shards, split indexes, dataset_dict.json) are written by
 feature_store/writer.py; docs/architecture.md describes the whole contract.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,72 +19,28 @@ from typing import Any
 import numpy as np
 
 from feature_store.cache import cached, files_of
+from feature_store.compat import dataset_files
+from feature_store.integrity import verify_split
 
-MANIFEST_NAME = "manifest.json"
+# Re-exported: readers import the manifest's names from this module too.
+from feature_store.manifest import (  # noqa: F401
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    REBUILD_HINT,
+    StoreError,
+    StoreInfo,
+    make_manifest,
+    open_store,
+    write_manifest,
+)
+
 FAILURES_NAME = "failures.csv"
 DATASET_DICT_NAME = "dataset_dict.json"  # makes the root a `datasets.DatasetDict` directory
-# 1: per-split `datasets` directories, label an int64 column.
-# 2: the root is a DatasetDict directory too, and the label is a ClassLabel of the class
-#    names (upgrade_store turns a 1 into a 2 by rewriting metadata only).
-# 3: the manifest lists the feature sets under "features" (image and text, and any set added
-#    later in STORE/features/<name>/, see feature_store/sets.py); a 2 reads as the sets image
-#    and text, and upgrade_store writes the entry (metadata only).
-FORMAT_VERSION = 3
 COLUMNS = ("id", "label", "path", "caption", "image_emb", "text_emb")
 # One row per input that has no row in the store: the file, why, its split and id; and
 # one per row an added feature set could not compute (``feature`` = the set's name: the
 # row stays, that set holds NaN there). ``feature`` is empty for rows that are absent.
 FAILURES_COLUMNS = ("file", "reason", "split", "id", "feature")
-
-
-class StoreError(ValueError):
-    """A feature store is missing, incomplete or does not match what a stage expects."""
-
-
-@dataclass(frozen=True)
-class StoreInfo:
-    """The manifest of a store, with the fields later stages rely on made explicit."""
-
-    root: Path
-    manifest: dict[str, Any]
-
-    def __fspath__(self) -> str:
-        # A StoreInfo stands for its directory wherever a store path is taken.
-        return str(self.root)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.manifest["class_names"])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.manifest["class_names"])
-
-    @property
-    def image_dim(self) -> int:
-        return int(self.manifest["dims"]["image_emb"])
-
-    @property
-    def text_dim(self) -> int:
-        return int(self.manifest["dims"]["text_emb"])
-
-    @property
-    def splits(self) -> list[str]:
-        return [s for s in self.manifest["splits"] if (self.root / s).is_dir()]
-
-    def rows(self, split: str) -> int:
-        return int(self.manifest["splits"][split]["rows"])
-
-    @property
-    def features(self) -> list[dict[str, Any]]:
-        """The feature sets' manifest entries (a format-2 store: image and text)."""
-        from feature_store.sets import feature_entries
-
-        return feature_entries(self.manifest)
-
-    @property
-    def feature_names(self) -> list[str]:
-        return [e["name"] for e in self.features]
 
 
 @dataclass(frozen=True)
@@ -100,83 +56,6 @@ class SplitArrays:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def open_store(root: str | os.PathLike) -> StoreInfo:
-    """Read and check ``root/manifest.json``; raise :class:`StoreError` naming the fix.
-
-    Parsed once per process while the file is unchanged (:mod:`feature_store.cache`); every
-    caller gets its own copy, so one that edits the dict cannot change another's.
-    """
-    root = Path(root)
-    where = root.resolve()
-    manifest = cached(
-        (where, "manifest"),
-        [where / MANIFEST_NAME],
-        lambda: _read_store(root, root / MANIFEST_NAME).manifest,
-    )
-    return StoreInfo(root=root, manifest=copy.deepcopy(manifest))
-
-
-def _read_store(root: Path, manifest_path: Path) -> StoreInfo:
-    if not manifest_path.is_file():
-        raise StoreError(
-            f"{manifest_path} not found: {root} is not a finished feature store. "
-            "Build one with `python -m data_prep --config configs/prep/<name>.yaml` "
-            "(a run that stopped part-way resumes when rerun with the same command)."
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StoreError(
-            f"{manifest_path} is not valid JSON ({err}); rerun the data_prep command that "
-            "built the store: it rewrites the manifest."
-        ) from err
-    problem = _manifest_problem(manifest)
-    if problem:
-        raise StoreError(
-            f"{manifest_path}: {problem}; rerun the data_prep command that built the store "
-            "(it rewrites the manifest)."
-        )
-    if manifest.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise StoreError(
-            f"{manifest_path} has format_version {manifest['format_version']}, newer than this "
-            f"code reads ({FORMAT_VERSION}); update the package."
-        )
-    return StoreInfo(root=root, manifest=manifest)
-
-
-def _manifest_problem(manifest: Any) -> str | None:
-    """What makes ``manifest`` unusable (wrong types, missing keys), or None."""
-    if not isinstance(manifest, dict):
-        return f"holds a {type(manifest).__name__}, not an object"
-    missing = [k for k in ("class_names", "dims", "splits") if k not in manifest]
-    if missing:
-        return f"lacks {missing}"
-    names, dims, splits = manifest["class_names"], manifest["dims"], manifest["splits"]
-    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
-        return "class_names is not a list of strings"
-    if not isinstance(dims, dict) or not all(
-        isinstance(dims.get(k), int) and dims[k] > 0 for k in ("image_emb", "text_emb")
-    ):
-        return "dims needs positive integers image_emb and text_emb"
-    if not isinstance(splits, dict) or not all(
-        isinstance(v, dict) and isinstance(v.get("rows"), int) for v in splits.values()
-    ):
-        return "splits needs {split: {rows: int, ...}}"
-    if not isinstance(manifest.get("format_version", FORMAT_VERSION), int):
-        return "format_version is not an integer"
-    sets = manifest.get("features")
-    if sets is not None:
-        if not isinstance(sets, list) or not all(
-            isinstance(e, dict) and isinstance(e.get("name"), str)
-            and isinstance(e.get("dim"), int) and e["dim"] > 0 for e in sets
-        ):  # fmt: skip
-            return "features needs a list of {name: str, dim: int > 0, ...}"
-        names = [e["name"] for e in sets]
-        if len(set(names)) != len(names):
-            return f"features names a set twice ({names})"
-    return None
 
 
 def store_features(
@@ -204,56 +83,6 @@ def store_features(
             "text_emb": datasets.List(datasets.Value(emb_dtype), length=text_dim),
         }
     )
-
-
-def make_manifest(
-    *,
-    class_names: list[str],
-    dims: dict[str, int],
-    emb_dtype: str,
-    splits: dict[str, dict[str, int]],
-    shards: dict[str, list[dict[str, Any]]],
-    models: dict[str, Any],
-    **extra: Any,
-) -> dict[str, Any]:
-    """The manifest every writer produces: the fields readers rely on, then ``extra``.
-
-    ``splits``: per split ``inputs``, ``rows``, ``failed`` (inputs = rows + failed);
-    ``shards``: per split the records of :func:`feature_store.integrity.shard_record`;
-    ``models``: what data_prep's models resolved to (the source of the model fingerprint);
-    ``features`` (in ``extra``): the feature sets, by default ``image`` and ``text`` derived
-    from ``models`` and ``dims`` (feature_store/sets.py).
-    """
-    from feature_store.sets import base_entries
-
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "class_names": list(class_names),
-        "dims": {"image_emb": int(dims["image_emb"]), "text_emb": int(dims["text_emb"])},
-        "emb_dtype": emb_dtype,
-        "splits": splits,
-        "shards": shards,
-        "models": models,
-        **extra,
-    }
-    if "features" not in extra:  # a new store holds the two sets its rows carry
-        manifest["features"] = base_entries(manifest)
-    problem = _manifest_problem(manifest)
-    if problem:
-        raise ValueError(f"refusing to write a manifest that {problem}")
-    return manifest
-
-
-def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> Path:
-    """``root/manifest.json`` via a temporary name: readers see no half-written manifest."""
-    path = Path(root) / MANIFEST_NAME
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def write_failures(root: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
@@ -340,9 +169,6 @@ def split_rows(info: StoreInfo, split: str) -> SplitRows:
 def _read_split(info: StoreInfo, split: str):
     import datasets
 
-    from feature_store.compat import dataset_files
-    from feature_store.integrity import REBUILD_HINT, verify_split
-
     path = info.root / split
     if not path.is_dir():
         raise StoreError(
@@ -382,8 +208,6 @@ def load_arrays(root: str | os.PathLike, split: str) -> SplitArrays:
     Read and decoded once per process while the store is unchanged; every call returns
     its own (writable) arrays.
     """
-    from feature_store.integrity import REBUILD_HINT
-
     info = open_store(root)
     rows = split_rows(info, split)
     missing = [c for c in COLUMNS if c not in rows.table.column_names]
@@ -402,7 +226,3 @@ def load_arrays(root: str | os.PathLike, split: str) -> SplitArrays:
         raise StoreError(
             f"{info.root / split} cannot be read ({_short(err)}); {REBUILD_HINT}."
         ) from err
-
-
-# The in-memory writer lives with the other writers; imported here so older imports work.
-from feature_store.writer import write_store  # noqa: E402, F401

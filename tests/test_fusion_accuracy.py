@@ -196,8 +196,9 @@ def test_param_groups_never_decay_biases_or_alpha_beta_and_speed_up_alpha_beta()
     from fusion.module import FusionModule
 
     model = FusionModule(
-        "dual_logit", set_dims={"image": 4, "text": 3}, class_names=["a", "b"], fusion_lr_scale=10
-    )
+        "dual_logit", set_dims={"image": 4, "text": 3}, class_names=["a", "b"],
+        optimizer={"fusion_lr_scale": 10},
+    )  # fmt: skip
     groups = model.param_groups(lr=1e-3)
     fusion = next(g for g in groups if any(p is model.head.weights for p in g["params"]))
     assert fusion["weight_decay"] == 0 and fusion["lr"] == pytest.approx(1e-2)
@@ -210,8 +211,8 @@ def test_a_gate_never_decays_and_learns_at_the_fusion_scale():
     from fusion.module import FusionModule
 
     model = FusionModule(
-        "gated", set_dims={"image": 4, "text": 3}, class_names=["a", "b"], fusion_lr_scale=3,
-        weight_decay=[0.01, 0.1],
+        "gated", set_dims={"image": 4, "text": 3}, class_names=["a", "b"],
+        optimizer={"fusion_lr_scale": 3}, weight_decay_sweep=[0.01, 0.1],
     )  # fmt: skip
     groups = model.param_groups(lr=0.1)
     gate_params = {id(p) for member in head_members(model.head) for p in member.gate.parameters()}
@@ -226,7 +227,7 @@ def test_a_gate_never_decays_and_learns_at_the_fusion_scale():
 
 def test_gate_opens_toward_the_informative_caption(mix_store):
     model, metrics = fit_module(
-        mix_store, "gated", epochs=15, modality_dropout=0.1, branch_loss=0.5
+        mix_store, "gated", epochs=15, head_options={"modality_dropout": 0.1, "branch_loss": 0.5}
     )
     val = load_arrays(mix_store, "val")
     names = [f"class_{i:03d}" for i in range(6)]
@@ -268,7 +269,7 @@ def test_modality_dropout_keeps_image_only_accuracy(tmp_path):
         return float((logits.argmax(1).numpy() == val.labels).mean())
 
     visual = fit_module(store, "visual_only", epochs=15)[1]["val/acc_top1"]
-    dropped = image_only_acc(fit_module(store, "concat", epochs=15, modality_dropout=0.3)[0])
+    dropped = image_only_acc(fit_module(store, "concat", epochs=15, head_options={"modality_dropout": 0.3})[0])
     # With its caption replaced by one that says nothing, the concat head trained with
     # modality dropout classifies from the image as well as the image-only head.
     assert dropped >= visual - 0.05, (dropped, visual)
@@ -360,7 +361,7 @@ def test_probe_run_writes_a_run_and_fits_print_it(tmp_path, caplog):
 
 def test_dual_logit_weights_settle_within_the_first_fifth_of_training(tmp_path):
     store = small_store(tmp_path / "s", signal="image", per_class={"train": 60, "val": 20})
-    model, _ = fit_module(store, "dual_logit", epochs=40, penalty_lambda=0.1)
+    model, _ = fit_module(store, "dual_logit", epochs=40, head_options={"penalty_lambda": 0.1})
     history = np.array(model.alpha_beta_history)
     alpha = history[:, 1]
     early = alpha[len(alpha) // 5]

@@ -73,7 +73,7 @@ def members(store, tmp_path_factory):
     for name, extra in {
         "left": ["--model.head", "concat", "--data.features", "[left]"],
         "right_zs": ["--model.head", "dual_logit", "--data.features", "[right, zs]",
-                     "--model.prior_sets", "[zs]"],
+                     "--model.head_options.prior_sets", "[zs]"],
     }.items():  # fmt: skip
         cli = fit_cli(store, root / name, *extra, "--trainer.logger", "false", epochs=15)
         out[name] = cli.trainer.checkpoint_callback.best_model_path
@@ -82,7 +82,7 @@ def members(store, tmp_path_factory):
 
 def test_a_checkpoint_remembers_its_sets_and_predicts_from_them(store, members, tmp_path):
     head, hp = load_head(members["right_zs"])
-    assert hp["set_dims"] == {"right": 16, "zs": 10} and hp["prior_sets"] == ["zs"]
+    assert hp["set_dims"] == {"right": 16, "zs": 10} and hp["head_options"]["prior_sets"] == ["zs"]
     assert set(hp["store_fingerprint"]) >= {"features.right", "features.zs"}
     assert not any(k.startswith("models.") for k in hp["store_fingerprint"])  # image/text unread
     # predict.py = the head on exactly those arrays.
@@ -128,7 +128,7 @@ def test_a_stack_of_members_on_different_sets_names_them_and_beats_each(store, m
 
 
 def test_the_weighted_head_over_k_sets_logs_one_weight_per_set(store, tmp_path):
-    cli = fit_cli(store, tmp_path / "w", "--model.head", "dual_logit", "--model.weighting",
+    cli = fit_cli(store, tmp_path / "w", "--model.head", "dual_logit", "--model.head_options.weighting",
                   "softmax", "--data.features", "[left, right, zs]", epochs=3)  # fmt: skip
     model = cli.model
     assert model.head.weight_names() == ["left", "right", "zs"]
@@ -146,7 +146,7 @@ def test_the_weighted_head_over_k_sets_logs_one_weight_per_set(store, tmp_path):
 def test_a_config_with_unknown_prior_sets_is_one_line(store, tmp_path):
     with pytest.raises((SystemExit, ValueError), match="prior_sets|one score per class"):
         FusionModule("concat", set_dims={"left": 24}, class_names=list("abcdefghij"),
-                     prior_sets=["left"])  # fmt: skip
+                     head_options={"prior_sets": ["left"]})  # fmt: skip
 
 
 def test_the_probe_fits_every_set_and_their_concatenation_and_fits_print_it(

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import feature_store.integrity as integrity
-import feature_store.layout as layout
+import feature_store.manifest as manifest
 import predict
 from feature_store import (
     StoreError,
@@ -56,7 +56,7 @@ class Reads:
 
     def __init__(self, monkeypatch) -> None:
         self.parsed, self.hashed, self.read = Counter(), Counter(), Counter()
-        spies = [(layout, "_read_store", lambda root, *a: self.parsed.update([Path(root)])),
+        spies = [(manifest, "_read_store", lambda root, *a: self.parsed.update([Path(root)])),
                  (integrity, "file_sha256", lambda path, *a: self.hashed.update([Path(path)])),
                  (datasets, "load_from_disk", lambda path, *a, **k: self.read.update([Path(path)]))]  # fmt: skip
         for module, name, count in spies:
