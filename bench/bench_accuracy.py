@@ -213,7 +213,7 @@ def cv_scores(store: Path, runs: Path, labels, kinds, extra: list[str], folds: i
     test probabilities averaged), then ``python train.py stack --cv`` over them: the stacker
     fitted on every train+val row's out-of-fold probabilities. The ``val`` column of these
     rows is out-of-fold top-1 (cross-fitted for the stacks)."""
-    from fusion.cv import run_cv
+    from fusion.commands.cv import run_cv
     from fusion.stacking import from_cv
 
     configs = STACKS["stack3"]

@@ -31,6 +31,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from feature_store import load_arrays, open_store
 from feature_store.integrity import model_fingerprint
+from fusion.atomic import write_csv
+from fusion.errors import RunFailed
 from fusion.module import answering_history
 from fusion.plots import plot_alpha_beta
 from fusion.predict import (
@@ -38,11 +40,10 @@ from fusion.predict import (
     head_probs,
     load_head,
     predict_probs,
-    save_probs,
     submit,
-    write_csv,
     write_predictions_csv,
 )
+from fusion.submission import save_probs
 from fusion.wandb_report import (
     log_checkpoint,
     log_store_manifest,
@@ -52,7 +53,7 @@ from fusion.wandb_report import (
 )
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunFailed, RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -284,7 +285,6 @@ class RunArtifacts(L.Callback):
             store=datamodule.store,
             split=split,
             checkpoints=[best],
-            prog="train.py fit",
             category=self.category,
             candidate="fit",
             meta={"best/val/acc_top1": None if score is None else float(score)},

@@ -39,11 +39,12 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_store.console import show_path
-from fusion.exit import ExitError
+from fusion.atomic import atomic_write_text
+from fusion.errors import FusionError
+from fusion.submission import metadata_path, probs_path, read_metadata, write_submission
 
 
-class EnsembleError(ValueError):
+class EnsembleError(FusionError, ValueError):
     """Members that cannot be ensembled (unreadable, other ids, other classes)."""
 
 
@@ -164,36 +165,6 @@ def same_labels(members: Sequence[Member]) -> np.ndarray | None:
     return labels
 
 
-def fit_weights(fit: Sequence[Member], scored: Sequence[Member], *, method: str, folds: int = 5):
-    """A :class:`Stacker` fitted on the labelled ``fit`` members, to score ``scored``.
-
-    Returns ``(stacker, cross-fitted top-1 on the fit rows, each member's top-1 there)``.
-    Refuses any id present in both: weights are never fitted on rows they score.
-    """
-    from fusion.stacking import Stacker, StackError, cross_fit
-
-    fit = check_members(fit)
-    overlap = set(fit[0].ids) & set(scored[0].ids)
-    if overlap:
-        raise EnsembleError(
-            f"{len(overlap)} ids (e.g. {sorted(overlap)[:3]}) are in both {fit[0].path} and "
-            f"{scored[0].path}; fit weights on out-of-fold or val rows, not on the scored ones."
-        )
-    labels = same_labels(fit)
-    if labels is None:
-        raise EnsembleError(
-            "every --fit_on file needs the same labels (RUN/val.probs.npz or CV/oof.probs.npz)"
-        )
-    lp = log_probs(fit)
-    try:
-        crossed = cross_fit(lp, labels, method=method, folds=folds)
-    except StackError as err:
-        raise EnsembleError(f"--fit_on: {err}") from err
-    stacker = Stacker(len(fit), method).fit(lp, labels)
-    member_acc = [float((m.probs.argmax(1) == labels).mean()) for m in fit]
-    return stacker, float((crossed.argmax(1) == labels).mean()), member_acc
-
-
 def _paths(paths) -> set[Path]:
     return {Path(p).resolve() for p in paths}
 
@@ -202,8 +173,6 @@ def check_out(out: Path, inputs: Sequence[str]) -> None:
     """Refuse an ``--out`` whose CSV, ``.probs.npz`` or ``.json`` would be one file, or would
     overwrite an input or another command's probabilities (``CV/oof.probs.npz`` for
     ``--out CV/oof.csv``): only an earlier ``predict.py ensemble`` output is replaced."""
-    from fusion.predict import probs_path
-
     npz, meta = probs_path(out), out.with_suffix(".json")
     if len({out, npz, meta}) < 3 or out.name.endswith(".npz"):
         raise EnsembleError(
@@ -269,8 +238,6 @@ def write_ensemble(
 ) -> Path:
     """``OUT`` (Id,Category), ``OUT.probs.npz`` and ``OUT.json`` (the submission's metadata,
     with the members and ``meta``), by fusion/submission.py's one writer."""
-    from fusion.submission import write_submission
-
     out, _ = write_submission(
         out,
         members[0].ids,
@@ -298,9 +265,9 @@ def held_out_score(members: Sequence[Member], probs: np.ndarray) -> dict:
 def log_run(out: Path, args, score: dict, meta: dict) -> None:
     """The ensemble's W&B run (candidate ``ensemble``) in ``OUT``'s folder (``wandb/``), a
     new run each time, named after ``OUT``; its id goes into ``OUT.json``."""
+    # W&B and Lightning load only when a run is logged, not for the command's --help.
     from wandb.sdk.lib.runid import generate_id
 
-    from fusion.submission import read_metadata
     from fusion.wandb_report import candidate_settings, log_candidate
 
     settings = candidate_settings(out.parent, args, kind="ensemble")
@@ -318,100 +285,4 @@ def log_run(out: Path, args, score: dict, meta: dict) -> None:
     if run_id:
         info = read_metadata(out)
         info["wandb_run_id"] = run_id
-        out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
-
-
-def parser():
-    """``predict.py ensemble``'s options: LightningCLI's style (``-c`` YAML, dotted names)."""
-    from typing import Literal
-
-    from jsonargparse.typing import restricted_number_type
-
-    from feature_store.cli import cli_parser
-    from fusion.stacking import METHODS
-    from fusion.submission import add_submission_arguments
-    from fusion.wandb_report import add_wandb_arguments
-
-    p = cli_parser("predict.py ensemble", __doc__.split("\n")[0])
-    p.add_argument(
-        "--probs",
-        action="append",
-        required=True,
-        help="a member's .probs.npz; repeat for each member (YAML: a list)",
-    )
-    p.add_argument(
-        "--fit_on",
-        action="append",
-        default=[],
-        help="a member's labelled OOF/val .probs.npz, in --probs order, to fit the "
-        "pooling on; without it the members are averaged",
-    )
-    p.add_argument(
-        "--method", type=Literal[METHODS], default="weights", help="pooling fitted with --fit_on"
-    )
-    p.add_argument(
-        "--folds",
-        type=restricted_number_type("AtLeast2", int, (">=", 2)),
-        default=5,
-        help="cross-fitting folds for the printed score",
-    )
-    p.add_argument("--out", type=str, default="ensemble.csv", help="submission CSV to write")
-    add_submission_arguments(p)
-    add_wandb_arguments(p, kind="ensemble")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Entry point of ``python predict.py ensemble`` / ``python -m fusion.ensemble``."""
-    from fusion.submission import finish
-
-    args = parser().parse_args(argv)
-    try:
-        check_out(Path(args.out), [*args.probs, *args.fit_on])
-        members = check_members([load_probs(f) for f in args.probs])
-        meta: dict = {"method": "mean"}
-        score: dict = {}
-        if args.fit_on:
-            if len(args.fit_on) != len(args.probs):
-                raise EnsembleError(
-                    f"{len(args.fit_on)} --fit_on files for {len(args.probs)} --probs; give "
-                    "one labelled file per member, in the same order"
-                )
-            fit = [load_probs(f) for f in args.fit_on]
-            check_fit_on_order(fit, members)
-            stacker, score, member_acc = fit_weights(fit, members, method=args.method,
-                                                     folds=args.folds)  # fmt: skip
-            probs = stacker.predict_proba(log_probs(members))
-            kind = "oof" if all(f.held_out == "oof" for f in fit) else "val"
-            score = {f"best/{kind}/acc_top1": score}
-            meta = {
-                "method": args.method,
-                "fit_on": args.fit_on,
-                "mean_weights": stacker.mean_weights(log_probs(members)),
-                "fit_acc_top1_cross_fitted": next(iter(score.values())),
-                "member_fit_acc_top1": member_acc,
-            }
-            print(f"ensemble ({args.method}): cross-fitted top-1 "
-                  f"{meta['fit_acc_top1_cross_fitted']:.4f} on the fit rows "
-                  f"vs members {[round(a, 4) for a in member_acc]}")  # fmt: skip
-        else:
-            probs = average(members)
-            score = held_out_score(members, probs)
-        out = write_ensemble(args.out, members, probs, meta={**score, **meta},
-                             message=args.message, category=args.category)  # fmt: skip
-    except EnsembleError as err:
-        raise ExitError(f"predict.py ensemble: error: {err}") from err
-    except OSError as err:
-        raise ExitError(
-            f"predict.py ensemble: error: cannot write --out {args.out} "
-            f"({err.strerror or err}); choose a writable path"
-        ) from err
-    print(f"wrote {show_path(out)} ({len(members[0].ids)} rows, {len(members)} members) and "
-          f"{show_path(out.with_suffix('.json'))}")  # fmt: skip
-    log_run(out, args, score, meta)
-    finish(out, competition=args.kaggle, message=args.message, prog="predict.py ensemble")
-    return out
-
-
-if __name__ == "__main__":
-    main()
+        atomic_write_text(metadata_path(out), json.dumps(info, indent=2) + "\n")

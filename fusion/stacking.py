@@ -43,7 +43,6 @@ $ python train.py stack --cv runs/visual_only/cv5 --cv runs/text_only/cv5
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,12 +51,23 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
 
-from feature_store.console import show_path
+from feature_store import load_arrays, open_store
+from fusion.ensemble import (
+    EnsembleError,
+    Member,
+    check_members,
+    load_probs,
+    log_probs,
+    same_labels,
+)
+from fusion.errors import FusionError
+from fusion.heads import checkpoint_set_dims
+from fusion.predict import load_checkpoint, predict_probs
 
 METHODS = ("weights", "logistic")
 
 
-class StackError(ValueError):
+class StackError(FusionError, ValueError):
     """Rows a stacker cannot be fitted and cross-checked on, or members it must not use."""
 
 
@@ -167,14 +177,40 @@ def cross_fit(
     return out
 
 
-def member_log_probs(checkpoints: Sequence[str], store: str, split: str) -> tuple[list, np.ndarray]:
-    from fusion.predict import predict_probs
+def fit_weights(fit: Sequence[Member], scored: Sequence[Member], *, method: str, folds: int = 5):
+    """A :class:`Stacker` fitted on the labelled ``fit`` members, to score ``scored``.
 
+    Returns ``(stacker, cross-fitted top-1 on the fit rows, each member's top-1 there)``.
+    Refuses any id present in both: weights are never fitted on rows they score.
+    """
+    fit = check_members(fit)
+    overlap = set(fit[0].ids) & set(scored[0].ids)
+    if overlap:
+        raise EnsembleError(
+            f"{len(overlap)} ids (e.g. {sorted(overlap)[:3]}) are in both {fit[0].path} and "
+            f"{scored[0].path}; fit weights on out-of-fold or val rows, not on the scored ones."
+        )
+    labels = same_labels(fit)
+    if labels is None:
+        raise EnsembleError(
+            "every --fit_on file needs the same labels (RUN/val.probs.npz or CV/oof.probs.npz)"
+        )
+    lp = log_probs(fit)
+    try:
+        crossed = cross_fit(lp, labels, method=method, folds=folds)
+    except StackError as err:
+        raise EnsembleError(f"--fit_on: {err}") from err
+    stacker = Stacker(len(fit), method).fit(lp, labels)
+    member_acc = [float((m.probs.argmax(1) == labels).mean()) for m in fit]
+    return stacker, float((crossed.argmax(1) == labels).mean()), member_acc
+
+
+def member_log_probs(checkpoints: Sequence[str], store: str, split: str) -> tuple[list, np.ndarray]:
     ids, stacked = None, []
     for ckpt in checkpoints:
         split_ids, probs = predict_probs([ckpt], store, split)
         if ids is not None and split_ids != ids:
-            raise ValueError(f"{ckpt}: the {split} ids differ from the first member's")
+            raise StackError(f"{ckpt}: the {split} ids differ from the first member's")
         ids = split_ids
         stacked.append(np.log(np.clip(probs, 1e-12, None)))
     return ids, np.stack(stacked)
@@ -186,15 +222,13 @@ def cv_members(cv_dirs: Sequence[str], predict: bool):
     The fit members are each directory's ``oof.probs.npz`` (every train+val row scored by
     the fold that did not train on it), the test members its ``submission.probs.npz``
     (the folds' test probabilities averaged)."""
-    from fusion.ensemble import check_members, load_probs
-
     needed = ["oof.probs.npz"] + (["submission.probs.npz"] if predict else [])
     for cv_dir in cv_dirs:
         lacking = [n for n in needed if not (Path(cv_dir) / n).is_file()]
         if lacking:
             inside = sorted(str(f.parent) for f in Path(cv_dir).glob("*/oof.probs.npz"))
             hint = f"; did you mean {' or '.join(inside)}?" if inside else ""
-            raise ValueError(
+            raise StackError(
                 f"{cv_dir} has no {' or '.join(lacking)}: pass a `train.py cv` directory and "
                 f"rerun its command to finish it (finished folds are kept){hint}"
             )
@@ -241,9 +275,6 @@ def member_sets(member: str | Path) -> list[str]:
     (its folds' ``data.features``; ``[image, text]`` when the config leaves it out)."""
     import yaml
 
-    from fusion.heads import checkpoint_set_dims
-    from fusion.predict import load_checkpoint
-
     path = Path(member)
     if path.is_file():
         return list(checkpoint_set_dims(load_checkpoint(path)["hyper_parameters"]))
@@ -258,8 +289,6 @@ def member_sets(member: str | Path) -> list[str]:
 
 def from_checkpoints(cfg, predict: bool) -> StackRows:
     """``--checkpoint`` members: fitted on the val split of ``--data.store``."""
-    from feature_store import load_arrays, open_store
-
     store, members = cfg.data.store, cfg.checkpoint
     for ckpt in members:
         fold = cv_fold_of(ckpt)
@@ -282,151 +311,13 @@ def from_checkpoints(cfg, predict: bool) -> StackRows:
 
 def from_cv(cv_dirs: Sequence[str], predict: bool) -> StackRows:
     """``--cv`` members: fitted on every train+val row's out-of-fold probabilities."""
-    from fusion.ensemble import EnsembleError, log_probs, same_labels
-    from fusion.exit import ExitError
-
-    try:
-        fit, test = cv_members(cv_dirs, predict)
-    except (ValueError, EnsembleError) as err:
-        raise ExitError(f"train.py stack: {err}") from err
+    fit, test = cv_members(cv_dirs, predict)  # EnsembleError: a member file is unreadable
     labels = same_labels(fit)
     if labels is None:
-        raise ExitError("train.py stack: the --cv directories hold other rows or labels")
+        raise StackError("the --cv directories hold other rows or labels")
     rows = StackRows(fit[0].ids, log_probs(fit), labels, "out-of-fold", "oof_predictions.csv")
     if predict:
         rows.test_ids, rows.test_log_probs = test[0].ids, log_probs(test)
         rows.class_names = test[0].class_names
         rows.checkpoints = [c for m in test for c in m.checkpoints]
     return rows
-
-
-def run_stack(argv: Sequence[str] | None = None) -> Path:
-    """Entry point of ``python train.py stack``; returns the run directory."""
-    from feature_store.cli import CliParser
-    from fusion.cli import new_run_dir
-    from fusion.exit import ExitError
-    from fusion.runs import UNFINISHED, is_existing_run
-    from fusion.stopping import stop_exits
-    from fusion.submission import add_submission_arguments
-    from fusion.wandb_report import add_wandb_arguments
-
-    p = CliParser(prog="train.py stack", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", "-c", action="config", help="a YAML of these options")
-    p.add_argument(
-        "--checkpoint",
-        action="append",
-        default=[],
-        help="a member checkpoint; repeat it. The stacker is fitted on --data.val_split",
-    )
-    p.add_argument(
-        "--cv",
-        action="append",
-        default=[],
-        help="instead of --checkpoint: a member's `train.py cv` directory; repeat it. The "
-        "stacker is fitted on every train+val row's out-of-fold probabilities",
-    )
-    p.add_argument("--data.store", type=str | None, default=None, help="with --checkpoint")
-    p.add_argument("--data.val_split", type=str, default="val")
-    p.add_argument("--data.predict_split", type=str, default="test", help="'' to skip")
-    p.add_argument("--stack.method", type=str, default="logistic", help=f"one of {METHODS}")
-    p.add_argument("--stack.folds", type=int, default=5, help="cross-fitting folds")
-    p.add_argument("--run_dir", type=str | None, default=None)
-    p.add_argument("--runs_root", type=str, default="runs")
-    add_wandb_arguments(p, kind="stack")
-    add_submission_arguments(p)
-    cfg = p.parse_args(list(argv) if argv is not None else None)
-    members = cfg.checkpoint or cfg.cv
-    if cfg.checkpoint and cfg.cv:
-        raise ExitError("train.py stack: give --checkpoint members or --cv directories, not both")
-    if len(members) < 2:
-        raise ExitError("train.py stack: give at least two --checkpoint (or --cv) members")
-    if cfg.checkpoint and not cfg.data.store:
-        raise ExitError("train.py stack: --checkpoint members need --data.store STORE")
-    if cfg.stack.method not in METHODS:
-        raise ExitError(f"train.py stack: --stack.method must be one of {METHODS}")
-    exists = Path.is_file if cfg.checkpoint else Path.is_dir
-    missing = [m for m in members if not exists(Path(m))]
-    if missing:
-        raise ExitError(f"train.py stack: not found: {', '.join(missing)}")
-    run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "stack")
-    if is_existing_run(run) and not (run / UNFINISHED).is_file():
-        raise ExitError(f"train.py stack: {run} already holds a run; pass a new --run_dir")
-    with stop_exits("train.py stack", run):
-        return _stack(p, cfg, members, run)
-
-
-def _stack(p, cfg, members: Sequence[str], run: Path) -> Path:
-    from fusion.exit import ExitError
-    from fusion.predict import write_predictions_csv
-    from fusion.runs import claim_command_run, finish_command_run
-    from fusion.submission import finish, write_submission
-    from fusion.wandb_report import candidate_settings, log_candidate
-
-    method, predict = cfg.stack.method, bool(cfg.data.predict_split)
-    # Every member is loaded and checked, and the stack fitted, before the run exists.
-    try:
-        rows = from_cv(cfg.cv, predict) if cfg.cv else from_checkpoints(cfg, predict)
-        ids, fit_lp, labels = rows.ids, rows.log_probs, rows.labels
-        crossed = cross_fit(fit_lp, labels, method=method, folds=cfg.stack.folds)
-    except StackError as err:
-        raise ExitError(f"train.py stack: error: {err}") from err
-    stacker = Stacker(len(fit_lp), method).fit(fit_lp, labels)
-    try:  # an unfinished stack run there (killed before its end) is replaced
-        if claim_command_run(run, "train.py stack"):
-            print(f"replacing the unfinished stack run in {show_path(run)}")
-    except OSError as err:
-        raise ExitError(
-            f"train.py stack: error: cannot create the run directory {run} "
-            f"({err.strerror or err}); pass a writable --run_dir or --runs_root"
-        ) from err
-    p.save(cfg, run / "config.yaml", overwrite=True)
-    summary = {
-        "members": list(members),
-        "member_sets": [member_sets(m) for m in members],
-        "method": method,
-        "fitted_on": rows.fitted_on,
-        "rows_fitted": len(labels),
-        "mean_weights": stacker.mean_weights(fit_lp),
-        "acc_top1_cross_fitted": float((crossed.argmax(1) == labels).mean()),
-        "member_acc_top1": [float((lp.argmax(1) == labels).mean()) for lp in fit_lp],
-    }
-    write_predictions_csv(run / rows.predictions_file, ids, labels, crossed)
-    # Cross-fitted on val (--checkpoint) or on every train+val row out of fold (--cv).
-    held_out = "oof" if rows.fitted_on == "out-of-fold" else "val"
-    score = {f"best/{held_out}/acc_top1": summary["acc_top1_cross_fitted"]}
-    submission = None
-    if predict:
-        submission, _ = write_submission(
-            run / "submission.csv",
-            rows.test_ids,
-            stacker.predict_proba(rows.test_log_probs),
-            class_names=rows.class_names,
-            checkpoints=rows.checkpoints,
-            category=cfg.category,
-            candidate="stack",
-            message=cfg.message,
-            meta={**score, **summary},
-        )
-    (run / "stack.json").write_text(json.dumps(summary, indent=2))
-    log_candidate(
-        run,
-        candidate="stack",
-        settings=candidate_settings(run, cfg, kind="stack"),
-        config=cfg.as_dict(),
-        summary={
-            **score,
-            "stack/member_acc_top1": summary["member_acc_top1"],
-            "stack/mean_weights": summary["mean_weights"],
-            "stack/rows_fitted": summary["rows_fitted"],
-        },  # fmt: skip
-        submission=submission,
-    )
-    finish_command_run(run)
-    print(
-        f"stack ({method}, fitted on {len(labels)} {rows.fitted_on} rows): cross-fitted acc_top1 "
-        f"{summary['acc_top1_cross_fitted']:.4f} vs members "
-        f"{[round(a, 4) for a in summary['member_acc_top1']]}; wrote {show_path(run)}"
-    )
-    if submission is not None:
-        finish(submission, competition=cfg.kaggle, message=cfg.message, prog="train.py stack")
-    return run

@@ -8,11 +8,12 @@ from fixtures_training import DEMO_CONFIG, read_csv
 
 from feature_store import load_arrays
 from feature_store.synthetic import make_caption_mix_store
-from fusion.cv import run_cv
-from fusion.ensemble import EnsembleError, check_members, fit_weights, load_probs
-from fusion.ensemble import main as ensemble_main
+from fusion.commands.cv import run_cv
+from fusion.commands.ensemble import main as ensemble_main
+from fusion.ensemble import EnsembleError, check_members, load_probs
 from fusion.folds import assign_folds
-from fusion.predict import save_probs
+from fusion.stacking import fit_weights
+from fusion.submission import save_probs
 
 K = 3
 

@@ -53,8 +53,14 @@ import yaml
 from lightning.pytorch.loggers import WandbLogger
 
 from feature_store.console import show_path
-from fusion.cv import config_value, option, without
-from fusion.exit import ExitError
+from fusion.atomic import atomic_write_text, write_csv
+from fusion.callbacks import NonFiniteLossError
+from fusion.cli import main as cli_main
+from fusion.commands.cv import config_value, option, without
+from fusion.datamodule import FeatureDataModule
+from fusion.errors import FusionError
+from fusion.exit import exit_codes
+from fusion.module import FusionModule
 from fusion.runs import restored_environ
 
 OWN_OPTIONS = ("--n_trials", "--search", "--study_dir", "--storage", "--study_name", "--seed",
@@ -63,11 +69,11 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 PRUNERS = ("median", "none")
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(FusionError, ValueError):
     """A search-space YAML that cannot be read."""
 
 
-class TuneError(ValueError):
+class TuneError(FusionError, ValueError):
     """Bad ``train.py tune`` options or a study storage that cannot be opened."""
 
 
@@ -114,9 +120,6 @@ def suggest(trial: optuna.Trial, space: dict[str, dict]) -> list[str]:
 def _default(name: str):
     """The default of a ``model.*`` or ``data.*`` option that no config sets."""
     import inspect
-
-    from fusion.datamodule import FeatureDataModule
-    from fusion.module import FusionModule
 
     group, _, key = name.partition(".")
     owner = {"model": FusionModule, "data": FeatureDataModule}.get(group)
@@ -311,16 +314,13 @@ def run_tune(argv: Sequence[str]) -> Path:
     # repeat what trial_line prints once per trial; its warnings stay.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return _run_tune(argv)
-    except (TuneError, SearchSpaceError) as err:
-        raise ExitError(f"train.py tune: error: {err}") from err
+        with exit_codes("train.py tune"):
+            return _run_tune(argv)
     finally:
         optuna.logging.set_verbosity(verbosity)
 
 
 def _run_tune(argv: Sequence[str]) -> Path:
-    from fusion.cli import main as cli_main
-
     args = list(argv)
     own = {name: option(args, name) for name in OWN_OPTIONS}
     for name in OWN_OPTIONS:
@@ -374,8 +374,6 @@ def _run_tune(argv: Sequence[str]) -> Path:
 
 
 def _optimize(study: optuna.Study, objective, *, n_trials: int, done: int, name: str) -> None:
-    from fusion.callbacks import NonFiniteLossError
-
     if done < n_trials:
         print(f"tune: study {name!r}: {done} finished trial(s), running {n_trials - done} more")
         study.optimize(
@@ -419,8 +417,6 @@ def report(study: optuna.Study, study_dir: Path) -> Path:
         }
         for t in trials
     ]
-    from fusion.predict import write_csv
-
     header = list(dict.fromkeys(k for r in rows for k in r))
     write_csv(study_dir / "trials.csv", header, ([r.get(k, "") for k in header] for r in rows))
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -429,10 +425,11 @@ def report(study: optuna.Study, study_dir: Path) -> Path:
         return study_dir
     best = study.best_trial
     best_run = Path(best.user_attrs["run_dir"])
-    (study_dir / "best.yaml").write_text(
+    atomic_write_text(
+        study_dir / "best.yaml",
         f"# best trial {best.number} of study {study.study_name!r}: val/acc_top1 "
         f"{best.value:.4f}\n# $ python train.py fit --config {study_dir / 'best.yaml'}\n"
-        + (best_run / "config.yaml").read_text()
+        + (best_run / "config.yaml").read_text(),
     )
     _plots(study, study_dir)
     print(f"tune: {len(complete)} complete trial(s); best {best.number}: {best.value:.4f}")

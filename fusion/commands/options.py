@@ -1,0 +1,58 @@
+"""Options several commands share, added to their jsonargparse parsers the same way.
+
+$ python train.py probe --help     # --category, --kaggle, --message, --wandb.*
+
+- :func:`add_submission_arguments`: ``--category``, ``--kaggle``, ``--message`` of every
+  command that writes a submission (fusion/submission.py writes and sends it);
+- :func:`add_wandb_arguments`: ``--wandb.*`` of a candidate that is not a Lightning fit
+  (probe, stack, ensemble), read back by :func:`fusion.wandb_report.candidate_settings`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fusion.submission import CATEGORIES, DEFAULT_CATEGORY
+
+
+def add_submission_arguments(parser, *, kaggle: bool = True, message: bool = True) -> None:
+    """``--category`` and (``kaggle``) ``--kaggle`` / (``message``) ``--message`` on a
+    jsonargparse parser: the options of every command that writes a submission."""
+    parser.add_argument(
+        "--category",
+        type=Literal[CATEGORIES],
+        default=DEFAULT_CATEGORY,
+        help="the submission's Category column: the class index (mva-recvis-2024's "
+        "format) or the class name",
+    )
+    if kaggle:
+        parser.add_argument(
+            "--kaggle",
+            type=str | None,
+            default=None,
+            help="COMPETITION: send the submission with `kaggle competitions submit -c "
+            "COMPETITION` once written (needs the kaggle client)",
+        )
+    if message:
+        parser.add_argument(
+            "--message",
+            type=str | None,
+            default=None,
+            help="the Kaggle submission message, kept in OUT.json (default: OUT's name)",
+        )
+
+
+def add_wandb_arguments(parser, *, kind: str) -> None:
+    """``--wandb.project/entity/group/tags/job_type`` (and the old ``--wandb_project``) on
+    the parser of a candidate command that is not a fit (``kind``: probe, stack, ensemble);
+    read back by :func:`candidate_settings`."""
+    parser.add_argument("--wandb_project", type=str | None, default=None, help="= --wandb.project")
+    parser.add_argument(
+        "--wandb.project", type=str | None, default=None, help="else $WANDB_PROJECT"
+    )
+    parser.add_argument("--wandb.entity", type=str | None, default=None, help="else $WANDB_ENTITY")
+    parser.add_argument("--wandb.group", type=str | None, default=None, help=f"default: {kind}")
+    parser.add_argument(
+        "--wandb.tags", type=list[str] | None, default=None, help="else $WANDB_TAGS"
+    )
+    parser.add_argument("--wandb.job_type", type=str | None, default=None, help=f"default: {kind}")
