@@ -3,6 +3,13 @@
 - :mod:`fusion.heads`: plain ``nn.Module`` heads and their registry ``HEADS``;
 - :mod:`fusion.datamodule`: the store's embeddings as tensors, batched by index;
 - :mod:`fusion.module`: the thin LightningModule (loss, metrics, optimiser, schedule);
-- :mod:`fusion.cli`: LightningCLI, run directories, loggers and checkpoints;
-- :mod:`fusion.predict`: ``predict_probs`` and the submission writer.
+- :mod:`fusion.predict`: checkpoints, ``predict_probs`` and ``predict_submission``;
+- :mod:`fusion.submission`, :mod:`fusion.ensemble`, :mod:`fusion.stacking`: submissions
+  and ways of combining models; :mod:`fusion.runs`: run directories;
+- :mod:`fusion.errors`, :mod:`fusion.atomic`: the typed errors, the one atomic writer.
+
+The command layer sits above that library: :mod:`fusion.cli` (LightningCLI: fit, validate,
+test, predict), :mod:`fusion.commands` (predict.py, probe, stack, cv, tune) and
+:mod:`fusion.exit`, the one place errors become exit codes. Nothing below imports from
+above (tests/test_layers.py).
 """

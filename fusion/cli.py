@@ -67,7 +67,7 @@ from fusion.callbacks import (
     StopOnNonFiniteLoss,
     StoreFingerprint,
 )
-from fusion.commands.options import add_submission_arguments
+from fusion.command_options import add_submission_arguments
 from fusion.datamodule import FeatureDataModule
 from fusion.errors import UsageError
 from fusion.loggers import adopt_user_loggers, make_loggers, start_loggers, wandb_settings

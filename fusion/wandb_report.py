@@ -365,7 +365,7 @@ def log_submission(run, submission: str | Path, probs_file: str | Path | None = 
 
 def candidate_settings(run_dir: str | Path, cfg, *, kind: str) -> dict:
     """:func:`fusion.loggers.wandb_settings` from the options of
-    :func:`fusion.commands.options.add_wandb_arguments`:
+    :func:`fusion.command_options.add_wandb_arguments`:
     group and job type ``kind`` unless given."""
     return wandb_settings(
         Path(run_dir),

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 FUSION = REPO / "fusion"
 EXIT_MODULE = "fusion.exit"
 # The command layer: LightningCLI's subcommands, and every other command's package.
-COMMAND_LAYER = ("fusion.cli", "fusion.commands", EXIT_MODULE)
+COMMAND_LAYER = ("fusion.cli", "fusion.commands", "fusion.command_options", EXIT_MODULE)
 
 
 def _module(path: Path) -> str:

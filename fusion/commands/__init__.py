@@ -13,9 +13,10 @@ A command parses its arguments, calls the library (``fusion.predict``, ``fusion.
 - :mod:`fusion.commands.ensemble`: ``predict.py ensemble``;
 - :mod:`fusion.commands.probe`: ``train.py probe``;
 - :mod:`fusion.commands.stack`: ``train.py stack``;
-- :mod:`fusion.commands.cv`, :mod:`fusion.commands.tune`: ``train.py cv`` and ``tune``;
-- :mod:`fusion.commands.options`: options several commands share.
+- :mod:`fusion.commands.cv`, :mod:`fusion.commands.tune`: ``train.py cv`` and ``tune``.
 
 ``train.py fit/validate/test/predict`` is LightningCLI's, in :mod:`fusion.cli`, the command
 layer's too; ``train.py`` maps its errors with the same :func:`fusion.exit.exit_codes`.
+:mod:`fusion.command_options` holds the options they share (``--category``, ``--kaggle``,
+``--wandb.*``), below both.
 """

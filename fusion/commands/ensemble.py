@@ -14,7 +14,7 @@ from pathlib import Path
 
 from feature_store.console import show_path
 from fusion import ensemble
-from fusion.commands.options import add_submission_arguments, add_wandb_arguments
+from fusion.command_options import add_submission_arguments, add_wandb_arguments
 from fusion.ensemble import (
     EnsembleError,
     average,

@@ -31,7 +31,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fusion.commands.options import add_submission_arguments
+from fusion.command_options import add_submission_arguments
 from fusion.exit import exit_codes
 from fusion.submission import finish
 

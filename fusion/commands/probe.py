@@ -22,7 +22,7 @@ from feature_store.console import show_path
 from feature_store.integrity import check_finite
 from fusion import probe_run
 from fusion.atomic import atomic_write_text, write_csv
-from fusion.commands.options import add_submission_arguments, add_wandb_arguments
+from fusion.command_options import add_submission_arguments, add_wandb_arguments
 from fusion.errors import UsageError
 from fusion.exit import exit_codes
 from fusion.loggers import wandb_settings

@@ -17,9 +17,10 @@ from feature_store.cli import CliParser
 from feature_store.console import show_path
 from fusion import stacking
 from fusion.atomic import atomic_write_text
-from fusion.commands.options import add_submission_arguments, add_wandb_arguments
+from fusion.command_options import add_submission_arguments, add_wandb_arguments
 from fusion.errors import UsageError
 from fusion.exit import exit_codes
+from fusion.predict import write_predictions_csv
 from fusion.runs import (
     UNFINISHED,
     RunDirError,
@@ -94,9 +95,6 @@ def _checked(p: CliParser, cfg) -> Path:
 
 
 def _stack(p, cfg, members: Sequence[str], run: Path) -> Path:
-    # Imported here, not above: the test of a stack stopped while writing replaces it.
-    from fusion.predict import write_predictions_csv
-
     method, predict = cfg.stack.method, bool(cfg.data.predict_split)
     # Every member is loaded and checked, and the stack fitted, before the run exists.
     rows = from_cv(cfg.cv, predict) if cfg.cv else from_checkpoints(cfg, predict)

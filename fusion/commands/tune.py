@@ -38,6 +38,7 @@ and its parameters tried once more (``RetryHeartbeatStaleTrialCallback``).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import socket
@@ -53,7 +54,7 @@ import yaml
 from lightning.pytorch.loggers import WandbLogger
 
 from feature_store.console import show_path
-from fusion.atomic import atomic_write_text, write_csv
+from fusion.atomic import atomic_write_bytes, atomic_write_text, write_csv
 from fusion.callbacks import NonFiniteLossError
 from fusion.cli import main as cli_main
 from fusion.commands.cv import config_value, option, without
@@ -463,5 +464,7 @@ def _plots(study: optuna.Study, study_dir: Path) -> None:
             print(f"tune: no {name} ({err})")
             continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        fig.savefig(study_dir / name, dpi=100, bbox_inches="tight")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        atomic_write_bytes(study_dir / name, buf.getvalue())
         matplotlib.pyplot.close(fig)

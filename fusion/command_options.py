@@ -1,4 +1,5 @@
-"""Options several commands share, added to their jsonargparse parsers the same way.
+"""Options several commands share, added to their jsonargparse parsers the same way: the
+command layer's (fusion/commands/ and fusion/cli.py both use it, so it stands below both).
 
 $ python train.py probe --help     # --category, --kaggle, --message, --wandb.*
 
