@@ -216,7 +216,7 @@ def test_a_stale_cv_lock_is_taken_over(store, tmp_path):
     import json
     import socket
 
-    from fusion.commands.cv import CvLock
+    from fusion.commands.cv import CvError, CvLock
 
     cv_dir = tmp_path / "cv"
     cv_dir.mkdir()
@@ -228,7 +228,7 @@ def test_a_stale_cv_lock_is_taken_over(store, tmp_path):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
     lock.write_text(json.dumps({"pid": 1, "host": "another-host"}))  # not ours to judge
-    with pytest.raises(SystemExit, match="another-host"):
+    with pytest.raises(CvError, match="another-host"):  # train.py cv prints it, exits 2
         CvLock(cv_dir).__enter__()
     assert json.loads(lock.read_text())["host"] == "another-host"
 

@@ -45,9 +45,15 @@ from feature_store import StoreError, open_store
 from feature_store.console import show_path
 from fusion.atomic import atomic_write_text
 from fusion.ensemble import average, check_members, load_probs, write_ensemble
-from fusion.errors import Stopped, UsageError
+from fusion.errors import FusionError, Stopped, UsageError
 from fusion.exit import exit_codes
 from fusion.submission import CATEGORIES, finish, save_probs
+
+
+class CvError(FusionError):
+    """A CV directory this command cannot work in: another process's, another command's,
+    or not writable."""
+
 
 TEST = "test.probs.npz"  # a fold's test-split probabilities (none with predict_split '')
 DONE = "fold.done"  # written last in a fold: its presence marks the fold finished
@@ -182,13 +188,13 @@ def _run_cv(argv: Sequence[str]) -> Path:
     try:
         cv_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UsageError(
+        raise CvError(
             f"cannot create --cv_dir {cv_dir} ({err.strerror or err}); "
             "pass a writable --cv_dir"
         ) from err
     with CvLock(cv_dir):
         if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
-            raise UsageError(
+            raise CvError(
                 f"{cv_dir} holds folds of another command "
                 f"({plan_file}); rerun that command to finish it, or pass a new --cv_dir."
             )
@@ -266,7 +272,7 @@ class CvLock:
             with os.fdopen(fd, "w") as f:
                 json.dump({**self.mine, "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
             return self
-        raise UsageError(f"could not take the lock {self.path}; rerun")
+        raise CvError(f"could not take the lock {self.path}; rerun")
 
     def _check_stale(self) -> None:
         try:
@@ -278,7 +284,7 @@ class CvLock:
             print(f"cv: taking over {self.path} of a process that is gone (pid {pid})")
             self.path.unlink(missing_ok=True)
             return
-        raise UsageError(
+        raise CvError(
             f"{self.path.parent} is in use by another `train.py cv` "
             f"(pid {pid} on {host}, since {owner.get('started', '?')}); wait for it to "
             f"finish or pass another --cv_dir (delete {self.path} only if that process "
