@@ -78,8 +78,8 @@ Submissions: every fit writes RUN/submission.csv; python predict.py --checkpoint
 Exit codes: 0 done; 2 bad input or usage (one line naming it and the fix); 1 internal error,
 a diverged run (non-finite loss) or a full disk (one line: the disk and how to continue);
 143 stopped by SIGTERM, 130 by Ctrl-C, after saving last.ckpt (resume with --ckpt_path
-last; probe and stack keep nothing and start again). More: README.md, section "Training
-and prediction".
+last; probe and stack keep nothing and start again). More: docs/train.md (training) and
+docs/kaggle.md (submissions).
 """
 
 

@@ -1,6 +1,6 @@
 """The report says what the training side says: one probe (``train.py probe``'s numbers on
 the same store), a gated run's gate named as such, readable model sources, and one meaning
-of ``--tsne_points 0`` in the README and ``--help``.
+of ``--tsne_points 0`` in docs/analysis.md and ``--help``.
 
 $ python -m pytest -q tests/test_analysis_agrees.py
 """
@@ -129,10 +129,10 @@ def test_the_caption_source_row_of_a_csv_captioned_store(store, tmp_path):
     assert "captions from /data/captions.csv" in text and "captions_csv" not in text
 
 
-def test_tsne_points_0_means_no_tsne_in_help_readme_and_report(store, tmp_path):
+def test_tsne_points_0_means_no_tsne_in_help_docs_and_report(store, tmp_path):
     helps = analysis_cli.parser().format_help()
     assert re.search(r"--tsne_points.*\(0: no t-SNE\)", " ".join(helps.split()))
-    readme = " ".join((REPO / "README.md").read_text().split())
-    assert "(`--tsne_points`; `0` skips t-SNE)" in readme
+    docs = " ".join((REPO / "docs" / "analysis.md").read_text().split())
+    assert "(`--tsne_points`; `0` skips t-SNE)" in docs
     res = build_report(ReportOptions(store=store, out=tmp_path / "r", **QUIET))
     assert "t-SNE skipped (--tsne_points 0)." in _text(res.page)

@@ -42,13 +42,22 @@ def test_every_dependency_has_a_tested_pin_inside_its_bounds():
         assert upper, f"{spec}: no major-version upper bound"
 
 
+def _first_bash_block_after(doc: str, heading: str) -> list[str]:
+    text = (REPO / doc).read_text()
+    block = re.search(rf"{re.escape(heading)}\n.*?```bash\n(.*?)```", text, re.S).group(1)
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+
+
 def test_ci_runs_exactly_the_readme_quick_start():
-    readme = (REPO / "README.md").read_text()
-    block = re.search(r"## Quick start\n.*?```bash\n(.*?)```", readme, re.S).group(1)
-    quick = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+    quick = _first_bash_block_after("README.md", "## Quick start")
     ci = [line for line in _lines(REPO / ".ci" / "run") if line.startswith("pip install")]
     assert len(quick) == 2 and ci == quick
     assert all("-c constraints.txt" in line for line in quick)
+    # docs/install.md explains the same two commands, and must not drift from them.
+    assert (
+        _first_bash_block_after("docs/install.md", "## The Quick start, command by command")
+        == quick
+    )
 
 
 def _pins() -> dict[str, str]:

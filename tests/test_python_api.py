@@ -1,4 +1,4 @@
-"""The README's "Python API" example, run as written, on a tiny demo store; the wrappers'
+"""The "Python API" example of docs/python_api.md, run as written, on a tiny demo store; the wrappers'
 error paths."""
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def readme_example() -> str:
-    """The first python block of the README's "Python API" section."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("## Python API") :]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    """The first python block of docs/python_api.md."""
+    text = (REPO / "docs" / "python_api.md").read_text()
+    return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
 @pytest.fixture
@@ -55,7 +54,7 @@ def tiny_demo_configs(tmp_path, tiny_models, monkeypatch):  # noqa: F811
 @pytest.mark.slow
 def test_the_readme_example_runs(tiny_demo_configs):
     ns: dict = {}
-    exec(compile(readme_example(), "README.md (Python API)", "exec"), ns)
+    exec(compile(readme_example(), "docs/python_api.md", "exec"), ns)
     store = open_store("stores/demo")
     assert ns["store"].root == store.root and store.num_classes == 3
     assert len(ns["train"]) == store.rows("train") == 3 * 8
