@@ -18,7 +18,6 @@ what was kept and the command that continues (:func:`disk_full_line`).
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import shutil
 import sys
@@ -139,17 +138,3 @@ def exit_codes(prog: str, *, run: Callable[[], Path | None] | None = None) -> It
         if exit_ is None:
             raise
         raise exit_ from err
-
-
-def command(prog: str) -> Callable:
-    """Decorate a command's entry point with :func:`exit_codes` (``prog`` its name)."""
-
-    def wrap(main: Callable) -> Callable:
-        @functools.wraps(main)
-        def run_command(*args, **kwargs):
-            with exit_codes(prog):
-                return main(*args, **kwargs)
-
-        return run_command
-
-    return wrap
