@@ -292,6 +292,7 @@ def _check_set(fs: FeatureSetConfig, where: str) -> None:
     import re
 
     from data_prep.set_kinds import TTA, kind_of
+    from feature_store.layout import COLUMNS
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", fs.name or ""):
         raise ValueError(f"{where}.name {fs.name!r}: use letters, digits, _ . - (a file name)")
@@ -299,6 +300,11 @@ def _check_set(fs: FeatureSetConfig, where: str) -> None:
         raise ValueError(
             f"{where}.name {fs.name!r} collides with the rows' own {fs.name} set; choose "
             "another name"
+        )
+    if fs.name in COLUMNS:  # a set's shards hold `id` and a column named after the set
+        raise ValueError(
+            f"{where}.name {fs.name!r} collides with a column of the store's rows "
+            f"{list(COLUMNS)}; choose another name"
         )
     try:
         kind = kind_of(fs.kind)

@@ -237,25 +237,30 @@ class RunArtifacts(L.Callback):
         datamodule = trainer.datamodule
         if not (best and datamodule is not None and hasattr(datamodule, "store")):
             return
-        _, ids, labels, probs = write_val_predictions(best, datamodule, run)
+        # A refit (fusion/refit.py) trained on val: no val predictions, no val report; its
+        # last.ckpt (best is empty: nothing picked a best) writes the submission.
+        validated = getattr(datamodule, "validates", True)
+        if validated:
+            _, ids, labels, probs = write_val_predictions(best, datamodule, run)
         submission = self.write_submission(best, datamodule, run, ckpt)
         if not wandb_loggers:
             return
-        captions, paths = val_texts(datamodule, ids)
         # A user's WandbLogger(log_model=...) uploads checkpoints itself, after this hook.
         own_checkpoint = not any(lg._log_model for lg in wandb_loggers)
         score = getattr(ckpt, "best_model_score", None)
+        captions, paths = val_texts(datamodule, ids) if validated else ([], [])
         for wandb_run in wandb_runs(trainer):
-            log_val_report(
-                wandb_run,
-                ids=ids,
-                labels=labels,
-                probs=probs,
-                class_names=datamodule.class_names,
-                captions=captions,
-                paths=paths,
-                out_dir=run,
-            )
+            if validated:
+                log_val_report(
+                    wandb_run,
+                    ids=ids,
+                    labels=labels,
+                    probs=probs,
+                    class_names=datamodule.class_names,
+                    captions=captions,
+                    paths=paths,
+                    out_dir=run,
+                )
             if own_checkpoint:
                 log_checkpoint(
                     wandb_run,

@@ -22,6 +22,9 @@ of the same experiment. A resume writes nothing before its checkpoint is restore
     RUN/submission.csv        Id,Category of --data.predict_split from best.ckpt (--category
                               index|name), with .probs.npz and .json (fusion/submission.py)
     RUN/confusion_top.png     over 50 classes: the most confused classes (also in W&B)
+    RUN/refit.json            a refit on train+val (--data.train_splits '[train, val]'
+                              --recipe.from_run VALIDATED_RUN): no best.ckpt, no val files,
+                              last.ckpt is the model (fusion/refit.py, docs/refit.md)
 
 W&B (fusion/loggers.py, fusion/wandb_report.py): ``--wandb.project/entity/group/tags/
 job_type`` (``--wandb_project`` is an alias of ``--wandb.project``), else W&B's
@@ -51,7 +54,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -81,6 +84,7 @@ from fusion.predict import (
 )
 from fusion.probe_run import latest_probe, probe_line
 from fusion.recipe import Recipe
+from fusion.refit import MARKER, FitPlan, StopAtStep, check_refit, refit_plan
 from fusion.runs import (
     ResumeError,
     RunConfigSaver,
@@ -123,8 +127,8 @@ def run_of_checkpoint(ckpt: Path) -> Path:
 
 def eval_checkpoint(cfg, subcommand: str) -> Path:
     """The checkpoint ``validate``/``test``/``predict`` score: ``--ckpt_path FILE``, or
-    ``best``/``last`` (default ``best``) of ``--run_dir RUN``, or (``best``/``last`` only)
-    of the newest run of the experiment under ``--runs_root``."""
+    ``best``/``last`` (default ``best``; ``last`` for a refit) of ``--run_dir RUN``, or
+    (``best``/``last`` only) of the newest run of the experiment under ``--runs_root``."""
     path = cfg.get("ckpt_path")
     if path not in (None, "best", "last"):
         if path in ("hpc", "registry"):
@@ -132,6 +136,8 @@ def eval_checkpoint(cfg, subcommand: str) -> Path:
         return Path(path)
     name = f"{path or 'best'}.ckpt"
     if cfg.get("run_dir"):
+        if path is None and (Path(cfg["run_dir"]) / MARKER).is_file():
+            name = "last.ckpt"  # a refit keeps no best (fusion/refit.py)
         return Path(cfg["run_dir"]) / "checkpoints" / name
     base = Path(cfg["runs_root"]) / experiment_name(cfg)
     found = sorted(base.glob(f"*/checkpoints/{name}"), key=lambda p: p.stat().st_mtime)
@@ -211,6 +217,12 @@ class FusionCLI(LightningCLI):
             },
         )
         self.claimed: list[Path] = []  # a new run's directory and the folders made for it
+        # The command line as given: a refit refuses options that ask it to validate
+        # (fusion/refit.py), which the config file's values (the validated run's) do not.
+        self.argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        self.validated = None  # a refit's validated run (fusion/refit.py)
+        self.refit = None  # its plan: RUN/refit.json
+        self.fit_plan: dict | None = None  # this fit's, recorded in its checkpoints
         try:
             super().__init__(FusionModule, FeatureDataModule, args=args, **kwargs)
         except BaseException:
@@ -355,6 +367,9 @@ class FusionCLI(LightningCLI):
             self.prepare_eval(cfg)
             return
         cfg["experiment"] = self.experiment  # saved in RUN/config.yaml for reruns
+        # A refit (the val split among --data.train_splits) is checked, and its config
+        # completed from its validated run, before any run directory exists.
+        self.validated = check_refit(cfg, self.argv)
         base = Path(cfg["runs_root"]) / self.experiment
         ckpt_path = cfg.get("ckpt_path")
         # Resuming: `last`, or a checkpoint file of the run given by --run_dir.
@@ -406,6 +421,8 @@ class FusionCLI(LightningCLI):
         cfg["trainer"]["default_root_dir"] = str(self.run_dir)
         if cfg.get("checkpoint") is not None:  # the run's own; nothing is saved in eval
             cfg["checkpoint"]["dirpath"] = str(self.ckpt_file.parent)
+            if (self.run_dir / MARKER).is_file():  # a refit's: monitors nothing (refit.py)
+                cfg["checkpoint"]["monitor"], cfg["checkpoint"]["save_top_k"] = None, 0
         if self.subcommand == "predict":
             split = cfg["data"]["predict_split"]
             default = self.run_dir / "predict" / split / "submission.csv"
@@ -501,6 +518,9 @@ class FusionCLI(LightningCLI):
         cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
         artifacts = RunArtifacts(self.candidate, category=cfg.get("category") or "index")
         extra = [artifacts, ResumeMetrics(), StopOnNonFiniteLoss(), StoreFingerprint()]
+        extra.append(FitPlan(self.fit_plan))
+        if self.refit is not None:
+            extra.append(StopAtStep(self.refit.steps))
         extra.append(CtrlCSaves())  # Ctrl-C saves last.ckpt as SIGTERM does
         extra += [BestSummary(), EpochSummary()]  # EpochSummary: a line per epoch in a log file
         kwargs.update(EpochSummary.trainer_kwargs(trainer_cfg, callbacks))
@@ -514,6 +534,8 @@ class FusionCLI(LightningCLI):
         for callback in trainer.callbacks:
             if isinstance(callback, RunConfigSaver):
                 callback.resuming = self.resuming
+        if self.refit is not None:  # nothing to stop early by (the config's own is set aside)
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, EarlyStopping)]
         # W&B starts now, not at the first log: a run that cannot start online falls back
         # to offline (or to no W&B) with one line, before training (fusion/loggers.py).
         # Only when a subcommand runs: FusionCLI(run=False) (the Python API, tests) builds
@@ -525,7 +547,8 @@ class FusionCLI(LightningCLI):
     def apply_recipe(self, kwargs: dict) -> None:
         """Fill in the training length from the store (fusion/recipe.py) when the config
         sets neither ``max_epochs`` nor ``max_steps``, and keep early stopping off until
-        ``min_fraction`` of it has run; log metrics at most once per epoch's batches; print
+        ``min_fraction`` of it has run; a refit (fusion/refit.py) takes its validated run's
+        length and does not validate; log metrics at most once per epoch's batches; print
         the plan (steps, batch, lr, parameters) as one line."""
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         recipe = self._get(self.config_init, "recipe", default=None)
@@ -540,21 +563,33 @@ class FusionCLI(LightningCLI):
             kwargs["log_every_n_steps"] = per_epoch
         max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps", -1)
         source = "--trainer.max_epochs/max_steps"
-        if recipe is not None and max_epochs is None and max_steps in (None, -1):
+        if self.validated is not None:  # a refit: the validated run's length, no validation
+            self.refit = refit_plan(self.validated, dm.train_splits, rows, dm.batch_size, per_epoch)
+            max_epochs, max_steps = -1, self.refit.schedule_steps
+            kwargs.update(max_epochs=-1, max_steps=max_steps, min_steps=None, min_epochs=None,
+                          limit_val_batches=0, num_sanity_val_steps=0)  # fmt: skip
+        elif recipe is not None and max_epochs is None and max_steps in (None, -1):
             max_epochs, max_steps = -1, recipe.steps(rows, dm.batch_size)
             kwargs["max_steps"], kwargs["max_epochs"] = max_steps, max_epochs
             if trainer_cfg.get("min_steps") is None:
                 kwargs["min_steps"] = round(recipe.min_fraction * max_steps)
             source = "the recipe"
         steps = expected_steps(per_epoch, max_epochs, max_steps)
+        # Recorded in every checkpoint: what a later refit from this run scales (FitPlan).
+        self.fit_plan = {"train_splits": list(getattr(dm, "train_splits", [])),
+                         "train_rows": int(rows), "batch_size": int(dm.batch_size),
+                         "steps_per_epoch": int(per_epoch), "steps": steps}  # fmt: skip
         params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        length = f"{steps} steps" if steps is not None else "no step limit"
-        epochs = f" ({steps / per_epoch:.1f} epochs of {rows} rows)" if steps else ""
-        rank_zero_info(
-            f"fit: {length}{epochs} from {source}, batch {dm.batch_size}, "
-            f"lr {self.model.effective_lr_for(dm.batch_size):.2e}, "
+        batch = (
+            f"batch {dm.batch_size}, lr {self.model.effective_lr_for(dm.batch_size):.2e}, "
             f"{params:,} trainable parameters"
         )
+        if self.refit is not None:
+            rank_zero_info(self.refit.line(rows) + f"; {batch}")
+            return
+        length = f"{steps} steps" if steps is not None else "no step limit"
+        epochs = f" ({steps / per_epoch:.1f} epochs of {rows} rows)" if steps else ""
+        rank_zero_info(f"fit: {length}{epochs} from {source}, {batch}")
 
     def _run_subcommand(self, subcommand: str) -> None:
         try:
@@ -583,9 +618,20 @@ class FusionCLI(LightningCLI):
         if self.ckpt_file:
             check_resume(Path(self.ckpt_file), self.model)
         rank_zero_info(f"run directory: {show_path(self.run_dir)}")
+        if self.refit is not None and self.trainer.is_global_zero:
+            self.refit.write(self.run_dir)  # before training: even a killed refit says so
 
     def after_fit(self) -> None:
         ckpt = self.trainer.checkpoint_callback
+        if self.refit is not None:
+            rank_zero_info(
+                f"refit: {self.trainer.global_step} steps on {'+'.join(self.refit.train_splits)}"
+                f" ({self.refit.train_rows} rows); the model is "
+                f"{show_path(self.run_dir / 'checkpoints' / 'last.ckpt')} (no val left to "
+                f"score it on; {MARKER} says how it was refitted). Run directory: "
+                f"{show_path(self.run_dir)}"
+            )
+            return
         if ckpt is not None and ckpt.best_model_path:
             score = ckpt.best_model_score
             rank_zero_info(

@@ -3,6 +3,7 @@
 $ python train.py fit --config configs/concat.yaml --data.store stores/kaggle --data.batch_size 512
 $ python train.py fit --config configs/concat.yaml --data.folds 5 --data.fold 2   # CV fold 2
 $ python train.py fit --config configs/dual_logit_l0.1.yaml --data.features '[dinov2_giant, siglip]'
+$ python train.py fit --config RUN/config.yaml --data.train_splits '[train, val]' --recipe.from_run RUN
 
 The store's sets, their dims and the class names are read from its manifest when the module
 is built, so ``train.py`` links them into the model (``link_arguments``) before any weight
@@ -107,6 +108,10 @@ class FeatureDataModule(L.LightningDataModule):
         eval_batch_size: batch size for validation, test and prediction (no gradients:
             larger).
         train_split: the store split trained on.
+        train_splits: several store splits trained on, their rows pooled in this order
+            (default: ``[train_split]``). With the val split among them this is the final
+            refit on every labelled row: it does not validate, and takes its length from a
+            validated run (``--recipe.from_run``, fusion/refit.py).
         val_split: the store split validated on (checkpoints and early stopping).
         predict_split: the store split ``predict`` writes a submission for.
         test_split: the labelled store split ``train.py test`` scores (e.g. ``val``).
@@ -136,6 +141,7 @@ class FeatureDataModule(L.LightningDataModule):
         batch_size: int | Literal["auto"] = "auto",
         eval_batch_size: int = 1024,
         train_split: str = "train",
+        train_splits: list[str] | None = None,
         val_split: str = "val",
         predict_split: str = "test",
         test_split: str = "test",
@@ -156,7 +162,13 @@ class FeatureDataModule(L.LightningDataModule):
         # Read by train.py's link_arguments before the model is built.
         self.set_dims = {n: int(entry(info, n)["dim"]) for n in self.features}
         self.class_names = info.class_names
-        self.train_rows = info.rows(train_split) if train_split in info.manifest["splits"] else 0
+        self.train_splits = self._checked_splits(info, train_split, train_splits, folds)
+        # The pooled train rows' key in _rows and _ids ("train", or "train+val").
+        self.train_key = "+".join(self.train_splits)
+        # False in a refit (val among the train splits): there is nothing left to validate on.
+        self.validates = val_split not in self.train_splits
+        known = info.manifest["splits"]
+        self.train_rows = sum(info.rows(s) for s in self.train_splits if s in known)
         self.folds, self.fold, self.fold_seed = folds, fold, fold_seed
         self.group_regex, self.group_on = group_regex, group_on
         self._rows: dict[str, EmbeddingRows] = {}
@@ -180,6 +192,29 @@ class FeatureDataModule(L.LightningDataModule):
         self.shuffle_seed: int | None = None
         self._train_batches: TensorBatches | None = None
         self._train_batches_state: dict | None = None  # restored, for the next loader
+
+    def _checked_splits(
+        self, info, train_split: str, train_splits: list[str] | None, folds: int
+    ) -> list[str]:
+        """``train_splits`` checked against the store (``[train_split]`` when not given)."""
+        if not train_splits:
+            return [train_split]
+        splits = list(train_splits)
+        where = f"--data.train_splits {splits}"
+        unknown = [s for s in splits if s not in info.manifest["splits"]]
+        if unknown:
+            raise StoreError(
+                f"{where}: {self.store} has no split {unknown[0]!r}; its splits are "
+                f"{list(info.manifest['splits'])}"
+            )
+        if len(set(splits)) != len(splits):
+            raise StoreError(f"{where} names a split twice")
+        if folds:
+            raise StoreError(
+                f"{where} with --data.folds {folds}: the folds pool train and val "
+                "themselves; give one of the two"
+            )
+        return splits
 
     def _split_folds(self) -> None:
         """Pool train+val, then hold out fold ``fold`` as the val rows (fusion/folds.py)."""
@@ -243,22 +278,31 @@ class FeatureDataModule(L.LightningDataModule):
         rows = self._load(self.val_split, labelled=True)
         return self._ids[self.val_split], rows
 
+    def _load_train(self) -> EmbeddingRows:
+        """The rows trained on: ``train_splits`` pooled (the folds' own, with folds)."""
+        if self.train_key not in self._rows:
+            parts = [self._checked(s, labelled=True) for s in self.train_splits]
+            arrays = parts[0] if len(parts) == 1 else _concat(parts)
+            self._rows[self.train_key] = EmbeddingRows(arrays, self.features)
+            self._ids[self.train_key] = arrays.ids
+        return self._rows[self.train_key]
+
     def train_tensors(self) -> list[torch.Tensor]:
-        """The train split's feature sets, in input order (for input standardisation)."""
-        return list(self._load(self.train_split, labelled=True).x)
+        """The train rows' feature sets, in input order (for input standardisation)."""
+        return list(self._load_train().x)
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            train = self._load(self.train_split, labelled=True)
+            train = self._load_train()
             classes = len(set(train.label.tolist()))
             if len(self.class_names) < 2 or classes < 2:
                 raise StoreError(
-                    f"{self.store}/{self.train_split} has {classes} class(es) among its rows "
+                    f"{self.store}/{self.train_key} has {classes} class(es) among its rows "
                     f"({len(self.class_names)} in the manifest); a classifier needs at least "
                     "two. Rebuild the store with images of two or more classes."
                 )
             self.shuffle_seed = int(torch.randint(0, 2**31 - 1, ()))
-        if stage in ("fit", "validate"):
+        if stage == "validate" or (stage == "fit" and self.validates):
             self._load(self.val_split, labelled=True)
         if stage == "test":
             self._load(self.test_split, labelled=True)
@@ -289,7 +333,7 @@ class FeatureDataModule(L.LightningDataModule):
         if self.loader == "tensors":
             return self.train_batches()
         return index_loader(
-            self._rows[self.train_split],
+            self._rows[self.train_key],
             batch_size=self.batch_size,
             shuffle=True,
             num_workers=self.num_workers,
@@ -297,7 +341,7 @@ class FeatureDataModule(L.LightningDataModule):
 
     def train_batches(self) -> TensorBatches:
         """The train split on the training device, drawn by index (``loader: tensors``)."""
-        rows = self._rows[self.train_split]
+        rows = self._rows[self.train_key]
         trainer = self.trainer
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         seed = self.shuffle_seed if self.shuffle_seed is not None else 0

@@ -17,7 +17,11 @@ The rules (timm counts training in steps and scales the learning rate with the b
   of the rows below (1,000 rows: a third of it, 949 steps of 64 rows instead of 3,000 of
   16), so a large store with few batches per epoch still gets enough steps and a small one
   is not held to thousands of tiny ones (bench/README.md, "Small stores");
-- early stopping cannot fire before ``min_fraction`` of the steps have run.
+- early stopping cannot fire before ``min_fraction`` of the steps have run;
+- the final refit on train+val (``--recipe.from_run RUN``, fusion/refit.py) trains as many
+  epochs as RUN's best checkpoint had, under RUN's schedule scaled to the larger train set
+  the same way (:func:`refit_steps`): epochs, not steps, carry over, since val's rows
+  add steps to every epoch.
 
 A run whose config sets ``trainer.max_epochs`` or ``trainer.max_steps`` keeps them: the
 recipe only fills in what the config leaves open.
@@ -49,6 +53,9 @@ class Recipe:
         full_rows: train rows from which the whole ``min_steps`` floor applies; a smaller
             store's floor is ``min_steps * sqrt(rows / full_rows)`` (0: the whole floor
             always).
+        from_run: a validated run directory whose length a refit takes (``--data.train_splits
+            [train, val]``, fusion/refit.py): the epochs of its best checkpoint, under its
+            planned schedule; this recipe's own length rules then do not apply.
     """
 
     epochs: float = 30.0
@@ -56,6 +63,7 @@ class Recipe:
     max_steps: int = 200_000
     min_fraction: float = 0.9
     full_rows: int = 10_000
+    from_run: str | None = None
 
     def step_floor(self, rows: int) -> int:
         """The fewest optimizer steps a store of ``rows`` train rows gets."""
@@ -69,3 +77,17 @@ class Recipe:
         per_epoch = math.ceil(rows / batch_size)
         epochs = math.ceil(self.epochs * per_epoch)
         return int(min(self.max_steps, max(self.step_floor(rows), epochs)))
+
+
+def refit_steps(
+    best_step: int, planned_steps: int | None, per_epoch_then: int, per_epoch_now: int
+) -> tuple[int, int]:
+    """``(steps, schedule steps)`` of a refit: the validated run's best checkpoint had trained
+    ``best_step`` steps of ``per_epoch_then`` an epoch, under a schedule of ``planned_steps``
+    (None: its best step); the refit trains as many epochs at ``per_epoch_now`` steps each,
+    under the planned schedule scaled alike, so its learning rate at every epoch is the
+    validated run's."""
+    scale = per_epoch_now / per_epoch_then
+    steps = max(1, round(best_step * scale))
+    planned = planned_steps if planned_steps is not None else best_step
+    return steps, max(steps, round(planned * scale))

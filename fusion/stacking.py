@@ -291,6 +291,14 @@ def from_checkpoints(cfg, predict: bool) -> StackRows:
     """``--checkpoint`` members: fitted on the val split of ``--data.store``."""
     store, members = cfg.data.store, cfg.checkpoint
     for ckpt in members:
+        ckpt_path = Path(ckpt)
+        run = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else None
+        if run is not None and (run / "refit.json").is_file():  # fusion/refit.py
+            raise StackError(
+                f"--checkpoint {ckpt} is a refit: it trained on the {cfg.data.val_split} "
+                "rows a stack is fitted on (a leaked, optimistic stack); stack the run it "
+                "was refitted from (RUN/refit.json names it)"
+            )
         fold = cv_fold_of(ckpt)
         if fold is not None:
             raise StackError(

@@ -16,7 +16,7 @@ from data_prep.class_names import readable_names, synset_indices
 from data_prep.class_scores import Classes
 from data_prep.config import FeatureSetConfig, parse_config
 from data_prep.set_kinds import KINDS
-from feature_store import load_features, open_store, write_store
+from feature_store import COLUMNS, load_features, open_store, write_store
 from tests.fixtures_extraction import draw_kaggle_tree, prep_argv, tiny_models  # noqa: F401
 from tests.fixtures_sets import add_argv, set_models, timm_set, tree_digest  # noqa: F401
 
@@ -264,3 +264,15 @@ def test_synset_store_gets_wordnet_prompts_and_logits(synset_store, set_models, 
     arrays = load_features(store, "train", ["logits", "cap"])
     assert np.isfinite(arrays["logits"]).all() and (np.abs(arrays["cap"]) <= 1 + 1e-5).all()
     assert json.loads((store / "manifest.json").read_text())["format_version"] == 3
+
+
+@pytest.mark.parametrize("name", COLUMNS)
+def test_a_set_named_after_a_row_column_is_refused(name, tmp_path, capsys):
+    # A set's shards hold `id` and a column named after the set, and load_features returns
+    # the rows' columns beside the sets: a set called `caption` or `id` would shadow them.
+    write_store(tmp_path / "s", class_names=["cat", "dog"], splits={"train": {
+        "id": ["a", "b"], "label": [0, 1], "image_emb": np.zeros((2, 4)),
+        "text_emb": np.zeros((2, 3))}})  # fmt: skip
+    sets = [{"name": name, "kind": "hf_text", "model": "m"}]
+    _refused(add_argv(tmp_path / "s", sets), tmp_path / "s", capsys,
+             f"features[0].name {name!r} collides with a column of the store's rows")  # fmt: skip
