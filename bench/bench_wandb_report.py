@@ -109,9 +109,9 @@ def main(argv=None) -> None:
         empty.finish()
         base = settled(root / "empty")
 
-        from wandb.sdk.artifacts.staging import get_staging_dir
+        from feature_store.compat import wandb_staging_dir
 
-        staging = Path(get_staging_dir())
+        staging = wandb_staging_dir()
         staged_before = dir_bytes(staging) if staging.is_dir() else 0
         (root / "run").mkdir()
         run = wandb.init(mode="offline", dir=str(root / "run"), project="bench")

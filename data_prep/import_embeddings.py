@@ -40,6 +40,7 @@ import numpy as np
 from data_prep.config import PrepConfig
 from data_prep.sources import UNLABELLED_SPLIT, InputLayoutError, _few, read_class_map
 from data_prep.store import StoreMixError
+from feature_store.compat import dataset_fingerprint
 from feature_store.console import show_path
 
 DEFAULT_SPLITS = {"train": "train", "val": "validation", "test": "test"}
@@ -259,12 +260,12 @@ def declared_models(cfg: PrepConfig, dims: dict[str, int]) -> dict[str, Any]:
     return {"image": image, "caption": caption, "text": text}
 
 
-def _fingerprint(cfg: PrepConfig, splits: dict[str, str], sources: dict[str, Any]) -> str:
+def import_fingerprint(cfg: PrepConfig, splits: dict[str, str], sources: dict[str, Any]) -> str:
     value = {
         "dataset": cfg.input.dataset,
         "revision": cfg.input.revision,
         "splits": splits,
-        "source_fingerprints": {s: getattr(ds, "_fingerprint", None) for s, ds in sources.items()},
+        "source_fingerprints": {s: dataset_fingerprint(ds) for s, ds in sources.items()},
         "class_map": cfg.input.class_map
         and hashlib.sha256(Path(cfg.input.class_map).read_bytes()).hexdigest(),
         "image": vars(cfg.image),
@@ -291,7 +292,7 @@ def import_store(cfg: PrepConfig, plain: dict[str, Any], *, cache_dir: str | Non
         cfg.input.dataset, splits, revision=cfg.input.revision, cache_dir=cache_dir
     )
     out = Path(cfg.run.out)
-    fingerprint = _fingerprint(cfg, splits, sources)
+    fingerprint = import_fingerprint(cfg, splits, sources)
     manifest_path = out / "manifest.json"
     if out.exists() and any(out.iterdir()):
         old = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}

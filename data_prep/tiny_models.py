@@ -80,14 +80,15 @@ def _unigram_tokenizer(vocab_size: int = 300):
 
 def _wordpiece_tokenizer(vocab_size: int = 200):
     """A BERT WordPiece tokenizer trained in-process on the same corpus."""
-    from tokenizers import BertWordPieceTokenizer
+    from tokenizers import BertWordPieceTokenizer, Tokenizer
     from transformers import BertTokenizerFast
 
     tok = BertWordPieceTokenizer(lowercase=True)
     tok.train_from_iterator(
         _CORPUS * 4, vocab_size=vocab_size, min_frequency=1, show_progress=False
     )
-    return BertTokenizerFast(tokenizer_object=tok._tokenizer)
+    # tokenizers' own Tokenizer of the trained wrapper, through its public JSON form.
+    return BertTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.to_str()))
 
 
 def build_tiny_dinov2(out: str | os.PathLike, *, hidden: int = 64, image_size: int = 64) -> Path:
@@ -256,7 +257,7 @@ def _eos_bpe_tokenizer():
 
     tok = _bpe_tokenizer()
     eos = tok.eos_token_id
-    tok._tokenizer.post_processor = processors.TemplateProcessing(
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
     )
     return tok

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from feature_store.compat import option_strings
+
 EXIT_BAD_INPUT = 2
 
 
@@ -35,7 +37,7 @@ def one_line(message: str) -> str:
 
 def option_names(parser: ArgumentParser) -> list[str]:
     """Every ``--long`` option string of ``parser`` (dotted ones included)."""
-    return [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    return [s for s in option_strings(parser) if s.startswith("--")]
 
 
 def unknown_option(message: str, parser: ArgumentParser) -> str | None:

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from feature_store.compat import LIGHTNING_PYTREE_MODULE
+
 # Where Lightning's rank_zero_info (banners, tips, our own "run directory:") is logged.
 RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 LIGHTNING_LOGGER = "lightning.pytorch"
@@ -87,7 +89,7 @@ def quiet_lightning(*, banners: bool = True) -> Iterator[None]:
             "ignore",
             message=LEAFSPEC_WARNING,
             category=FutureWarning,
-            module=r"lightning\.pytorch\.utilities\._pytree",
+            module=LIGHTNING_PYTREE_MODULE,
         )
         rank_zero.addFilter(advert_filter)
         if not banners:

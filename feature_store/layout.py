@@ -312,6 +312,7 @@ def load_split(root: str | os.PathLike, split: str):
     """
     import datasets
 
+    from feature_store.compat import dataset_files
     from feature_store.integrity import REBUILD_HINT, verify_split
 
     info = open_store(root)
@@ -323,8 +324,7 @@ def load_split(root: str | os.PathLike, split: str):
         )
     verify_split(root, split, info)
     try:
-        state = json.loads((path / "state.json").read_text())
-        if not state.get("_data_files"):  # format 1: a split without any shard file
+        if not dataset_files(path)[0]:  # format 1: a split without any shard file
             feats = store_features(info.image_dim, info.text_dim, info.manifest["emb_dtype"])
             return datasets.Dataset.from_dict({k: [] for k in feats}, features=feats)
         return datasets.load_from_disk(str(path))

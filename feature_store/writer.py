@@ -23,11 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from feature_store.compat import STATE_FILE, dataset_files, dataset_state
 from feature_store.integrity import shard_record, verify_split
 from feature_store.layout import (
     COLUMNS,
@@ -120,24 +122,16 @@ def index_split(root: str | os.PathLike, split: str, files: list[str], feats, fi
     the rows do). A split without files gets an empty shard so it still loads.
     """
     from datasets import DatasetInfo
-    from datasets.utils.py_utils import asdict  # datasets' own: it serialises Features
 
     split_dir = Path(root) / split
     split_dir.mkdir(parents=True, exist_ok=True)
     if not files:
         write_shard_file(split_dir / EMPTY_SHARD, {k: [] for k in feats}, feats)
         files = [EMPTY_SHARD]
-    state = {
-        "_data_files": [{"filename": f} for f in files],
-        "_fingerprint": fingerprint,
-        "_format_columns": None,
-        "_format_kwargs": {},
-        "_format_type": None,
-        "_output_all_columns": False,
-        "_split": split,
-    }
-    write_json(split_dir / "state.json", state)
-    info = asdict(DatasetInfo(features=feats))
+    write_json(split_dir / STATE_FILE, dataset_state(files, fingerprint, split))
+    with tempfile.TemporaryDirectory() as tmp:  # datasets' own file, then written whole here
+        DatasetInfo(features=feats).write_to_directory(tmp)
+        info = json.loads((Path(tmp) / "dataset_info.json").read_text())
     write_json(split_dir / "dataset_info.json", {k: info[k] for k in sorted(info)})
     add_to_dataset_dict(root, split)
 
@@ -238,9 +232,8 @@ def upgrade_store(root: str | os.PathLike) -> StoreInfo:
         feats = store_features(info.image_dim, info.text_dim, info.manifest["emb_dtype"],
                                info.class_names)  # fmt: skip
         for split in info.splits:
-            state = json.loads((info.root / split / "state.json").read_text())
-            files = [f["filename"] for f in state["_data_files"]]
-            index_split(root, split, files, feats, state["_fingerprint"])
+            files, fingerprint = dataset_files(info.root / split)
+            index_split(root, split, files, feats, fingerprint)
     manifest = {**info.manifest, "format_version": FORMAT_VERSION}
     manifest.setdefault("features", base_entries(manifest))
     write_manifest(root, manifest)

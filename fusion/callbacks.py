@@ -30,9 +30,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from feature_store import load_arrays, open_store
+from feature_store.compat import (
+    last_saved_now,
+    save_last_checkpoint,
+    saves_on_train_epoch_end,
+    wandb_logger_logs_model,
+)
 from feature_store.integrity import model_fingerprint
 from fusion.atomic import write_csv
 from fusion.errors import RunFailed
+from fusion.loggers import RunCSVLogger
 from fusion.module import answering_history
 from fusion.plots import plot_alpha_beta
 from fusion.predict import (
@@ -66,16 +73,14 @@ class RunCheckpoint(ModelCheckpoint):
     current state as ``last.ckpt``, never as ``best.ckpt``.
     """
 
-    _last_saved_step = -1
-
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
+        if not saves_on_train_epoch_end(self, trainer):
             self._save_last_now(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
+        if saves_on_train_epoch_end(self, trainer):
             self._save_last_now(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
@@ -83,20 +88,16 @@ class RunCheckpoint(ModelCheckpoint):
         if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
             self._save_last_now(trainer, on_exception=True)
 
-    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-        self._last_saved_step = trainer.global_step
-
     def _save_last_now(self, trainer: L.Trainer, *, on_exception: bool = False) -> None:
         skip = (
             not self.save_last
             or bool(trainer.fast_dev_run)
             or trainer.sanity_checking
             or (trainer.state.fn != TrainerFn.FITTING and not on_exception)
-            or self._last_saved_step == trainer.global_step
+            or last_saved_now(self, trainer)
         )
         if not skip:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            save_last_checkpoint(self, trainer)
 
 
 class ResumeMetrics(L.Callback):
@@ -111,7 +112,7 @@ class ResumeMetrics(L.Callback):
         if not trainer.is_global_zero or trainer.global_step == 0:
             return
         for logger in trainer.loggers:
-            if isinstance(logger, CSVLogger):
+            if isinstance(logger, CSVLogger | RunCSVLogger):
                 drop_rows_from_step(Path(logger.experiment.metrics_file_path), trainer.global_step)
 
 
@@ -246,7 +247,7 @@ class RunArtifacts(L.Callback):
         if not wandb_loggers:
             return
         # A user's WandbLogger(log_model=...) uploads checkpoints itself, after this hook.
-        own_checkpoint = not any(lg._log_model for lg in wandb_loggers)
+        own_checkpoint = not any(wandb_logger_logs_model(lg) for lg in wandb_loggers)
         score = getattr(ckpt, "best_model_score", None)
         captions, paths = val_texts(datamodule, ids) if validated else ([], [])
         for wandb_run in wandb_runs(trainer):

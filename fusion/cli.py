@@ -61,6 +61,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from feature_store import open_store
 from feature_store.cli import EXIT_BAD_INPUT, unknown_option
+from feature_store.compat import wandb_run_started
 from feature_store.console import quiet_lightning, show_path
 from fusion.callbacks import (
     EpochSummary,
@@ -153,7 +154,15 @@ def eval_checkpoint(cfg, subcommand: str) -> Path:
 
 class FusionArgumentParser(LightningArgumentParser):
     """LightningCLI's parser; an unknown option (``--model.droput``) is one line naming the
-    nearest real one, exit code 2. Other usage errors keep jsonargparse's usage text."""
+    nearest real one, exit code 2. Other usage errors keep jsonargparse's usage text.
+
+    ``fusion_subcommand``: the subcommand whose options it parses (None: the main parser),
+    given through LightningCLI's per-subcommand ``parser_kwargs``, so that
+    ``add_arguments_to_parser`` adds each subcommand's own options."""
+
+    def __init__(self, *args, fusion_subcommand: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fusion_subcommand = fusion_subcommand
 
     def error(self, message: str, ex: Exception | None = None):
         parser = getattr(ex, "subcommand_parser", None) or self
@@ -208,14 +217,15 @@ class FusionCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resume rewrites it
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault(
-            "parser_kwargs",
-            {
-                "description": "Train, score and predict with fusion heads on a feature store "
-                "(python train.py --help: the overview and the other subcommands).",
-                **{k: {"description": v} for k, v in DESCRIPTIONS.items()},
-            },
-        )
+        parser_kwargs = {
+            "description": "Train, score and predict with fusion heads on a feature store "
+            "(python train.py --help: the overview and the other subcommands).",
+            **{k: {"description": v} for k, v in DESCRIPTIONS.items()},
+            **kwargs.get("parser_kwargs", {}),
+        }
+        for name in self.subcommands():  # each subcommand's parser knows its subcommand
+            parser_kwargs[name] = {**parser_kwargs.get(name, {}), "fusion_subcommand": name}
+        kwargs["parser_kwargs"] = parser_kwargs
         self.claimed: list[Path] = []  # a new run's directory and the folders made for it
         # The command line as given: a refit refuses options that ask it to validate
         # (fusion/refit.py), which the config file's values (the validated run's) do not.
@@ -226,13 +236,20 @@ class FusionCLI(LightningCLI):
         try:
             super().__init__(FusionModule, FeatureDataModule, args=args, **kwargs)
         except BaseException:
+            finish_runs(getattr(self, "trainer", None), exit_code=1)
             for d in self.claimed:  # deepest first; only while nothing was written in it
                 if d.is_dir() and not any(d.iterdir()):
                     d.rmdir()
             raise
+        if self.subcommand is not None and self.finish_wandb:
+            finish_runs(self.trainer)
 
-    def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+    def section(self, config):
+        """The running subcommand's part of a parsed ``config`` (all of it without one)."""
+        return config[self.subcommand] if self.subcommand else config
+
+    def add_subcommand_arguments(self, parser: LightningArgumentParser, subcommand: str) -> None:
+        """Options of one subcommand only: scoring a checkpoint, predict's output."""
         if subcommand in EVAL_SUBCOMMANDS:
             parser.add_argument(
                 "--allow_store_mismatch",
@@ -259,11 +276,11 @@ class FusionCLI(LightningCLI):
             add_submission_arguments(parser, kaggle=True, message=True)
         elif subcommand == "fit":  # the fit's own RUN/submission.csv
             add_submission_arguments(parser, kaggle=False, message=False)
-        return parser
 
-    def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads a --ckpt_path file's hyper-parameters before anything else;
-        # a truncated or foreign file must be a one-line error here, not torch's traceback.
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # LightningCLI reads a --ckpt_path file's hyper-parameters right after parsing; a
+        # truncated or foreign file must be a one-line error here, not torch's traceback.
         sub = self.config.get("subcommand")
         if sub in EVAL_SUBCOMMANDS:
             self.config[sub]["ckpt_path"] = str(eval_checkpoint(self.config[sub], sub))
@@ -273,9 +290,11 @@ class FusionCLI(LightningCLI):
                 load_checkpoint(path)
             except CheckpointError as err:
                 raise ResumeError(f"--ckpt_path: {err}") from err
-        super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        subcommand = getattr(parser, "fusion_subcommand", None)
+        if subcommand is not None:
+            self.add_subcommand_arguments(parser, subcommand)
         parser.add_argument(
             "--run_dir",
             type=str | None,
@@ -454,8 +473,9 @@ class FusionCLI(LightningCLI):
             return self.instantiate_fit_trainer(**kwargs)
         except UsageError:
             for logger in kwargs.get("logger") or []:  # a user's logger may have started
-                if isinstance(logger, WandbLogger) and logger._experiment is not None:
-                    logger._experiment.finish(exit_code=1)
+                run = wandb_run_started(logger) if isinstance(logger, WandbLogger) else None
+                if run is not None:
+                    run.finish(exit_code=1)
             for d in missing:  # deepest first: the new run, then folders made for it
                 if d == self.run_dir:
                     shutil.rmtree(d, ignore_errors=True)
@@ -463,7 +483,7 @@ class FusionCLI(LightningCLI):
                     d.rmdir()
             raise
 
-    def _trainer(self, **kwargs):
+    def build_trainer(self, **kwargs):
         try:
             return super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError) as err:
@@ -475,7 +495,7 @@ class FusionCLI(LightningCLI):
     def instantiate_eval_trainer(self, **kwargs):
         """No logger, no run files: only the user's callbacks (and predict's writer)."""
         kwargs["logger"] = False
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        trainer_cfg = self.section(self.config_init).get("trainer", {})
         callbacks = trainer_cfg.get("callbacks") or []
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         # BestSummary has state in every fit checkpoint (Lightning warns when it is absent);
@@ -494,7 +514,7 @@ class FusionCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
         # No 0.00it/s bar frames in a redirected log (the metrics are printed at the end).
         kwargs.update(EpochSummary.trainer_kwargs(trainer_cfg, callbacks))
-        trainer = self._trainer(**kwargs)
+        trainer = self.build_trainer(**kwargs)
         # LightningCLI adds the config saver to every trainer; a scored run is not a new run.
         trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
         return trainer
@@ -503,7 +523,7 @@ class FusionCLI(LightningCLI):
         # The store's rows are checked (finite, labelled, two classes) before the loggers
         # create the run directory: a store the fit refuses leaves no run behind.
         self.datamodule.setup("fit")
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        trainer_cfg = self.section(self.config_init).get("trainer", {})
         user_logger = trainer_cfg.get("logger")
         if user_logger in (None, True):
             kwargs["logger"] = make_loggers(self.run_dir, settings=self.wandb_settings())
@@ -530,7 +550,7 @@ class FusionCLI(LightningCLI):
             extra.append(LearningRateMonitor(logging_interval="step"))
         extra += self.extra_callbacks
         kwargs["callbacks"] = [*callbacks, *extra]
-        trainer = self._trainer(**kwargs)
+        trainer = self.build_trainer(**kwargs)
         for callback in trainer.callbacks:
             if isinstance(callback, RunConfigSaver):
                 callback.resuming = self.resuming
@@ -550,8 +570,8 @@ class FusionCLI(LightningCLI):
         ``min_fraction`` of it has run; a refit (fusion/refit.py) takes its validated run's
         length and does not validate; log metrics at most once per epoch's batches; print
         the plan (steps, batch, lr, parameters) as one line."""
-        trainer_cfg = self._get(self.config_init, "trainer", default={})
-        recipe = self._get(self.config_init, "recipe", default=None)
+        trainer_cfg = self.section(self.config_init).get("trainer", {})
+        recipe = self.section(self.config_init).get("recipe")
         dm = self.datamodule
         rows = getattr(dm, "train_rows", 0)
         if self.subcommand not in ("fit", None) or not rows:
@@ -590,15 +610,6 @@ class FusionCLI(LightningCLI):
         length = f"{steps} steps" if steps is not None else "no step limit"
         epochs = f" ({steps / per_epoch:.1f} epochs of {rows} rows)" if steps else ""
         rank_zero_info(f"fit: {length}{epochs} from {source}, {batch}")
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        try:
-            super()._run_subcommand(subcommand)
-        except BaseException:
-            finish_runs(getattr(self, "trainer", None), exit_code=1)
-            raise
-        if self.finish_wandb:
-            finish_runs(self.trainer)
 
     def before_predict(self) -> None:
         if self.trainer.world_size > 1:

@@ -266,13 +266,12 @@ def log_run(out: Path, args, score: dict, meta: dict) -> None:
     """The ensemble's W&B run (candidate ``ensemble``) in ``OUT``'s folder (``wandb/``), a
     new run each time, named after ``OUT``; its id goes into ``OUT.json``."""
     # W&B and Lightning load only when a run is logged, not for the command's --help.
-    from wandb.sdk.lib.runid import generate_id
-
+    from fusion.loggers import new_run_id
     from fusion.wandb_report import candidate_settings, log_candidate
 
     settings = candidate_settings(out.parent, args, kind="ensemble")
     # OUT's folder may hold other runs (and their wandb_run_id): this run is its own.
-    settings.update(id=generate_id(), name=out.stem)
+    settings.update(id=new_run_id(), name=out.stem)
     run_id = log_candidate(
         out.parent,
         candidate="ensemble",

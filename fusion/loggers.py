@@ -27,25 +27,36 @@ import csv
 import io
 import netrc
 import os
+import secrets
 import socket
-from collections.abc import Callable, Sequence
+import string
+from argparse import Namespace
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from lightning.fabric.loggers.csv_logs import _ExperimentWriter
+import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.core.saving import save_hparams_to_yaml
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from feature_store.compat import (
+    restart_wandb_run,
+    set_wandb_identity,
+    wandb_init_arguments,
+    wandb_logger_offline,
+    wandb_run_started,
+)
 from feature_store.console import show_path
 from fusion.atomic import atomic_write_text, write_csv
 from fusion.errors import UsageError
 
 
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer, safe to resume and to run out of disk.
+class RunMetricsWriter:
+    """``RUN/metrics.csv`` (and ``RUN/hparams.yaml``) as Lightning's CSV writer lays them
+    out, safe to resume and to run out of disk.
 
     Lightning's deletes an existing metrics.csv; on resume this one appends to it, after
     dropping a torn last row (:func:`drop_torn_tail`). Lightning's writes rows one by one,
@@ -54,18 +65,37 @@ class _AppendingWriter(ExperimentWriter):
     if that write fails, and a new column rewrites the file atomically.
     """
 
-    def _check_log_dir_exists(self) -> None:
+    NAME_METRICS_FILE, NAME_HPARAMS_FILE = "metrics.csv", "hparams.yaml"
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self.metrics_file_path = os.path.join(log_dir, self.NAME_METRICS_FILE)
+        self.metrics: list[dict] = []  # rows logged since the last save
+        self.metrics_keys: list[str] = []  # the file's columns, sorted
+        self.hparams: dict = {}
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
         path = Path(self.metrics_file_path)
         if path.is_file():
             # Known columns, so the first save appends instead of rewriting a header.
             self.metrics_keys = sorted(k for k in drop_torn_tail(path) if k)
+
+    def log_metrics(self, metrics: Mapping, step: int | None = None) -> None:
+        """Keep one row (``step`` added) for the next :meth:`save`."""
+        row = {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in metrics.items()}
+        row["step"] = len(self.metrics) if step is None else step
+        self.metrics.append(row)
+
+    def log_hparams(self, params: Mapping) -> None:
+        self.hparams.update(params)
+        save_hparams_to_yaml(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), self.hparams)
 
     def save(self) -> None:
         if not self.metrics:
             return
         path = Path(self.metrics_file_path)
         keys = list(self.metrics_keys)
-        new_keys = self._record_new_keys()
+        new_keys = set().union(*self.metrics) - set(keys)
+        self.metrics_keys = sorted([*keys, *new_keys])
         try:
             if new_keys or not path.is_file():
                 old = _read_rows(path)
@@ -141,19 +171,61 @@ def drop_torn_tail(path: Path) -> list[str]:
     return header
 
 
-class RunCSVLogger(CSVLogger):
-    """``CSVLogger(save_dir=RUN, name="", version="")``: metrics at ``RUN/metrics.csv``."""
+class RunCSVLogger(Logger):
+    """Lightning's ``CSVLogger(save_dir=RUN, name="", version="")`` (metrics at
+    ``RUN/metrics.csv``, hyper-parameters at ``RUN/hparams.yaml``), writing with
+    :class:`RunMetricsWriter`; built on Lightning's public ``Logger``."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
-        super().__init__(save_dir=str(run_dir), name="", version="")
+        super().__init__()
+        self.run_dir = os.fspath(run_dir)
+        self.writer: RunMetricsWriter | None = None
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        return self.run_dir
+
+    @property
+    def root_dir(self) -> str:
+        return self.run_dir
+
+    @property
+    def log_dir(self) -> str:
+        return self.run_dir
 
     @property
     @rank_zero_experiment
-    def experiment(self) -> _ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    def experiment(self) -> RunMetricsWriter:
+        if self.writer is None:
+            self.writer = RunMetricsWriter(self.run_dir)
+        return self.writer
+
+    @rank_zero_only
+    def log_hyperparams(self, params) -> None:
+        params = vars(params) if isinstance(params, Namespace) else dict(params or {})
+        self.experiment.log_hparams(params)
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        self.experiment.log_metrics(metrics, step)
+
+    @rank_zero_only
+    def save(self) -> None:
+        super().save()
+        self.experiment.save()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self.writer is not None:  # nothing was logged in this process
+            self.save()
 
 
 def _has_api_key() -> bool:
@@ -218,10 +290,13 @@ def run_id_for(run_dir: Path) -> str:
     else a new one."""
     run_id = saved_run_id(run_dir)
     if run_id is None:
-        from wandb.sdk.lib.runid import generate_id  # what wandb.init uses
-
-        run_id = os.environ.get("WANDB_RUN_ID") or generate_id()
+        run_id = os.environ.get("WANDB_RUN_ID") or new_run_id()
     return run_id
+
+
+def new_run_id() -> str:
+    """A new W&B run id: 8 random base-36 characters, the kind ``wandb.init`` makes."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
 def save_run_id(run_dir: Path, run_id: str) -> None:
@@ -367,14 +442,10 @@ def init_wandb(run_dir: Path, **init):
 def start_wandb(logger: WandbLogger, run_dir: Path) -> bool:
     """Start a Lightning ``WandbLogger``'s run now, falling back as :func:`start_or_fallback`
     does; False when it cannot start (the caller drops the logger)."""
-    if logger._experiment is not None:
+    if wandb_run_started(logger) is not None:
         return True
-
-    def start():
-        logger._experiment = None
-        return logger.experiment
-
-    return start_or_fallback(start, logger._wandb_init, run_dir) is not None
+    init = wandb_init_arguments(logger)
+    return start_or_fallback(lambda: restart_wandb_run(logger), init, run_dir) is not None
 
 
 def start_loggers(loggers: Sequence[Logger], run_dir: Path) -> list[Logger]:
@@ -392,7 +463,7 @@ class RunWandbLogger(WandbLogger):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        drop_anonymous(self._wandb_init)
+        drop_anonymous(wandb_init_arguments(self))
 
     def log_hyperparams(self, params) -> None:
         config_logged_once(params)
@@ -449,12 +520,12 @@ def adopt_user_loggers(loggers: Sequence[Logger], run_dir: Path, *, settings: di
     if not any(isinstance(lg, RunCSVLogger) for lg in out):
         out.insert(0, RunCSVLogger(run_dir))
     for logger in out:
-        if not isinstance(logger, WandbLogger) or logger._experiment is not None:
+        if not isinstance(logger, WandbLogger) or wandb_run_started(logger) is not None:
             continue
-        init = logger._wandb_init
+        init = wandb_init_arguments(logger)
         logger.log_hyperparams = config_logged_once  # the config once, as for our logger
         mode, why = wandb_mode_and_reason()
-        offline = logger._offline or init.get("mode") in ("offline", "dryrun")
+        offline = wandb_logger_offline(logger) or init.get("mode") in ("offline", "dryrun")
         values = {**settings, "dir": str(Path(run_dir).resolve())}
         values["settings"] = init_settings("offline" if offline else mode)
         for key, value in values.items():
@@ -462,12 +533,11 @@ def adopt_user_loggers(loggers: Sequence[Logger], run_dir: Path, *, settings: di
                 init[key] = value
         drop_anonymous(init)
         # LightningCLI fills every wandb.init argument the config leaves out with None.
-        if init.get("mode") is None and not logger._offline:
+        if init.get("mode") is None and not wandb_logger_offline(logger):
             # Not WandbLogger(offline=True): that refuses log_model, which works offline.
             init["mode"] = mode if mode != "online" else None
             _say_mode(mode, why, run_dir)
         if init.get("id") and rank_zero_only.rank == 0:
             save_run_id(run_dir, init["id"])
-        logger._project, logger._save_dir = init.get("project"), init.get("dir")
-        logger._name, logger._id = init.get("name"), init.get("id")
+        set_wandb_identity(logger, init)
     return out

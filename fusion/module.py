@@ -22,6 +22,7 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from feature_store.compat import attached_trainer
 from fusion.heads import HeadSweep, build_head, head_members
 
 
@@ -260,7 +261,7 @@ class FusionModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # Standardisation statistics from the train split, before the first step (a resumed
         # run then restores the same values from its checkpoint).
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         if stage == "fit" and hasattr(datamodule, "train_tensors"):
             self.head.fit_input_stats(*datamodule.train_tensors())
 
@@ -318,7 +319,8 @@ class FusionModule(L.LightningModule):
         logging step (``log_every_n_steps``) copies them all to the host at once."""
         pairs = torch.cat([w.detach() for w in weights])  # a copy: the optimizer moves w
         self._pending_weights.append((self.global_step, self.current_epoch, chosen, pairs))
-        every = self._trainer.log_every_n_steps if self._trainer is not None else 1
+        trainer = attached_trainer(self)
+        every = trainer.log_every_n_steps if trainer is not None else 1
         if (self.global_step + 1) % max(1, every) == 0:
             self._flush_fusion_weights()
 
@@ -338,7 +340,7 @@ class FusionModule(L.LightningModule):
         keys = fusion_weight_keys(self.head.weight_names())
         k = len(keys)
         sweep = len(values[0]) > k
-        log = self._trainer is not None and self.trainer.is_global_zero
+        log = attached_trainer(self) is not None and self.trainer.is_global_zero
         for (step, epoch, chosen, _), weights in zip(pending, values, strict=True):
             mine = weights[k * chosen : k * chosen + k]
             if sweep:
@@ -429,14 +431,14 @@ class FusionModule(L.LightningModule):
         self._pending_weights, self._answering = [], None
         if (
             RNG_KEY in checkpoint
-            and self._trainer is not None
+            and attached_trainer(self) is not None
             and self.trainer.state.fn == TrainerFn.FITTING
         ):
             set_rng_states(checkpoint[RNG_KEY])  # a resumed fit, never a loaded head
 
     def effective_lr(self) -> float:
         """``lr`` scaled from batch 256 to the training batch size."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        datamodule = getattr(attached_trainer(self), "datamodule", None)
         return self.effective_lr_for(getattr(datamodule, "batch_size", 256))
 
     def effective_lr_for(self, batch: int) -> float:

@@ -32,6 +32,7 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 
+from feature_store.compat import wandb_run_started
 from feature_store.thumbs import load_thumb
 from fusion.atomic import atomic_write_bytes
 from fusion.loggers import (
@@ -71,8 +72,9 @@ def finish_runs(trainer: L.Trainer, exit_code: int = 0) -> None:
     """Finish the W&B runs of ``trainer``'s loggers (a second fit in the process then
     starts its own run); after the fit, so Lightning's ``log_model`` uploads come first."""
     for logger in trainer.loggers if trainer is not None else []:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
-            logger._experiment.finish(exit_code=exit_code)
+        run = wandb_run_started(logger) if isinstance(logger, WandbLogger) else None
+        if run is not None:
+            run.finish(exit_code=exit_code)
 
 
 def flatten(value: Any, prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from analysis import __main__ as analysis_cli
 from analysis.report import ReportOptions
 from data_prep.__main__ import _cli as prep_cli
 from data_prep.config import PrepConfig, build_parser
+from feature_store.compat import parser_actions
 from feature_store.synthetic import make_synthetic_store
 from fusion import predict as fusion_predict
 from fusion import stacking
@@ -43,7 +44,7 @@ OURS_ONLY = {"help", "config", "print_config"}  # jsonargparse's own
 def _options(parser):
     """(action, its block of the --help text) for each option we define."""
     text = parser.format_help()
-    for action in parser._actions:
+    for action in parser_actions(parser):
         if action.dest in OURS_ONLY or not action.option_strings or action.help == "==SUPPRESS==":
             continue
         if action.help == "Path to a configuration file.":  # data_prep's --input etc. groups
@@ -58,7 +59,7 @@ def _options(parser):
 @pytest.mark.parametrize("entry", PARSERS)
 def test_every_option_has_a_one_line_help_with_its_default(entry):
     parser = PARSERS[entry]()
-    assert any(a.dest == "config" and "-c" in a.option_strings for a in parser._actions)
+    assert any(a.dest == "config" and "-c" in a.option_strings for a in parser_actions(parser))
     names = []
     for action, block in _options(parser):
         name = action.option_strings[0]

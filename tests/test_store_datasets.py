@@ -24,6 +24,7 @@ from feature_store import (
     write_manifest,
     write_store,
 )
+from feature_store.compat import dataset_files
 from feature_store.integrity import model_fingerprint
 from feature_store.synthetic import make_synthetic_store
 from feature_store.writer import index_split, write_shard_file
@@ -192,9 +193,8 @@ def test_rerunning_data_prep_upgrades_a_format1_store(tmp_path, tiny_models):  #
     (store / "dataset_dict.json").unlink()
     old = store_features(info.image_dim, info.text_dim, info.manifest["emb_dtype"])
     for split in info.splits:
-        state = json.loads((store / split / "state.json").read_text())
-        files = [f["filename"] for f in state["_data_files"]]
-        index_split(store, split, files, old, state["_fingerprint"])
+        files, fingerprint = dataset_files(store / split)
+        index_split(store, split, files, old, fingerprint)
     (store / "dataset_dict.json").unlink()
     write_manifest(store, {**info.manifest, "format_version": 1})
     assert datasets.load_from_disk(str(store / "train")).features["label"].dtype == "int64"
