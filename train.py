@@ -184,12 +184,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     import importlib
 
-    if args[0] in ("cv", "tune") and {"-h", "--help"} & set(args[1:]):
-        # Their own options are few; the rest are fit's, which fit --help lists.
-        doc = importlib.import_module(f"fusion.commands.{args[0]}").__doc__
-        print(f"usage: python train.py {args[0]} [OPTIONS]; every option not named below is "
-              f"a `train.py fit` option (python train.py fit --help)\n\n{doc}")  # fmt: skip
-        return
     if args[0] in COMMANDS:  # each maps its own errors to exit codes (fusion/exit.py)
         module, name = COMMANDS[args[0]]
         getattr(importlib.import_module(module), name)(args[1:])

@@ -6,13 +6,17 @@ $ python train.py probe --help     # --category, --kaggle, --message, --wandb.*
 - :func:`add_submission_arguments`: ``--category``, ``--kaggle``, ``--message`` of every
   command that writes a submission (fusion/submission.py writes and sends it);
 - :func:`add_wandb_arguments`: ``--wandb.*`` of a candidate that is not a Lightning fit
-  (probe, stack, ensemble), read back by :func:`fusion.wandb_report.candidate_settings`.
+  (probe, stack, ensemble), read back by :func:`fusion.wandb_report.candidate_settings`;
+- :func:`parse_own_options`: the options of a command made of fits (cv, tune) parsed by
+  its own parser, every other argument passed on to ``train.py fit``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
+from feature_store.compat import parser_actions
 from fusion.submission import CATEGORIES, DEFAULT_CATEGORY
 
 
@@ -57,3 +61,32 @@ def add_wandb_arguments(parser, *, kind: str) -> None:
         "--wandb.tags", type=list[str] | None, default=None, help="else $WANDB_TAGS"
     )
     parser.add_argument("--wandb.job_type", type=str | None, default=None, help=f"default: {kind}")
+
+
+def parse_own_options(parser, argv: Sequence[str]):
+    """``(cfg, rest, given)``: ``parser``'s own options in ``argv`` parsed (typed, checked,
+    defaulted and ``--help`` printed by it), the other arguments in their order for the
+    ``train.py fit`` parser, and the own options given on the command line.
+
+    jsonargparse has no ``parse_known_args``: the cut is made by the parser's own option
+    strings (``--name V``, ``--name=V``; a flag such as ``-h`` takes no value), so a new
+    option of the command is cut without touching this function."""
+    takes_value = {
+        s: action.nargs != 0 for action in parser_actions(parser) for s in action.option_strings
+    }
+    own, rest, given = [], [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        name = args[i].partition("=")[0]
+        if name not in takes_value:
+            rest.append(args[i])
+        elif "=" in args[i] or not takes_value[name]:
+            own.append(args[i])
+            given.append(name)
+        else:
+            own += args[i : i + 2]
+            given.append(name)
+            i += 1
+        i += 1
+    return parser.parse_args(own), rest, given

@@ -239,7 +239,7 @@ def test_a_stale_cv_lock_is_taken_over(store, tmp_path):
         (["cv", "--data.folds", "five"], ["--data.folds", "'five'"]),
         (["tune", "--n_trials", "many"], ["--n_trials", "'many'"]),
         (["tune", "--n_trials", "2", "--seed", "x"], ["--seed", "'x'"]),
-        (["tune", "--n_trials", "2", "--pruner", "mean"], ["--pruner", "'mean'", "median"]),
+        (["tune", "--n_trials", "2", "--pruner", "mean"], ["--pruner", "mean", "median"]),
     ],
 )
 def test_bad_values_of_cv_and_tune_options_are_one_line(argv, words, capsys):

@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,10 +43,11 @@ import yaml
 from feature_store import StoreError, open_store
 from feature_store.console import show_path
 from fusion.atomic import atomic_write_text
+from fusion.command_options import add_submission_arguments, parse_own_options
 from fusion.ensemble import average, check_members, load_probs, write_ensemble
 from fusion.errors import FusionError, Stopped, UsageError
 from fusion.exit import exit_codes
-from fusion.submission import CATEGORIES, finish, save_probs
+from fusion.submission import CATEGORIES, DEFAULT_CATEGORY, finish, save_probs
 
 
 class CvError(FusionError):
@@ -68,19 +68,6 @@ def option(args: Sequence[str], name: str) -> str | None:
         elif arg.startswith(name + "="):
             value = arg.split("=", 1)[1]
     return value
-
-
-def without(args: Sequence[str], name: str) -> list[str]:
-    """``args`` without ``--name V`` / ``--name=V``."""
-    out, skip = [], False
-    for i, arg in enumerate(args):
-        if skip:
-            skip = False
-        elif arg == name and i + 1 < len(args):
-            skip = True
-        elif not arg.startswith(name + "="):
-            out.append(args[i])
-    return out
 
 
 def _flat(node, prefix: str = "") -> dict:
@@ -155,33 +142,71 @@ def check_predict_split(args: Sequence[str]) -> None:
         )
 
 
+def parser():
+    """``train.py cv``'s own options; every other argument is a ``train.py fit`` one."""
+    from feature_store.cli import CliParser
+
+    p = CliParser(
+        prog="train.py cv",
+        description=__doc__.split("\n\n")[0] + " Every option not listed here is a "
+        "`train.py fit` option (python train.py fit --help), given to each fold's fit; "
+        "--data.folds K (K >= 2, from the command line or a --config) is required.",
+    )
+    p.add_argument(
+        "--cv_dir",
+        type=str | None,
+        default=None,
+        help="the CV directory (default: RUNS_ROOT/<experiment>/cv<K>); rerunning the same "
+        "command in it skips the finished folds",
+    )
+    add_submission_arguments(p)
+    return p
+
+
+def config_paths(args: Sequence[str]) -> list[str]:
+    """Every ``--config``/``-c`` file of ``args``, in their order (later wins)."""
+    paths = []
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in ("--config", "-c"):
+            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            if value:
+                paths.append(value)
+    return paths
+
+
+def fit_experiment(args: Sequence[str]) -> str:
+    """The experiment the fits of ``args`` run in: the fit's own rule
+    (:func:`fusion.runs.experiment_name`) on their ``--experiment`` and ``--config`` files."""
+    from fusion.runs import experiment_name  # Lightning loads with the fits, not for --help
+
+    return experiment_name(
+        {"experiment": config_value(args, "experiment"), "config": config_paths(args)}
+    )
+
+
 def run_cv(argv: Sequence[str]) -> Path:
     """Entry point of ``python train.py cv``; returns the CV directory."""
+    own, args, given = parse_own_options(parser(), argv)
     with exit_codes("train.py cv"):
-        return _run_cv(argv)
+        return _run_cv(own, args, given)
 
 
-def _run_cv(argv: Sequence[str]) -> Path:
-    args = list(argv)
+def _run_cv(own, args: list[str], given: Sequence[str]) -> Path:
     folds = int_option(args, "data.folds")
     if folds < 2:
         raise UsageError("give --data.folds K (K >= 2), e.g. --data.folds 5")
     for banned in ("--data.fold", "--run_dir", "--ckpt_path"):
         if option(args, banned) is not None:
             raise UsageError(f"{banned} is set per fold by cv; drop it")
-    # The CV's own options (its submission's), not passed to the folds' fits.
-    own = {name: option(args, name) for name in ("--cv_dir", "--message", "--kaggle", "--category")}
-    for name in own:
-        args = without(args, name)
-    cv_dir, message = own["--cv_dir"], own["--message"]
-    category = str(own["--category"] or config_value(args, "category") or "index")
+    message = own.message
+    # --category on the command line is the CV's; else a config's (the fit's option).
+    category = own.category if "--category" in given else config_value(args, "category")
+    category = str(category or DEFAULT_CATEGORY)
     if category not in CATEGORIES:
         raise UsageError(f"--category {category!r}: choose one of {', '.join(CATEGORIES)}")
-    if cv_dir is None:
-        config = option(args, "--config") or option(args, "-c") or "cv"
-        experiment = config_value(args, "experiment") or Path(config).stem
-        cv_dir = Path(config_value(args, "runs_root") or "runs") / experiment / f"cv{folds}"
-    cv_dir = Path(cv_dir)
+    root = Path(config_value(args, "runs_root") or "runs")
+    cv_dir = Path(own.cv_dir or root / fit_experiment(args) / f"cv{folds}")
     check_predict_split(args)
     plan = {"args": args, "folds": folds}
     plan_file = cv_dir / "cv_args.json"
@@ -204,7 +229,7 @@ def _run_cv(argv: Sequence[str]) -> Path:
         summarise(cv_dir, folds, message=message, category=category, fit_args=args)
     submission = cv_dir / "submission.csv"
     if submission.is_file():
-        finish(submission, competition=own["--kaggle"], message=message)
+        finish(submission, competition=own.kaggle, message=message)
     return cv_dir
 
 
@@ -224,10 +249,9 @@ def run_fold(args: Sequence[str], cv_dir: Path, fold: int) -> None:
         return
     if run.exists():  # a fold killed part-way: ours alone (CvLock), redone from scratch
         shutil.rmtree(run)
-    saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args, not our argv
+    group = [] if option(args, "--wandb_group") else ["--wandb_group", str(cv_dir)]
+    fit_args = ["fit", *args, *group, "--data.fold", str(fold), "--run_dir", str(run)]
     try:
-        group = [] if option(args, "--wandb_group") else ["--wandb_group", str(cv_dir)]
-        fit_args = ["fit", *args, *group, "--data.fold", str(fold), "--run_dir", str(run)]
         with restored_environ():  # each fold from the user's environment (WANDB_MODE)
             cli = cli_main(fit_args, candidate="cv_fold")
     except SIGTERMException as err:
@@ -238,8 +262,6 @@ def run_fold(args: Sequence[str], cv_dir: Path, fold: int) -> None:
             f"redoes fold {fold}",
             signal="SIGINT" if stopped_by() == "SIGINT" else "SIGTERM",
         ) from err
-    finally:
-        sys.argv = saved
     dm, ckpt = cli.datamodule, cli.trainer.checkpoint_callback
     best = ckpt.best_model_path or ckpt.last_model_path
     if dm.predict_split:
