@@ -42,8 +42,8 @@ from fusion.submission import finish, write_submission
 from fusion.wandb_report import candidate_settings, log_candidate
 
 
-def run_stack(argv: Sequence[str] | None = None) -> Path:
-    """Entry point of ``python train.py stack``; returns the run directory."""
+def parser() -> CliParser:
+    """``train.py stack``'s options."""
     p = CliParser(prog="train.py stack", description=stacking.__doc__.split("\n\n")[0])
     p.add_argument("--config", "-c", action="config", help="a YAML of these options")
     p.add_argument(
@@ -68,6 +68,12 @@ def run_stack(argv: Sequence[str] | None = None) -> Path:
     p.add_argument("--runs_root", type=str, default="runs")
     add_wandb_arguments(p, kind="stack")
     add_submission_arguments(p)
+    return p
+
+
+def run_stack(argv: Sequence[str] | None = None) -> Path:
+    """Entry point of ``python train.py stack``; returns the run directory."""
+    p = parser()
     cfg = p.parse_args(list(argv) if argv is not None else None)
     with exit_codes("train.py stack"):
         return _checked(p, cfg)
