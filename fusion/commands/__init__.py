@@ -13,7 +13,14 @@ A command parses its arguments, calls the library (``fusion.predict``, ``fusion.
 - :mod:`fusion.commands.ensemble`: ``predict.py ensemble``;
 - :mod:`fusion.commands.probe`: ``train.py probe``;
 - :mod:`fusion.commands.stack`: ``train.py stack``;
-- :mod:`fusion.commands.cv`, :mod:`fusion.commands.tune`: ``train.py cv`` and ``tune``.
+- :mod:`fusion.commands.cv`, :mod:`fusion.commands.tune`: ``train.py cv`` and ``tune``,
+  whose own options their parser takes (:func:`fusion.command_options.parse_own_options`);
+  every other argument goes to the fits' LightningCLI (``fusion.cli.main(args)``), whose
+  experiment name (:func:`fusion.runs.experiment_name`) names their directories too.
+
+Every command's parser is a jsonargparse one (``parser()`` in each module; LightningCLI's
+for fit/validate/test/predict), so ``--help`` lists each option with its default
+(tests/test_command_parsers.py).
 
 ``train.py fit/validate/test/predict`` is LightningCLI's, in :mod:`fusion.cli`, the command
 layer's too; ``train.py`` maps its errors with the same :func:`fusion.exit.exit_codes`.
