@@ -3,7 +3,7 @@
 $ python train.py                                                   # the demo, end to end
 $ python train.py --help                                            # what follows, in short
 $ python train.py fit --config configs/dual_logit_l0.1.yaml --data.store stores/kaggle
-$ python train.py fit --config configs/concat.yaml --model.dropout 0.5 --trainer.max_epochs 80
+$ python train.py fit --config configs/concat.yaml --model.head_options.dropout 0.5 --trainer.max_epochs 80
 $ python train.py fit --config configs/concat.yaml --ckpt_path last      # resume the newest run
 $ python train.py test --ckpt_path RUN/checkpoints/best.ckpt --data.test_split val
 $ python train.py predict --ckpt_path RUN/checkpoints/best.ckpt --data.store stores/kaggle
@@ -67,7 +67,7 @@ subcommands (python train.py SUBCOMMAND --help lists its options):
   tune      Optuna search over a config's options (configs/search/<config>.yaml)
 
 Configs: configs/<experiment>.yaml, each composed from configs/base.yaml; every value can be
-overridden on the command line (--model.lr 0.001) and `fit --print_config` shows them all.
+overridden on the command line (--model.optimizer.lr 0.001) and `fit --print_config` shows them all.
 
 Submissions: every fit writes RUN/submission.csv; python predict.py --checkpoint
   RUN/checkpoints/best.ckpt --store STORE --out submission.csv (repeat --checkpoint to

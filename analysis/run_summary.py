@@ -86,18 +86,29 @@ def probe_baseline(run_dir: Path, store: Path, config: dict) -> dict | None:
     return None
 
 
+def _or(value, default):
+    return default if value is None else value
+
+
 def run_summary(run_dir: str | Path, store: str | Path, rows: list[dict[str, str]]) -> dict:
     """What the summary table shows, as values: head, lambda, weighting, best epoch, ..."""
+    from fusion.heads import HEADS, head_default  # torch: only for a run's summary
+
     run_dir = Path(run_dir)
     config = _yaml(run_dir / "config.yaml")
     model = _section(config, "model") or _yaml(run_dir / "hparams.yaml")
     ckpt = _section(config, "checkpoint")
     monitor = ckpt.get("monitor") or "val/acc_top1"
     probe = probe_baseline(run_dir, Path(store), config)
+    # The head's options: grouped (fits since issue 21) or flat (older runs); an option left
+    # unset (None) is the head's own default.
+    options = model.get("head_options") or model
+    head = model.get("head")
+    default = (lambda name: head_default(head, name)) if head in HEADS else (lambda name: None)
     out = {
-        "head": model.get("head"),
-        "weighting": model.get("weighting"),
-        "lambda": model.get("penalty_lambda"),
+        "head": head,
+        "weighting": options.get("weighting") or default("weighting"),
+        "lambda": _or(options.get("penalty_lambda"), default("penalty_lambda")),
         "best": best_epoch(rows, monitor, ckpt.get("mode") or "max"),
         "probe": None,
     }

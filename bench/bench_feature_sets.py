@@ -25,7 +25,8 @@ the store's own shard writer for 22,500 rows (500 classes x 45 train+val images)
 values at each set's width and dtype; bytes on disk per set.
 
 Reopen: a fit opens its store a dozen times; the first load_arrays of a 22,500-row split
-hashes its shards, later ones reuse the per-process check (feature_store.integrity).
+hashes, reads and decodes its shards, later ones copy the arrays the per-process cache
+holds (feature_store/cache.py; bench/bench_store_reads.py times a whole fit's reads).
 """
 
 from __future__ import annotations
@@ -165,13 +166,11 @@ def bench_size(work: Path, rows: int, shard: int = 512) -> list[dict]:
 
 def bench_reopen(work: Path, rows: int, opens: int = 12) -> dict:
     """What a fit's dozen opens of one split cost: the first (manifest parsed, shards
-    hashed, columns read) and each later one (checks served from the per-process cache)."""
+    hashed, columns read) and each later one (served from the per-process cache)."""
     import os
     import time
 
-    import feature_store.integrity as integrity
-    import feature_store.layout as layout
-    from feature_store import load_arrays
+    from feature_store import cache, load_arrays
     from feature_store.synthetic import make_synthetic_store
 
     root = work / "reopen"
@@ -189,8 +188,7 @@ def bench_reopen(work: Path, rows: int, opens: int = 12) -> dict:
     # The same opens with the cache emptied before each: what every open cost before it.
     cold = []
     for _ in range(3):
-        integrity._VERIFIED.clear()
-        layout._MANIFESTS.clear()
+        cache.clear()
         start = time.perf_counter()
         load_arrays(root, "train")
         cold.append(time.perf_counter() - start)

@@ -42,7 +42,7 @@ def main() -> None:
             start = time.perf_counter()
             load_arrays(store, "train")
             checked.append(time.perf_counter() - start)
-            with mock.patch("feature_store.integrity.verify_split", lambda *args: None):
+            with mock.patch("feature_store.layout.verify_split", lambda *args: None):
                 start = time.perf_counter()
                 load_arrays(store, "train")
                 unchecked.append(time.perf_counter() - start)

@@ -50,13 +50,13 @@ def bench_trial(tmp: Path, *, train_rows: int, epochs: int, rounds: int) -> None
             "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
             "--data.batch_size", "64"]  # fmt: skip
     space = tmp / "space.yaml"  # one value each: every trial is the plain fit's config
-    space.write_text("model.lr: {choices: [0.003]}\nmodel.dropout: {choices: [0.2]}\n")
+    space.write_text("model.optimizer.lr: {choices: [0.003]}\nmodel.head_options.dropout: {choices: [0.2]}\n")
     cli_main(["fit", *base, "--run_dir", str(tmp / "warmup")])  # caches warm, untimed
     plain, calls = [], []
 
     def plain_fit(r: int) -> None:
         t0 = time.perf_counter()
-        cli_main(["fit", *base, "--model.lr", "0.003", "--run_dir", str(tmp / f"plain{r}")])
+        cli_main(["fit", *base, "--model.optimizer.lr", "0.003", "--run_dir", str(tmp / f"plain{r}")])
         plain.append(time.perf_counter() - t0)
 
     def one_more_trial(r: int) -> None:  # open the study, run a trial, report, plots

@@ -28,6 +28,7 @@ from other processes hits all, and each ratio is the median of the per-round rat
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -47,7 +48,7 @@ from fusion.cli import FusionCLI
 from fusion.module import FusionModule
 from fusion.predict import load_head, predict_probs
 
-HEAD = {"head": "dual_logit", "hidden_dims": [512], "dropout": 0.3, "penalty_lambda": 0.1}
+HEAD = {"hidden_dims": [512], "dropout": 0.3, "penalty_lambda": 0.1}  # dual_logit's options
 PATHS = ("plain", "trainer", "trainer, DataLoader")
 
 
@@ -86,9 +87,9 @@ def trainer_epoch(
         "fit", "--config", str(Path(__file__).resolve().parents[1] / "configs" / "base.yaml"),
         "--data.store", str(store), "--data.batch_size", str(batch_size),
         "--data.loader", loader, "--run_dir", str(run_dir), "--seed_everything", "0",
-        "--model.head", HEAD["head"], "--model.hidden_dims", str(HEAD["hidden_dims"]),
-        "--model.dropout", str(HEAD["dropout"]),
-        "--model.penalty_lambda", str(HEAD["penalty_lambda"]), "--model.weight_decay", "0.01",
+        "--model.head", "dual_logit",
+        *[a for k, v in HEAD.items() for a in (f"--model.head_options.{k}", json.dumps(v))],
+        "--model.optimizer.weight_decay", "0.01",
         "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", str(log_every),
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
     ]
@@ -111,8 +112,9 @@ def _step(model: FusionModule, opt, image, text, label) -> None:
 def _plain_model(image_dim: int, text_dim: int, class_names: list[str], device):
     torch.manual_seed(0)
     model = FusionModule(
-        set_dims={"image": image_dim, "text": text_dim}, class_names=class_names, **HEAD
-    ).to(device)
+        "dual_logit", set_dims={"image": image_dim, "text": text_dim}, class_names=class_names,
+        head_options=HEAD,
+    ).to(device)  # fmt: skip
     return model.train(), torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
 
 

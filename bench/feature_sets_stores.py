@@ -77,15 +77,16 @@ STORES = {
 }
 
 
-def build(name: str, out: Path, *, seed: int = 0) -> dict:
-    """Build store ``name`` under ``out`` (kept when already complete); its bayes.json."""
+def build(name: str, out: Path, *, seed: int = 0, **size) -> dict:
+    """Build store ``name`` under ``out`` (kept when already complete); its bayes.json.
+    ``size`` (``num_classes``, ``per_class``) overrides the store's own, for smoke tests."""
     root = out / name
     start = time.perf_counter()
     if not (root / "bayes.json").is_file():
         if root.exists():
             raise FileExistsError(f"--out: {root} exists but is not a finished store of this "
                                   "script; remove it, or give another --out")  # fmt: skip
-        make_feature_sets_store(root, seed=seed, **STORES[name])
+        make_feature_sets_store(root, seed=seed, **{**STORES[name], **size})
         names = [s.name for s in STORES[name]["sets"]]
         bayes = {"split": "test", "sets": {n: set_bayes_accuracy(root, "test", [n]) for n in names},
                  "all": set_bayes_accuracy(root, "test", names)}  # fmt: skip

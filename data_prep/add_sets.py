@@ -28,7 +28,16 @@ from typing import Any
 
 from data_prep.config import InputConfig, PrepConfig
 from data_prep.set_kinds import KINDS
-from data_prep.store import PREP_DIR, Shard, StoreMixError, StoreWriter, _diff, plan_shards
+from data_prep.sources import build_listing
+from data_prep.store import (
+    PREP_DIR,
+    Shard,
+    StoreMixError,
+    StoreWriter,
+    _diff,
+    plan_shards,
+    recheck_shards,
+)
 from feature_store.layout import StoreError, open_store, read_failures
 from feature_store.set_writer import register_set, set_record_path, write_set_metadata
 from feature_store.sets import FEATURES_DIR, set_features, set_root
@@ -187,8 +196,6 @@ def store_rows(cfg: PrepConfig, info, *, images: bool) -> Rows:
 
 def _listing(cfg: PrepConfig, info):
     """The input listing: the config's input, or the one the store was built from."""
-    from data_prep.pipeline import build_listing
-
     if not (cfg.input.root or cfg.input.dataset):
         recorded = (info.manifest.get("config") or {}).get("input") or {}
         if not (recorded.get("root") or recorded.get("dataset")):
@@ -219,7 +226,6 @@ def set_shards(info, counts: dict[str, int], shard_size: int) -> list[Shard]:
 
 def _add_one(cfg, fs, spec, writer: SetWriter, rows: Rows, classes, *, replace: bool) -> None:
     from data_prep.loading import hf_progress_bars_off, resolve_dtype
-    from data_prep.pipeline import recheck_shards
     from feature_store.writer import upgrade_store
 
     start = time.perf_counter()
@@ -317,20 +323,6 @@ def finalize_set(writer: SetWriter, fs, spec, described, shards, feats, emb_dtyp
     return register_set(writer.root, name=fs.name, fields={**described, "config": spec,
                         "timing": timing}, records=records, feats=feats, dtype=emb_dtype,
                         failures=failures)  # fmt: skip
-
-
-def recorded_sets(root: str | os.PathLike) -> tuple[list[dict], list[dict]]:
-    """The finished added sets of the store at ``root`` (entries, failure rows), from
-    ``STORE/_prep/features/*/entry.json``: what a rerun of the rows must list again."""
-    entries, failures = [], []
-    paths = (Path(root) / PREP_DIR / FEATURES_DIR).glob("*/entry.json")
-    # In the order they were finished, as the manifest lists them.
-    for path in sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.parent.name)):
-        record = json.loads(path.read_text())
-        if set_root(root, record["entry"]["name"]).is_dir():
-            entries.append(record["entry"])
-            failures += record["failures"]
-    return entries, failures
 
 
 def is_rank_zero() -> bool:

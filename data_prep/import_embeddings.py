@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.config import PrepConfig
+from data_prep.report import package_versions
 from data_prep.sources import UNLABELLED_SPLIT, InputLayoutError, _few, read_class_map
 from data_prep.store import StoreMixError
 from feature_store.compat import dataset_fingerprint
@@ -278,7 +279,6 @@ def import_fingerprint(cfg: PrepConfig, splits: dict[str, str], sources: dict[st
 
 def import_store(cfg: PrepConfig, plain: dict[str, Any], *, cache_dir: str | None = None) -> Path:
     """Write ``cfg.run.out`` from the embeddings dataset ``cfg.input.dataset``; return it."""
-    from data_prep.report import package_versions
     from feature_store import upgrade_store, write_store
 
     if not cfg.input.dataset:

@@ -13,20 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+from data_prep.add_sets import add_sets, sync
 from data_prep.config import PrepConfig
+from data_prep.import_embeddings import import_store
 from data_prep.loading import hf_progress_bars_off
-from data_prep.store import PREP_DIR, StoreWriter, features, plan_shards
+from data_prep.report import finalize, summary
+from data_prep.sources import build_listing
+from data_prep.store import PREP_DIR, StoreWriter, features, plan_shards, recheck_shards
 from feature_store.console import quiet_lightning
 from feature_store.writer import upgrade_store
-
-log = logging.getLogger("data_prep")
 
 
 def prepare_demo(cfg: PrepConfig, plain: dict[str, Any] | None = None) -> None:
@@ -95,29 +96,6 @@ def prepare_demo(cfg: PrepConfig, plain: dict[str, Any] | None = None) -> None:
     for section, values in changed.items():
         if plain is not None:
             plain.setdefault(section, {}).update(values)
-
-
-def build_listing(cfg: PrepConfig):
-    """The items to process (raises InputLayoutError on a bad layout, before any model)."""
-    from data_prep import sources
-
-    if cfg.input.kind == "hf":
-        if not cfg.input.dataset or not cfg.input.splits:
-            raise ValueError("input.kind hf needs input.dataset and input.splits in the config")
-        return sources.hf_listing(
-            dataset=cfg.input.dataset,
-            splits=cfg.input.splits,
-            image_column=cfg.input.image_column,
-            label_column=cfg.input.label_column,
-            id_column=cfg.input.id_column,
-            data_dir=cfg.input.data_dir,
-            revision=cfg.input.revision,
-        )
-    if not cfg.input.root:
-        raise ValueError("input.root is not set: pass --input.root /path/to/competition/folder")
-    return sources.scan_kaggle(
-        cfg.input.root, split_dirs=cfg.input.split_dirs, class_map=cfg.input.class_map
-    )
 
 
 def _file_sha256(path: str) -> str:
@@ -256,13 +234,9 @@ class Models:
 def run(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
     """Build (or finish) the store described by ``cfg``, then add its ``features`` sets
     (``run.mode: add``: only those); return its directory."""
-    from data_prep.add_sets import add_sets, sync
-
     if cfg.run.mode == "add":
         return add_sets(cfg, plain)
     if cfg.input.kind == "report_embeddings":  # precomputed rows: no model, no image
-        from data_prep.import_embeddings import import_store
-
         root = import_store(cfg, plain)
     else:
         root = build(cfg, plain)
@@ -296,8 +270,6 @@ def build(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
         # Same inputs and config, every shard done and intact: nothing to load or run.
         upgrade_store(store.root)  # a format-1 store gets its DatasetDict metadata, rows kept
         if cfg.run.progress:
-            from data_prep.report import summary
-
             print(summary(store.root, json.loads(manifest.read_text())))
             print("  (already complete: nothing to do)")
         return store.root
@@ -319,8 +291,6 @@ def build(cfg: PrepConfig, plain: dict[str, Any]) -> Path:
     extract_seconds = time.perf_counter() - extract_start
     if not is_zero:
         return Path(cfg.run.out)
-    from data_prep.report import finalize
-
     return finalize(
         cfg=cfg,
         plain=plain,
@@ -371,26 +341,6 @@ def check_writable(out: str) -> None:
             f"--run.out {path} cannot be written ({err.strerror or err}); choose a writable "
             "directory (--run.out DIR)"
         ) from err
-
-
-def recheck_shards(store: StoreWriter, shards) -> list[str]:
-    """Verify every done shard against its marker; damaged ones are removed to be redone."""
-    damaged = []
-    for shard in shards:
-        marked, present = store.marker_path(shard).is_file(), store.arrow_path(shard).is_file()
-        why = (
-            f"{store.arrow_path(shard)} is missing"
-            if marked and not present
-            else store.damaged(shard)
-            if marked
-            else None
-        )
-        if why:
-            log.warning("redoing %s/%s: %s", shard.split, shard.name, why)
-            print(f"data_prep: redoing {shard.split}/{shard.name}: {why}")
-            store.redo(shard)
-            damaged.append(f"{shard.split}/{shard.name}")
-    return damaged
 
 
 def _predict(cfg, listing, pending, shards, models, captions, store, feats) -> bool:

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data_prep.add_sets import recorded_sets
 from feature_store.console import show_path
 from feature_store.integrity import shard_record
 from feature_store.layout import make_manifest
+from feature_store.set_writer import recorded_sets
 
 PACKAGES = ("torch", "transformers", "timm", "datasets", "lightning", "tokenizers", "pillow",
             "numpy", "pyarrow", "bitsandbytes")  # fmt: skip

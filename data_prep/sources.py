@@ -25,6 +25,7 @@ from typing import Any
 
 from PIL import Image
 
+from data_prep.config import PrepConfig
 from data_prep.images import IMAGE_EXTENSIONS, BadImageError, is_image_file, load_image
 from feature_store.cli import OptionFileError, read_option_file
 
@@ -464,3 +465,24 @@ def _few(values: Iterable[Any]) -> str:
     values = list(values)
     shown = ", ".join(str(v) for v in values[:_EXAMPLES])
     return shown + (f" ... ({len(values)} in all)" if len(values) > _EXAMPLES else "")
+
+
+def build_listing(cfg: PrepConfig):
+    """The items to process (raises InputLayoutError on a bad layout, before any model)."""
+    if cfg.input.kind == "hf":
+        if not cfg.input.dataset or not cfg.input.splits:
+            raise ValueError("input.kind hf needs input.dataset and input.splits in the config")
+        return hf_listing(
+            dataset=cfg.input.dataset,
+            splits=cfg.input.splits,
+            image_column=cfg.input.image_column,
+            label_column=cfg.input.label_column,
+            id_column=cfg.input.id_column,
+            data_dir=cfg.input.data_dir,
+            revision=cfg.input.revision,
+        )
+    if not cfg.input.root:
+        raise ValueError("input.root is not set: pass --input.root /path/to/competition/folder")
+    return scan_kaggle(
+        cfg.input.root, split_dirs=cfg.input.split_dirs, class_map=cfg.input.class_map
+    )

@@ -19,6 +19,7 @@ marks the store complete. Every file is written by feature_store/writer.py.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Any
 from feature_store.integrity import shard_problem
 from feature_store.layout import store_features, write_failures, write_manifest
 from feature_store.writer import index_split, write_json, write_shard_file
+
+log = logging.getLogger("data_prep")
 
 PREP_DIR = "_prep"
 FINGERPRINT = "fingerprint.json"
@@ -192,3 +195,23 @@ def _hash(path: Path, salt: str) -> str:
 
     data = path.read_bytes() if path.is_file() else b""
     return hashlib.sha256(data + salt.encode()).hexdigest()[:16]
+
+
+def recheck_shards(store: StoreWriter, shards) -> list[str]:
+    """Verify every done shard against its marker; damaged ones are removed to be redone."""
+    damaged = []
+    for shard in shards:
+        marked, present = store.marker_path(shard).is_file(), store.arrow_path(shard).is_file()
+        why = (
+            f"{store.arrow_path(shard)} is missing"
+            if marked and not present
+            else store.damaged(shard)
+            if marked
+            else None
+        )
+        if why:
+            log.warning("redoing %s/%s: %s", shard.split, shard.name, why)
+            print(f"data_prep: redoing {shard.split}/{shard.name}: {why}")
+            store.redo(shard)
+            damaged.append(f"{shard.split}/{shard.name}")
+    return damaged

@@ -21,8 +21,9 @@ one from arrays computed elsewhere (:mod:`feature_store.set_writer`).
 Readers go through :func:`open_store` and :func:`load_arrays`, which check the manifest
 once, verify each shard against the size and checksum recorded when it was written
 (:mod:`feature_store.integrity`), and hand back numpy arrays without a per-row Python
-loop; :func:`load_dataset_dict` gives the verified DatasetDict. This package owns the
-format: every writer (data_prep, the embeddings import, synthetic stores,
+loop, each split read once per process while its files are unchanged
+(:mod:`feature_store.cache`); :func:`load_dataset_dict` gives the verified DatasetDict.
+This package owns the format: every writer (data_prep, the embeddings import, synthetic stores,
 :func:`from_dataset_dict`) goes through :mod:`feature_store.writer`.
 """
 
@@ -31,18 +32,20 @@ from feature_store.layout import (
     DATASET_DICT_NAME,
     FAILURES_COLUMNS,
     FAILURES_NAME,
-    FORMAT_VERSION,
-    MANIFEST_NAME,
     SplitArrays,
-    StoreError,
-    StoreInfo,
     load_arrays,
     load_split,
-    make_manifest,
-    open_store,
     read_failures,
     store_features,
     write_failures,
+)
+from feature_store.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    StoreError,
+    StoreInfo,
+    make_manifest,
+    open_store,
     write_manifest,
 )
 from feature_store.set_writer import (

@@ -100,6 +100,18 @@ def save_last_checkpoint(callback, trainer) -> None:
     callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
 
 
+# --- Lightning: the fit loop ------------------------------------------------------------
+
+# fusion/stopping.py holds a stop that early stopping asks for before min_steps until the
+# fit may stop, which Lightning's loop decides with a private property.
+
+
+def fit_may_stop(trainer) -> bool:
+    """Whether the fit would end now if asked to (``min_epochs`` and ``min_steps``
+    reached): the fit loop's private ``_can_stop_early``."""
+    return trainer.fit_loop._can_stop_early
+
+
 # --- Lightning: a warning's source ------------------------------------------------------
 
 # Lightning 2.6 calls torch's deprecated `isinstance(treespec, LeafSpec)` on every fit;

@@ -20,12 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from feature_store.layout import StoreError, StoreInfo, open_store
-
-REBUILD_HINT = (
-    "rerun the data_prep command that built the store (it redoes damaged shards), "
-    "or rebuild it into a new --run.out"
+from feature_store.cache import cached
+from feature_store.manifest import (
+    BASE_SETS,
+    REBUILD_HINT,
+    StoreError,
+    StoreInfo,
+    entry,
+    open_store,
 )
+
 # Machine-specific or cosmetic entries that do not change what an embedding means.
 FINGERPRINT_SKIP = {"local_path", "seconds"}
 
@@ -73,39 +77,37 @@ def verify_split(root: str | os.PathLike, split: str, info: StoreInfo | None = N
     records = (info.manifest.get("shards") or {}).get(split)
     if not records:
         return
-    verify_files(info.root / split, records, info.manifest["splits"].get(split, {}).get("rows"))
+    verify_files(info, info.root / split, records,
+                 info.manifest["splits"].get(split, {}).get("rows"))  # fmt: skip
 
 
-# Shard lists already hashed by this process, keyed so that a rewritten file is hashed again.
-_VERIFIED: set[tuple] = set()
-
-
-def verify_files(split_dir: Path, records: list[dict[str, Any]], rows: int | None) -> None:
+def verify_files(
+    info: StoreInfo, split_dir: Path, records: list[dict[str, Any]], rows: int | None
+) -> None:
     """Check the shard files ``records`` describe (size, SHA-256) and that they hold ``rows``
     rows; raise :class:`StoreError` naming the first bad one and the fix.
 
-    A fit opens its store a dozen times: a shard list that passed once is not hashed again
-    while none of its files changed (same inode, size and mtime; files written in the last
-    seconds are always re-hashed, see :func:`feature_store.layout.unchanged_key`).
+    Once per process: a shard list that passed is not hashed again while none of its files
+    changed (:func:`feature_store.cache.cached`; files written in the last seconds are
+    always hashed again).
     """
-    from feature_store.layout import unchanged_key
-
     split_dir = Path(split_dir)
-    stamp = unchanged_key([split_dir / r["file"] for r in records])
-    key = None if stamp is None else (stamp, repr(records), rows)
-    if key is not None and key in _VERIFIED:
-        return
-    for record in records:
-        problem = shard_problem(split_dir, record)
-        if problem:
-            raise StoreError(f"{problem}; {REBUILD_HINT}.")
-    total = sum(int(r["rows"]) for r in records)
-    if rows is not None and total != rows:
-        raise StoreError(
-            f"{split_dir}: shards hold {total} rows, the manifest says {rows}; {REBUILD_HINT}."
-        )
-    if key is not None:
-        _VERIFIED.add(key)
+
+    def check() -> bool:
+        for record in records:
+            problem = shard_problem(split_dir, record)
+            if problem:
+                raise StoreError(f"{problem}; {REBUILD_HINT}.")
+        total = sum(int(r["rows"]) for r in records)
+        if rows is not None and total != rows:
+            raise StoreError(
+                f"{split_dir}: shards hold {total} rows, the manifest says {rows}; {REBUILD_HINT}."
+            )
+        return True
+
+    where = split_dir.resolve()
+    cached((info.root.resolve(), "verified", where),
+           [where / r["file"] for r in records], check, token=(repr(records), rows))  # fmt: skip
 
 
 def non_finite_rows(arrays) -> np.ndarray:
@@ -155,8 +157,6 @@ def model_fingerprint(info: StoreInfo, sets: Sequence[str] | None = None) -> dic
     the sets read: adding another set to a store changes no checkpoint's fingerprint. Plain
     values only, so it can sit in a checkpoint loaded with ``weights_only=True``.
     """
-    from feature_store.sets import BASE_SETS, entry
-
     sets = list(BASE_SETS) if sets is None else list(sets)
     out: dict[str, Any] = {}
     models = info.manifest.get("models") or {}

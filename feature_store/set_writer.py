@@ -15,6 +15,7 @@ are never opened for writing::
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -61,6 +62,21 @@ class SetValuesError(FeatureSetError):
 def set_record_path(root: str | os.PathLike, name: str) -> Path:
     """``STORE/_prep/features/<name>/entry.json``: where a finished set's entry is kept."""
     return Path(root) / RECORDS_DIR / name / "entry.json"
+
+
+def recorded_sets(root: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+    """The finished added sets of the store at ``root`` (entries, failure rows), from
+    ``STORE/_prep/features/*/entry.json`` (:func:`set_record_path`): what data_prep's rerun
+    of the rows must list again."""
+    entries, failures = [], []
+    paths = (Path(root) / RECORDS_DIR).glob("*/entry.json")
+    # In the order they were finished, as the manifest lists them.
+    for path in sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.parent.name)):
+        record = json.loads(path.read_text())
+        if set_root(root, record["entry"]["name"]).is_dir():
+            entries.append(record["entry"])
+            failures += record["failures"]
+    return entries, failures
 
 
 def add_feature_set(

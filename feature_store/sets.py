@@ -22,8 +22,6 @@ of format 2 have no ``features`` entry: they read as the sets ``image`` and ``te
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,62 +29,26 @@ from typing import Any
 
 import numpy as np
 
-from feature_store.layout import StoreError, StoreInfo, _matrix, _short, open_store
+from feature_store.cache import cached, files_of
+from feature_store.integrity import verify_files
+from feature_store.layout import _matrix, _short, split_rows
+
+# The set entries are the manifest's; re-exported for the readers that import them from here.
+from feature_store.manifest import (  # noqa: F401
+    BASE_SETS,
+    MANIFEST_NAME,
+    REBUILD_HINT,
+    StoreError,
+    StoreInfo,
+    base_entries,
+    entry,
+    entry_fingerprint,
+    feature_entries,
+    open_store,
+)
 
 FEATURES_DIR = "features"
 SET_KINDS = ("image", "text", "scores")
-# The two sets every store has, and the row columns that hold them.
-BASE_SETS = {"image": "image_emb", "text": "text_emb"}
-# Entry fields that do not change what the vectors mean (where they are, how long it took).
-_NOT_FINGERPRINTED = {"fingerprint", "shards", "failed", "rows", "local_path", "timing",
-                      "path", "column"}  # fmt: skip
-
-
-def entry_fingerprint(entry: dict[str, Any]) -> str:
-    """A short hash of what decides a set's vectors (model, revision, pooling, tta...)."""
-    meaning = {k: v for k, v in entry.items() if k not in _NOT_FINGERPRINTED}
-    return hashlib.sha256(json.dumps(meaning, sort_keys=True, default=str).encode()).hexdigest()[
-        :16
-    ]
-
-
-def base_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ``image`` and ``text`` entries, derived from a manifest's ``models`` and ``dims``.
-
-    What format 2 recorded, rearranged: nothing is invented (a synthetic store's models are
-    unknown, so its entries say None).
-    """
-    models = manifest.get("models") or {}
-    out = []
-    for name, column in BASE_SETS.items():
-        m = models.get(name) or {}
-        if isinstance(m, str):  # older manifests (and hand-written ones) name the model only
-            m = {"name": m}
-        preprocessing: Any = m.get("preprocessing")
-        if name == "text":  # a caption embedding means what its captioner and tokeniser did
-            preprocessing = {"max_length": m.get("max_length"), "captions": models.get("caption")}
-        entry = {
-            "name": name,
-            "kind": name,
-            "column": column,
-            "model": m.get("name"),
-            "revision": m.get("revision"),
-            "local_path": m.get("local_path"),
-            "library": m.get("library", "transformers" if m else None),
-            "pooling": m.get("pooling"),
-            "preprocessing": preprocessing,
-            "tta": [],
-            "dim": int(manifest["dims"][column]),
-            "dtype": manifest.get("emb_dtype", "float32"),
-        }
-        entry["fingerprint"] = entry_fingerprint(entry)
-        out.append(entry)
-    return out
-
-
-def feature_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    """The manifest's feature sets (format 2: the derived ``image`` and ``text``)."""
-    return list(manifest.get("features") or base_entries(manifest))
 
 
 def set_features(name: str, dim: int, dtype: str):
@@ -126,23 +88,10 @@ class FeatureArrays:
         return ~np.isfinite(self.features[name]).all(axis=1)
 
 
-def entry(info: StoreInfo, name: str) -> dict[str, Any]:
-    """The manifest entry of set ``name``; StoreError listing the sets when absent."""
-    for e in info.features:
-        if e["name"] == name:
-            return e
-    raise StoreError(
-        f"{info.root} has no feature set {name!r} (it has {[e['name'] for e in info.features]}); "
-        f"add it with `python -m data_prep -c configs/prep/add_<name>.yaml --run.out {info.root}`."
-    )
-
-
 def read_set(info: StoreInfo, e: dict[str, Any], split: str, ids: list[str]):
     """An added set's `datasets.Dataset` for ``split``: shards verified, ids equal to the
     rows' (in order)."""
     import datasets
-
-    from feature_store.integrity import REBUILD_HINT, verify_files
 
     split_dir = info.root / e["path"] / split
     records = (e.get("shards") or {}).get(split)
@@ -151,7 +100,7 @@ def read_set(info: StoreInfo, e: dict[str, Any], split: str, ids: list[str]):
             f"feature set {e['name']!r} has no files for split {split!r} ({split_dir}); rerun "
             f"the data_prep command that added it (--run.out {info.root})."
         )
-    verify_files(split_dir, records, len(ids))
+    verify_files(info, split_dir, records, len(ids))
     try:
         ds = datasets.load_from_disk(str(split_dir))
     except Exception as err:  # noqa: BLE001 - pyarrow/datasets/OS errors all mean "damaged"
@@ -169,35 +118,51 @@ def load_features(
 ) -> FeatureArrays:
     """Feature sets ``names`` (all when None) of ``split`` as float32 arrays, dims checked.
 
-    Every shard read is verified against its recorded checksum (once per process while the
-    files are unchanged, see :mod:`feature_store.integrity`).
+    Every shard read is verified against its recorded checksum. The split and each set are
+    read and verified once per process while their files are unchanged
+    (:mod:`feature_store.cache`); every call returns its own (writable) arrays.
     """
-    from feature_store.layout import load_split
-
     info = open_store(root)
     wanted = [e["name"] for e in info.features] if names is None else list(names)
     entries = [entry(info, n) for n in wanted]
-    table = _table(load_split(root, split))
-    ids = table.column("id").to_pylist()
+    rows = split_rows(info, split)
     features = {}
     for e in entries:
         # image/text sit in the rows' own shards; an added set in its own files.
-        source = _table(read_set(info, e, split, ids)) if e.get("path") else table
-        column = e["column"]
-        try:
-            features[e["name"]] = _matrix(source, column, int(e["dim"]))
-        except Exception as err:  # noqa: BLE001 - a shard whose contents do not fit the entry
-            raise StoreError(
-                f"feature set {e['name']!r} of {info.root / split} does not match its manifest "
-                f"entry ({_short(err)}); rerun the data_prep command that wrote it."
-            ) from err
+        table = set_table(info, e, split, rows) if e.get("path") else rows.table
+        features[e["name"]] = _decoded(
+            info, e, split, lambda e=e, t=table: _matrix(t, e["column"], int(e["dim"]))
+        )
     return FeatureArrays(
-        ids=ids,
-        labels=table.column("label").to_numpy().astype(np.int64),
-        captions=table.column("caption").to_pylist(),
-        paths=table.column("path").to_pylist(),
+        ids=rows.ids(),
+        labels=rows.labels(),
+        captions=rows.strings("caption"),
+        paths=rows.strings("path"),
         features=features,
     )
+
+
+def set_table(info: StoreInfo, e: dict[str, Any], split: str, rows):
+    """The added set ``e`` of ``split`` as a pyarrow table (memory-mapped), its shards
+    verified and its ids checked against the rows' once per process while its files, the
+    rows' and the manifest are unchanged."""
+    where = info.root.resolve()
+    paths = [where / MANIFEST_NAME, *files_of(where / split), *files_of(where / e["path"] / split)]
+    return cached(
+        (where, "set", e["name"], split),
+        paths,
+        lambda: _table(read_set(info, e, split, rows.ids())),
+    )
+
+
+def _decoded(info: StoreInfo, e: dict[str, Any], split: str, decode) -> np.ndarray:
+    try:
+        return decode()
+    except Exception as err:  # noqa: BLE001 - a shard whose contents do not fit the entry
+        raise StoreError(
+            f"feature set {e['name']!r} of {info.root / split} does not match its manifest "
+            f"entry ({_short(err)}); rerun the data_prep command that wrote it."
+        ) from err
 
 
 def _table(ds):

@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from feature_store.layout import StoreInfo, write_store
+from feature_store.manifest import StoreInfo
+from feature_store.writer import write_store
 
 SIGNALS = ("both", "image", "text", "joint")
 

@@ -31,19 +31,17 @@ import numpy as np
 
 from feature_store.compat import STATE_FILE, dataset_files, dataset_state
 from feature_store.integrity import shard_record, verify_split
-from feature_store.layout import (
-    COLUMNS,
-    DATASET_DICT_NAME,
+from feature_store.layout import COLUMNS, DATASET_DICT_NAME, _matrix, store_features, write_failures
+from feature_store.manifest import (
     FORMAT_VERSION,
     StoreError,
     StoreInfo,
-    _matrix,
+    base_entries,
     make_manifest,
     open_store,
-    store_features,
-    write_failures,
     write_manifest,
 )
+from feature_store.sets import read_set
 
 EMPTY_SHARD = "empty.arrow"  # the one file of a split without rows: load_from_disk needs one
 # Manifest fields the writer derives from the rows themselves: never copied from elsewhere.
@@ -220,8 +218,6 @@ def upgrade_store(root: str | os.PathLike) -> StoreInfo:
     ``models`` and ``dims``. Then the manifest's new ``format_version``. A current store is
     returned as it is.
     """
-    from feature_store.sets import base_entries
-
     info = open_store(root)
     version = info.manifest.get("format_version", 1)
     if version >= FORMAT_VERSION:
@@ -296,8 +292,6 @@ def load_dataset_dict(root: str | os.PathLike):
     :class:`StoreError` naming :func:`upgrade_store` as the fix.
     """
     import datasets
-
-    from feature_store.sets import read_set
 
     info = open_store(root)
     if info.manifest.get("format_version", 1) < 2:

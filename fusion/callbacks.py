@@ -170,7 +170,7 @@ class StopOnNonFiniteLoss(L.Callback):
         raise NonFiniteLossError(
             f"the training loss is {loss} at epoch {trainer.current_epoch} (by step "
             f"{trainer.global_step}); the fit stops and checkpoints/last.ckpt keeps the "
-            "last good epoch. Lower --model.lr or check the store's embeddings."
+            "last good epoch. Lower --model.optimizer.lr or check the store's embeddings."
         )
 
 

@@ -47,12 +47,16 @@ submission predict.py would write (``fusion/submission_writer.py``), by default 
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+from jsonargparse import get_loader, set_loader
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -60,7 +64,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from feature_store import open_store
-from feature_store.cli import EXIT_BAD_INPUT, unknown_option
+from feature_store.cli import EXIT_BAD_INPUT, option_names, unknown_option
 from feature_store.compat import wandb_run_started
 from feature_store.console import quiet_lightning, show_path
 from fusion.callbacks import (
@@ -75,7 +79,15 @@ from fusion.command_options import add_submission_arguments
 from fusion.datamodule import FeatureDataModule
 from fusion.errors import UsageError
 from fusion.loggers import adopt_user_loggers, make_loggers, start_loggers, wandb_settings
-from fusion.module import FusionModule
+from fusion.module import (
+    RENAMED,
+    FusionModule,
+    group_flat,
+    grouped_hparams,
+    is_old_value,
+    regrouped,
+    renamed,
+)
 from fusion.predict import (
     FINGERPRINT_KEY,
     CheckpointError,
@@ -152,25 +164,138 @@ def eval_checkpoint(cfg, subcommand: str) -> Path:
     return found[-1]
 
 
+# Old flat model options already announced in this parse (one deprecation line each).
+_ANNOUNCED: set[str] = set()
+
+
+def _announce(moved: list[tuple[str, str]]) -> None:
+    for old, new in moved:
+        if old not in _ANNOUNCED:
+            _ANNOUNCED.add(old)
+            print(
+                f"train.py: --model.{old} is deprecated, read as --model.{new} (the model's "
+                "options are grouped: python train.py fit --help); rename it",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def regroup_config(value):
+    """A loaded config (``model:`` sections, dotted ``model.x`` keys, subcommand sections)
+    with the model's old flat options moved into their groups, announced."""
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        name = key[len("model.") :] if key.startswith("model.") else None
+        if key == "model" and isinstance(item, dict):
+            grouped, moved = group_flat(item)
+            out[key] = grouped
+            _announce(moved)
+        elif key in DESCRIPTIONS and isinstance(item, dict):  # a subcommand's section
+            out[key] = regroup_config(item)
+        elif is_old_value(name, item):
+            new, out[f"model.{new}"] = regrouped(name, item)
+            _announce([(name, new)])
+        else:
+            out[key] = item
+    return out
+
+
+def regroup_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the model's old flat options (``--model.lr 0.1``) renamed, announced."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        name, eq, text = arg.partition("=")
+        old = name[len("--model.") :] if name.startswith("--model.") else ""
+        if old not in RENAMED:
+            continue
+        text = text if eq else (out[i + 1] if i + 1 < len(out) else "")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        if is_old_value(old, value):
+            new = renamed(old, value)
+            _announce([(old, new)])
+            out[i] = f"--model.{new}" + (f"={text}" if eq else "")
+    return out
+
+
+def _load_config(text: str):
+    """jsonargparse's YAML loader, old flat model options regrouped (:func:`regroup_config`)."""
+    return regroup_config(YAML_LOADER(text))
+
+
+YAML_LOADER = get_loader("yaml")
+set_loader("fusion_yaml", _load_config, exceptions=(yaml.YAMLError,))
+
+
 class FusionArgumentParser(LightningArgumentParser):
     """LightningCLI's parser; an unknown option (``--model.droput``) is one line naming the
     nearest real one, exit code 2. Other usage errors keep jsonargparse's usage text.
 
     ``fusion_subcommand``: the subcommand whose options it parses (None: the main parser),
     given through LightningCLI's per-subcommand ``parser_kwargs``, so that
-    ``add_arguments_to_parser`` adds each subcommand's own options."""
+    ``add_arguments_to_parser`` adds each subcommand's own options.
+
+    The model's flat options of before issue 21 (``--model.lr``, ``model.weight_decay: [..]``
+    in a config) are read as their grouped names, with one deprecation line each, and a
+    checkpoint's flat hyper-parameters (``--ckpt_path``) as the head was trained."""
 
     def __init__(self, *args, fusion_subcommand: str | None = None, **kwargs) -> None:
+        kwargs.setdefault("parser_mode", "fusion_yaml")
         super().__init__(*args, **kwargs)
         self.fusion_subcommand = fusion_subcommand
+
+    def parse_args(self, args=None, *rest, **kwargs):
+        _ANNOUNCED.clear()
+        argv = regroup_argv(sys.argv[1:] if args is None else args)
+        return super().parse_args(argv, *rest, **kwargs)
+
+    def parse_object(self, cfg_obj, *rest, **kwargs):
+        """LightningCLI parses a ``--ckpt_path`` file's hyper-parameters as
+        ``{subcommand: {"model": hparams}}``; ones written before the options were grouped
+        are flat (:func:`fusion.module.grouped_hparams`)."""
+        if isinstance(cfg_obj, dict):
+            cfg_obj = {
+                key: {**item, "model": grouped_hparams(item["model"])}
+                if isinstance(item, dict) and isinstance(item.get("model"), dict)
+                else item
+                for key, item in cfg_obj.items()
+            }
+        return super().parse_object(cfg_obj, *rest, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None):
         parser = getattr(ex, "subcommand_parser", None) or self
         line = unknown_option(message, parser) if self.exit_on_error else None
+        listed = re.search(r'"model\.optimizer\.weight_decay":\s+Expected .*value: (\[.*?\])', message)
+        if listed and self.exit_on_error:  # the old spelling of a sweep, under the new name
+            line = (
+                f"--model.optimizer.weight_decay {listed.group(1)}: one value; several (one head "
+                f"each, the best on val kept) are --model.weight_decay_sweep {listed.group(1)}"
+            )
+            print(f"train.py: error: {line}", file=sys.stderr, flush=True)
+            self.exit(EXIT_BAD_INPUT)
         if line is None:
             return super().error(message, ex)
-        print(f"train.py: error: {line}", file=sys.stderr, flush=True)
+        print(f"train.py: error: {grouped_guess(line, parser)}", file=sys.stderr, flush=True)
         self.exit(EXIT_BAD_INPUT)
+
+
+def grouped_guess(line: str, parser) -> str:
+    """``unknown option --model.droput; did you mean ...`` naming the grouped option whose
+    last name is nearest (``--model.head_options.dropout``): the whole dotted name of an old
+    flat option is nearer to a group's name than to the option in it."""
+    found = re.match(r"unknown option (--model\.(\w+))(;|\s)", line)
+    if not found:
+        return line
+    options = [o for o in option_names(parser) if o.startswith("--model.")]
+    leaves = {o.rsplit(".", 1)[1]: o for o in options}
+    close = difflib.get_close_matches(found.group(2), list(leaves), n=1)
+    return f"unknown option {found.group(1)}; did you mean {leaves[close[0]]}?" if close else line
+
+
 def batches_per_epoch(rows: int, batch_size: int, trainer_cfg: dict) -> int:
     """Optimizer steps per epoch of one process: its share of ``rows`` (every device of
     every node takes one) in batches, over the gradient accumulation."""

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from fusion.errors import UsageError
 
 HEADS: dict[str, type[FusionHead]] = {}
 # Older names that still load (checkpoints and configs written before the K-set heads).
@@ -50,26 +53,126 @@ def build_head(
     set_dims: Mapping[str, int],
     num_classes: int,
     members: int = 1,
-    **hparams: Any,
+    **options: Any,
 ) -> FusionHead:
     """Build the head registered as ``kind`` over the sets ``set_dims`` (name -> width, in
     input order); ``members`` > 1 gives a :class:`HeadSweep` of that many copies.
 
-    ``hparams`` may hold options of other heads too (the LightningModule keeps one flat set
-    of hyper-parameters); only the ones ``kind`` accepts are passed on.
+    ``options`` are the head's own constructor options (None: the head's default); one it
+    does not take (see :func:`heads_taking`) is a :class:`HeadOptionError`, never silently
+    dropped.
     """
+    options = {k: v for k, v in options.items() if v is not None}
     kind = HEAD_ALIASES.get(kind, kind)
     if kind not in HEADS:
         raise ValueError(f"unknown head {kind!r}; registered heads: {sorted(HEADS)}")
     if not set_dims:
         raise ValueError("a head needs at least one feature set (--data.features)")
+    check_head_options(kind, options)
     cls = HEADS[kind]
-    accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in hparams.items() if k in accepted}
     dims = {"set_dims": dict(set_dims), "num_classes": num_classes}
     if members > 1:
-        return HeadSweep([cls(**dims, **kwargs) for _ in range(members)])
-    return cls(**dims, **kwargs)
+        return HeadSweep([cls(**dims, **options) for _ in range(members)])
+    return cls(**dims, **options)
+
+
+class HeadOptionError(UsageError):
+    """An option given to a head that does not take it."""
+
+
+# Options the training module applies for some heads only (not constructor arguments):
+# option -> the heads it applies to, and its default.
+MODULE_HEAD_OPTIONS = {"branch_loss": ("gated",)}
+MODULE_HEAD_DEFAULTS = {"branch_loss": 0.5}
+
+
+def head_default(kind: str, option: str) -> Any:
+    """The value head ``kind`` uses for ``option`` when it is not given (None when the head
+    does not take it)."""
+    kind = HEAD_ALIASES.get(kind, kind)
+    if kind not in heads_taking(option):
+        return None
+    if option in MODULE_HEAD_DEFAULTS:
+        return MODULE_HEAD_DEFAULTS[option]
+    default = inspect.signature(HEADS[kind].__init__).parameters[option].default
+    return list(default) if isinstance(default, tuple) else default
+
+
+def heads_taking(option: str) -> list[str]:
+    """The registered heads that take ``option`` (constructor argument or
+    :data:`MODULE_HEAD_OPTIONS`), sorted."""
+    if option in MODULE_HEAD_OPTIONS:
+        return sorted(MODULE_HEAD_OPTIONS[option])
+    return sorted(
+        name for name, cls in HEADS.items() if option in inspect.signature(cls.__init__).parameters
+    )
+
+
+def check_head_options(kind: str, options: Mapping[str, Any], *, prefix: str = "") -> None:
+    """Refuse, with one line, an option (not None) that head ``kind`` does not take: it
+    names the option (``prefix`` + name, e.g. ``--model.head_options.``), the head, and the
+    heads that take it."""
+    kind = HEAD_ALIASES.get(kind, kind)
+    if kind not in HEADS:
+        return  # build_head names the registered heads
+    for name, value in options.items():
+        if value is None or kind in heads_taking(name):
+            continue
+        takers = ", ".join(heads_taking(name)) or "none"
+        raise HeadOptionError(
+            f"{prefix}{name}: the head {kind} does not take this option (heads that do: "
+            f"{takers}); leave it out (null over a config that sets it), or choose one of those heads"
+        )
+
+
+@dataclass
+class HeadOptions:
+    """The head's network (``--model.head_options.*``). An option that only some heads take
+    defaults to None (the head's own default, given in brackets) and is refused, with one
+    line, for any other head.
+
+    Args:
+        hidden_dims: every head: hidden sizes of each MLP; ``[]`` is one linear layer.
+        dropout: every head: dropout after each hidden layer.
+        input_norm: every head but projection_ref: per-set input normalisation,
+            ``standardize`` (train mean/std, as the probe), ``layernorm`` or ``none``
+            [standardize].
+        prior_sets: every head but projection_ref: scores sets (dim = classes) added to
+            the logits with a learned weight instead of entering as features [none].
+        linear_skip: visual_only, text_only, concat, dual_logit, gated: with hidden layers,
+            a linear map from the input to the logits beside the MLP, whose last layer
+            starts at zero, so the head begins as the linear model [false].
+        modality_dropout: concat, projection, dual_logit, gated: per-row chance of dropping
+            each set's whole input in training, at most one set per row [0].
+        fusion_dim: projection, projection_ref: width each set is projected to [512].
+        weighting: dual_logit: ``penalty`` (one free weight per set, the report's penalty)
+            or ``softmax`` (weights = softmax(v), no penalty) [penalty].
+        penalty_lambda: dual_logit: slope of the penalty's L1 pull of the weights' sum
+            toward 1 (and of each weight toward >= 0); a pull, not a constraint: read
+            w_k / sum w as set k's share [0.1].
+        gate_hidden: gated: hidden width of the gate, 0 for a linear gate [64].
+        branch_loss: gated: weight of the cross-entropy of each single-set branch [0.5].
+    """
+
+    hidden_dims: list[int] = field(default_factory=lambda: [512])
+    dropout: float = 0.3
+    input_norm: Literal["standardize", "layernorm", "none"] | bool | None = None
+    prior_sets: list[str] | None = None
+    linear_skip: bool | None = None
+    modality_dropout: float | None = None
+    fusion_dim: int | None = None
+    weighting: Literal["penalty", "softmax"] | None = None
+    penalty_lambda: float | None = None
+    gate_hidden: int | None = None
+    branch_loss: float | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The options set (not None), as plain values."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def constructor(self) -> dict[str, Any]:
+        """The options set that the head's constructor takes (not the module's own)."""
+        return {k: v for k, v in self.given().items() if k not in MODULE_HEAD_OPTIONS}
 
 
 def checkpoint_set_dims(hparams: Mapping[str, Any]) -> dict[str, int]:
@@ -599,7 +702,7 @@ class ReferenceProjectionHead(FusionHead):
 class HeadSweep(FusionHead):
     """Several copies of one head trained side by side; the one that is best on val answers.
 
-    The module gives each member its own weight decay (``--model.weight_decay`` as a list)
+    The module gives each member its own weight decay (``--model.weight_decay_sweep``)
     and trains all of them on the same batches in one pass; after each validation it
     points :attr:`selected` at the member with the best val accuracy, so checkpoints,
     ``predict.py`` and the val predictions use that member. This is the linear probe's

@@ -386,7 +386,7 @@ def drop_anonymous(init: dict) -> None:
 
 def config_logged_once(params) -> None:
     """A W&B logger's ``log_hyperparams``: nothing. Lightning would log the model's
-    hyper-parameters un-prefixed (``lr`` beside the config's ``model.lr``); the run's
+    hyper-parameters un-prefixed (``lr`` beside the config's ``model.optimizer.lr``); the run's
     config is the whole resolved config, flattened once (fusion/runs.py:RunConfigSaver)."""
 
 

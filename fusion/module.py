@@ -1,10 +1,11 @@
 """The thin LightningModule around a fusion head: loss, metrics, optimiser, schedule.
 
-$ python train.py fit --config configs/dual_logit_l0.1.yaml --model.lr 3e-4
+$ python train.py fit --config configs/dual_logit_l0.1.yaml --model.optimizer.lr 3e-4
 
 The network itself is a plain ``nn.Module`` from :mod:`fusion.heads`; this module keeps
-only training concerns. Its hyper-parameters are plain values (strings, numbers, lists),
-so checkpoints load with ``torch.load(weights_only=True)`` and ``predict.py`` rebuilds the
+only training concerns. Its options come in groups (the head's network, the optimiser, the
+schedule; ``python train.py fit --help``); its hyper-parameters are saved as plain values
+(strings, numbers, lists, dicts), so checkpoints load with ``torch.load(weights_only=True)`` and ``predict.py`` rebuilds the
 head from them alone.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import lightning as L
@@ -23,7 +25,18 @@ from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from feature_store.compat import attached_trainer
-from fusion.heads import HeadSweep, build_head, head_members
+from fusion.errors import UsageError
+from fusion.heads import (
+    HEAD_ALIASES,
+    MODULE_HEAD_DEFAULTS,
+    HeadOptions,
+    HeadSweep,
+    build_head,
+    check_head_options,
+    checkpoint_set_dims,
+    head_members,
+    heads_taking,
+)
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -134,10 +147,62 @@ def fusion_weight_keys(names: Sequence[str]) -> list[str]:
     return [f"fusion/weight/{n}" for n in names]
 
 
+@dataclass(frozen=True)
+class OptimizerOptions:
+    """The optimiser (``--model.optimizer.*``).
+
+    Args:
+        name: ``adamw`` or ``sgd`` (with ``momentum``).
+        lr: learning rate at batch size 256, scaled to the real batch by ``lr_scaling``.
+        lr_scaling: how ``lr`` follows the batch size: ``sqrt`` (times sqrt(batch/256)),
+            ``linear`` (times batch/256) or ``none`` (as given).
+        weight_decay: on weight matrices only; biases, norms and the fusion weights
+            (alpha/beta, a gate) never decay. Several values: --model.weight_decay_sweep.
+        momentum: sgd only: momentum of the SGD optimizer.
+        fusion_lr_scale: heads with fusion weights (dual_logit, gated): alpha/beta (or the
+            gate) learn this many times faster than the rest and never decay, so the share
+            alpha/(alpha+beta) settles in the first 3-20% of the steps (bench/README.md).
+    """
+
+    name: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt"
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    fusion_lr_scale: float = 30.0
+
+
+@dataclass(frozen=True)
+class ScheduleOptions:
+    """The learning-rate schedule (``--model.schedule.*``).
+
+    Args:
+        name: after the warm-up: ``cosine``, ``step`` (times ``gamma`` every
+            ``step_epochs``) or ``constant``.
+        warmup_fraction: linear warm-up length as a fraction of all optimizer steps.
+        warmup_epochs: warm-up length in epochs instead (wins over ``warmup_fraction``).
+        step_epochs: step schedule only: epochs between two learning-rate drops.
+        gamma: step schedule only: factor of each learning-rate drop.
+        min_lr_ratio: cosine schedule only: final learning rate as a fraction of ``lr``.
+    """
+
+    name: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_fraction: float = 0.05
+    warmup_epochs: float | None = None
+    step_epochs: int = 10
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.0
+
+
+def _options(cls, value):
+    """``value`` (an instance, a dict such as a checkpoint holds, or None) as ``cls``."""
+    if value is None:
+        return cls()
+    return value if isinstance(value, cls) else cls(**dict(value))
+
+
 class FusionModule(L.LightningModule):
     """Train one registered head with cross-entropy.
-
-    Options used by some heads only start with the heads they apply to.
 
     Args:
         head: the head, a name in ``fusion.heads.HEADS``: visual_only, text_only, concat,
@@ -145,50 +210,15 @@ class FusionModule(L.LightningModule):
         set_dims: the feature sets read, name -> width in input order, from the store's
             manifest and ``--data.features`` (linked by train.py).
         class_names: the class list, read from the store's manifest (linked by train.py).
-        prior_sets: every head but projection_ref: scores sets (dim = classes) added to the
-            logits with a learned weight instead of entering as features (none: every set
-            is a feature).
-        hidden_dims: hidden sizes of each MLP; ``[]`` is one linear layer (the probe's model).
-        dropout: dropout after each hidden layer.
-        input_norm: every head but projection_ref: per-modality input normalisation:
-            ``standardize`` (train mean/std, as the probe), ``layernorm`` or ``none``.
-        fusion_dim: projection, projection_ref only: width each modality is projected to.
-        weighting: dual_logit only: ``penalty`` (one free weight per set, the report's
-            penalty) or ``softmax`` (weights = softmax(v), no penalty).
-        penalty_lambda: dual_logit only: slope of the penalty's L1 pull of the weights' sum
-            toward 1 (and of each weight toward >= 0). A constant pull, not a constraint:
-            the sum also scales the logits, and settles above 1 wherever sharper logits
-            lower the training loss by more than lambda (alpha + beta 2.57 on the demo at
-            0.1); read w_k / sum w as set k's share, or use weighting softmax.
-        modality_dropout: concat, projection, dual_logit, gated only: per-row chance of
-            dropping each set's whole input in training (at most one set per row).
-        gate_hidden: gated only: hidden width of the gate (0: a linear gate).
-        branch_loss: gated only: weight of the cross-entropy of each single-modality branch.
+        head_options: the head's network; an option the head does not take is refused
+            (:class:`fusion.heads.HeadOptions`).
+        optimizer: the optimiser, learning rate and weight decay.
+        schedule: the learning-rate schedule.
+        weight_decay_sweep: several weight decays (``[1e-4, 1e-3, 1e-2]``): one copy of the
+            head per value, trained on the same batches, the copy with the best val
+            accuracy kept (the probe's sweep of C inside one fit;
+            :class:`fusion.heads.HeadSweep`); replaces ``optimizer.weight_decay``.
         label_smoothing: label smoothing of the training loss (validation loss is plain).
-        optimizer: ``adamw`` or ``sgd`` (with ``momentum``).
-        lr: learning rate at batch size 256, scaled to the real batch by ``lr_scaling``.
-        lr_scaling: how ``lr`` follows the batch size: ``sqrt`` (times sqrt(batch/256)),
-            ``linear`` (times batch/256) or ``none`` (as given).
-        weight_decay: on weight matrices only; biases, norms, alpha/beta never decay. A list
-            (``[1e-4, 1e-3, 1e-2]``) trains one copy of the head per value on the same
-            batches and keeps the copy with the best val accuracy (the probe's sweep of C
-            inside one fit; :class:`fusion.heads.HeadSweep`).
-        linear_skip: visual_only, text_only, concat, dual_logit, gated only: with hidden
-            layers, add a linear map from the input to the logits and start the MLP's last
-            layer at zero, so the head begins as the linear model and cannot fall far below
-            it where rows per class are few.
-        fusion_lr_scale: dual_logit, gated only: alpha/beta (or the gate) learn this many
-            times faster than the rest and never decay, so the share alpha/(alpha+beta)
-            settles in the first 3-20% of the steps (10x: up to 30%; bench/README.md);
-            configs/gated.yaml sets 3 for its gate.
-        momentum: sgd only: momentum of the SGD optimizer.
-        schedule: learning-rate schedule after the warm-up: ``cosine``, ``step`` (times
-            ``gamma`` every ``step_epochs``) or ``constant``.
-        warmup_fraction: linear warm-up length as a fraction of all optimizer steps.
-        warmup_epochs: warm-up length in epochs instead (wins over ``warmup_fraction``).
-        step_epochs: step schedule only: epochs between two learning-rate drops.
-        gamma: step schedule only: factor of each learning-rate drop.
-        min_lr_ratio: cosine schedule only: final learning rate as a fraction of ``lr``.
     """
 
     def __init__(
@@ -197,47 +227,47 @@ class FusionModule(L.LightningModule):
         *,
         set_dims: dict[str, int],
         class_names: list[str],
-        prior_sets: list[str] | None = None,
-        hidden_dims: Sequence[int] = (512,),
-        dropout: float = 0.3,
-        input_norm: Literal["standardize", "layernorm", "none"] | bool = "standardize",
-        fusion_dim: int = 512,
-        weighting: Literal["penalty", "softmax"] = "penalty",
-        penalty_lambda: float = 0.1,
-        modality_dropout: float = 0.0,
-        gate_hidden: int = 64,
-        branch_loss: float = 0.5,
+        head_options: HeadOptions = HeadOptions(),  # noqa: B008 - frozen: never changed
+        optimizer: OptimizerOptions = OptimizerOptions(),  # noqa: B008
+        schedule: ScheduleOptions = ScheduleOptions(),  # noqa: B008
+        weight_decay_sweep: list[float] | None = None,
         label_smoothing: float = 0.0,
-        optimizer: Literal["adamw", "sgd"] = "adamw",
-        lr: float = 1e-3,
-        lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt",
-        weight_decay: float | list[float] = 0.01,
-        linear_skip: bool = False,
-        fusion_lr_scale: float = 30.0,
-        momentum: float = 0.9,
-        schedule: Literal["cosine", "step", "constant"] = "cosine",
-        warmup_fraction: float = 0.05,
-        warmup_epochs: float | None = None,
-        step_epochs: int = 10,
-        gamma: float = 0.1,
-        min_lr_ratio: float = 0.0,
     ) -> None:
         super().__init__()
+        head_options = _options(HeadOptions, head_options)
+        optimizer = _options(OptimizerOptions, optimizer)
+        schedule = _options(ScheduleOptions, schedule)
+        if weight_decay_sweep is not None and not list(weight_decay_sweep):
+            raise UsageError(
+                "weight_decay_sweep: an empty list; give several weight decays, or none "
+                "(one head with optimizer.weight_decay)"
+            )
+        check_head_options(head, head_options.given(), prefix="head_options.")
         self.save_hyperparameters()
-        # Plain lists only (no tuples or config objects): checkpoints load with weights_only.
-        self.hparams.hidden_dims = [int(h) for h in hidden_dims]
-        self.hparams.class_names = [str(c) for c in class_names]
-        self.hparams.set_dims = {str(k): int(v) for k, v in dict(set_dims).items()}
-        if isinstance(weight_decay, (list, tuple)):
-            if not weight_decay:
-                raise ValueError("weight_decay: an empty list; give a value or a list of them")
-            self.hparams.weight_decay = weight_decays(weight_decay)
+        # Plain values only (no tuples or config objects): checkpoints load with
+        # torch.load(weights_only=True).
+        hp = self.hparams
+        hp.head_options = {
+            **asdict(head_options),
+            "hidden_dims": [int(h) for h in head_options.hidden_dims],
+        }
+        hp.optimizer, hp.schedule = asdict(optimizer), asdict(schedule)
+        hp.weight_decay_sweep = (
+            None if weight_decay_sweep is None else [float(w) for w in weight_decay_sweep]
+        )
+        hp.class_names = [str(c) for c in class_names]
+        hp.set_dims = {str(k): int(v) for k, v in dict(set_dims).items()}
         self.head = build_head(
             head,
-            set_dims=self.hparams.set_dims,
-            num_classes=len(self.hparams.class_names),
-            **head_options(self.hparams),
+            set_dims=hp.set_dims,
+            num_classes=len(hp.class_names),
+            members=len(weight_decays(hp)),
+            **head_options.constructor(),
         )
+        # gated: the weight of each branch's own loss (other heads have no branches).
+        self.branch_loss = head_options.branch_loss
+        if self.branch_loss is None:
+            self.branch_loss = MODULE_HEAD_DEFAULTS["branch_loss"]
         num_classes = len(self.hparams.class_names)
         self.train_stats = TrainingStats(k=5)
         # One set of val metrics per member of a weight-decay sweep (one otherwise).
@@ -278,7 +308,7 @@ class FusionModule(L.LightningModule):
         logits = member(*batch["x"])
         loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         for branch in member.branch_logits():
-            loss = loss + self.hparams.branch_loss * F.cross_entropy(branch, labels)
+            loss = loss + self.branch_loss * F.cross_entropy(branch, labels)
         penalty = member.aux_loss()
         if penalty is not None:
             loss = loss + penalty
@@ -382,7 +412,7 @@ class FusionModule(L.LightningModule):
         ]
         # The best member on val answers from now on; among equals the one with the
         # largest weight decay, as the probe keeps the smallest C among equals.
-        decays = weight_decays(self.hparams.weight_decay)
+        decays = weight_decays(self.hparams)
         best = max(
             range(len(per_member)),
             key=lambda i: (float(per_member[i]["val/acc_top1"]), decays[i]),
@@ -442,18 +472,18 @@ class FusionModule(L.LightningModule):
         return self.effective_lr_for(getattr(datamodule, "batch_size", 256))
 
     def effective_lr_for(self, batch: int) -> float:
-        hp = self.hparams
+        opt = self.hparams.optimizer
         ratio = batch / 256
-        factor = {"sqrt": math.sqrt(ratio), "linear": ratio}.get(hp.lr_scaling, 1.0)
-        return hp.lr * factor
+        factor = {"sqrt": math.sqrt(ratio), "linear": ratio}.get(opt["lr_scaling"], 1.0)
+        return opt["lr"] * factor
 
     def param_groups(self, lr: float) -> list[dict]:
         """Weight matrices decay; biases and norms do not (nanoGPT's rule), nor do the fusion
         weights (alpha/beta, a gate), which must stay free to move and learn
         ``fusion_lr_scale`` times faster."""
-        hp = self.hparams
+        fusion_lr = lr * self.hparams.optimizer["fusion_lr_scale"]
         groups = []
-        decays = weight_decays(hp.weight_decay)
+        decays = weight_decays(self.hparams)
         for member, weight_decay in zip(head_members(self.head), decays, strict=True):
             decay, no_decay, fusion = [], [], []
             for name, param in member.named_parameters():
@@ -466,32 +496,32 @@ class FusionModule(L.LightningModule):
             groups += [
                 {"params": decay, "weight_decay": weight_decay, "lr": lr},
                 {"params": no_decay, "weight_decay": 0.0, "lr": lr},
-                {"params": fusion, "weight_decay": 0.0, "lr": lr * hp.fusion_lr_scale},
+                {"params": fusion, "weight_decay": 0.0, "lr": fusion_lr},
             ]
         return [g for g in groups if g["params"]]
 
     def configure_optimizers(self):
-        hp = self.hparams
+        optimizer, schedule = self.hparams.optimizer, self.hparams.schedule
         groups = self.param_groups(self.effective_lr())
-        if hp.optimizer == "adamw":
+        if optimizer["name"] == "adamw":
             opt = torch.optim.AdamW(groups)
         else:
-            opt = torch.optim.SGD(groups, momentum=hp.momentum)
+            opt = torch.optim.SGD(groups, momentum=optimizer["momentum"])
         total = int(self.trainer.estimated_stepping_batches)
         batches = self.trainer.num_training_batches
         per_epoch = int(batches) if batches not in (None, float("inf")) else total
         per_epoch = max(1, per_epoch // max(1, self.trainer.accumulate_grad_batches))
-        if hp.warmup_epochs is not None:
-            warmup = round(hp.warmup_epochs * per_epoch)
+        if schedule["warmup_epochs"] is not None:
+            warmup = round(schedule["warmup_epochs"] * per_epoch)
         else:
-            warmup = round(hp.warmup_fraction * total)
+            warmup = round(schedule["warmup_fraction"] * total)
         options = {
             "total_steps": total,
             "warmup_steps": warmup,
-            "schedule": hp.schedule,
-            "step_every": hp.step_epochs * per_epoch,
-            "gamma": hp.gamma,
-            "min_lr_ratio": hp.min_lr_ratio,
+            "schedule": schedule["name"],
+            "step_every": schedule["step_epochs"] * per_epoch,
+            "gamma": schedule["gamma"],
+            "min_lr_ratio": schedule["min_lr_ratio"],
         }
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, **options))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -514,15 +544,118 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
+# FusionModule's flat options before they were grouped (issue 21) -> where they live now.
+# Old checkpoints are read through grouped_hparams; old configs and command lines through
+# fusion/cli.py, with a one-line deprecation each.
+RENAMED = {
+    **{
+        name: f"head_options.{name}"
+        for name in (
+            "hidden_dims", "dropout", "input_norm", "prior_sets", "linear_skip",
+            "modality_dropout", "fusion_dim", "weighting", "penalty_lambda", "gate_hidden",
+            "branch_loss",
+        )
+    },  # fmt: skip
+    "optimizer": "optimizer.name",
+    **{k: f"optimizer.{k}" for k in ("lr", "lr_scaling", "momentum", "fusion_lr_scale")},
+    "weight_decay": "optimizer.weight_decay",  # a list: weight_decay_sweep
+    "schedule": "schedule.name",
+    **{
+        k: f"schedule.{k}"
+        for k in ("warmup_fraction", "warmup_epochs", "step_epochs", "gamma", "min_lr_ratio")
+    },
+}
+# The old flat defaults of the options only some heads take: every head's own default, so
+# an old config or checkpoint that gives one of them asks for nothing (RUN/config.yaml of an
+# old run lists every option).
+OLD_HEAD_DEFAULTS = {
+    "input_norm": "standardize", "prior_sets": None, "linear_skip": False,
+    "modality_dropout": 0.0, "fusion_dim": 512, "weighting": "penalty",
+    "penalty_lambda": 0.1, "gate_hidden": 64, "branch_loss": 0.5,
+}  # fmt: skip
+
+
+def renamed(old: str, value) -> str:
+    """The grouped name of the flat option ``old`` given ``value``."""
+    if old == "weight_decay" and isinstance(value, (list, tuple)):
+        return "weight_decay_sweep"
+    return RENAMED[old]
+
+
+def is_old_value(old: str, value) -> bool:
+    """Whether the flat ``old`` option's ``value`` is its old form: every renamed option is,
+    but ``optimizer`` and ``schedule`` only as a name (``sgd``), not as a group."""
+    return old in RENAMED and (old not in ("optimizer", "schedule") or isinstance(value, str))
+
+
+def regrouped(old: str, value) -> tuple[str, object]:
+    """(grouped name, value) of the flat option ``old``; an option only some heads take at
+    its old default becomes None, the head's own default (the same value): an old config
+    or checkpoint lists every option, also the ones its head does not take."""
+    if old in OLD_HEAD_DEFAULTS and OLD_HEAD_DEFAULTS[old] == value:
+        value = None
+    return renamed(old, value), value
+
+
+def group_flat(model: dict) -> tuple[dict, list[tuple[str, str]]]:
+    """``model`` (a model section or hyper-parameters) with its flat, pre-issue-21 options
+    moved into their groups (:func:`regrouped`); returns it and the (old, new) names."""
+    out, moved = {}, []
+    for key, value in model.items():
+        if not is_old_value(key, value):
+            # A group may hold both forms (``optimizer: {name: sgd}`` and ``lr: 0.1``).
+            both = isinstance(value, dict) and isinstance(out.get(key), dict)
+            out[key] = {**out[key], **value} if both else value
+            continue
+        new, value = regrouped(key, value)
+        moved.append((key, new))
+        group, _, name = new.rpartition(".")
+        if group:
+            out[group] = {**dict(out.get(group) or {}), name: value}
+        else:
+            out[name] = value
+    return out, moved
+
+
+def grouped_hparams(hparams: dict) -> dict:
+    """A checkpoint's hyper-parameters in the grouped form :class:`FusionModule` takes.
+
+    Checkpoints written before the options were grouped hold them flat, every option of
+    every head with its value; the head used the ones it takes and dropped the others, so
+    those are dropped here too, and the head is rebuilt as it was trained."""
+    hp = dict(hparams)
+    if isinstance(hp.get("optimizer"), dict) or "head_options" in hp:
+        return hp
+    hp, _ = group_flat(hp)
+    if "image_dim" in hp:  # written before --data.features: the image and text sets
+        hp["set_dims"] = checkpoint_set_dims(hp)
+        hp.pop("image_dim"), hp.pop("text_dim", None)
+    head = hp.get("head")
+    options = dict(hp.get("head_options") or {})
+    hp["head_options"] = {
+        k: v for k, v in options.items() if head is None or head_takes(head, k)
+    }
+    return hp
+
+
+def head_takes(head: str, option: str) -> bool:
+    """Whether ``head`` takes ``option`` of :class:`fusion.heads.HeadOptions`."""
+    return HEAD_ALIASES.get(head, head) in heads_taking(option)
+
+
 def head_options(hparams: dict) -> dict:
-    """The head's own options out of a module's (or a checkpoint's) hyper-parameters."""
-    skip = {"head", "set_dims", "image_dim", "text_dim", "class_names"}
-    options = {k: v for k, v in dict(hparams).items() if k not in skip}
-    options["members"] = len(weight_decays(options.get("weight_decay", 0.0)))
-    return options
+    """The arguments of :func:`fusion.heads.build_head` but the head and its dims, from a
+    module's or a checkpoint's (old or new) hyper-parameters: the head's own options and
+    the number of members (one per weight decay of a sweep)."""
+    hp = grouped_hparams(hparams)
+    options = _options(HeadOptions, hp.get("head_options"))
+    return {"members": len(weight_decays(hp)), **options.constructor()}
 
 
-def weight_decays(value: float | Sequence[float]) -> list[float]:
-    """``weight_decay`` as the list of values a sweep trains one head for (one value: a
-    single head)."""
-    return [float(w) for w in value] if isinstance(value, (list, tuple)) else [float(value)]
+def weight_decays(hparams) -> list[float]:
+    """The weight decay of each head a module trains: ``weight_decay_sweep``'s values, or
+    ``optimizer.weight_decay`` alone."""
+    sweep = hparams.get("weight_decay_sweep")
+    if sweep:
+        return [float(w) for w in sweep]
+    return [float(_options(OptimizerOptions, hparams.get("optimizer")).weight_decay)]

@@ -10,7 +10,7 @@ The rules (timm counts training in steps and scales the learning rate with the b
   small head costs the same at batch 16 as at 64, so small batches only made small stores
   slow), full batches on a large store;
 - learning rate: the config's ``lr`` is for batch 256, scaled by sqrt(batch / 256) (AdamW;
-  ``--model.lr_scaling``), in :class:`fusion.module.FusionModule`;
+  ``--model.optimizer.lr_scaling``), in :class:`fusion.module.FusionModule`;
 - length: ``epochs`` passes over train, but never fewer than a floor of optimizer steps
   nor more than ``max_steps``; warm-up and cosine decay are fractions of those steps. The
   floor is ``min_steps`` from ``full_rows`` train rows up and shrinks with the square root

@@ -107,8 +107,10 @@ def read_validated_run(run: str | Path) -> ValidatedRun:
             "refit, or one stopped before its first step); refit from a run trained by this "
             "version of train.py fit"
         )
-    hp = dict(ckpt["hyper_parameters"])
-    decays = hp.get("weight_decay")
+    from fusion.module import grouped_hparams
+
+    hp = grouped_hparams(ckpt["hyper_parameters"])  # a run from before the groups: flat
+    decays = hp.get("weight_decay_sweep")
     chosen = None
     if isinstance(decays, list | tuple) and len(decays) > 1:
         selected = ckpt["state_dict"].get("head.selected")
@@ -175,8 +177,9 @@ def check_refit(cfg, argv: list[str]) -> ValidatedRun | None:
         )
     validated = read_validated_run(from_run)
     check_same_model(cfg, validated)
-    if validated.weight_decay is not None:
-        cfg["model"]["weight_decay"] = validated.weight_decay
+    if validated.weight_decay is not None:  # one head, with the decay val chose
+        cfg["model.optimizer.weight_decay"] = validated.weight_decay
+        cfg["model.weight_decay_sweep"] = None
     if data.get("batch_size") == "auto":
         data["batch_size"] = validated.batch_size
     if cfg.get("checkpoint") is not None:  # last.ckpt only: there is no val to pick a best by
@@ -190,13 +193,17 @@ def check_same_model(cfg, validated: ValidatedRun) -> None:
     validated for that model only); a swept weight decay may stay the same list."""
     model = cfg["model"].as_dict() if hasattr(cfg["model"], "as_dict") else dict(cfg["model"])
     hp = validated.hparams
+    mine_all, theirs_all = trained_values(model), trained_values(hp)
     diffs = []
-    for key in sorted(set(model) & set(hp) - {"set_dims", "class_names"}):
-        mine, theirs = model[key], hp[key]
-        if isinstance(mine, tuple):
-            mine = list(mine)
-        if key == "weight_decay" and validated.weight_decay is not None:
-            same = mine in (theirs, validated.weight_decay)
+    for key in sorted(set(mine_all) & set(theirs_all)):
+        mine, theirs = mine_all[key], theirs_all[key]
+        if key == "weight_decay_sweep" and validated.weight_decay is not None:
+            # The same sweep, or the single decay val chose from it.
+            same = mine == theirs or (
+                mine is None and mine_all.get("optimizer.weight_decay") == validated.weight_decay
+            )
+        elif key == "optimizer.weight_decay" and theirs_all.get("weight_decay_sweep"):
+            same = True  # the validated run swept: its single decay was not used
         else:
             same = mine == theirs
         if not same:
@@ -209,6 +216,26 @@ def check_same_model(cfg, validated: ValidatedRun) -> None:
             f"--recipe.from_run {validated.run} validated another model: {'; '.join(diffs)}. "
             f"Refit with its own config (--config {validated.run}/config.yaml)"
         )
+
+
+def trained_values(model: dict) -> dict[str, Any]:
+    """A model section or a checkpoint's (grouped) hyper-parameters as the values it trains
+    with, by dotted option (``optimizer.lr``): a head option left unset is the head's own
+    default, a tuple a list; the store's dims and classes left out."""
+    from fusion.heads import head_default
+
+    values: dict[str, Any] = {}
+    for key, value in model.items():
+        if key in ("set_dims", "class_names", "image_dim", "text_dim", "_instantiator"):
+            continue
+        if isinstance(value, dict):
+            for name, item in value.items():
+                if key == "head_options" and item is None:
+                    item = head_default(model.get("head", ""), name)
+                values[f"{key}.{name}"] = list(item) if isinstance(item, tuple) else item
+        else:
+            values[key] = list(value) if isinstance(value, tuple) else value
+    return values
 
 
 @dataclass

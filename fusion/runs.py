@@ -25,7 +25,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 
 from fusion.atomic import atomic_write_text
 from fusion.errors import FusionError
-from fusion.heads import HEADS, checkpoint_set_dims
+from fusion.heads import HEAD_ALIASES, HEADS, check_head_options, checkpoint_set_dims
 from fusion.predict import CheckpointError, load_checkpoint
 from fusion.wandb_report import run_config, wandb_runs
 
@@ -178,15 +178,21 @@ def _includes(path: Path) -> set[Path]:
 def check_settings(cfg) -> None:
     """One-line errors for values that would otherwise fail deep inside a fit."""
     head = cfg.get("model.head")
-    if head is not None and head not in HEADS:
-        raise RunDirError(f"--model.head {head!r} is not a head; choose one of {sorted(HEADS)}")
+    if head is not None and head not in HEADS and head not in HEAD_ALIASES:
+        raise RunDirError(
+            f"--model.head {head!r} is not a head; choose one of {sorted({*HEADS, *HEAD_ALIASES})}"
+        )
+    options = cfg.get("model.head_options")
+    if head is not None and options is not None:
+        given = options.as_dict() if hasattr(options, "as_dict") else dict(vars(options))
+        check_head_options(head, given, prefix="--model.head_options.")
     checks = [
-        ("model.lr", lambda v: v > 0, "> 0"),
-        ("model.weight_decay", lambda v: v >= 0, ">= 0"),
-        ("model.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("model.optimizer.lr", lambda v: v > 0, "> 0"),
+        ("model.optimizer.weight_decay", lambda v: v >= 0, ">= 0"),
+        ("model.head_options.dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
         ("model.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
-        ("model.modality_dropout", lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
-        ("model.fusion_lr_scale", lambda v: v > 0, "> 0"),
+        ("model.head_options.modality_dropout", lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
+        ("model.optimizer.fusion_lr_scale", lambda v: v > 0, "> 0"),
         ("recipe.min_steps", lambda v: v >= 1, ">= 1"),
         ("recipe.full_rows", lambda v: v >= 0, ">= 0"),
         ("data.batch_size", lambda v: v >= 1, ">= 1"),
@@ -196,17 +202,17 @@ def check_settings(cfg) -> None:
         value = cfg.get(key)
         if isinstance(value, int | float) and not ok(value):
             raise RunDirError(f"--{key} {value} is out of range: it must be {rule}")
-    decays = cfg.get("model.weight_decay")
+    decays = cfg.get("model.weight_decay_sweep")
     if isinstance(decays, list) and (not decays or any(d < 0 for d in decays)):
         raise RunDirError(
-            f"--model.weight_decay {decays} is not a sweep: give a value >= 0 or a non-empty "
-            "list of them (one head is trained per value, the best on val kept)"
+            f"--model.weight_decay_sweep {decays} is not a sweep: give a non-empty list of "
+            "values >= 0 (one head is trained per value, the best on val kept), or none"
         )
-    hidden = cfg.get("model.hidden_dims") or []
+    hidden = cfg.get("model.head_options.hidden_dims") or []
     if any(not isinstance(h, int) or h < 1 for h in hidden):
         raise RunDirError(
-            f"--model.hidden_dims {list(hidden)} is out of range: every hidden size must be "
-            ">= 1 ([] for one linear layer)"
+            f"--model.head_options.hidden_dims {list(hidden)} is out of range: every hidden "
+            "size must be >= 1 ([] for one linear layer)"
         )
 
 

@@ -13,7 +13,11 @@ $ python train.py fit --config configs/concat.yaml --ckpt_path last --run_dir RU
   saved at an epoch's end is resumed by running that epoch's end again, before any
   validation, and ``EarlyStopping(strict=True)`` then raised "conditioned on metric
   val/acc_top1 which is not available". Its state (best score, wait count) is restored
-  from the checkpoint as before, under the same key.
+  from the checkpoint as before, under the same key. A stop it asks for before the
+  fit's ``min_steps`` (the recipe's ``min_fraction``) waits in the callback until then,
+  instead of in ``trainer.should_stop``: Lightning treats every step with ``should_stop``
+  set as a logging step (the learning rate logged and ``metrics.csv`` rewritten at each of
+  them), which was up to 3/4 of a small store's steps (bench/README.md, "Small stores").
 - :func:`stop_exits`: ``train.py probe`` and ``stack`` (no Lightning fit, no partial state
   to resume) stopped by SIGTERM or Ctrl-C raise :class:`fusion.errors.Stopped` (one line,
   exit 143/130 by fusion/exit.py); the unfinished run directory they were writing is
@@ -31,7 +35,9 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.utilities import rank_zero_info
 
+from feature_store.compat import fit_may_stop
 from fusion.errors import Stopped
 from fusion.runs import UNFINISHED
 
@@ -86,6 +92,8 @@ class ResumableEarlyStopping(EarlyStopping):
     """``EarlyStopping`` that waits for this process's first validation (module doc)."""
 
     _validated = False
+    # A stop asked for before the trainer may stop (min_steps); set at min_steps.
+    _stop_pending = False
 
     @property
     def state_key(self) -> str:
@@ -94,16 +102,44 @@ class ResumableEarlyStopping(EarlyStopping):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._validated = False
+        self._stop_pending = False
+
+    def _hold_stop(self, trainer: L.Trainer, asked_before: bool) -> None:
+        """Move a stop this callback just asked for, and that only min_steps holds back,
+        from ``trainer.should_stop`` into ``_stop_pending`` (module doc)."""
+        loop = trainer.fit_loop
+        # Lightning checks min_epochs at an epoch boundary, min_steps after every batch (as
+        # on_train_batch_end below): a stop min_epochs holds back stays Lightning's.
+        min_epochs_met = loop.epoch_progress.current.processed >= (loop.min_epochs or 0)
+        if trainer.should_stop and not asked_before and min_epochs_met and not fit_may_stop(trainer):
+            trainer.should_stop = False
+            if not self._stop_pending:
+                rank_zero_info(
+                    f"early stopping at step {trainer.global_step}: {self.stopping_reason_message}"
+                    f" Training continues to min_steps={loop.min_steps} (--recipe.min_fraction)."
+                )
+            self._stop_pending = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # After the optimizer step, before Lightning's check for validation and stopping:
+        # the step that reaches min_steps validates and stops, as with should_stop set.
+        if self._stop_pending and fit_may_stop(trainer):
+            trainer.should_stop = True
+            self._stop_pending = False
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._validated = True
+        asked_before = trainer.should_stop
         super().on_validation_end(trainer, pl_module)
+        self._hold_stop(trainer, asked_before)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._validated and self.monitor not in trainer.callback_metrics:
             return  # the end of an epoch restored from a checkpoint, validated before it
+        asked_before = trainer.should_stop
         super().on_train_epoch_end(trainer, pl_module)
+        self._hold_stop(trainer, asked_before)
 
 
 class _Signalled(Exception):

@@ -117,7 +117,7 @@ def fit(
     """``python train.py fit --config CONFIG [--data.store STORE] [--key value ...]``.
 
     ``overrides``: any LightningCLI option as a dotted key, ``trainer__max_epochs=5`` or
-    ``**{"model.dropout": 0.5}``; ``run_dir="runs/x"`` fixes the run directory.
+    ``**{"model.head_options.dropout": 0.5}``; ``run_dir="runs/x"`` fixes the run directory.
     """
     from fusion.cli import main as cli_main
 

@@ -10,7 +10,8 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
-from feature_store.layout import load_arrays, write_store
+from feature_store.layout import load_arrays
+from feature_store.writer import write_store
 
 METRIC_COLS = ["epoch", "fusion/alpha", "fusion/beta", "step", "train/acc_top1", "train/loss"]
 METRIC_COLS += ["train/acc_top5", "val/acc_top1", "val/acc_top5", "val/loss"]
@@ -210,10 +211,12 @@ def digit_store(root: Path, *, per_class: int = 6) -> Path:
     return root
 
 
-def write_fit_config(run: Path, *, head: str = "dual_logit", weighting: str = "penalty",
-                     penalty_lambda: float = 0.3) -> None:  # fmt: skip
-    """The parts of a fit's config.yaml the report's run summary reads."""
+def write_fit_config(run: Path, *, head: str = "dual_logit", weighting: str | None = "penalty",
+                     penalty_lambda: float | None = 0.3, flat: bool = False) -> None:  # fmt: skip
+    """The parts of a fit's config.yaml the report's run summary reads: the head's options
+    grouped, or ``flat`` as runs wrote them before issue 21."""
     run.mkdir(parents=True, exist_ok=True)
-    model = {"head": head, "weighting": weighting, "penalty_lambda": penalty_lambda}
+    options = {"weighting": weighting, "penalty_lambda": penalty_lambda}
+    model = {"head": head, **options} if flat else {"head": head, "head_options": options}
     config = {"model": model, "checkpoint": {"monitor": "val/acc_top1", "filename": "best"}}
     (run / "config.yaml").write_text(yaml.safe_dump(config))

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
+
+
+def age_files(root: Path, seconds: float = 60) -> None:
+    """Make ``root`` (a file, or every file under a directory) look written ``seconds`` ago:
+    past the window in which the per-process store cache never trusts a timestamp
+    (feature_store/cache.py), as a store in use is."""
+    past = time.time() - seconds
+    root = Path(root)
+    for p in [root] if root.is_file() else root.rglob("*"):
+        if p.is_file():
+            os.utime(p, (past, past))
 
 
 @pytest.fixture(scope="session")

@@ -52,16 +52,28 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def fit_module(store: Path, head: str, *, epochs: int, seed: int = 0, **hparams):
-    """Fit ``head`` on ``store`` with a bare Trainer; return (module, val metrics dict)."""
+def fit_module(
+    store: Path,
+    head: str,
+    *,
+    epochs: int,
+    seed: int = 0,
+    head_options: dict | None = None,
+    optimizer: dict | None = None,
+    **hparams,
+):
+    """Fit ``head`` on ``store`` with a bare Trainer; return (module, val metrics dict).
+    ``head_options`` and ``optimizer`` are merged into small-store defaults."""
     L.seed_everything(seed, workers=True)
     dm = FeatureDataModule(str(store), batch_size=32)
-    options = {"hidden_dims": [32], "dropout": 0.0, "lr": 3e-3, "warmup_epochs": 0.0}
     model = FusionModule(
         head,
         set_dims=dm.set_dims,
         class_names=dm.class_names,
-        **{**options, **hparams},
+        head_options={"hidden_dims": [32], "dropout": 0.0, **(head_options or {})},
+        optimizer={"lr": 3e-3, **(optimizer or {})},
+        schedule={"warmup_epochs": 0.0},
+        **hparams,
     )
     trainer = L.Trainer(
         max_epochs=epochs,

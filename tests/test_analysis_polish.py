@@ -99,7 +99,7 @@ def test_all_duplicate_text_skips_dbscan_with_a_note(tmp_path):
         "image_emb": rng.standard_normal((3, 8))[labels] + 0.1 * rng.standard_normal((30, 8)),
         "text_emb": rng.standard_normal((3, 4))[labels],  # 10 copies of each caption
     }
-    from feature_store.layout import write_store
+    from feature_store.writer import write_store
 
     write_store(tmp_path / "s", splits={"train": split}, class_names=["a", "b", "c"])
     report = Report("t")
@@ -175,6 +175,22 @@ def test_run_summary_heads_the_run_section(tmp_path):
     res = build_report(ReportOptions(store=store, out=tmp_path / "o", run=run))
     assert _run_table(res.page.read_text())[1][4] == "0.6000 (concat)"
     assert res.numbers["run"]["summary"]["best"]["epoch"] == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "expect"),
+    [({"penalty_lambda": 0.3, "flat": True}, "0.3000"),  # a run from before issue 21
+     ({"penalty_lambda": None, "weighting": None}, "0.1000")],  # unset: the head's default
+)  # fmt: skip
+def test_run_summary_reads_old_flat_and_unset_options(tmp_path, options, expect):
+    store = tmp_path / "store"
+    make_synthetic_store(store, num_classes=3, per_class={"train": 8, "val": 4})
+    run = tmp_path / "run"
+    write_fit_config(run, **options)
+    _metrics(run, [0.7, 0.6])
+    res = build_report(ReportOptions(store=store, out=tmp_path / "o", run=run))
+    header, row = _run_table(res.page.read_text())
+    assert row[header.index("lambda")] == expect
 
 
 def test_run_summary_lambda_only_for_dual_logit(tmp_path):
@@ -253,7 +269,7 @@ def test_degenerate_is_the_manifests_definition_and_a_stale_count_is_flagged(tmp
 
 
 def test_display_names_replace_wordnet_ids(tmp_path, capsys):
-    from feature_store.layout import write_store
+    from feature_store.writer import write_store
 
     wnids, shown = (
         ["n01440764", "n01443537", "n01484850"],

@@ -11,8 +11,8 @@ import pytest
 
 from analysis.__main__ import main
 from analysis.report import ReportOptions, build_report
-from feature_store.layout import write_store
 from feature_store.synthetic import make_synthetic_store
+from feature_store.writer import write_store
 from tests.fixtures_analysis import (
     CAPTIONS,
     caption_store,

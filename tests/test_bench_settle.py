@@ -39,7 +39,7 @@ def test_gate_recorder_saves_the_val_gate_of_the_final_weights(tmp_path):
     """With a weight-decay sweep, of the member chosen on val."""
     store = small_store(tmp_path / "s")
     cli = fit_cli(store, tmp_path / "run", "--model.head", "gated", "--trainer.logger", "false",
-                  "--trainer.callbacks+=gate_recorder.GateRecorder", "--model.weight_decay=[0.001,0.1]",
+                  "--trainer.callbacks+=gate_recorder.GateRecorder", "--model.weight_decay_sweep=[0.001,0.1]",
                   epochs=3)  # fmt: skip
     with np.load(tmp_path / "run" / "gates.npz") as z:
         steps, gates = z["steps"], z["gates"]

@@ -29,7 +29,7 @@ from feature_store import open_store
 from fusion.ensemble import load_probs
 
 # Config keys no run may hold: Lightning's un-prefixed copies of the model's
-# hyper-parameters (`lr` beside `model.lr`) and the old aliases of `wandb.*`.
+# hyper-parameters (`lr` beside `model.optimizer.lr`) and the old aliases of `wandb.*`.
 ALIASES = {"wandb_project", "wandb_group"}
 
 
@@ -78,7 +78,7 @@ def test_fit_probe_stack_and_ensemble_are_candidates(store, fits, tmp_path):
     summary = assert_candidate(one_run(run), "fit", "best/val/acc_top1", run / "submission.csv")
     config = wandb_config(one_run(run))
     assert config["wandb.project"] == "cands" and config["wandb.group"] == "g"  # aliases folded
-    assert config["model.lr"] > 0 and "lr" not in config
+    assert config["model.optimizer.lr"] > 0 and "lr" not in config
     meta = json.loads((run / "submission.json").read_text())
     assert meta["candidate"] == "fit"
     assert meta["best/val/acc_top1"] == pytest.approx(summary["best/val/acc_top1"])

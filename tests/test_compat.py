@@ -156,6 +156,16 @@ def test_the_leafspec_warning_comes_from_the_module_named(tmp_path):
     assert all(re.fullmatch(compat.LIGHTNING_PYTREE_MODULE, m) for m in modules)
 
 
+def test_fit_may_stop_waits_for_min_steps(tmp_path):
+    trainer = L.Trainer(min_steps=3, max_steps=3, logger=False, accelerator="cpu",
+                        enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=str(tmp_path))  # fmt: skip
+    assert not compat.fit_may_stop(trainer)  # no step yet
+    trainer.fit(BoringModel())
+    assert trainer.global_step == 3 and compat.fit_may_stop(trainer)
+    assert compat.fit_may_stop(L.Trainer(logger=False, accelerator="cpu", min_epochs=0))
+
+
 def test_attached_trainer_is_none_for_a_module_on_its_own():
     module = BoringModel()
     assert compat.attached_trainer(module) is None
@@ -238,6 +248,7 @@ PRIVATE = {
     "_check_log_dir_exists", "_record_new_keys", "_fs", "_trainer", "_wandb_init",
     "_experiment", "_offline", "_log_model", "_project", "_save_dir", "_trial_id",
     "_storage", "_actions", "_tokenizer", "_data_files", "_fingerprint",
+    "_can_stop_early", "_run_early_stopping_check",
 }  # fmt: skip
 # Internal modules of other libraries (their packages' public API is elsewhere).
 INTERNAL_MODULES = ("wandb.sdk", "datasets.utils", "lightning.fabric.utilities.logger")

@@ -24,7 +24,7 @@ def _exit_code(call) -> int:
 
 ENTRIES = [  # (id, call taking argv, argv with a typo, the line expected)
     ("train.py fit", lambda a: train.main(["fit", *a]), ["--model.droput", "0.3"],
-     "train.py: error: unknown option --model.droput; did you mean --model.dropout?"),
+     "train.py: error: unknown option --model.droput; did you mean --model.head_options.dropout?"),
     ("train.py validate", lambda a: train.main(["validate", *a]), ["--ckpt_pth", "x.ckpt"],
      "train.py: error: unknown option --ckpt_pth; did you mean --ckpt_path?"),
     ("train.py probe", lambda a: train.main(["probe", *a]), ["--data.stroe", "s"],

@@ -230,12 +230,12 @@ DAMAGED = r"rerun the data_prep command"
 
 PROBES = [
     # train.py ------------------------------------------------------------------------
-    Probe("train-negative-lr", "train", fit("--model.lr", "-0.1"), 2, r"--model\.lr -0\.1 .*> 0"),
+    Probe("train-negative-lr", "train", fit("--model.optimizer.lr", "-0.1"), 2, r"--model\.optimizer\.lr -0\.1 .*> 0"),
     Probe("train-batch-0", "train", fit("--data.batch_size", "0"), 2, r"--data\.batch_size 0"),
-    Probe("train-empty-weight-decay-sweep", "train", fit("--model.weight_decay", "[]"), 2,
-          r"--model\.weight_decay \[\] is not a sweep"),
+    Probe("train-empty-weight-decay-sweep", "train", fit("--model.weight_decay_sweep", "[]"), 2,
+          r"--model\.weight_decay_sweep \[\] is not a sweep"),
     Probe("train-negative-weight-decay-in-sweep", "train",
-          fit("--model.weight_decay", "[0.1, -1]"), 2, r"weight_decay \[0\.1, -1\.0\] is not"),
+          fit("--model.weight_decay_sweep", "[0.1, -1]"), 2, r"--model\.weight_decay_sweep \[0\.1, -1\.0\] is not"),
     Probe("train-unknown-head", "train", fit("--model.head", "mlp"), 2,
           r"'mlp' is not a head; choose one of \[.*'concat'.*'dual_logit'"),
     Probe("train-truncated-ckpt-path", "train", fit("--ckpt_path", "{ckpt}"), 2,
@@ -250,7 +250,7 @@ PROBES = [
     Probe("train-nan-row", "train", fit(), 2, r"train: 1 rows have NaN or infinite",
           setup=_replace_rows("train", _nan_row)),
     Probe("train-single-class", "train", fit(), 2, r"needs at least\s+two", setup=_single_class),
-    Probe("train-non-finite-loss", "train", fit("--model.lr", "1e30"), 1,
+    Probe("train-non-finite-loss", "train", fit("--model.optimizer.lr", "1e30"), 1,
           r"training loss is nan"),
     Probe("train-existing-run-dir", "train", fit("--run_dir", "{run}"), 2, r"existing run",
           setup=_remember("{run}/metrics.csv", "{run}/config.yaml"), check=_unchanged),

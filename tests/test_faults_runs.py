@@ -175,5 +175,5 @@ def test_failed_resume_with_another_head_changes_nothing(store, tmp_path):
     with pytest.raises(ResumeError, match="head: checkpoint 'dual_logit', config 'concat'"):
         fit_cli(store, run, "--ckpt_path", "last", "--model.head", "concat", epochs=2)
     with pytest.raises(ResumeError, match="weights differ"):
-        fit_cli(store, run, "--ckpt_path", "last", "--model.hidden_dims", "[64]", epochs=2)
+        fit_cli(store, run, "--ckpt_path", "last", "--model.head_options.hidden_dims", "[64]", epochs=2)
     assert snapshot(run) == before

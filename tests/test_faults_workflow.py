@@ -261,8 +261,10 @@ def two_fits(store, tmp_path_factory):
     root = tmp_path_factory.mktemp("fits")
     ckpts = []
     for head in ("visual_only", "text_only"):
+        # configs/concat.yaml's modality_dropout: a single-set head does not take it.
         FusionCLI(args=_fit_args(store, root / head, "--model.head", head, "--trainer.logger",
-                                 "false", steps=8))  # fmt: skip
+                                 "false", "--model.head_options.modality_dropout", "null",
+                                 steps=8))  # fmt: skip
         ckpts.append(str(root / head / "checkpoints" / "best.ckpt"))
     return ckpts
 
@@ -394,7 +396,7 @@ def test_a_truncated_probs_file_is_one_line_naming_it(member_files, tmp_path, ca
 
 # --- train.py tune ------------------------------------------------------------------------
 
-SPACE = "model.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nmodel.dropout: {low: 0.0, high: 0.5}\n"
+SPACE = "model.optimizer.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\nmodel.head_options.dropout: {low: 0.0, high: 0.5}\n"
 
 
 def _tune_args(store: Path, root: Path, *extra: str) -> list[str]:

@@ -143,12 +143,62 @@ def test_cli_fills_training_length_from_the_store_but_keeps_explicit_epochs(tmp_
     assert cli.trainer.max_epochs == 3 and cli.trainer.max_steps == -1
 
 
+def test_early_stopping_before_min_steps_waits_without_logging_every_step(
+    tmp_path, monkeypatch, caplog
+):
+    """A stop early stopping asks for before the recipe's min_steps ends the fit at
+    min_steps with a validation there, as Lightning's own ``should_stop`` did, and trains
+    the same weights; the steps in between log on the ``log_every_n_steps`` schedule, not at
+    every step (Lightning treats each step with ``should_stop`` set as a logging step)."""
+    from lightning.pytorch.callbacks import Callback
+
+    from fusion.cli import FusionCLI
+    from fusion.stopping import ResumableEarlyStopping
+    from tests.fixtures_training import DEMO_CONFIG, read_csv
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    store = small_store(tmp_path / "s")  # 120 train rows, batch 16: 8 steps per epoch
+    args = ["fit", "--config", DEMO_CONFIG, "--data.store", str(store), "--trainer.max_epochs",
+            "null", "--recipe.min_steps", "40", "--recipe.epochs", "2", "--recipe.full_rows",
+            "0", "--trainer.log_every_n_steps", "4", "--trainer.enable_progress_bar", "false",
+            # no val/acc_top1 gain of 1.0: the stop is asked for at the second validation
+            "--early_stopping.patience", "1", "--early_stopping.min_delta", "1.0"]  # fmt: skip
+
+    def fit(run: str):
+        cli = FusionCLI(args=[*args, "--run_dir", str(tmp_path / run)])
+        rows = read_csv(tmp_path / run / "metrics.csv")
+        lr = next(k for k in rows[0] if k.startswith("lr-"))
+        val = [int(r["step"]) for r in rows if r["val/acc_top1"]]
+        return cli, [int(r["step"]) for r in rows if r[lr]], val
+
+    caplog.set_level(logging.INFO)
+    cli, lr_steps, val_steps = fit("waits")
+    assert cli.trainer.fit_loop.min_steps == 36 and cli.trainer.global_step == 36
+    assert lr_steps == [s for s in range(36) if (s + 1) % 4 == 0]
+    notes = [m for m in caplog.messages if m.startswith("early stopping at step")]
+    assert len(notes) == 1 and notes[0].startswith("early stopping at step 16:")
+
+    # Lightning's own: the stop sits in trainer.should_stop from step 16 on.
+    monkeypatch.setattr(ResumableEarlyStopping, "_hold_stop", lambda self, trainer, asked: None)
+    monkeypatch.setattr(ResumableEarlyStopping, "on_train_batch_end", Callback.on_train_batch_end)
+    before, before_lr, before_val = fit("lightning")
+    assert before.trainer.global_step == 36 and val_steps == before_val
+    assert val_steps[-1] == 35  # the step that reaches min_steps validates, then stops
+    assert set(range(16, 36)) <= set(before_lr)  # every step once the stop was asked for
+    weights, lightning_weights = cli.model.state_dict(), before.model.state_dict()
+    assert all(torch.equal(weights[k], lightning_weights[k]) for k in weights)
+    assert float(cli.trainer.checkpoint_callback.best_model_score) == float(
+        before.trainer.checkpoint_callback.best_model_score
+    )
+
+
 def test_param_groups_never_decay_biases_or_alpha_beta_and_speed_up_alpha_beta():
     from fusion.module import FusionModule
 
     model = FusionModule(
-        "dual_logit", set_dims={"image": 4, "text": 3}, class_names=["a", "b"], fusion_lr_scale=10
-    )
+        "dual_logit", set_dims={"image": 4, "text": 3}, class_names=["a", "b"],
+        optimizer={"fusion_lr_scale": 10},
+    )  # fmt: skip
     groups = model.param_groups(lr=1e-3)
     fusion = next(g for g in groups if any(p is model.head.weights for p in g["params"]))
     assert fusion["weight_decay"] == 0 and fusion["lr"] == pytest.approx(1e-2)
@@ -161,8 +211,8 @@ def test_a_gate_never_decays_and_learns_at_the_fusion_scale():
     from fusion.module import FusionModule
 
     model = FusionModule(
-        "gated", set_dims={"image": 4, "text": 3}, class_names=["a", "b"], fusion_lr_scale=3,
-        weight_decay=[0.01, 0.1],
+        "gated", set_dims={"image": 4, "text": 3}, class_names=["a", "b"],
+        optimizer={"fusion_lr_scale": 3}, weight_decay_sweep=[0.01, 0.1],
     )  # fmt: skip
     groups = model.param_groups(lr=0.1)
     gate_params = {id(p) for member in head_members(model.head) for p in member.gate.parameters()}
@@ -177,7 +227,7 @@ def test_a_gate_never_decays_and_learns_at_the_fusion_scale():
 
 def test_gate_opens_toward_the_informative_caption(mix_store):
     model, metrics = fit_module(
-        mix_store, "gated", epochs=15, modality_dropout=0.1, branch_loss=0.5
+        mix_store, "gated", epochs=15, head_options={"modality_dropout": 0.1, "branch_loss": 0.5}
     )
     val = load_arrays(mix_store, "val")
     names = [f"class_{i:03d}" for i in range(6)]
@@ -219,7 +269,7 @@ def test_modality_dropout_keeps_image_only_accuracy(tmp_path):
         return float((logits.argmax(1).numpy() == val.labels).mean())
 
     visual = fit_module(store, "visual_only", epochs=15)[1]["val/acc_top1"]
-    dropped = image_only_acc(fit_module(store, "concat", epochs=15, modality_dropout=0.3)[0])
+    dropped = image_only_acc(fit_module(store, "concat", epochs=15, head_options={"modality_dropout": 0.3})[0])
     # With its caption replaced by one that says nothing, the concat head trained with
     # modality dropout classifies from the image as well as the image-only head.
     assert dropped >= visual - 0.05, (dropped, visual)
@@ -312,7 +362,7 @@ def test_probe_run_writes_a_run_and_fits_print_it(tmp_path, caplog):
 
 def test_dual_logit_weights_settle_within_the_first_fifth_of_training(tmp_path):
     store = small_store(tmp_path / "s", signal="image", per_class={"train": 60, "val": 20})
-    model, _ = fit_module(store, "dual_logit", epochs=40, penalty_lambda=0.1)
+    model, _ = fit_module(store, "dual_logit", epochs=40, head_options={"penalty_lambda": 0.1})
     history = np.array(model.alpha_beta_history)
     alpha = history[:, 1]
     early = alpha[len(alpha) // 5]

@@ -96,7 +96,8 @@ def _fit(store, root, *, epochs: int, ckpt_path=None, every_n_steps: int = 0):
     dm = FeatureDataModule(str(store), batch_size=16)
     model = FusionModule(
         "dual_logit", set_dims=dm.set_dims, class_names=dm.class_names,
-        hidden_dims=[16], dropout=0.3, modality_dropout=0.1, weight_decay=[0.0, 0.1],
+        head_options={"hidden_dims": [16], "dropout": 0.3, "modality_dropout": 0.1},
+        weight_decay_sweep=[0.0, 0.1],
     )  # fmt: skip
     saver = ModelCheckpoint(
         dirpath=root, filename="{step}", every_n_train_steps=every_n_steps or None,
@@ -138,7 +139,7 @@ def test_train_py_resume_from_last_equals_the_uninterrupted_run(tmp_path, monkey
     store = small_store(tmp_path / "s")
     # A learning rate that does not depend on the fit's length (cosine over 2 epochs is
     # not the first half of cosine over 4).
-    same_lr = ("--model.schedule", "constant", "--model.warmup_fraction", "0")
+    same_lr = ("--model.schedule.name", "constant", "--model.schedule.warmup_fraction", "0")
     fit_cli(store, tmp_path / "whole", *same_lr, epochs=4)
     fit_cli(store, tmp_path / "run", *same_lr, epochs=2)
     fit_cli(store, tmp_path / "run", *same_lr, "--ckpt_path", "last", epochs=4)

@@ -4,6 +4,8 @@ each experiment config, composed from configs/base.yaml, resolves to what it did
 $ python -m pytest -q tests/test_fusion_configs.py
 """
 
+import copy
+import inspect
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import yaml
 
 from fusion.cli import FusionCLI
 from fusion.commands.tune import load_space
-from fusion.heads import head_members
+from fusion.heads import HEAD_ALIASES, HEADS, SkipMLP, head_members
 from tests.fixtures_training import REPO, small_store
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -38,13 +40,50 @@ def test_the_table_1_configs_exist():
     assert {"dual_logit_softmax", "demo", "base"} <= names
 
 
+def flat(node: dict, prefix: str = "") -> dict:
+    """``{"model": {"optimizer": {"lr": 1}}}`` as ``{"model.optimizer.lr": 1}``."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def effective(spec: dict) -> dict:
+    """``spec`` with the values its head trains with: a head option left None is the head's
+    own default (its constructor's; branch_loss 0.5, the module's), and a weight-decay sweep
+    stands for the optimizer's single weight decay, which it replaces."""
+    model = copy.deepcopy(spec["model"])
+    head = HEAD_ALIASES.get(model["head"], model["head"])
+    accepted = inspect.signature(HEADS[head].__init__).parameters
+    for name, value in model["head_options"].items():
+        if value is None and name in accepted:
+            model["head_options"][name] = accepted[name].default
+        elif value is None and name == "branch_loss" and head == "gated":
+            model["head_options"][name] = 0.5
+    if model["weight_decay_sweep"]:
+        model["optimizer"]["weight_decay"] = None
+    return {**spec, "model": model}
+
+
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.stem)
 def test_composed_config_resolves_to_its_old_values(config: Path, tmp_path, capsys):
-    # The old file (full, before base.yaml existed) and the composed one give the same
-    # complete config: every Trainer, model, data and callback value.
+    # The old file (full, flat model options, before base.yaml and the option groups
+    # existed) and the composed one give the same complete config: every Trainer, model,
+    # data and callback value the fit uses. The old file's flat options are read with one
+    # deprecation line each.
     old = tmp_path / config.name
     old.write_text(yaml.safe_dump(BEFORE[config.stem]))
-    assert resolved(capsys, config) == resolved(capsys, old)
+    new = resolved(capsys, config)
+    assert "deprecated" not in capsys.readouterr().err
+    args = ["fit", "--config", str(old), "--print_config"]
+    with pytest.raises(SystemExit):
+        FusionCLI(args=args)
+    out, err = capsys.readouterr()
+    assert effective(new) == effective(yaml.safe_load(out))
+    assert "train.py: --model.lr is deprecated, read as --model.optimizer.lr" in err
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS, ids=lambda p: p.stem)
@@ -53,9 +92,7 @@ def test_experiment_files_say_only_what_differs(config: Path):
     spec = yaml.safe_load(config.read_text())
     assert list(spec)[0] == "config" and spec["config"] == "base.yaml"
     base = yaml.safe_load((config.parent / "base.yaml").read_text())
-    flat_base = {
-        f"{g}.{k}": v for g, d in base.items() if isinstance(d, dict) for k, v in d.items()
-    }
+    flat_base = flat(base)
     repeated = {k for k, v in spec.items() if k in flat_base and flat_base[k] == v}
     assert not repeated, f"{config.name} repeats base.yaml's {sorted(repeated)}"
     assert len(config.read_text().splitlines()) < 25
@@ -92,15 +129,17 @@ def test_config_instantiates(config: Path, tmp_path, monkeypatch, capsys):
     # The run is named after the experiment file, never after the base it includes.
     assert cli.trainer.default_root_dir.startswith(str(tmp_path / "runs" / config.stem))
     assert cli.trainer.checkpoint_callback.monitor == spec["checkpoint"]["monitor"]
-    decays = spec["model"]["weight_decay"]
+    decays = spec["model"]["weight_decay_sweep"]
     members = head_members(cli.model.head)  # one head per weight decay of a sweep
-    assert len(members) == (len(decays) if isinstance(decays, list) else 1)
+    assert len(members) == (len(decays) if decays else 1)
+    options = effective(spec)["model"]["head_options"]
     if spec["model"]["head"] == "dual_logit":
-        weighting = spec["model"]["weighting"]
         for head in members:
-            assert head.weighting == weighting
-            if weighting == "penalty":
-                assert head.penalty_lambda == spec["model"]["penalty_lambda"]
+            assert head.weighting == options["weighting"]
+            assert head.penalty_lambda == options["penalty_lambda"]
+    if options.get("linear_skip") and options["hidden_dims"]:  # reached every member
+        for head in members:
+            assert any(isinstance(m, SkipMLP) for m in head.modules())
 
 
 @pytest.mark.parametrize("space", sorted((REPO / "configs" / "search").glob("*.yaml")), ids=str)

@@ -1,11 +1,13 @@
 """Contract tests over every registered head, the weighted-logits weightings, and heads
 over K feature sets (priors, set dropout, old checkpoints' weights)."""
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fusion.heads import HEADS, WeightedLogitsHead, build_head
+from fusion.heads import HEADS, HeadOptionError, WeightedLogitsHead, build_head
 
 IMAGE_DIM, TEXT_DIM, CLASSES = 16, 12, 7
 DIMS = {"image": IMAGE_DIM, "text": TEXT_DIM}
@@ -28,6 +30,33 @@ def test_registry_has_the_issue_heads():
     assert {"visual_only", "text_only", "concat", "projection", "dual_logit"} <= set(HEADS)
 
 
+def own(kind: str, **options):
+    """The ``options`` head ``kind``'s constructor takes (build_head refuses the others)."""
+    accepted = inspect.signature(HEADS[kind].__init__).parameters
+    return {k: v for k, v in options.items() if k in accepted}
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+@pytest.mark.parametrize("option", ["linear_skip", "fusion_dim", "gate_hidden", "prior_sets"])
+def test_an_option_the_head_does_not_take_is_refused_naming_the_heads_that_do(kind, option):
+    takers = sorted(
+        h for h, cls in HEADS.items() if option in inspect.signature(cls.__init__).parameters
+    )
+    value = {"linear_skip": True, "fusion_dim": 8, "gate_hidden": 4, "prior_sets": []}[option]
+    if kind in takers:
+        build_head(kind, set_dims=DIMS, num_classes=CLASSES, **{option: value})
+        return
+    with pytest.raises(HeadOptionError) as err:
+        build_head(kind, set_dims=DIMS, num_classes=CLASSES, **{option: value})
+    assert str(err.value) == (
+        f"{option}: the head {kind} does not take this option (heads that do: "
+        f"{', '.join(takers)}); leave it out (null over a config that sets it), or choose one "
+        "of those heads"
+    )
+    # None is "not given": every head builds with it.
+    build_head(kind, set_dims=DIMS, num_classes=CLASSES, **{option: None})
+
+
 @pytest.mark.parametrize("kind", sorted(HEADS))
 @pytest.mark.parametrize(
     "options", [{}, {"hidden_dims": [8, 6], "dropout": 0.1, "input_norm": False}]
@@ -35,7 +64,7 @@ def test_registry_has_the_issue_heads():
 def test_head_contract(kind, options):
     torch.manual_seed(0)
     head = build_head(
-        kind, set_dims=DIMS, num_classes=CLASSES, fusion_dim=10, **options
+        kind, set_dims=DIMS, num_classes=CLASSES, **own(kind, fusion_dim=10, **options)
     )
     assert head.kind == kind
     image, text, labels = _batch()
@@ -141,7 +170,8 @@ def _sets_batch(n=11, seed=0, dims=SETS3):
 @pytest.mark.parametrize("priors", [[], ["zs"]])
 def test_heads_over_three_sets_train_every_parameter(kind, priors):
     torch.manual_seed(0)
-    head = build_head(kind, set_dims=SETS3, num_classes=CLASSES, fusion_dim=8, prior_sets=priors)
+    options = own(kind, fusion_dim=8, prior_sets=priors)
+    head = build_head(kind, set_dims=SETS3, num_classes=CLASSES, **options)
     xs = _sets_batch()
     logits = head(*xs)
     assert logits.shape == (11, CLASSES)
@@ -229,7 +259,7 @@ def test_weights_saved_by_the_two_input_heads_load_into_the_k_set_heads(kind):
     """Checkpoints written before --data.features named their parameters image_norm,
     text_mlp...: they load unchanged and give the same logits."""
     torch.manual_seed(0)
-    head = build_head(kind, set_dims=DIMS, num_classes=CLASSES, fusion_dim=10).eval()
+    head = build_head(kind, set_dims=DIMS, num_classes=CLASSES, **own(kind, fusion_dim=10)).eval()
     renames = {"norms.0.": "image_norm.", "norms.1.": "text_norm.", "branches.0.": "image_mlp.",
                "branches.1.": "text_mlp.", "projs.0.": "image_proj.", "projs.1.": "text_proj."}
     old = {}
@@ -239,7 +269,7 @@ def test_weights_saved_by_the_two_input_heads_load_into_the_k_set_heads(kind):
                 k = was + k[len(new):]
                 break
         old[k] = v.clone() + 0.01
-    fresh = build_head(kind, set_dims=DIMS, num_classes=CLASSES, fusion_dim=10).eval()
+    fresh = build_head(kind, set_dims=DIMS, num_classes=CLASSES, **own(kind, fusion_dim=10)).eval()
     fresh.load_state_dict(old)
     image, text, _ = _batch()
     for name, v in fresh.state_dict().items():

@@ -25,7 +25,9 @@ def stores(tmp_path_factory):
 
 @pytest.mark.parametrize("signal", ["text", "image"])
 def test_dual_logit_weights_the_modality_that_carries_the_label(stores, signal):
-    model, metrics = fit_module(stores[signal], "dual_logit", epochs=30, penalty_lambda=0.1)
+    model, metrics = fit_module(
+        stores[signal], "dual_logit", epochs=30, head_options={"penalty_lambda": 0.1}
+    )
     alpha, beta = model.head.fusion_weights().tolist()
     if signal == "text":
         assert beta > alpha, (alpha, beta)

@@ -73,7 +73,7 @@ def members(store, tmp_path_factory):
     for name, extra in {
         "left": ["--model.head", "concat", "--data.features", "[left]"],
         "right_zs": ["--model.head", "dual_logit", "--data.features", "[right, zs]",
-                     "--model.prior_sets", "[zs]"],
+                     "--model.head_options.prior_sets", "[zs]"],
     }.items():  # fmt: skip
         cli = fit_cli(store, root / name, *extra, "--trainer.logger", "false", epochs=15)
         out[name] = cli.trainer.checkpoint_callback.best_model_path
@@ -82,7 +82,7 @@ def members(store, tmp_path_factory):
 
 def test_a_checkpoint_remembers_its_sets_and_predicts_from_them(store, members, tmp_path):
     head, hp = load_head(members["right_zs"])
-    assert hp["set_dims"] == {"right": 16, "zs": 10} and hp["prior_sets"] == ["zs"]
+    assert hp["set_dims"] == {"right": 16, "zs": 10} and hp["head_options"]["prior_sets"] == ["zs"]
     assert set(hp["store_fingerprint"]) >= {"features.right", "features.zs"}
     assert not any(k.startswith("models.") for k in hp["store_fingerprint"])  # image/text unread
     # predict.py = the head on exactly those arrays.
@@ -128,7 +128,7 @@ def test_a_stack_of_members_on_different_sets_names_them_and_beats_each(store, m
 
 
 def test_the_weighted_head_over_k_sets_logs_one_weight_per_set(store, tmp_path):
-    cli = fit_cli(store, tmp_path / "w", "--model.head", "dual_logit", "--model.weighting",
+    cli = fit_cli(store, tmp_path / "w", "--model.head", "dual_logit", "--model.head_options.weighting",
                   "softmax", "--data.features", "[left, right, zs]", epochs=3)  # fmt: skip
     model = cli.model
     assert model.head.weight_names() == ["left", "right", "zs"]
@@ -146,7 +146,7 @@ def test_the_weighted_head_over_k_sets_logs_one_weight_per_set(store, tmp_path):
 def test_a_config_with_unknown_prior_sets_is_one_line(store, tmp_path):
     with pytest.raises((SystemExit, ValueError), match="prior_sets|one score per class"):
         FusionModule("concat", set_dims={"left": 24}, class_names=list("abcdefghij"),
-                     prior_sets=["left"])  # fmt: skip
+                     head_options={"prior_sets": ["left"]})  # fmt: skip
 
 
 def test_the_probe_fits_every_set_and_their_concatenation_and_fits_print_it(
@@ -183,3 +183,29 @@ def test_the_probe_fits_every_set_and_their_concatenation_and_fits_print_it(
         run_probe(["--data.store", str(store), "--data.features", "[left, nope]",
                    "--run_dir", str(tmp_path / "bad")])  # fmt: skip
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_weighted_logits_name_is_a_head_on_the_command_line(store, tmp_path):
+    cli = fit_cli(store, tmp_path / "w", "--model.head", "weighted_logits",
+                  "--data.features", "[left, right]", "--trainer.logger", "false", epochs=1)  # fmt: skip
+    assert cli.model.head.kind == "dual_logit" and cli.model.head.sets == ["left", "right"]
+
+
+@pytest.mark.slow
+def test_sets_weighted_sends_a_noise_sets_weight_to_zero(tmp_path):
+    # One set knows every class, the other is wide noise a branch can memorise (48 dims,
+    # 10 classes x 24 rows): the fused training loss alone cannot tell them apart.
+    root = tmp_path / "store"
+    make_feature_sets_store(
+        root, sets=[SyntheticSet("signal", dim=16, separation=3.0),
+                    SyntheticSet("noise", dim=48, separation=0.0)],
+        num_classes=10, per_class={"train": 24, "val": 10, "test": 2}, seed=0,
+    )  # fmt: skip
+    from tests.fixtures_training import REPO
+
+    cli = fit_cli(root, tmp_path / "run", "--config", str(REPO / "configs" / "sets_weighted.yaml"),
+                  "--data.store", str(root), "--data.features", "[noise, signal]",
+                  "--trainer.logger", "false", epochs=30)  # fmt: skip
+    head = cli.model.head.chosen
+    w = head.fusion_weights().detach()
+    assert head.sets == ["noise", "signal"] and w[0] < 0.1 < 0.9 < w[1], w

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def _module(dm: FeatureDataModule, **hparams) -> FusionModule:
     return FusionModule(
         "dual_logit", set_dims=dm.set_dims, class_names=dm.class_names,
-        hidden_dims=[16], **hparams,
+        head_options={"hidden_dims": [16]}, **hparams,
     )  # fmt: skip
 
 
@@ -31,7 +31,7 @@ def test_every_steps_alpha_beta_is_logged_though_copied_every_n_steps(tmp_path):
     store = small_store(tmp_path / "s")
     L.seed_everything(0)
     dm = FeatureDataModule(str(store), batch_size=16)
-    model = _module(dm, weight_decay=[0.0, 1.0])
+    model = _module(dm, weight_decay_sweep=[0.0, 1.0])
     trainer = L.Trainer(
         max_epochs=2, accelerator="cpu", logger=RunCSVLogger(tmp_path / "run"),
         log_every_n_steps=5, enable_checkpointing=False, enable_progress_bar=False,

@@ -1,4 +1,4 @@
-"""The weight-decay sweep inside one fit (``--model.weight_decay`` as a list:
+"""The weight-decay sweep inside one fit (``--model.weight_decay_sweep``:
 :class:`fusion.heads.HeadSweep`) and ``linear_skip`` heads."""
 
 from __future__ import annotations
@@ -34,17 +34,21 @@ def test_linear_skip_head_starts_as_its_linear_map():
 def test_sweep_members_train_as_if_each_were_trained_alone():
     """One SGD step on the summed loss = one step of each member with its own weight decay."""
     torch.manual_seed(0)
-    options = {"hidden_dims": [8], "dropout": 0.0, "optimizer": "sgd", "momentum": 0.9}
+    options = {
+        "head_options": {"hidden_dims": [8], "dropout": 0.0},
+        "optimizer": {"name": "sgd", "momentum": 0.9},
+    }
     sweep = FusionModule(
         "concat", set_dims={"image": 5, "text": 3}, class_names=list("abcd"),
-        weight_decay=[0.0, 0.5], **options,
+        weight_decay_sweep=[0.0, 0.5], **options,
     )  # fmt: skip
     assert isinstance(sweep.head, HeadSweep) and len(sweep.head.members) == 2
     alone = []
     for member, decay in zip(sweep.head.members, (0.0, 0.5), strict=True):
         single = FusionModule(
-            "concat", set_dims={"image": 5, "text": 3}, class_names=list("abcd"), weight_decay=decay,
-            **options,
+            "concat", set_dims={"image": 5, "text": 3}, class_names=list("abcd"),
+            head_options=options["head_options"],
+            optimizer={**options["optimizer"], "weight_decay": decay},
         )  # fmt: skip
         single.head.load_state_dict(member.state_dict())
         alone.append(single)
@@ -82,7 +86,8 @@ def test_sweep_answers_with_the_member_best_on_val(tmp_path):
     store = small_store(tmp_path / "s", signal="image", per_class={"train": 40, "val": 20})
     # A huge decay pins its member's weights near zero (chance level): the other must win.
     model, metrics = fit_module(
-        store, "visual_only", epochs=15, weight_decay=[50.0, 0.0], optimizer="sgd", lr=0.1
+        store, "visual_only", epochs=15, weight_decay_sweep=[50.0, 0.0],
+        optimizer={"name": "sgd", "lr": 0.1},
     )
     val = load_arrays(store, "val")
     model.eval()
@@ -98,10 +103,10 @@ def test_sweep_answers_with_the_member_best_on_val(tmp_path):
 def test_sweep_checkpoint_predicts_with_the_chosen_member(tmp_path):
     store = small_store(tmp_path / "s", signal="image")
     run = tmp_path / "run"
-    options = ["--model.head", "visual_only", "--model.optimizer", "sgd", "--model.lr", "0.3"]
-    fit_cli(store, run, "--model.weight_decay", "[50.0, 0.0]", *options, epochs=10)
+    options = ["--model.head", "visual_only", "--model.optimizer.name", "sgd", "--model.optimizer.lr", "0.3"]
+    fit_cli(store, run, "--model.weight_decay_sweep", "[50.0, 0.0]", *options, epochs=10)
     head, hparams = load_head(run / "checkpoints" / "best.ckpt")
-    assert hparams["weight_decay"] == [50.0, 0.0]
+    assert hparams["weight_decay_sweep"] == [50.0, 0.0]
     assert isinstance(head, HeadSweep) and int(head.selected) == 1
     test = load_arrays(store, "test")
     x, t = torch.from_numpy(test.image_emb), torch.from_numpy(test.text_emb)
@@ -113,8 +118,8 @@ def test_sweep_checkpoint_predicts_with_the_chosen_member(tmp_path):
 def test_sweep_loss_is_the_sum_of_member_losses():
     torch.manual_seed(0)
     module = FusionModule(
-        "visual_only", set_dims={"image": 4, "text": 2}, class_names=list("abc"), hidden_dims=[],
-        weight_decay=[0.0, 0.1, 1.0],
+        "visual_only", set_dims={"image": 4, "text": 2}, class_names=list("abc"),
+        head_options={"hidden_dims": []}, weight_decay_sweep=[0.0, 0.1, 1.0],
     )  # fmt: skip
     batch = {"x": [torch.randn(8, 4), torch.randn(8, 2)], "label": torch.arange(8) % 3}
     loss = module.training_step(batch, 0)
@@ -129,8 +134,8 @@ def test_sweep_ties_go_to_the_stronger_weight_decay():
     """As the probe keeps the smallest C among equal val scores."""
     torch.manual_seed(0)
     module = FusionModule(
-        "visual_only", set_dims={"image": 4, "text": 2}, class_names=list("abc"), hidden_dims=[],
-        weight_decay=[0.0, 0.1, 0.01],
+        "visual_only", set_dims={"image": 4, "text": 2}, class_names=list("abc"),
+        head_options={"hidden_dims": []}, weight_decay_sweep=[0.0, 0.1, 0.01],
     )  # fmt: skip
     for member in module.head.members[1:]:
         member.load_state_dict(module.head.members[0].state_dict())
@@ -145,7 +150,7 @@ def test_a_sweep_keeps_every_members_alpha_beta_through_the_run(tmp_path):
     """alpha/beta as logged follow the member answering at each step, which can change at a
     validation; ``member_weights_history`` follows each member, and survives a checkpoint."""
     store = small_store(tmp_path / "s")
-    model, _ = fit_module(store, "dual_logit", epochs=4, weight_decay=[0.0, 1.0])
+    model, _ = fit_module(store, "dual_logit", epochs=4, weight_decay_sweep=[0.0, 1.0])
     logged, every = model.alpha_beta_history, model.member_weights_history
     assert len(every) == len(logged) > 0
     for (step, alpha, beta), row in zip(logged, every, strict=True):
@@ -156,7 +161,7 @@ def test_a_sweep_keeps_every_members_alpha_beta_through_the_run(tmp_path):
     checkpoint = {}
     model.on_save_checkpoint(checkpoint)
     restored = FusionModule("dual_logit", set_dims={"image": 16, "text": 12}, class_names=list("abcde"),
-                            weight_decay=[0.0, 1.0])  # fmt: skip
+                            weight_decay_sweep=[0.0, 1.0])  # fmt: skip
     restored.on_load_checkpoint(checkpoint)
     assert restored.member_weights_history == every
     # The plot and the bench read the member that answers at the end, through the run.

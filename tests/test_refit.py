@@ -51,7 +51,7 @@ def validated(store, tmp_path_factory):
     run = tmp_path_factory.mktemp("validated") / "run"
     FusionCLI(args=["fit", "--config", DEMO_CONFIG, "--data.store", str(store),
                     "--data.features", FEATURES, "--data.batch_size", str(BATCH),
-                    "--model.weight_decay", "[0.01, 1.0]", "--trainer.max_epochs", "4",
+                    "--model.weight_decay_sweep", "[0.01, 1.0]", "--trainer.max_epochs", "4",
                     "--trainer.enable_progress_bar", "false", "--run_dir", str(run)])  # fmt: skip
     return run
 
@@ -122,9 +122,10 @@ def test_a_refit_trains_on_train_and_val_for_the_validated_length_and_submits(
     assert not (run / "val_predictions.csv").exists()
     assert not any(k.startswith("val/") for k in read_csv(run / "metrics.csv")[0])
     # The validated run's chosen weight decay, one head.
-    decays = best["hyper_parameters"]["weight_decay"]
+    decays = best["hyper_parameters"]["weight_decay_sweep"]
     chosen = decays[int(best["state_dict"]["head.selected"])]
-    assert last["hyper_parameters"]["weight_decay"] == chosen
+    assert last["hyper_parameters"]["optimizer"]["weight_decay"] == chosen
+    assert last["hyper_parameters"]["weight_decay_sweep"] is None
     assert "head.selected" not in last["state_dict"]
     marker = json.loads((run / "refit.json").read_text())
     assert marker["validated"]["run"] == str(validated)
@@ -186,7 +187,8 @@ REFUSED = [
      r"has no checkpoints/best\.ckpt"),
     ("from-run-alone", ["--recipe.from_run", "{run}"], r"add --data\.train_splits"),
     ("other-model", ["--data.train_splits", "[train, val]", "--recipe.from_run", "{run}",
-                     "--model.dropout", "0.5"], r"validated another model: --model\.dropout"),
+                     "--model.head_options.dropout", "0.5"],
+     r"validated another model: --model\.head_options\.dropout 0\.5 \(validated: 0\.2\)"),
     ("with-folds", ["--data.train_splits", "[train, val]", "--recipe.from_run", "{run}",
                     "--data.folds", "3"], r"--data\.folds 3: the folds pool"),
 ]  # fmt: skip

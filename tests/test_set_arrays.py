@@ -19,7 +19,7 @@ from feature_store import (
     load_features,
     open_store,
 )
-from feature_store.set_writer import FeatureSetError, set_record_path
+from feature_store.set_writer import FeatureSetError, recorded_sets, set_record_path
 from feature_store.sets import entry_fingerprint
 from feature_store.synthetic import make_synthetic_store
 from feature_store.synthetic_sets import SyntheticSet, make_feature_sets_store, set_bayes_accuracy
@@ -146,8 +146,7 @@ def test_adding_a_set_leaves_every_existing_file_byte_identical(halves, tmp_path
         "extra", "features/extra", 7, "float32")  # fmt: skip
     assert entry["rows"] == {s: open_store(store).rows(s) for s in arrays}
     assert json.loads(set_record_path(store, "extra").read_text())["entry"] == entry
-    from data_prep.add_sets import recorded_sets  # a rerun of the rows lists it again
-
+    # data_prep's rerun of the rows lists it again
     assert "extra" in [e["name"] for e in recorded_sets(store)[0]]
     for split, a in arrays.items():
         np.testing.assert_allclose(load_features(store, split, ["extra"])["extra"], a, rtol=1e-6)

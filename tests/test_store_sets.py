@@ -4,8 +4,6 @@ cache of manifest and shard checks, readers of today's columns on new stores."""
 from __future__ import annotations
 
 import json
-import os
-import time
 
 import numpy as np
 import pytest
@@ -24,14 +22,7 @@ from feature_store import (
 from feature_store.integrity import model_fingerprint
 from feature_store.sets import base_entries
 from feature_store.synthetic import make_synthetic_store
-
-
-def _age(root, seconds: float = 60) -> None:
-    """Make every file look written ``seconds`` ago (past the racy-timestamp window)."""
-    past = time.time() - seconds
-    for p in root.rglob("*"):
-        if p.is_file():
-            os.utime(p, (past, past))
+from tests.fixtures_sets import age_files
 
 
 def _as_format2(root) -> dict:
@@ -79,7 +70,7 @@ def test_a_format2_store_reads_as_image_and_text_and_upgrades_metadata_only(tmp_
 
 def test_a_store_is_hashed_once_per_process_and_again_when_changed(tmp_path, monkeypatch):
     make_synthetic_store(tmp_path)
-    _age(tmp_path)
+    age_files(tmp_path)
     calls = []
     real = integrity.file_sha256
     monkeypatch.setattr(integrity, "file_sha256", lambda p, *a: calls.append(p) or real(p, *a))
@@ -95,7 +86,7 @@ def test_a_store_is_hashed_once_per_process_and_again_when_changed(tmp_path, mon
     data = bytearray(shard.read_bytes())
     data[-100] ^= 0xFF
     shard.write_bytes(bytes(data))
-    _age(tmp_path, 30)  # even with an old-looking timestamp: it is not the one checked
+    age_files(tmp_path, 30)  # even with an old-looking timestamp: it is not the one checked
     with pytest.raises(StoreError, match="does not match the checksum"):
         load_arrays(tmp_path, "train")
     # A rewritten manifest is read again, not served from the cache.

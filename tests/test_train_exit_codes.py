@@ -36,14 +36,25 @@ USAGE = [
     ("unknown-subcommand", ["fitt"], r"^train\.py: error: unknown subcommand 'fitt'.* probe"),
     ("unknown-option", ["--model.bogus", "1"], r"^train\.py: error: unknown option --model\.bogus"),
     ("missing-config", ["--config", "nope.yaml"], r"nope\.yaml"),
-    ("wrong-type", ["--model.lr", "abc"], r"model\.lr"),
-    ("not-a-choice", ["--model.optimizer", "lion"], r"model\.optimizer"),
+    ("wrong-type", ["--model.optimizer.lr", "abc"], r"model\.optimizer\.lr"),
+    ("not-a-choice", ["--model.optimizer.name", "lion"], r"model\.optimizer"),
     ("accelerator-missing", ["--trainer.accelerator", "gpu"], r"^train\.py: error: --trainer"),
     ("devices-0", ["--trainer.devices", "0"], r"^train\.py: error: --trainer options: .*devices"),
     ("unknown-strategy", ["--trainer.strategy", "nope"], r"^train\.py: error: --trainer .*nope"),
-    ("hidden-size-0", ["--model.hidden_dims", "[0]"], r"^train\.py: error: --model\.hidden_dims"),
-    ("hidden-size-negative", ["--model.hidden_dims", "[-3]"], r"hidden size must be >= 1"),
+    ("hidden-size-0", ["--model.head_options.hidden_dims", "[0]"], r"^train\.py: error: --model\.head_options\.hidden_dims"),
+    ("hidden-size-negative", ["--model.head_options.hidden_dims", "[-3]"], r"hidden size must be >= 1"),
     ("cv-without-folds", ["cv", "--config", DEMO_CONFIG], r"^train\.py cv: error: give --data\.folds"),
+    # An option the head does not take: refused, naming the option, the head and the heads
+    # that take it; under its old flat name too (read as the grouped one, with a warning).
+    ("head-option-not-taken", ["--model.head", "projection", "--model.head_options.linear_skip", "true"],
+     r"^train\.py: error: --model\.head_options\.linear_skip: the head projection does not take "
+     r"this option \(heads that do: concat, dual_logit, gated, text_only, visual_only\)"),
+    ("old-flat-option-not-taken", ["--model.head", "projection", "--model.linear_skip", "true"],
+     r"^train\.py: error: --model\.head_options\.linear_skip: the head projection does not"),
+    ("sweep-with-one-value-type", ["--model.weight_decay_sweep", "0.1"], r"weight_decay_sweep"),
+    ("weight-decay-list", ["--model.optimizer.weight_decay", "[0.1, 0.2]"],
+     r"^train\.py: error: --model\.optimizer\.weight_decay \[0\.1, 0\.2\]: one value; "
+     r"several .* are --model\.weight_decay_sweep \[0\.1, 0\.2\]$"),
 ]  # fmt: skip
 
 
@@ -59,7 +70,7 @@ def test_bad_usage_exits_2_and_writes_nothing(store, tmp_path, extra, message, c
     assert exit_.value.code == 2, err[-2000:]
     assert "Traceback" not in err
     assert any(re.search(message, line) for line in err.splitlines()), err[-2000:]
-    ours = [line for line in err.splitlines() if line.startswith("train.py")]
+    ours = [line for line in err.splitlines() if line.startswith("train.py: error")]
     assert len(ours) <= 1  # our errors are one line; jsonargparse's are its usage text
     assert not runs.exists() or not any(runs.rglob("*"))
 

@@ -16,8 +16,8 @@ import pytest
 
 from fusion.cli import FusionCLI
 from fusion.datamodule import FeatureDataModule
-from fusion.heads import HEADS
-from fusion.module import FusionModule
+from fusion.heads import HEADS, HeadOptions
+from fusion.module import FusionModule, OptimizerOptions, ScheduleOptions
 from fusion.recipe import Recipe
 from tests.fixtures_training import REPO
 
@@ -27,8 +27,16 @@ EXTRA += [f"wandb.{k}" for k in ("project", "entity", "group", "tags", "job_type
 SUBCOMMANDS = ["fit", "validate", "test", "predict", "probe", "stack", "cv", "tune"]
 
 
+GROUPS = {"head_options": HeadOptions, "optimizer": OptimizerOptions, "schedule": ScheduleOptions}
+
+
 def our_options() -> list[str]:
     model = [p for p in inspect.signature(FusionModule.__init__).parameters if p != "self"]
+    model = [
+        f"{p}.{f.name}" if p in GROUPS else p
+        for p in model
+        for f in (dataclasses.fields(GROUPS[p]) if p in GROUPS else [None])
+    ]
     data = [p for p in inspect.signature(FeatureDataModule.__init__).parameters if p != "self"]
     recipe = [f.name for f in dataclasses.fields(Recipe)]
     return (
@@ -48,7 +56,7 @@ def help_entries(text: str) -> dict[str, str]:
         if match:
             current = match.group(1)[2:]
             rest = match.group(2)
-            # "  --model.lr LR         learning rate ..." keeps its help on the same line.
+            # "  --model.optimizer.lr LR         learning rate ..." keeps its help on the same line.
             same_line = re.split(r"\s{2,}", rest.strip(), maxsplit=1)
             entries[current] = same_line[1] if len(same_line) == 2 else ""
         elif current and line.startswith(" " * 10) and line.strip():
@@ -116,32 +124,40 @@ def test_every_option_of_ours_has_a_one_line_help(fit_help):
 
 
 def test_help_shows_real_defaults(fit_help):
-    assert "default: (512,)" in fit_help["model.hidden_dims"]
-    assert "default: null" not in fit_help["model.hidden_dims"]
+    assert "default: [512]" in fit_help["model.head_options.hidden_dims"]
+    assert "default: adamw" in fit_help["model.optimizer.name"]
+    assert "default: cosine" in fit_help["model.schedule.name"]
+    assert "default: null" in fit_help["model.weight_decay_sweep"]
+    assert "default: null" not in fit_help["model.head_options.hidden_dims"]
     assert "default: dual_logit" in fit_help["model.head"]
     assert "default: 3000" in fit_help["recipe.min_steps"]
     assert "default: test" in fit_help["data.test_split"]
 
 
-def test_head_specific_options_name_their_heads(fit_help):
-    # An option that only some heads take (by their signatures) starts with those heads:
-    # "dual_logit only: ..." or, when all but a few take it, "every head but X: ...".
+def test_head_options_name_their_heads(fit_help):
+    # Each head option starts with the heads that take it (by their signatures; branch_loss
+    # by the module, for the heads with branches): "every head:", "every head but X:" or
+    # "h1, h2:"; one that only some heads take defaults to None, the head's own default.
     all_heads = set(HEADS)
-    checked = 0
-    for name in inspect.signature(FusionModule.__init__).parameters:
+    for field in dataclasses.fields(HeadOptions):
         users = {
-            h for h, cls in HEADS.items() if name in inspect.signature(cls.__init__).parameters
-        }
-        if name in LINKED or not users or users == all_heads:
-            continue
-        text = fit_help[f"model.{name}"]
-        only = re.match(r"^([\w, ]+) only:", text)
+            h
+            for h, cls in HEADS.items()
+            if field.name in inspect.signature(cls.__init__).parameters
+        } or {"gated"}  # branch_loss: the loss on each branch of the gated head
+        text = fit_help[f"model.head_options.{field.name}"]
+        every = re.match(r"^every head:", text)
         but = re.match(r"^every head but ([\w, ]+):", text)
-        assert only or but, f"--model.{name}: {text!r} does not say which heads take it"
-        named = {h.strip() for h in (only or but).group(1).split(",")}
-        assert (named if only else all_heads - named) == users, name
-        checked += 1
-    assert checked >= 4
+        some = re.match(r"^([\w, ]+):", text)
+        assert every or but or some, f"{field.name}: {text!r} does not say which heads take it"
+        if every:
+            named = all_heads
+        elif but:
+            named = all_heads - {h.strip() for h in but.group(1).split(",")}
+        else:
+            named = {h.strip() for h in some.group(1).split(",")}
+        assert named == users, field.name
+        assert ("default: null" in text) == (users != all_heads), field.name
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])

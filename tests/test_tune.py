@@ -1,5 +1,6 @@
 """train.py tune: a study completes, survives kill -9, and its best.yaml refits to its score."""
 
+import inspect
 import os
 import signal
 import subprocess
@@ -13,11 +14,12 @@ from fixtures_training import DEMO_CONFIG, REPO, read_csv, wandb_records
 from feature_store.synthetic import make_synthetic_store
 from fusion.cli import FusionCLI
 from fusion.commands.tune import FINISHED, PruneOnVal, SearchSpaceError, load_space, run_tune
+from fusion.heads import HEADS
 
 SPACE = """
-model.lr: {low: 1.0e-3, high: 1.0e-2, log: true}
-model.dropout: {low: 0.0, high: 0.5}
-model.hidden_dims: {choices: [[16], [32, 16]]}
+model.optimizer.lr: {low: 1.0e-3, high: 1.0e-2, log: true}
+model.head_options.dropout: {low: 0.0, high: 0.5}
+model.head_options.hidden_dims: {choices: [[16], [32, 16]]}
 data.batch_size: {choices: [16, 32]}
 """
 
@@ -50,7 +52,7 @@ def test_study_completes_and_best_yaml_refits_to_its_score(tmp_path):
     assert [int(r["number"]) for r in rows] == [0, 1, 2]
     for t in study.trials:  # each trial is a normal run directory with its sampled values
         config = (study_dir / "trials" / f"trial_{t.number}" / "config.yaml").read_text()
-        assert f"lr: {t.params['model.lr']}" in config
+        assert f"lr: {t.params['model.optimizer.lr']}" in config
     assert (study_dir / "history.png").stat().st_size > 0
     # Each trial is a W&B run of the study's group (WANDB_MODE=offline in the tests).
     run_file = next((study_dir / "trials" / "trial_0" / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -133,8 +135,8 @@ def test_pruning_callback_stops_a_trial(tmp_path):
 
 def test_bad_search_space_is_refused(tmp_path):
     bad = tmp_path / "s.yaml"
-    bad.write_text("model.lr: {low: 0.1, high: 0.01}\n")
-    with pytest.raises(SearchSpaceError, match="model.lr"):
+    bad.write_text("model.optimizer.lr: {low: 0.1, high: 0.01}\n")
+    with pytest.raises(SearchSpaceError, match="model.optimizer.lr"):
         load_space(bad)
     with pytest.raises(SearchSpaceError, match="not found"):
         load_space(tmp_path / "none.yaml")
@@ -152,7 +154,7 @@ def test_every_search_space_parses_as_its_config_options(space, capsys):
         FusionCLI(args=["fit", "--config", str(config), *overrides, "--print_config"])
     assert exc.value.code in (0, None)
     printed = capsys.readouterr().out
-    assert f"lr: {trial.params['model.lr']}" in printed
+    assert f"lr: {trial.params['model.optimizer.lr']}" in printed
 
 
 @pytest.mark.parametrize(
@@ -192,7 +194,7 @@ def test_storage_url_keeps_the_study_in_that_database(tmp_path):
 def test_a_diverging_trial_fails_alone(tmp_path):
     args = _setup(tmp_path)
     space = tmp_path / "space.yaml"
-    space.write_text("model.lr: {choices: [1.0e+30]}\n")  # the loss is not finite at once
+    space.write_text("model.optimizer.lr: {choices: [1.0e+30]}\n")  # the loss is not finite at once
     study_dir = run_tune([*args, "--n_trials", "1"])
     states = [t.state for t in _study(tmp_path).trials]
     assert states == [optuna.trial.TrialState.FAIL]
@@ -220,13 +222,17 @@ def test_every_search_space_holds_its_config_own_values(space, capsys):
         FusionCLI(args=["fit", "--config", str(config), "--print_config"])
     resolved = yaml.safe_load(capsys.readouterr().out)
     spec = load_space(space)
+    head = resolved["model"]["head"]
     for name, rule in spec.items():
-        group, key = name.split(".", 1)
-        value = resolved[group][key]
+        value = resolved
+        for part in name.split("."):
+            value = value[part]
+        if value is None and name.startswith("model.head_options."):  # the head's default
+            value = inspect.signature(HEADS[head].__init__).parameters[part].default
         assert _in_space(value, rule), f"{space.name}: {name} {value!r} is outside {rule}"
-    assert "model.lr" in spec  # each space searches the lr of the config's own optimiser
-    if "model.optimizer" in spec:
-        assert _in_space(resolved["model"]["optimizer"], spec["model.optimizer"])
+    assert "model.optimizer.lr" in spec  # each space searches the lr of the config's own optimiser
+    if "model.optimizer.name" in spec:
+        assert _in_space(resolved["model"]["optimizer"]["name"], spec["model.optimizer.name"])
     # What trial 0 is built from: every searched option, none left to the sampler.
     params, outside = config_params(["--config", str(config)], spec)
     assert outside == [] and set(params) == set(spec)
@@ -238,11 +244,11 @@ def test_a_new_study_starts_with_the_config_as_trial_0(tmp_path, capsys):
     args = _setup(tmp_path)
     space = tmp_path / "space.yaml"  # holds configs/demo.yaml's values, among others
     space.write_text(
-        "model.lr: {low: 1.0e-4, high: 0.1, log: true}\n"
-        "model.dropout: {low: 0.0, high: 0.5}\n"
-        "model.hidden_dims: {choices: [[16], [128], [32, 16]]}\n"
+        "model.optimizer.lr: {low: 1.0e-4, high: 0.1, log: true}\n"
+        "model.head_options.dropout: {low: 0.0, high: 0.5}\n"
+        "model.head_options.hidden_dims: {choices: [[16], [128], [32, 16]]}\n"
         "data.batch_size: {choices: [32, 16]}\n"
-        "model.penalty_lambda: {low: 0.01, high: 1.0, log: true}\n"
+        "model.head_options.penalty_lambda: {low: 0.01, high: 1.0, log: true}\n"
     )
     study_dir = run_tune([*args, "--n_trials", "2", "--pruner", "none"])
     out = capsys.readouterr().out
@@ -250,11 +256,11 @@ def test_a_new_study_starts_with_the_config_as_trial_0(tmp_path, capsys):
     trial0 = _study(tmp_path).trials[0]
     decoded = {k: json.loads(v) if isinstance(v, str) else v for k, v in trial0.params.items()}
     assert decoded == {
-        "model.lr": 0.003,
-        "model.dropout": 0.2,
-        "model.hidden_dims": [128],
+        "model.optimizer.lr": 0.003,
+        "model.head_options.dropout": 0.2,
+        "model.head_options.hidden_dims": [128],
         "data.batch_size": 16,
-        "model.penalty_lambda": 0.1,
+        "model.head_options.penalty_lambda": 0.1,
     }
     config = (study_dir / "trials" / "trial_0" / "config.yaml").read_text()
     assert "lr: 0.003\n" in config and "- 128\n" in config and "batch_size: 16\n" in config

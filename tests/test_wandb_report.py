@@ -59,7 +59,7 @@ def logged_table(run_file: Path, key: str) -> dict:
 
 # Per-row LayerNorm instead of the default standardisation: with it this fit's val accuracy
 # peaks early and falls, which the summary test needs (best epoch != last epoch).
-LAYERNORM = ("--model.input_norm", "layernorm")
+LAYERNORM = ("--model.head_options.input_norm", "layernorm")
 
 
 @pytest.mark.slow
@@ -69,8 +69,8 @@ def test_offline_fit_dashboard(tmp_path, offline, monkeypatch):
     # Noisy embeddings and a high learning rate: val accuracy peaks early, so best != last.
     store = small_store(tmp_path / "s", noise=3.0)
     # fusion_lr_scale pinned: the trajectory this premise was checked on (default now 30).
-    fit_cli(store, run, "--wandb.tags", "[a, b]", "--model.lr", "0.3", *LAYERNORM,
-            "--model.fusion_lr_scale", "10", epochs=6)  # fmt: skip
+    fit_cli(store, run, "--wandb.tags", "[a, b]", "--model.optimizer.lr", "0.3", *LAYERNORM,
+            "--model.optimizer.fusion_lr_scale", "10", epochs=6)  # fmt: skip
     (run_file,) = wandb_run_files(run)
     record = run_record(run_file)
     assert record.run_id == (run / RUN_ID_FILE).read_text().strip()
@@ -82,7 +82,7 @@ def test_offline_fit_dashboard(tmp_path, offline, monkeypatch):
     assert config["model.head"] == "dual_logit"
     assert config["data.batch_size"] == 32
     assert config["trainer.max_epochs"] == 6
-    assert config["model.lr"] == 0.3
+    assert config["model.optimizer.lr"] == 0.3
     assert config["early_stopping.monitor"] == "val/acc_top1"
     assert config["store.rows.val"] == 40 and config["store.rows.train"] == 120
     assert (config["store.dims.image_emb"], config["store.dims.text_emb"]) == (16, 12)

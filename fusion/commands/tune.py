@@ -63,6 +63,7 @@ from fusion.commands.cv import config_paths, config_value, fit_experiment, optio
 from fusion.datamodule import FeatureDataModule
 from fusion.errors import FusionError
 from fusion.exit import exit_codes
+from fusion.heads import head_default
 from fusion.module import FusionModule
 from fusion.runs import restored_environ
 
@@ -119,15 +120,22 @@ def suggest(trial: optuna.Trial, space: dict[str, dict]) -> list[str]:
 
 
 def _default(name: str):
-    """The default of a ``model.*`` or ``data.*`` option that no config sets."""
+    """The default of a ``model.*`` (``model.optimizer.lr``: a group's field too) or
+    ``data.*`` option that no config sets."""
+    import dataclasses
     import inspect
 
     group, _, key = name.partition(".")
     owner = {"model": FusionModule, "data": FeatureDataModule}.get(group)
+    key, _, field = key.partition(".")
     param = inspect.signature(owner).parameters.get(key) if owner else None
     if param is None or param.default is inspect.Parameter.empty:
         return None
     default = param.default
+    if field:  # a group's option: the field of its dataclass default
+        if not dataclasses.is_dataclass(default) or not hasattr(default, field):
+            return None
+        default = getattr(default, field)
     return list(default) if isinstance(default, tuple) else default
 
 
@@ -138,6 +146,10 @@ def config_params(args: Sequence[str], space: dict[str, dict]) -> tuple[dict, li
     params, outside = {}, []
     for name, spec in space.items():
         value = config_value(args, name)
+        if value is None and name.startswith("model.head_options."):
+            # An option of some heads only, not set: the value the config's head uses.
+            head = config_value(args, "model.head") or _default("model.head")
+            value = head_default(head, name.rsplit(".", 1)[1])
         value = _default(name) if value is None else value
         if "choices" in spec:
             encoded = json.dumps(value)
