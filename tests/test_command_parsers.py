@@ -124,7 +124,7 @@ def test_cv_and_tune_own_options_are_not_passed_to_the_fits(tmp_path):
 @pytest.mark.parametrize(
     ("first", "second", "name"),
     [
-        ("model:\n  dropout: 0.2\n", "model:\n  dropout: 0.1\n", "first"),
+        ("model.label_smoothing: 0.2\n", "model:\n  label_smoothing: 0.1\n", "first"),
         ("experiment: one\n", "experiment: two\n", "two"),  # the later config wins
     ],
 )
@@ -144,7 +144,7 @@ def test_fit_cv_and_tune_name_the_same_experiment(tmp_path, first, second, name,
         train.main(["cv", *args, "--data.folds", "2"])
     assert exit_.value.code == 2
     search = tmp_path / "space.yaml"
-    search.write_text("model.dropout: {low: 0.0, high: 0.5}\n")
+    search.write_text("model.label_smoothing: {low: 0.0, high: 0.5}\n")
     with pytest.raises(SystemExit) as exit_:
         train.main(["tune", *args, "--n_trials", "1", "--search", str(search)])
     assert exit_.value.code == 2
