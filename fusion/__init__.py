@@ -6,7 +6,7 @@
 - :mod:`fusion.predict`: checkpoints, ``predict_probs`` and ``predict_submission``;
 - :mod:`fusion.submission`, :mod:`fusion.ensemble`, :mod:`fusion.stacking`: submissions
   and ways of combining models; :mod:`fusion.runs`: run directories;
-- :mod:`fusion.errors`, :mod:`fusion.atomic`: the typed errors, the one atomic writer.
+- :mod:`fusion.errors`, :mod:`feature_store.atomic`: the typed errors, the one atomic writer.
 
 The command layer sits above that library: :mod:`fusion.cli` (LightningCLI: fit, validate,
 test, predict), :mod:`fusion.commands` (predict.py, probe, stack, cv, tune) and

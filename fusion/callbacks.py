@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from feature_store import load_arrays, open_store
+from feature_store.atomic import write_csv
 from feature_store.compat import (
     last_saved_now,
     save_last_checkpoint,
@@ -37,7 +38,6 @@ from feature_store.compat import (
     wandb_logger_logs_model,
 )
 from feature_store.integrity import model_fingerprint
-from fusion.atomic import write_csv
 from fusion.errors import RunFailed
 from fusion.loggers import RunCSVLogger
 from fusion.module import answering_history

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion.atomic import atomic_write_text
+from feature_store.atomic import atomic_write_text
 from fusion.errors import FusionError
 from fusion.submission import metadata_path, probs_path, read_metadata, write_submission
 

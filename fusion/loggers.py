@@ -42,6 +42,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from feature_store.atomic import atomic_write_text, write_csv
 from feature_store.compat import (
     restart_wandb_run,
     set_wandb_identity,
@@ -50,7 +51,6 @@ from feature_store.compat import (
     wandb_run_started,
 )
 from feature_store.console import show_path
-from fusion.atomic import atomic_write_text, write_csv
 from fusion.errors import UsageError
 
 

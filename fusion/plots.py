@@ -10,7 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from fusion.atomic import atomic_write_bytes
+from feature_store.atomic import atomic_write_bytes
 
 
 def weight_labels(head: str | None) -> tuple[str, str, str]:

@@ -42,10 +42,10 @@ from feature_store import (
     open_store,
     read_failures,
 )
+from feature_store.atomic import write_csv
 from feature_store.console import show_path
 from feature_store.integrity import fingerprint_diff, model_fingerprint
 from feature_store.sets import entry
-from fusion.atomic import write_csv
 from fusion.errors import FusionError
 from fusion.heads import FusionHead, build_head, checkpoint_set_dims
 from fusion.submission import SubmissionError, check_outputs, write_submission

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 
-from fusion.atomic import atomic_write_text
+from feature_store.atomic import atomic_write_text
 from fusion.errors import FusionError
 from fusion.heads import HEAD_ALIASES, HEADS, check_head_options, checkpoint_set_dims
 from fusion.predict import CheckpointError, load_checkpoint

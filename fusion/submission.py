@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion.atomic import atomic_write_bytes, write_csv
+from feature_store.atomic import atomic_write_bytes, write_csv
 from fusion.errors import FusionError, RunFailed
 
 CATEGORIES = ("index", "name")

@@ -32,9 +32,9 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 
+from feature_store.atomic import atomic_write_bytes
 from feature_store.compat import wandb_run_started
 from feature_store.thumbs import load_thumb
-from fusion.atomic import atomic_write_bytes
 from fusion.loggers import (
     _say_mode,
     init_settings,

@@ -41,8 +41,8 @@ import numpy as np
 import yaml
 
 from feature_store import StoreError, open_store
+from feature_store.atomic import atomic_write_text
 from feature_store.console import show_path
-from fusion.atomic import atomic_write_text
 from fusion.command_options import add_submission_arguments, parse_own_options
 from fusion.ensemble import average, check_members, load_probs, write_ensemble
 from fusion.errors import FusionError, Stopped, UsageError

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from feature_store import load_features, open_store
+from feature_store.atomic import atomic_write_text, write_csv
 from feature_store.cli import CliParser
 from feature_store.console import show_path
 from feature_store.integrity import check_finite
 from fusion import probe_run
-from fusion.atomic import atomic_write_text, write_csv
 from fusion.command_options import add_submission_arguments, add_wandb_arguments
 from fusion.errors import UsageError
 from fusion.exit import exit_codes

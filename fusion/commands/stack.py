@@ -13,10 +13,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from feature_store.atomic import atomic_write_text
 from feature_store.cli import CliParser
 from feature_store.console import show_path
 from fusion import stacking
-from fusion.atomic import atomic_write_text
 from fusion.command_options import add_submission_arguments, add_wandb_arguments
 from fusion.errors import UsageError
 from fusion.exit import exit_codes

@@ -54,8 +54,8 @@ import yaml
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.loggers import WandbLogger
 
+from feature_store.atomic import atomic_write_bytes, atomic_write_text, write_csv
 from feature_store.console import show_path
-from fusion.atomic import atomic_write_bytes, atomic_write_text, write_csv
 from fusion.callbacks import NonFiniteLossError
 from fusion.cli import main as cli_main
 from fusion.command_options import parse_own_options

@@ -1,11 +1,15 @@
 """Atomic file writes: a reader (or a crash, or a full disk) sees the old file or the new
 one, never a torn one.
 
-$ python -c "from pathlib import Path; from fusion.atomic import atomic_write_text; atomic_write_text(Path('x.txt'), 'hi\n')"
+$ python -c "from pathlib import Path; from feature_store.atomic import atomic_write_text; atomic_write_text(Path('x.txt'), 'hi\n')"
 
-Every file fusion writes whole (CSVs, ``.probs.npz``, JSON metadata, plots, run markers)
-goes through :func:`atomic_write_bytes`: a temporary file beside the target, renamed over
-it. Files that grow (metrics.csv) append whole rows instead (fusion/loggers.py).
+Every file the store and the training side write whole (the manifest, JSON records,
+failures.csv, submissions, ``.probs.npz``, plots, run markers) goes through
+:func:`atomic_write_bytes`: a temporary file beside the target, renamed over it. It lives
+at the bottom of the lowest package so feature_store, data_prep and fusion share it.
+Written otherwise, on purpose: Arrow shards (streamed into a temporary name by their
+writer, checksummed, then renamed: feature_store/writer.py) and metrics.csv, which grows by
+whole rows (fusion/loggers.py).
 """
 
 from __future__ import annotations
