@@ -5,11 +5,11 @@ $ python predict.py --checkpoint runs/dual_logit_l0.1/RUN/checkpoints/best.ckpt 
 
 $ python predict.py ensemble --probs A.probs.npz --probs B.probs.npz --out ens.csv
 
-See ``fusion/predict.py`` for the options (repeat ``--checkpoint`` to average runs) and
-``fusion/ensemble.py`` for ensembles of saved ``.probs.npz`` files.
+See ``fusion/commands/predict.py`` for the options (repeat ``--checkpoint`` to average runs)
+and ``fusion/ensemble.py`` for ensembles of saved ``.probs.npz`` files.
 """
 
-from fusion.predict import main
+from fusion.commands.predict import main
 
 if __name__ == "__main__":
     main()

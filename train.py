@@ -30,6 +30,13 @@ DEMO_STORE = Path("stores/demo")
 DEMO_PREP_CONFIG = "configs/prep/demo.yaml"
 DEMO_TRAIN_CONFIG = "configs/demo.yaml"
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "probe", "stack", "cv", "tune")
+# The subcommands that are not LightningCLI's: (module, entry point) of the command layer.
+COMMANDS = {
+    "probe": ("fusion.commands.probe", "run_probe"),
+    "stack": ("fusion.commands.stack", "run_stack"),
+    "cv": ("fusion.commands.cv", "run_cv"),
+    "tune": ("fusion.commands.tune", "run_tune"),
+}
 
 # `python train.py --help`, printed before anything heavy is imported (Lightning and torch
 # take seconds); each subcommand's own --help lists its options.
@@ -167,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if first in ("-h", "--help"):
         print(HELP, end="")
         return
-    from fusion.exit import ExitError
+    from fusion.exit import ExitError, exit_codes
 
     if not first.startswith("-") and first not in SUBCOMMANDS:
         # Before Lightning loads: LightningCLI would list only its own four subcommands.
@@ -175,76 +182,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"train.py: error: unknown subcommand {first!r}; choose one of "
             f"{', '.join(SUBCOMMANDS)} (python train.py --help)"
         )
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    import importlib
 
-    from feature_store import StoreError
-    from fusion.callbacks import NonFiniteLossError
-    from fusion.cli import ResumeError, RunDirError
-    from fusion.cli import main as cli_main
-    from fusion.exit import EXIT_INTERNAL, EXIT_SIGINT, EXIT_SIGTERM, UsageError
-    from fusion.predict import CheckpointError
-
-    if args[0] in ("cv", "tune") and {"-h", "--help"} & set(args[1:]):
-        # Their own options are few; the rest are fit's, which fit --help lists.
-        import importlib
-
-        doc = importlib.import_module(f"fusion.{args[0]}").__doc__
-        print(f"usage: python train.py {args[0]} [OPTIONS]; every option not named below is "
-              f"a `train.py fit` option (python train.py fit --help)\n\n{doc}")  # fmt: skip
+    if args[0] in COMMANDS:  # each maps its own errors to exit codes (fusion/exit.py)
+        module, name = COMMANDS[args[0]]
+        getattr(importlib.import_module(module), name)(args[1:])
         return
-    try:
-        if args[0] == "probe":
-            from fusion.probe_run import run_probe
+    from fusion.cli import main as cli_main
 
-            run_probe(args[1:])
-            return
-        if args[0] == "cv":
-            from fusion.cv import run_cv
+    def fit_run() -> Path | None:  # named in the lines for a full disk and a stop
+        run = os.environ.get("SKETCHFUSION_RUN_DIR")
+        return Path(run) if run and args[0] == "fit" else None
 
-            run_cv(args[1:])
-            return
-        if args[0] == "tune":
-            from fusion.tune import run_tune
-
-            run_tune(args[1:])
-            return
-        if args[0] == "stack":
-            from fusion.stacking import run_stack
-
-            run_stack(args[1:])
-            return
+    with exit_codes("train.py", run=fit_run):
         cli_main(None if argv is None else list(argv))  # None: LightningCLI reads sys.argv
-    except (StoreError, ResumeError, RunDirError, CheckpointError, UsageError) as err:
-        # Bad input the user can fix: the message says how, a traceback would bury it.
-        raise ExitError(f"train.py: error: {err}") from err
-    except NonFiniteLossError as err:
-        raise ExitError(f"train.py: error: {err}", code=EXIT_INTERNAL) from err
-    except Exception as err:
-        from fusion.exit import disk_full, disk_full_line
-
-        full = disk_full(err)
-        if full is None:
-            raise
-        # Checkpoints are written atomically: the last one is whole; metrics.csv rows are
-        # whole or absent (fusion/loggers.py), so the resume it names continues cleanly.
-        run = os.environ.get("SKETCHFUSION_RUN_DIR") if args[0] == "fit" else None
-        raise ExitError(
-            disk_full_line(full, prog="train.py", run=Path(run) if run else None),
-            code=EXIT_INTERNAL,
-        ) from err
-    except SIGTERMException as err:
-        # Lightning raises this (a SystemExit with code 0) at the next batch after SIGTERM,
-        # or after a first Ctrl-C (fusion/stopping.py); RunCheckpoint has saved the current
-        # state as last.ckpt by now.
-        from fusion.stopping import stopped_by
-
-        how = "Ctrl-C (SIGINT)" if stopped_by() == "SIGINT" else "SIGTERM"
-        run = os.environ.get("SKETCHFUSION_RUN_DIR", "RUN")
-        raise ExitError(
-            f"train.py: stopped by {how}; the current state is in {run}/checkpoints/"
-            f"last.ckpt. Continue with the same command plus --ckpt_path last --run_dir {run}",
-            code=EXIT_SIGINT if stopped_by() == "SIGINT" else EXIT_SIGTERM,
-        ) from err
 
 
 if __name__ == "__main__":

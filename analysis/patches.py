@@ -18,7 +18,7 @@ from sklearn.decomposition import PCA
 
 from analysis.style import MIN_TEXT_PT
 from analysis.text_encoder import model_ref
-from analysis.thumbs import resolve
+from feature_store.thumbs import resolve
 
 
 def _pick_images(views, n: int, *, tries: int = 200) -> list[tuple[str, str]]:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 # The marker file of each run kind, as fusion/ writes it (named here, not imported, so the
 # report needs no Lightning import to tell the kinds apart).
-STACK_FILE = "stack.json"  # fusion.stacking.run_stack
+STACK_FILE = "stack.json"  # fusion.commands.stack.run_stack
 PROBE_FILE = "probe.json"  # fusion.probe_run.PROBE_FILE
-CV_FILE = "cv.json"  # fusion.cv
+CV_FILE = "cv.json"  # fusion.commands.cv
 FIT_FILES = ("metrics.csv", "checkpoints")
 EXPECTED = (
     "a run directory of train.py fit, probe or stack (the folder holding metrics.csv or "

@@ -1,6 +1,6 @@
 """Thumbnails from the store's ``path`` column, and grids of them with captions underneath.
 
-$ python -c "from analysis.thumbs import load_thumb; print(load_thumb('img.png', None))"
+$ python -c "from analysis.thumbs import tile_grid, Tile; print(tile_grid([[Tile('a.png', 'a')]], None))"
 
 A path that does not open (a store built elsewhere, a Hugging Face dataset row) gives a grey
 tile: the caption and class are still shown.
@@ -14,36 +14,11 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from PIL import Image
 
 from analysis.style import MIN_TEXT_PT
+from feature_store.thumbs import THUMB, load_thumb
 
-THUMB = 160
 TILE_INCHES = 2.2  # 6 tiles of 2.2 in at 90 dpi fill the page's width without being shrunk
-
-
-def resolve(path: str, root: Path | None) -> Path | None:
-    """The file behind a store ``path``: as written, else relative to the store root."""
-    if not path:
-        return None
-    for cand in (Path(path), (root / path) if root else None):
-        if cand is not None and cand.is_file():
-            return cand
-    return None
-
-
-def load_thumb(path: str, root: Path | None, size: int = THUMB) -> np.ndarray | None:
-    """An RGB uint8 thumbnail, or None when the file is missing or not an image."""
-    file = resolve(path, root)
-    if file is None:
-        return None
-    try:
-        with Image.open(file) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            return np.asarray(im)
-    except OSError:
-        return None
 
 
 @dataclass

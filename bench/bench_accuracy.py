@@ -215,7 +215,7 @@ def cv_scores(store: Path, runs: Path, labels, kinds, extra: list[str], folds: i
     fitted on every train+val row's out-of-fold probabilities. The ``val`` column of these
     rows is out-of-fold top-1 (cross-fitted for the stacks)."""
     from fusion.combine import member_rows
-    from fusion.cv import run_cv
+    from fusion.commands.cv import run_cv
     from fusion.ensemble import log_probs
 
     configs = STACKS["stack3"]

@@ -39,7 +39,7 @@ def bench_trial(tmp: Path, *, train_rows: int, epochs: int, rounds: int) -> None
 
     from feature_store.synthetic import make_synthetic_store
     from fusion.cli import main as cli_main
-    from fusion.tune import run_tune
+    from fusion.commands.tune import run_tune
 
     classes = 20
     per = {"train": train_rows // classes, "val": train_rows // (4 * classes), "test": 5}
@@ -82,8 +82,8 @@ def bench_trial(tmp: Path, *, train_rows: int, epochs: int, rounds: int) -> None
 
 
 def bench_ensemble(tmp: Path, *, members: int, rows: int, classes: int, fit_rows: int) -> None:
-    from fusion.ensemble import main as ensemble_main
-    from fusion.predict import save_probs
+    from fusion.commands.ensemble import main as ensemble_main
+    from fusion.submission import save_probs
 
     rng = np.random.default_rng(0)
     names = [f"class_{c:03d}" for c in range(classes)]

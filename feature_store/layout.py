@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from feature_store.atomic import write_csv
 from feature_store.cache import cached, files_of
 from feature_store.compat import dataset_files
 from feature_store.integrity import verify_split
@@ -88,15 +89,7 @@ def store_features(
 def write_failures(root: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     """``root/failures.csv`` (:data:`FAILURES_COLUMNS`), written to a temp name, renamed."""
     path = Path(root) / FAILURES_NAME
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(FAILURES_COLUMNS))
-            writer.writeheader()
-            writer.writerows({k: row.get(k, "") for k in FAILURES_COLUMNS} for row in rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_csv(path, FAILURES_COLUMNS, ([row.get(k, "") for k in FAILURES_COLUMNS] for row in rows))
     return path
 
 

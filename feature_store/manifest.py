@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from feature_store.atomic import atomic_write_text
 from feature_store.cache import cached
 
 MANIFEST_NAME = "manifest.json"
@@ -205,12 +206,7 @@ def make_manifest(
 def write_manifest(root: str | os.PathLike, manifest: dict[str, Any]) -> Path:
     """``root/manifest.json`` via a temporary name: readers see no half-written manifest."""
     path = Path(root) / MANIFEST_NAME
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, json.dumps(manifest, indent=2))
     return path
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from feature_store.atomic import atomic_write_text
 from feature_store.compat import STATE_FILE, dataset_files, dataset_state
 from feature_store.integrity import shard_record, verify_split
 from feature_store.layout import COLUMNS, DATASET_DICT_NAME, _matrix, store_features, write_failures
@@ -55,12 +56,7 @@ def write_json(path: Path, data: Any) -> None:
 
     On any error (a full disk) the temporary file is removed, never left at 0 bytes.
     """
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def check_labels(labels: np.ndarray, feats, where: str) -> None:

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from feature_store import load_arrays, open_store
+from feature_store.atomic import write_csv
 from feature_store.compat import (
     last_saved_now,
     save_last_checkpoint,
@@ -37,6 +38,7 @@ from feature_store.compat import (
     wandb_logger_logs_model,
 )
 from feature_store.integrity import model_fingerprint
+from fusion.errors import RunFailed
 from fusion.loggers import RunCSVLogger
 from fusion.module import answering_history
 from fusion.plots import plot_alpha_beta
@@ -45,11 +47,10 @@ from fusion.predict import (
     head_probs,
     load_head,
     predict_probs,
-    save_probs,
     submit,
-    write_csv,
     write_predictions_csv,
 )
+from fusion.submission import save_probs
 from fusion.wandb_report import (
     log_checkpoint,
     log_store_manifest,
@@ -59,7 +60,7 @@ from fusion.wandb_report import (
 )
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunFailed, RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
 
 
@@ -290,7 +291,6 @@ class RunArtifacts(L.Callback):
             store=datamodule.store,
             split=split,
             checkpoints=[best],
-            prog="train.py fit",
             category=self.category,
             candidate="fit",
             meta={"best/val/acc_top1": None if score is None else float(score)},

@@ -52,7 +52,6 @@ import math
 import re
 import shutil
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,8 +75,9 @@ from fusion.callbacks import (
     StopOnNonFiniteLoss,
     StoreFingerprint,
 )
+from fusion.command_options import add_submission_arguments
 from fusion.datamodule import FeatureDataModule
-from fusion.exit import UsageError
+from fusion.errors import UsageError
 from fusion.loggers import adopt_user_loggers, make_loggers, start_loggers, wandb_settings
 from fusion.module import (
     RENAMED,
@@ -93,7 +93,6 @@ from fusion.predict import (
     CheckpointError,
     check_compatible,
     check_fingerprint,
-    check_outputs,
     load_checkpoint,
 )
 from fusion.probe_run import latest_probe, probe_line
@@ -105,14 +104,16 @@ from fusion.runs import (
     RunDirError,
     check_resume,
     check_settings,
+    claim_new_run_dir,
     experiment_name,
     export_run_dir,
     is_existing_run,
     launch_rank,
+    resume_run_dir,
     worker_run_dir,
 )
 from fusion.stopping import CtrlCSaves, ResumableEarlyStopping
-from fusion.submission import add_submission_arguments, finish
+from fusion.submission import check_outputs, finish
 from fusion.submission_writer import SubmissionWriter
 from fusion.wandb_report import BestSummary, finish_runs
 
@@ -161,48 +162,6 @@ def eval_checkpoint(cfg, subcommand: str) -> Path:
             "best for the newest run of that experiment."
         )
     return found[-1]
-
-
-def new_run_dir(base: Path) -> Path:
-    """``base/<timestamp>``, suffixed ``-1``, ``-2``... when two runs start in one second."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run, n = base / stamp, 0
-    while run.exists():
-        n += 1
-        run = base / f"{stamp}-{n}"
-    return run
-
-
-def claim_new_run_dir(base: Path) -> tuple[Path, list[Path]]:
-    """:func:`new_run_dir`, created at once (``mkdir`` is atomic), so that two fits of one
-    experiment started in the same second get two directories; returns it and the folders
-    made for it (removed again if the fit is refused before it writes anything)."""
-    made = [d for d in (base, *base.parents) if not d.exists()]
-    base.mkdir(parents=True, exist_ok=True)
-    run = new_run_dir(base)
-    while True:
-        try:
-            run.mkdir()
-            return run, [run, *made]
-        except FileExistsError:  # another process took the name since new_run_dir looked
-            run = new_run_dir(base)
-
-
-def resume_run_dir(base: Path, run_dir: str | None) -> Path:
-    """The run to resume: ``run_dir`` if given, else the newest under ``base`` with a last.ckpt."""
-    if run_dir:
-        candidates = [Path(run_dir)]
-    else:
-        candidates = sorted(base.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        candidates = [p.parent.parent for p in candidates]
-    if not candidates or not (candidates[-1] / "checkpoints" / "last.ckpt").is_file():
-        where = candidates[-1] if candidates else base / "*"
-        raise ResumeError(
-            f"--ckpt_path last: no checkpoint at {where}/checkpoints/last.ckpt. Start a fresh "
-            "run without --ckpt_path, or pass --run_dir RUN (or --ckpt_path FILE) of the run "
-            "to resume."
-        )
-    return candidates[-1]
 
 
 # Old flat model options already announced in this parse (one deprecation line each).
@@ -612,7 +571,7 @@ class FusionCLI(LightningCLI):
             split = cfg["data"]["predict_split"]
             default = self.run_dir / "predict" / split / "submission.csv"
             self.predict_out = Path(cfg.get("out") or default)
-            check_outputs(self.predict_out, [str(self.ckpt_file)], info.root, "train.py predict")
+            check_outputs(self.predict_out, [str(self.ckpt_file)], info.root)
 
     def wandb_settings(self) -> dict:
         """``wandb.init`` arguments from ``--wandb.*`` (fusion/loggers.py:wandb_settings)."""
@@ -789,7 +748,7 @@ class FusionCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         if self.writer.written is not None:
             finish(self.writer.written[0], competition=cfg.get("kaggle"),
-                   message=cfg.get("message"), prog="train.py predict")  # fmt: skip
+                   message=cfg.get("message"))  # fmt: skip
 
     def before_fit(self) -> None:
         if self.ckpt_file:

@@ -7,7 +7,9 @@ $ python train.py stack --checkpoint runs/visual_only/A/checkpoints/best.ckpt \\
 
 :func:`combine` is the library function behind every command that combines models
 (``train.py stack``, and its aliases ``predict.py ensemble`` and ``predict.py --checkpoint A
---checkpoint B``); it raises :class:`CombineError` and never exits. A member is one of:
+--checkpoint B``); it raises :class:`CombineError`, or a member's own typed error
+(``CheckpointError``, ``EnsembleError``, ``StackError``, ``StoreError``), and never exits.
+A member is one of:
 
 - a checkpoint (``RUN/checkpoints/best.ckpt``): run on the store's ``fit_split`` (labelled
   rows it did not train on) and ``predict_split``. A ``train.py cv`` fold's checkpoint is
@@ -38,8 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
+from feature_store import load_arrays, open_store
+from fusion import predict as predicting
 from fusion.ensemble import (
-    EnsembleError,
     Member,
     average,
     check_fit_on_order,
@@ -47,8 +50,10 @@ from fusion.ensemble import (
     load_probs,
     log_probs,
 )
-from fusion.predict import CheckpointError
-from fusion.stacking import Stacker, StackError, cross_fit, cv_fold_of
+from fusion.errors import FusionError
+from fusion.predict import CheckpointError, complete_split, submit
+from fusion.stacking import Stacker, cross_fit, cv_fold_of
+from fusion.submission import check_outputs
 
 METHODS = ("logistic", "weights", "mean")
 # The default is the method behind every goal the accuracy bench meets (bench/README.md,
@@ -62,7 +67,7 @@ DEFAULT_METHOD = "logistic"
 OOF = "out-of-fold"  # fitted_on for members whose fitted rows are all out of fold
 
 
-class CombineError(ValueError):
+class CombineError(FusionError, ValueError):
     """Members that cannot be combined as asked; ``str(err)`` names the input and the fix."""
 
 
@@ -150,15 +155,8 @@ def combine(
     if method not in METHODS:
         raise CombineError(f"method {method!r}: choose one of {', '.join(METHODS)}")
     sources = [source(m) for m in members]
-    try:
-        return _combine(sources, method, store, fit_split, predict_split, folds, complete,
-                        batch_size, allow_store_mismatch)  # fmt: skip
-    except (EnsembleError, StackError, CheckpointError) as err:
-        raise CombineError(str(err)) from err
-    except ValueError as err:  # feature_store's StoreError, the ones above otherwise typed
-        if isinstance(err, CombineError):
-            raise
-        raise CombineError(str(err)) from err
+    return _combine(sources, method, store, fit_split, predict_split, folds, complete,
+                    batch_size, allow_store_mismatch)  # fmt: skip
 
 
 @dataclass
@@ -183,8 +181,8 @@ def member_rows(
 ) -> MemberRows:
     """Load, check and align the members' fitted and predicted rows (what :func:`combine`
     pools; ``bench/bench_accuracy.py`` scores each member on them). ``need_fit``: refuse a
-    member without labelled rows. Raises :class:`CombineError` (and the members' own typed
-    errors, which :func:`combine` turns into it)."""
+    member without labelled rows. Raises :class:`CombineError` and the members' own typed
+    errors."""
     sources = [source(m) for m in members]
     if not sources:
         raise CombineError("no members to combine")
@@ -263,13 +261,12 @@ def check_sources(sources: Sequence[Source], *, store=None, fit_split: str | Non
     not a ``.probs.npz``, checkpoints without a store, and, when rows are fitted, a refit's or
     a ``train.py cv`` fold's checkpoint (each trained on the val rows a stack is fitted on)."""
     if store is not None and any(s.kind == "checkpoint" for s in sources):
-        from feature_store import open_store
-
         open_store(store)  # a store that is not one is named first, before its members
     for s in sources:
         if not s.path.exists():
-            what = {"probs": "probabilities file"}.get(s.kind, s.kind)
-            raise CombineError(f"{what} not found: {s.path}")
+            if s.kind == "checkpoint":  # predict.py's (and sketchfusion.predict's) own error
+                raise CheckpointError(f"checkpoint not found: {s.path}")
+            raise CombineError(f"probabilities file not found: {s.path}")
         if s.fit_on is not None and s.kind != "probs":
             raise CombineError(f"{s.path}: only a .probs.npz member takes a --fit_on file")
         if s.kind == "checkpoint":
@@ -310,23 +307,18 @@ class _Runner:
         self._labels: dict[str, dict[str, int]] = {}
 
     def probs(self, checkpoint: Path, split: str) -> tuple[list[str], np.ndarray]:
-        from fusion.predict import predict_probs
-
-        return predict_probs([checkpoint], self.store, split, batch_size=self.batch_size,
+        # Looked up on its module at each call: tests stand in for it there.
+        return predicting.predict_probs([checkpoint], self.store, split, batch_size=self.batch_size,
                              allow_store_mismatch=self.allow_store_mismatch)  # fmt: skip
 
     def labels(self, split: str, ids: Sequence[str]) -> np.ndarray:
         if split not in self._labels:
-            from feature_store import load_arrays
-
             arrays = load_arrays(self.store, split)
             self._labels[split] = dict(zip(arrays.ids, arrays.labels.tolist(), strict=True))
         by_id = self._labels[split]
         return np.array([by_id[i] for i in ids], dtype=np.int64)
 
     def class_names(self) -> list[str]:
-        from feature_store import open_store
-
         return list(open_store(self.store).class_names)
 
 
@@ -357,8 +349,6 @@ def _predict_member(s: Source, split: str, run: _Runner, complete: bool):
         return load_probs(s.path / "submission.probs.npz"), []
     if s.kind == "probs":
         return load_probs(s.path), []
-    from fusion.predict import complete_split
-
     ids, probs = run.probs(s.path, split)
     failed: list[dict] = []
     if complete:
@@ -407,3 +397,36 @@ def _check_disjoint(fit: Sequence[Member], predicted: Sequence[Member]) -> None:
             f"and predicted ({predicted[0].path}); fit on out-of-fold or val rows, not on the "
             "predicted ones"
         )
+
+
+def predict_submission(
+    checkpoints: Sequence[str | os.PathLike],
+    store: str | os.PathLike,
+    out: str | os.PathLike = "submission.csv",
+    *,
+    split: str = "test",
+    batch_size: int = 4096,
+    strict: bool = False,
+    allow_store_mismatch: bool = False,
+    category: str = "index",
+    message: str | None = None,
+) -> tuple[Path, Path]:
+    """What ``predict.py`` does (and ``sketchfusion.predict``): refuse outputs that are
+    inputs (``fusion.predict.check_outputs``), predict ``split`` with ``checkpoints``
+    averaged (:func:`combine`, method ``mean``: ``predict.py --checkpoint A --checkpoint B``
+    is the alias of ``train.py stack --stack.method mean``), write the submission
+    (``fusion.predict.submit``, which gives the inputs that failed extraction the prior, or
+    refuses them with ``strict``); the submission's and its probabilities' paths."""
+    checkpoints = [str(c) for c in checkpoints]
+    check_outputs(Path(out), checkpoints, store)
+    other = next((c for c in checkpoints if Source(Path(c)).kind != "checkpoint"), None)
+    if other is not None and Path(other).exists():
+        raise CombineError(
+            f"--checkpoint {other} is not a checkpoint; combine CV directories and .probs.npz "
+            "files with train.py stack --cv/--probs (or predict.py ensemble --probs)"
+        )
+    got = combine(checkpoints, "mean", store=store, fit_split=None, predict_split=split,
+                  complete=False, batch_size=batch_size,
+                  allow_store_mismatch=allow_store_mismatch)  # fmt: skip
+    return submit(out, got.ids, got.probs, store=store, split=split, checkpoints=checkpoints,
+                  strict=strict, category=category, message=message)  # fmt: skip

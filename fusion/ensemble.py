@@ -43,11 +43,12 @@ from pathlib import Path
 
 import numpy as np
 
-from feature_store.console import show_path
-from fusion.exit import ExitError
+from feature_store.atomic import atomic_write_text
+from fusion.errors import FusionError
+from fusion.submission import metadata_path, probs_path, read_metadata, write_submission
 
 
-class EnsembleError(ValueError):
+class EnsembleError(FusionError, ValueError):
     """Members that cannot be ensembled (unreadable, other ids, other classes)."""
 
 
@@ -168,8 +169,6 @@ def check_out(out: Path, inputs: Sequence[str]) -> None:
     """Refuse an ``--out`` whose CSV, ``.probs.npz`` or ``.json`` would be one file, or would
     overwrite an input or another command's probabilities (``CV/oof.probs.npz`` for
     ``--out CV/oof.csv``): only an earlier ``predict.py ensemble`` output is replaced."""
-    from fusion.predict import probs_path
-
     npz, meta = probs_path(out), out.with_suffix(".json")
     if len({out, npz, meta}) < 3 or out.name.endswith(".npz"):
         raise EnsembleError(
@@ -235,8 +234,6 @@ def write_ensemble(
 ) -> Path:
     """``OUT`` (Id,Category), ``OUT.probs.npz`` and ``OUT.json`` (the submission's metadata,
     with the members and ``meta``), by fusion/submission.py's one writer."""
-    from fusion.submission import write_submission
-
     out, _ = write_submission(
         out,
         members[0].ids,
@@ -254,8 +251,8 @@ def write_ensemble(
 def log_run(out: Path, args, score: dict, meta: dict) -> None:
     """The ensemble's W&B run (candidate ``ensemble``) in ``OUT``'s folder (``wandb/``), a
     new run each time, named after ``OUT``; its id goes into ``OUT.json``."""
+    # W&B and Lightning load only when a run is logged, not for the command's --help.
     from fusion.loggers import new_run_id
-    from fusion.submission import read_metadata
     from fusion.wandb_report import candidate_settings, log_candidate
 
     settings = candidate_settings(out.parent, args, kind="ensemble")
@@ -273,106 +270,4 @@ def log_run(out: Path, args, score: dict, meta: dict) -> None:
     if run_id:
         info = read_metadata(out)
         info["wandb_run_id"] = run_id
-        out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
-
-
-def parser():
-    """``predict.py ensemble``'s options: LightningCLI's style (``-c`` YAML, dotted names)."""
-    from typing import Literal
-
-    from jsonargparse.typing import restricted_number_type
-
-    from feature_store.cli import cli_parser
-    from fusion.combine import METHODS
-    from fusion.submission import add_submission_arguments
-    from fusion.wandb_report import add_wandb_arguments
-
-    p = cli_parser("predict.py ensemble", __doc__.split("\n")[0])
-    p.add_argument(
-        "--probs",
-        action="append",
-        required=True,
-        help="a member's .probs.npz; repeat for each member (YAML: a list)",
-    )
-    p.add_argument(
-        "--fit_on",
-        action="append",
-        default=[],
-        help="a member's labelled OOF/val .probs.npz, in --probs order, to fit the "
-        "pooling on; without it the members are averaged",
-    )
-    p.add_argument(
-        "--method",
-        type=Literal[METHODS] | None,
-        default=None,
-        help="the pooling (fusion/combine.py); default: weights with --fit_on, mean without "
-        "(train.py stack's default is logistic)",
-    )
-    p.add_argument(
-        "--folds",
-        type=restricted_number_type("AtLeast2", int, (">=", 2)),
-        default=5,
-        help="cross-fitting folds for the printed score",
-    )
-    p.add_argument("--out", type=str, default="ensemble.csv", help="submission CSV to write")
-    add_submission_arguments(p)
-    add_wandb_arguments(p, kind="ensemble")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Entry point of ``python predict.py ensemble`` / ``python -m fusion.ensemble``: an
-    alias of ``train.py stack --probs ... [--fit_on ...]`` (:func:`fusion.combine.combine`)
-    that writes ``--out`` instead of a run directory."""
-    import sys
-
-    from fusion.combine import CombineError, Source, combine
-    from fusion.submission import finish, write_submission
-
-    args = parser().parse_args(argv)
-    method = args.method or ("weights" if args.fit_on else "mean")
-    try:
-        check_out(Path(args.out), [*args.probs, *args.fit_on])
-        if args.fit_on and len(args.fit_on) != len(args.probs):
-            raise EnsembleError(
-                f"{len(args.fit_on)} --fit_on files for {len(args.probs)} --probs; give "
-                "one labelled file per member, in the same order"
-            )
-        fit_on = [Path(f) for f in args.fit_on] or [None] * len(args.probs)
-        sources = [Source(Path(p), f) for p, f in zip(args.probs, fit_on, strict=True)]
-        got = combine(sources, method, folds=args.folds)
-        if args.method is None:  # this alias's own default, kept so its submissions reproduce
-            print(f"predict.py ensemble: --method {method} (this command's default; train.py "
-                  "stack, the same pooling, defaults to logistic)", file=sys.stderr)  # fmt: skip
-        score = got.score()
-        meta: dict = {"method": method}
-        if args.fit_on:
-            meta.update(
-                fit_on=args.fit_on,
-                mean_weights=got.mean_weights,
-                fit_acc_top1_cross_fitted=got.acc,
-                member_fit_acc_top1=got.member_acc,
-            )
-            print(f"ensemble ({method}): cross-fitted top-1 {got.acc:.4f} on the fit rows "
-                  f"vs members {[round(a, 4) for a in got.member_acc]}")  # fmt: skip
-        out, _ = write_submission(
-            args.out, got.ids, got.probs, class_names=got.class_names,
-            checkpoints=got.checkpoints, category=args.category, candidate="ensemble",
-            message=args.message, meta={"members": got.members, **score, **meta},
-        )  # fmt: skip
-    except (EnsembleError, CombineError) as err:
-        raise ExitError(f"predict.py ensemble: error: {err}") from err
-    except OSError as err:
-        raise ExitError(
-            f"predict.py ensemble: error: cannot write --out {args.out} "
-            f"({err.strerror or err}); choose a writable path"
-        ) from err
-    print(f"wrote {show_path(out)} ({len(got.ids)} rows, {len(got.members)} members) and "
-          f"{show_path(out.with_suffix('.json'))}")  # fmt: skip
-    log_run(out, args, score, meta)
-    finish(out, competition=args.kaggle, message=args.message, prog="predict.py ensemble")
-    return out
-
-
-if __name__ == "__main__":
-    main()
+        atomic_write_text(metadata_path(out), json.dumps(info, indent=2) + "\n")

@@ -1,6 +1,11 @@
-"""One-line errors and exit codes for the command lines (train.py, predict.py).
+"""The one place errors become exit codes: the command layer's, the only code that exits.
 
 $ python predict.py --checkpoint missing.ckpt --store STORE    # "predict.py: error: ..." rc 2
+
+Library code raises typed errors (fusion/errors.py, ``feature_store.StoreError``) and never
+exits; every command (train.py and its subcommands, predict.py, predict.py ensemble) runs
+inside :func:`exit_codes`, which prints the error's one line once, prefixed with the
+command's name, and raises :class:`ExitError` (a ``SystemExit``) with its code.
 
 Exit codes, the same for every entry point: 0 done; 2 bad input or usage (one line on
 stderr naming the input and the fix, no traceback; jsonargparse's own usage errors exit 2
@@ -16,16 +21,17 @@ import errno
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from feature_store import StoreError
+from fusion.errors import FusionError, RunFailed, Stopped
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 EXIT_SIGTERM = 143
 EXIT_SIGINT = 130  # 128 + SIGINT: a fit stopped by Ctrl-C after saving last.ckpt
-
-
-class UsageError(ValueError):
-    """Bad input or usage the user can fix; the entry point exits 2 with this one line."""
 
 
 class ExitError(SystemExit):
@@ -75,3 +81,60 @@ def disk_full_line(err: OSError, *, prog: str, run: Path | None) -> str:
     return f"{line} Free some space, then rerun the command" + (
         f" with a new --run_dir (or remove {run})" if run and run.is_dir() else ""
     )
+
+
+def exit_error(err: BaseException, prog: str, *, run: Path | None = None) -> ExitError | None:
+    """The :class:`ExitError` (line printed, code set) for ``err`` raised in command
+    ``prog``, or None for an error no user input explains (a bug: its traceback is kept).
+
+    ``run``: the fit's run directory, named in the lines for a full disk and a stop.
+    """
+    if isinstance(err, Stopped):
+        code = EXIT_SIGINT if err.signal == "SIGINT" else EXIT_SIGTERM
+        return ExitError(f"{prog}: {err}", code=code)
+    if isinstance(err, RunFailed):
+        return ExitError(f"{prog}: error: {err}", code=EXIT_INTERNAL)
+    if isinstance(err, FusionError | StoreError):
+        return ExitError(f"{prog}: error: {err}")
+    if _lightning_stop(err):
+        # Lightning raises this (a SystemExit with code 0) at the next batch after SIGTERM,
+        # or after a first Ctrl-C (fusion/stopping.py); RunCheckpoint has saved the current
+        # state as last.ckpt by now.
+        from fusion.stopping import stopped_by  # loaded already: Lightning raised
+
+        sigint = stopped_by() == "SIGINT"
+        where = run or "RUN"
+        return ExitError(
+            f"{prog}: stopped by {'Ctrl-C (SIGINT)' if sigint else 'SIGTERM'}; the current "
+            f"state is in {where}/checkpoints/last.ckpt. Continue with the same command plus "
+            f"--ckpt_path last --run_dir {where}",
+            code=EXIT_SIGINT if sigint else EXIT_SIGTERM,
+        )
+    full = disk_full(err) if isinstance(err, Exception) else None
+    if full is not None:
+        # Checkpoints are written atomically: the last one is whole; metrics.csv rows are
+        # whole or absent (fusion/loggers.py), so the resume it names continues cleanly.
+        return ExitError(disk_full_line(full, prog=prog, run=run), code=EXIT_INTERNAL)
+    return None
+
+
+def _lightning_stop(err: BaseException) -> bool:
+    """Whether ``err`` is Lightning's ``SIGTERMException`` (a fit stopped by a signal)."""
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return exceptions is not None and isinstance(err, exceptions.SIGTERMException)
+
+
+@contextmanager
+def exit_codes(prog: str, *, run: Callable[[], Path | None] | None = None) -> Iterator[None]:
+    """Run a command's body: its typed errors become one line and an exit code
+    (:func:`exit_error`); an :class:`ExitError` of an inner command passes as it is.
+    ``run``: called on error, the run directory to name (a fit's, once chosen)."""
+    try:
+        yield
+    except ExitError:
+        raise
+    except BaseException as err:
+        exit_ = exit_error(err, prog, run=run() if run else None)
+        if exit_ is None:
+            raise
+        raise exit_ from err

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from fusion.exit import UsageError
+from fusion.errors import UsageError
 
 HEADS: dict[str, type[FusionHead]] = {}
 # Older names that still load (checkpoints and configs written before the K-set heads).

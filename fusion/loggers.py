@@ -42,6 +42,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from feature_store.atomic import atomic_write_text, write_csv
 from feature_store.compat import (
     restart_wandb_run,
     set_wandb_identity,
@@ -50,8 +51,7 @@ from feature_store.compat import (
     wandb_run_started,
 )
 from feature_store.console import show_path
-from fusion.exit import UsageError
-from fusion.predict import write_csv
+from fusion.errors import UsageError
 
 
 class RunMetricsWriter:
@@ -303,7 +303,7 @@ def save_run_id(run_dir: Path, run_id: str) -> None:
     """``RUN/wandb_run_id``, read back by a resume of the run."""
     if saved_run_id(run_dir) != run_id:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(run_dir) / RUN_ID_FILE).write_text(run_id + "\n")
+        atomic_write_text(Path(run_dir) / RUN_ID_FILE, run_id + "\n")
 
 
 def wandb_settings(

@@ -25,7 +25,7 @@ from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from feature_store.compat import attached_trainer
-from fusion.exit import UsageError
+from fusion.errors import UsageError
 from fusion.heads import (
     HEAD_ALIASES,
     MODULE_HEAD_DEFAULTS,

@@ -10,6 +10,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from feature_store.atomic import atomic_write_bytes
+
 
 def weight_labels(head: str | None) -> tuple[str, str, str]:
     """(first, second, title) for the two weights a run logs as fusion/alpha, fusion/beta:
@@ -36,8 +38,6 @@ def plot_alpha_beta(
 
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
-
-    from fusion.predict import atomic_write_bytes
 
     steps = [row[0] for row in history]
     names = list(names) if names else ["image", "text"]

@@ -27,12 +27,9 @@ refused.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import pickle
 import sys
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,16 +45,18 @@ from feature_store import (
     open_store,
     read_failures,
 )
+from feature_store.atomic import write_csv
 from feature_store.console import show_path
 from feature_store.integrity import fingerprint_diff, model_fingerprint
 from feature_store.sets import entry
-from fusion.exit import ExitError
+from fusion.errors import FusionError
 from fusion.heads import FusionHead, build_head, checkpoint_set_dims
+from fusion.submission import SubmissionError, write_submission
 
 FINGERPRINT_KEY = "store_fingerprint"  # written by fusion.callbacks.StoreFingerprint
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FusionError, ValueError):
     """A file given as a checkpoint is not a readable train.py checkpoint."""
 
 
@@ -266,38 +265,6 @@ def complete_split(
     return all_ids, all_probs.astype(np.float32), failed
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place.
-
-    The file gets the ordinary mode of a new file (0666 less the umask), not mkstemp's
-    private 0600.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_csv(path: Path, header: Sequence[str], rows) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
 def write_predictions_csv(
     path: Path, ids: Sequence[str], labels: np.ndarray, probs: np.ndarray
 ) -> Path:
@@ -311,153 +278,6 @@ def write_predictions_csv(
     return path
 
 
-def probs_path(out: str | os.PathLike) -> Path:
-    """Where the probabilities beside submission ``out`` go: ``OUT.probs.npz``."""
-    out = Path(out)
-    return out.with_name(out.stem + ".probs.npz")
-
-
-def save_probs(
-    path: str | os.PathLike,
-    ids: Sequence[str],
-    probs: np.ndarray,
-    *,
-    class_names: Sequence[str],
-    checkpoints: Sequence[str | os.PathLike] = (),
-    labels: np.ndarray | None = None,
-    held_out: str | None = None,
-) -> Path:
-    """Write a ``.probs.npz`` (``ids``, ``probs``, ``class_names``, ``checkpoints`` and,
-    for a labelled split, ``labels`` and ``held_out``: ``val`` or ``oof``, the rows a score
-    on them is named after) atomically; ``fusion/ensemble.py`` reads them."""
-    arrays = {
-        "ids": np.asarray(ids, dtype=str),
-        "probs": probs.astype(np.float32),
-        "class_names": np.asarray(class_names, dtype=str),
-        "checkpoints": np.asarray([str(c) for c in checkpoints], dtype=str),
-    }
-    if labels is not None:
-        arrays["labels"] = np.asarray(labels, dtype=np.int64)
-    if held_out is not None:
-        arrays["held_out"] = np.asarray(held_out, dtype=str)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(Path(path), buf.getvalue())
-    return Path(path)
-
-
-def parser():
-    """``predict.py``'s options: LightningCLI's style (``-c`` YAML, ``--print_config``)."""
-    from jsonargparse.typing import PositiveInt
-
-    from feature_store.cli import cli_parser
-    from fusion.submission import add_submission_arguments
-
-    p = cli_parser("predict.py", __doc__.split("\n\n")[0] + " (`predict.py ensemble --help`: "
-                   "ensembles of saved .probs.npz files.)")  # fmt: skip
-    p.add_argument(
-        "--checkpoint",
-        action="append",
-        required=True,
-        help="a train.py checkpoint (.ckpt); repeat to average several runs' probabilities "
-        "(YAML: a list)",
-    )
-    p.add_argument("--store", type=str, required=True, help="feature-store directory")
-    p.add_argument("--out", type=str, default="submission.csv", help="submission CSV to write")
-    p.add_argument("--split", type=str, default="test", help="store split to predict")
-    p.add_argument("--batch_size", type=PositiveInt, default=4096, help="rows per forward pass")
-    p.add_argument(
-        "--strict",
-        type=bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="fail when an input of the split failed extraction instead of using the fallback",
-    )
-    p.add_argument(
-        "--allow_store_mismatch",
-        type=bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="predict even if the store was built with other models than the training store",
-    )
-    add_submission_arguments(p)
-    return p
-
-
-def check_outputs(
-    out: Path, checkpoints: Sequence[str], store: str | os.PathLike, prog: str = "predict.py"
-) -> None:
-    """Refuse outputs that would overwrite an input or land inside the store, and an
-    ``out`` that is not a file of its own beside its ``.probs.npz`` and ``.json``."""
-    from fusion.submission import metadata_path
-
-    store_dir = Path(store).resolve()
-    if out.suffix in (".json", ".npz"):
-        raise ExitError(f"{prog}: error: --out {out}: the submission's {out.suffix} file is "
-                        "written beside it; give a .csv path such as submission.csv")  # fmt: skip
-    for target in (out, probs_path(out), metadata_path(out)):
-        resolved = target.resolve()
-        if any(resolved == Path(c).resolve() for c in checkpoints):
-            raise ExitError(f"{prog}: error: --out {out} would overwrite the checkpoint "
-                            f"{target}; choose another --out path.")  # fmt: skip
-        if resolved == store_dir or store_dir in resolved.parents:
-            raise ExitError(f"{prog}: error: --out {out} is inside the store {store} "
-                            "(stores are written by data_prep only); write the submission "
-                            "elsewhere.")  # fmt: skip
-    if out.is_dir():
-        raise ExitError(f"{prog}: error: --out {out} is a directory; give a file path "
-                        f"such as {out / 'submission.csv'}.")  # fmt: skip
-
-
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Entry point of ``predict.py``; returns the submission path.
-
-    ``predict.py ensemble ...`` goes to :func:`fusion.ensemble.main` (saved ``.probs.npz``).
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["ensemble"]:
-        from fusion.ensemble import main as ensemble_main
-
-        return ensemble_main(argv[1:])
-    from fusion.submission import finish
-
-    args = parser().parse_args(argv)
-    out = Path(args.out)
-    check_outputs(out, args.checkpoint, args.store)
-    from fusion.combine import CombineError, Source, combine
-
-    other = next((c for c in args.checkpoint if Source(Path(c)).kind != "checkpoint"), None)
-    if other is not None and Path(other).exists():
-        raise ExitError(f"predict.py: error: --checkpoint {other} is not a checkpoint; combine "
-                        "CV directories and .probs.npz files with train.py stack --cv/--probs "
-                        "(or predict.py ensemble --probs)")  # fmt: skip
-    try:  # the stored rows; submit() adds the failed inputs (or refuses them, --strict)
-        got = combine(args.checkpoint, "mean", store=args.store, fit_split=None,
-                      predict_split=args.split, complete=False, batch_size=args.batch_size,
-                      allow_store_mismatch=args.allow_store_mismatch)  # fmt: skip
-    except CombineError as err:
-        raise ExitError(f"predict.py: error: {err}") from err
-    if len(args.checkpoint) > 1:  # an alias of `train.py stack --stack.method mean`
-        print(f"predict.py: {len(args.checkpoint)} checkpoints averaged (method mean; train.py "
-              "stack fits their pooling on val, logistic by default)", file=sys.stderr)  # fmt: skip
-    ids, probs = got.ids, got.probs
-    out, _ = submit(
-        out,
-        ids,
-        probs,
-        store=args.store,
-        split=args.split,
-        checkpoints=args.checkpoint,
-        strict=args.strict,
-        category=args.category,
-        message=args.message,
-    )
-    finish(out, competition=args.kaggle, message=args.message, prog="predict.py")
-    return out
-
-
 def submit(
     out: str | os.PathLike,
     ids: list[str],
@@ -467,7 +287,6 @@ def submit(
     split: str,
     checkpoints: Sequence[str | os.PathLike],
     strict: bool = False,
-    prog: str = "predict.py",
     category: str = "index",
     candidate: str = "predict",
     message: str | None = None,
@@ -475,26 +294,22 @@ def submit(
 ) -> tuple[Path, Path]:
     """Write the submission of ``split`` from its stored rows' probabilities; both paths.
 
-    The one implementation behind ``predict.py``, ``train.py predict`` and a fit's own
-    submission: every input that failed extraction gets a row with the train class prior (a
-    warning lists them; ``strict`` refuses them), then ``OUT``, ``OUT.probs.npz`` and
-    ``OUT.json`` are written (fusion/submission.py). It starts no W&B run. Bad input is an
-    :class:`ExitError` whose line starts with ``prog``.
+    The one implementation behind ``predict.py``, ``train.py predict``, a fit's own
+    submission and ``sketchfusion.predict``: every input that failed extraction gets a row
+    with the train class prior (a warning lists them; ``strict`` refuses them), then
+    ``OUT``, ``OUT.probs.npz`` and ``OUT.json`` are written (fusion/submission.py). It
+    starts no W&B run. Bad input raises :class:`StoreError` or :class:`SubmissionError`
+    (one line, the fix; the command layer adds the command's name).
     """
-    from fusion.submission import SubmissionError, write_submission
-
     out = Path(out)
-    try:
-        ids, probs, failed = complete_split(store, split, ids, probs)
-        class_names = open_store(store).class_names
-    except StoreError as err:
-        raise ExitError(f"{prog}: error: {err}") from err
+    ids, probs, failed = complete_split(store, split, ids, probs)
+    class_names = open_store(store).class_names
     if failed:
         listed = ", ".join(f"{r['id']} ({r['reason']})" for r in failed[:10])
         more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
         if strict:
-            raise ExitError(
-                f"{prog}: error: {len(failed)} {split} inputs failed extraction "
+            raise SubmissionError(
+                f"{len(failed)} {split} inputs failed extraction "
                 f"({listed}{more}); --strict refuses a submission with fallback rows. Fix "
                 f"or replace the images listed in {show_path(Path(store) / 'failures.csv')} and "
                 "rerun data_prep, or drop --strict."
@@ -523,15 +338,13 @@ def submit(
                 **(meta or {}),
             },
         )
-    except SubmissionError as err:
-        raise ExitError(f"{prog}: error: {err}") from err
     except OSError as err:
-        raise ExitError(
-            f"{prog}: error: cannot write {out} ({err.strerror or err}); choose a "
-            "writable --out path."
+        raise SubmissionError(
+            f"cannot write {out} ({err.strerror or err}); choose a writable --out path."
         ) from err
     print(
         f"wrote {show_path(out)} ({len(ids)} rows, {len(checkpoints)} checkpoint(s)) "
         f"and {show_path(npz)}"
     )
     return out, npz
+

@@ -37,8 +37,10 @@ from typing import Any
 
 import lightning as L
 
-from fusion.exit import UsageError
+from fusion.errors import UsageError
+from fusion.heads import checkpoint_set_dims
 from fusion.predict import CheckpointError, load_checkpoint
+from fusion.recipe import refit_steps
 
 PLAN_KEY = "fit_plan"  # a checkpoint's training plan (FitPlan)
 MARKER = "refit.json"
@@ -189,8 +191,6 @@ def check_refit(cfg, argv: list[str]) -> ValidatedRun | None:
 def check_same_model(cfg, validated: ValidatedRun) -> None:
     """The refit's model options and feature sets are the validated run's (its length was
     validated for that model only); a swept weight decay may stay the same list."""
-    from fusion.heads import checkpoint_set_dims
-
     model = cfg["model"].as_dict() if hasattr(cfg["model"], "as_dict") else dict(cfg["model"])
     hp = validated.hparams
     mine_all, theirs_all = trained_values(model), trained_values(hp)
@@ -273,8 +273,6 @@ class RefitPlan:
 def refit_plan(validated: ValidatedRun, splits: list[str], rows: int, batch: int,
                per_epoch: int) -> RefitPlan:  # fmt: skip
     """The refit's length for ``rows`` train rows in ``per_epoch`` steps an epoch."""
-    from fusion.recipe import refit_steps
-
     steps, schedule = refit_steps(
         validated.best_step, validated.planned_steps, validated.steps_per_epoch, per_epoch
     )

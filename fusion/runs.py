@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,8 @@ from pathlib import Path
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
 
+from feature_store.atomic import atomic_write_text
+from fusion.errors import FusionError
 from fusion.heads import HEAD_ALIASES, HEADS, check_head_options, checkpoint_set_dims
 from fusion.predict import CheckpointError, load_checkpoint
 from fusion.wandb_report import run_config, wandb_runs
@@ -45,11 +48,11 @@ def restored_environ() -> Iterator[None]:
         os.environ.update(saved)
 
 
-class ResumeError(FileNotFoundError):
+class ResumeError(FusionError, FileNotFoundError):
     """``--ckpt_path last`` was asked for but there is no checkpoint to resume."""
 
 
-class RunDirError(ValueError):
+class RunDirError(FusionError, ValueError):
     """A new fit was pointed at an existing run, or a setting is out of range."""
 
 
@@ -93,6 +96,48 @@ class RunConfigSaver(SaveConfigCallback):
 def is_existing_run(run_dir: Path) -> bool:
     """True when ``run_dir`` already holds a run (anything in it)."""
     return run_dir.is_dir() and any(run_dir.iterdir())
+
+
+def new_run_dir(base: Path) -> Path:
+    """``base/<timestamp>``, suffixed ``-1``, ``-2``... when two runs start in one second."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run, n = base / stamp, 0
+    while run.exists():
+        n += 1
+        run = base / f"{stamp}-{n}"
+    return run
+
+
+def claim_new_run_dir(base: Path) -> tuple[Path, list[Path]]:
+    """:func:`new_run_dir`, created at once (``mkdir`` is atomic), so that two fits of one
+    experiment started in the same second get two directories; returns it and the folders
+    made for it (removed again if the fit is refused before it writes anything)."""
+    made = [d for d in (base, *base.parents) if not d.exists()]
+    base.mkdir(parents=True, exist_ok=True)
+    run = new_run_dir(base)
+    while True:
+        try:
+            run.mkdir()
+            return run, [run, *made]
+        except FileExistsError:  # another process took the name since new_run_dir looked
+            run = new_run_dir(base)
+
+
+def resume_run_dir(base: Path, run_dir: str | None) -> Path:
+    """The run to resume: ``run_dir`` if given, else the newest under ``base`` with a last.ckpt."""
+    if run_dir:
+        candidates = [Path(run_dir)]
+    else:
+        candidates = sorted(base.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        candidates = [p.parent.parent for p in candidates]
+    if not candidates or not (candidates[-1] / "checkpoints" / "last.ckpt").is_file():
+        where = candidates[-1] if candidates else base / "*"
+        raise ResumeError(
+            f"--ckpt_path last: no checkpoint at {where}/checkpoints/last.ckpt. Start a fresh "
+            "run without --ckpt_path, or pass --run_dir RUN (or --ckpt_path FILE) of the run "
+            "to resume."
+        )
+    return candidates[-1]
 
 
 def experiment_name(cfg) -> str:
@@ -289,7 +334,7 @@ def claim_command_run(run: Path, prog: str) -> bool:
             if entry.name != UNFINISHED:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     run.mkdir(parents=True, exist_ok=True)
-    marker.write_text(prog + "\n")
+    atomic_write_text(marker, prog + "\n")
     return replaced
 
 

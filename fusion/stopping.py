@@ -19,8 +19,9 @@ $ python train.py fit --config configs/concat.yaml --ckpt_path last --run_dir RU
   set as a logging step (the learning rate logged and ``metrics.csv`` rewritten at each of
   them), which was up to 3/4 of a small store's steps (bench/README.md, "Small stores").
 - :func:`stop_exits`: ``train.py probe`` and ``stack`` (no Lightning fit, no partial state
-  to resume) stopped by SIGTERM or Ctrl-C print one line and exit 143/130; the unfinished
-  run directory they were writing is removed, so the same command runs again.
+  to resume) stopped by SIGTERM or Ctrl-C raise :class:`fusion.errors.Stopped` (one line,
+  exit 143/130 by fusion/exit.py); the unfinished run directory they were writing is
+  removed, so the same command runs again.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_info
 
 from feature_store.compat import fit_may_stop
+from fusion.errors import Stopped
+from fusion.runs import UNFINISHED
 
 # The signal that stopped this process's latest fit (None: none did).
 _stopped_by: str | None = None
@@ -139,38 +142,36 @@ class ResumableEarlyStopping(EarlyStopping):
         self._hold_stop(trainer, asked_before)
 
 
-class Stopped(Exception):
+class _Signalled(Exception):
     """SIGTERM reached a command inside :func:`stop_exits`."""
 
 
-def _raise_stopped(signum, frame) -> None:
-    raise Stopped(signal.Signals(signum).name)
+def _raise_signalled(signum, frame) -> None:
+    raise _Signalled(signal.Signals(signum).name)
 
 
 @contextmanager
 def stop_exits(prog: str, run: Path) -> Iterator[None]:
     """Within: SIGTERM (else a silent death) and Ctrl-C (else a traceback) stop ``prog``
-    with one line, exit 143 or 130. ``run``, if this command marked it unfinished
-    (fusion/runs.py:claim_command_run), is removed: it holds nothing to resume from."""
-    from fusion.exit import EXIT_SIGINT, EXIT_SIGTERM, ExitError
-    from fusion.runs import UNFINISHED
-
+    with :class:`Stopped` (one line; exit 143 or 130). ``run``, if this command marked it
+    unfinished (fusion/runs.py:claim_command_run), is removed: it holds nothing to resume
+    from."""
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_stopped) if main else None
+    previous = signal.signal(signal.SIGTERM, _raise_signalled) if main else None
     try:
         yield
-    except (Stopped, KeyboardInterrupt) as err:
-        sigterm = isinstance(err, Stopped)
+    except (_Signalled, KeyboardInterrupt) as err:
+        sigterm = isinstance(err, _Signalled)
         marker = run / UNFINISHED
         if marker.is_file() and marker.read_text().strip() == prog:
             shutil.rmtree(run, ignore_errors=True)
             kept = f"its unfinished run directory {run} is removed"
         else:
             kept = "it had written nothing"
-        raise ExitError(
-            f"{prog}: stopped by {'SIGTERM' if sigterm else 'Ctrl-C (SIGINT)'}; {kept} "
+        raise Stopped(
+            f"stopped by {'SIGTERM' if sigterm else 'Ctrl-C (SIGINT)'}; {kept} "
             "(it keeps no partial state to resume). Rerun the same command to start again.",
-            code=EXIT_SIGTERM if sigterm else EXIT_SIGINT,
+            signal="SIGTERM" if sigterm else "SIGINT",
         ) from None
     finally:
         if previous is not None:

@@ -25,6 +25,7 @@ submission stays written and the command exits 2 with the install line.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import os
 import shlex
@@ -35,18 +36,25 @@ from pathlib import Path
 
 import numpy as np
 
+from feature_store.atomic import atomic_write_bytes, write_csv
+from fusion.errors import FusionError, RunFailed
+
 CATEGORIES = ("index", "name")
 # mva-recvis-2024's sample submission: Id,Category with the class index (docs/architecture.md).
 DEFAULT_CATEGORY = "index"
 KAGGLE_INSTALL = "pip install 'sketchfusion[kaggle]' (or pip install kaggle)"
 
 
-class SubmissionError(ValueError):
+class SubmissionError(FusionError, ValueError):
     """A submission that cannot be written as asked (duplicate ids, an unknown format)."""
 
 
-class KaggleClientMissing(RuntimeError):
+class KaggleClientMissing(FusionError, RuntimeError):
     """``--kaggle`` was given but no ``kaggle`` executable is on PATH."""
+
+
+class KaggleUploadFailed(RunFailed):
+    """``kaggle competitions submit`` exited non-zero; the submission stays written."""
 
 
 def _now_utc() -> str:
@@ -58,6 +66,63 @@ def _now_utc() -> str:
 def metadata_path(out: str | os.PathLike) -> Path:
     """``OUT.json``: the metadata beside submission ``OUT``."""
     return Path(out).with_suffix(".json")
+
+
+def probs_path(out: str | os.PathLike) -> Path:
+    """Where the probabilities beside submission ``out`` go: ``OUT.probs.npz``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".probs.npz")
+
+
+def save_probs(
+    path: str | os.PathLike,
+    ids: Sequence[str],
+    probs: np.ndarray,
+    *,
+    class_names: Sequence[str],
+    checkpoints: Sequence[str | os.PathLike] = (),
+    labels: np.ndarray | None = None,
+    held_out: str | None = None,
+) -> Path:
+    """Write a ``.probs.npz`` (``ids``, ``probs``, ``class_names``, ``checkpoints`` and,
+    for a labelled split, ``labels`` and ``held_out``: ``val`` or ``oof``, the rows a score
+    on them is named after) atomically; ``fusion/ensemble.py`` reads them."""
+    arrays = {
+        "ids": np.asarray(ids, dtype=str),
+        "probs": probs.astype(np.float32),
+        "class_names": np.asarray(class_names, dtype=str),
+        "checkpoints": np.asarray([str(c) for c in checkpoints], dtype=str),
+    }
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    if held_out is not None:
+        arrays["held_out"] = np.asarray(held_out, dtype=str)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def check_outputs(out: Path, checkpoints: Sequence[str], store: str | os.PathLike) -> None:
+    """Refuse (:class:`SubmissionError`) outputs that would overwrite an input or land
+    inside the store, and an ``out`` that is not a file of its own beside its
+    ``.probs.npz`` and ``.json``."""
+    store_dir = Path(store).resolve()
+    if out.suffix in (".json", ".npz"):
+        raise SubmissionError(f"--out {out}: the submission's {out.suffix} file is written "
+                              "beside it; give a .csv path such as submission.csv")  # fmt: skip
+    for target in (out, probs_path(out), metadata_path(out)):
+        resolved = target.resolve()
+        if any(resolved == Path(c).resolve() for c in checkpoints):
+            raise SubmissionError(f"--out {out} would overwrite the checkpoint {target}; "
+                                  "choose another --out path.")  # fmt: skip
+        if resolved == store_dir or store_dir in resolved.parents:
+            raise SubmissionError(f"--out {out} is inside the store {store} (stores are "
+                                  "written by data_prep only); write the submission "
+                                  "elsewhere.")  # fmt: skip
+    if out.is_dir():
+        raise SubmissionError(f"--out {out} is a directory; give a file path such as "
+                              f"{out / 'submission.csv'}.")  # fmt: skip
 
 
 def categories(preds: np.ndarray, class_names: Sequence[str], category: str) -> list:
@@ -84,8 +149,6 @@ def write_submission(
     return the CSV's and the probabilities' paths.
 
     ``meta`` joins ``OUT.json`` (scores, members, fitted weights...)."""
-    from fusion.predict import probs_path, save_probs, write_csv
-
     out = Path(out)
     if len(set(ids)) != len(ids):
         raise SubmissionError(f"duplicate ids in the predicted split; {out} not written")
@@ -155,57 +218,20 @@ def _record(out: str | os.PathLike, kaggle: dict) -> None:
 
 
 def _write_json(path: Path, info: dict) -> None:
-    from fusion.predict import atomic_write_bytes
-
     atomic_write_bytes(path, (json.dumps(info, indent=2) + "\n").encode())
 
 
-def add_submission_arguments(parser, *, kaggle: bool = True, message: bool = True) -> None:
-    """``--category`` and (``kaggle``) ``--kaggle`` / (``message``) ``--message`` on a
-    jsonargparse parser: the options of every command that writes a submission."""
-    from typing import Literal
-
-    parser.add_argument(
-        "--category",
-        type=Literal[CATEGORIES],
-        default=DEFAULT_CATEGORY,
-        help="the submission's Category column: the class index (mva-recvis-2024's "
-        "format) or the class name",
-    )
-    if kaggle:
-        parser.add_argument(
-            "--kaggle",
-            type=str | None,
-            default=None,
-            help="COMPETITION: send the submission with `kaggle competitions submit -c "
-            "COMPETITION` once written (needs the kaggle client)",
-        )
-    if message:
-        parser.add_argument(
-            "--message",
-            type=str | None,
-            default=None,
-            help="the Kaggle submission message, kept in OUT.json (default: OUT's name)",
-        )
-
-
-def finish(out: str | os.PathLike, *, competition: str | None, message: str | None,
-           prog: str) -> None:  # fmt: skip
-    """The entry points' last step: send ``out`` with ``--kaggle`` when given. A missing
-    client exits 2 with the install line, a failed upload 1; the submission stays written."""
-    from fusion.exit import EXIT_INTERNAL, ExitError
-
+def finish(out: str | os.PathLike, *, competition: str | None, message: str | None) -> None:
+    """The commands' last step: send ``out`` with ``--kaggle`` when given. A missing client
+    raises :class:`KaggleClientMissing` (exit 2, the install line), a failed upload
+    :class:`KaggleUploadFailed` (exit 1); the submission stays written either way."""
     if not competition:
         return
-    try:
-        status = send_to_kaggle(out, competition=competition, message=message)
-    except KaggleClientMissing as err:
-        raise ExitError(f"{prog}: error: {err}") from err
+    status = send_to_kaggle(out, competition=competition, message=message)
     if status != 0:
-        raise ExitError(
-            f"{prog}: error: `kaggle competitions submit` exited {status} (its message is "
-            f"above); {out} is written, rerun: {shlex.join(kaggle_command(competition, out, message))}",
-            code=EXIT_INTERNAL,
+        raise KaggleUploadFailed(
+            f"`kaggle competitions submit` exited {status} (its message is above); {out} is "
+            f"written, rerun: {shlex.join(kaggle_command(competition, out, message))}"
         )
     print(f"sent {out} to the Kaggle competition {competition} (recorded in "
           f"{metadata_path(out)})")  # fmt: skip

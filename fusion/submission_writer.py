@@ -57,7 +57,6 @@ class SubmissionWriter(BasePredictionWriter):
             split=split,
             checkpoints=[self.checkpoint],
             strict=self.strict,
-            prog="train.py predict",
             category=self.category,
             message=self.message,
         )

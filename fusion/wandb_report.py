@@ -32,7 +32,18 @@ import lightning as L
 import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 
+from feature_store.atomic import atomic_write_bytes
 from feature_store.compat import wandb_run_started
+from feature_store.thumbs import load_thumb
+from fusion.loggers import (
+    _say_mode,
+    init_settings,
+    init_wandb,
+    save_run_id,
+    wandb_mode_and_reason,
+    wandb_settings,
+)
+from fusion.submission import metadata_path, probs_path
 
 PACKAGES = (
     "sketchfusion",
@@ -194,8 +205,6 @@ def thumbnail(path: str, size: int):
     not there (a store moved to another machine keeps its embeddings, not its images)."""
     import wandb
 
-    from analysis.thumbs import load_thumb  # the analysis report's thumbnails, same rules
-
     pixels = load_thumb(path, None, size) if path else None
     return None if pixels is None else wandb.Image(pixels)
 
@@ -225,8 +234,6 @@ def confusion_heatmap(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from fusion.predict import atomic_write_bytes
 
     n = len(class_names)
     cm = np.bincount(labels * n + pred, minlength=n * n).reshape(n, n).astype(float)
@@ -349,9 +356,6 @@ def log_submission(run, submission: str | Path, probs_file: str | Path | None = 
     ``.json`` metadata (fusion/submission.py) when they are there."""
     import wandb
 
-    from fusion.predict import probs_path
-    from fusion.submission import metadata_path
-
     submission = Path(submission)
     artifact = wandb.Artifact(f"submission-{run.id}", type="submission")
     artifact.add_file(str(submission), name=submission.name)
@@ -361,27 +365,10 @@ def log_submission(run, submission: str | Path, probs_file: str | Path | None = 
     run.log_artifact(artifact, aliases=["latest"])
 
 
-def add_wandb_arguments(parser, *, kind: str) -> None:
-    """``--wandb.project/entity/group/tags/job_type`` (and the old ``--wandb_project``) on
-    the parser of a candidate command that is not a fit (``kind``: probe, stack, ensemble);
-    read back by :func:`candidate_settings`."""
-    parser.add_argument("--wandb_project", type=str | None, default=None, help="= --wandb.project")
-    parser.add_argument(
-        "--wandb.project", type=str | None, default=None, help="else $WANDB_PROJECT"
-    )
-    parser.add_argument("--wandb.entity", type=str | None, default=None, help="else $WANDB_ENTITY")
-    parser.add_argument("--wandb.group", type=str | None, default=None, help=f"default: {kind}")
-    parser.add_argument(
-        "--wandb.tags", type=list[str] | None, default=None, help="else $WANDB_TAGS"
-    )
-    parser.add_argument("--wandb.job_type", type=str | None, default=None, help=f"default: {kind}")
-
-
 def candidate_settings(run_dir: str | Path, cfg, *, kind: str) -> dict:
-    """:func:`fusion.loggers.wandb_settings` from the options of :func:`add_wandb_arguments`:
+    """:func:`fusion.loggers.wandb_settings` from the options of
+    :func:`fusion.command_options.add_wandb_arguments`:
     group and job type ``kind`` unless given."""
-    from fusion.loggers import wandb_settings
-
     return wandb_settings(
         Path(run_dir),
         group=kind,
@@ -414,14 +401,6 @@ def log_candidate(
     W&B is disabled or failed: a logging failure is one warning, the files are written.
     """
     import sys
-
-    from fusion.loggers import (
-        _say_mode,
-        init_settings,
-        init_wandb,
-        save_run_id,
-        wandb_mode_and_reason,
-    )
 
     mode, why = wandb_mode_and_reason()
     if mode == "disabled":

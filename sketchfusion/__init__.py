@@ -8,10 +8,10 @@
 >>> sf.metrics(fit), sf.val_predictions(fit), sf.submission("submission.csv")  # DataFrames
 
 Thin wrappers, no logic of their own: :func:`build_store` is ``data_prep.main``,
-:func:`fit` is ``fusion.cli.main`` (LightningCLI), :func:`predict` chains
-``fusion.predict``'s functions as predict.py does, :func:`report` is
+:func:`fit` is ``fusion.cli.main`` (LightningCLI), :func:`predict` is
+``fusion.combine.predict_submission`` (predict.py's library call), :func:`report` is
 ``analysis.report.build_report``. Bad input raises the same exceptions the command lines
-turn into one-line errors (``StoreError``, ``CheckpointError``, ``ValueError``), with the
+turn into one-line errors (``StoreError``, ``CheckpointError``, ``SubmissionError``...), with the
 same messages. The files the command lines write read back as pandas DataFrames
 (:mod:`sketchfusion.tables`: metrics, val predictions, out-of-fold probabilities, tune
 trials, submissions). Importing this package is cheap: torch, Lightning and pandas load on
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,27 +153,21 @@ def predict(
     ``OUT.json``); ``category="name"`` writes class names instead of indices.
 
     ``checkpoint``: one train.py checkpoint or a list (their probabilities are averaged).
-    Inputs that failed extraction get the train class prior, with a warning; ``strict``
-    raises :class:`StoreError` instead. Returns the submission's path.
+    Inputs that failed extraction get the train class prior, with a warning on stderr;
+    ``strict`` raises ``fusion.submission.SubmissionError`` instead. The library call
+    predict.py makes (``fusion.combine.predict_submission``), so it refuses what predict.py
+    refuses, with the same messages. Returns the submission's path.
     """
-    from fusion.predict import complete_split, predict_probs
-    from fusion.submission import write_submission
+    from fusion.combine import predict_submission
 
-    checkpoints = [str(c) for c in (checkpoint if isinstance(checkpoint, list) else [checkpoint])]
-    root = os.fspath(store)
-    ids, probs = predict_probs(checkpoints, root, split, allow_store_mismatch=allow_store_mismatch)
-    ids, probs, failed = complete_split(root, split, ids, probs)
-    if failed:
-        what = f"{len(failed)} {split} inputs failed extraction (see {root}/failures.csv)"
-        if strict:
-            raise StoreError(f"{what}; strict=True refuses a submission with fallback rows")
-        warnings.warn(f"{what}; their rows use the train class prior", stacklevel=2)
-    submission, _ = write_submission(
+    checkpoints = checkpoint if isinstance(checkpoint, list) else [checkpoint]
+    submission, _ = predict_submission(
+        checkpoints,
+        os.fspath(store),
         out,
-        ids,
-        probs,
-        class_names=open_store(root).class_names,
-        checkpoints=checkpoints,
+        split=split,
+        strict=strict,
+        allow_store_mismatch=allow_store_mismatch,
         category=category,
     )
     return submission

@@ -8,7 +8,7 @@
 >>> sf.submission("submission.csv")      # Id,Category
 
 Readers only: the files on disk stay what the command lines write (the ``csv`` module's
-atomic writes, fusion/predict.py), and each DataFrame holds exactly what reading its file
+atomic writes, feature_store/atomic.py), and each DataFrame holds exactly what reading its file
 gives, with ids kept as strings (``"0012"`` stays ``"0012"``, an id ``"NA"`` stays a
 string). Each function takes a file, or the directory that holds it (a ``FitResult`` or a
 run directory, a CV directory, a study directory); pandas loads on the first call.

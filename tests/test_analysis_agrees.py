@@ -19,8 +19,9 @@ from analysis import __main__ as analysis_cli
 from analysis.html import Section
 from analysis.report import ReportOptions, build_report, model_label
 from feature_store.synthetic import make_synthetic_store
+from fusion.commands.probe import run_probe
 from fusion.plots import plot_alpha_beta
-from fusion.probe_run import PROBE_FILE, run_probe
+from fusion.probe_run import PROBE_FILE
 from tests.fixtures_analysis import write_fit_config, write_metrics
 
 REPO = Path(__file__).resolve().parents[1]

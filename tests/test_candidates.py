@@ -258,7 +258,7 @@ def test_kaggle_failures_keep_the_submission(store, fits, tmp_path, stand_in_kag
 
 
 def test_ensemble_sends_with_kaggle(tmp_path, stand_in_kaggle):
-    from fusion.predict import save_probs
+    from fusion.submission import save_probs
 
     rng = np.random.default_rng(0)
     ids = [f"t{i}" for i in range(6)]
@@ -282,7 +282,7 @@ def test_ensemble_sends_with_kaggle(tmp_path, stand_in_kaggle):
 def test_averaged_oof_members_are_scored_out_of_fold(tmp_path):
     """A plain average of labelled out-of-fold files: its run's score is the average's
     top-1 on those rows, named oof."""
-    from fusion.predict import save_probs
+    from fusion.submission import save_probs
 
     rng = np.random.default_rng(2)
     ids, labels = [f"r{i}" for i in range(30)], rng.integers(0, 3, 30)

@@ -26,12 +26,14 @@ from data_prep.__main__ import _cli as prep_cli
 from data_prep.config import PrepConfig, build_parser
 from feature_store.compat import parser_actions
 from feature_store.synthetic import make_synthetic_store
-from fusion import ensemble, stacking
 from fusion import predict as fusion_predict
+from fusion import stacking
+from fusion.commands import ensemble
+from fusion.commands import predict as predict_command
 
 REPO = Path(__file__).resolve().parents[1]
 PARSERS = {
-    "predict": fusion_predict.parser,
+    "predict": predict_command.parser,
     "ensemble": ensemble.parser,
     "analysis": analysis_cli.parser,
     "data_prep": build_parser,
@@ -80,7 +82,7 @@ def test_the_shown_defaults_are_the_real_ones():
     # data_prep: the dataclasses' defaults, section by section
     assert _parsed_defaults(build_parser()) == asdict(PrepConfig())
     # predict: the library function's batch size; ensemble: the stacker's folds
-    got = _parsed_defaults(fusion_predict.parser(), "--checkpoint", "a", "--store", "s")
+    got = _parsed_defaults(predict_command.parser(), "--checkpoint", "a", "--store", "s")
     sig = inspect.signature(fusion_predict.predict_probs).parameters
     assert got["batch_size"] == sig["batch_size"].default
     assert got["split"] == sig["split"].default and got["strict"] is False
@@ -113,7 +115,7 @@ def test_print_config_then_c_gives_the_same_options(entry, argv, tmp_path, capsy
 
 
 def test_flags_take_lightning_style_booleans():
-    p = fusion_predict.parser()
+    p = predict_command.parser()
     base = ["--checkpoint", "a", "--store", "s"]
     assert p.parse_args([*base, "--strict"]).strict is True
     assert p.parse_args([*base, "--strict", "true"]).strict is True

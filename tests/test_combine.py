@@ -17,7 +17,8 @@ from fixtures_training import DEMO_CONFIG, fit_cli, small_store
 from feature_store import load_arrays
 from fusion.combine import DEFAULT_METHOD, CombineError, Source, combine
 from fusion.ensemble import load_probs
-from fusion.predict import predict_probs
+from fusion.errors import FusionError
+from fusion.predict import CheckpointError, predict_probs
 from fusion.stacking import Stacker, cross_fit
 
 pytestmark = pytest.mark.slow
@@ -32,7 +33,7 @@ def _no_wandb(monkeypatch):
 def members(tmp_path_factory):
     """On one store: a 2-fold ``train.py cv`` directory, a fit's checkpoint and another
     fit's ``submission.probs.npz`` with its ``val.probs.npz``."""
-    from fusion.cv import run_cv
+    from fusion.commands.cv import run_cv
 
     root = tmp_path_factory.mktemp("combine")
     store = small_store(root / "store")
@@ -134,9 +135,9 @@ def test_what_would_leak_or_mismatch_is_refused(members, tmp_path):
     other = small_store(tmp_path / "other", seed=3, per_class={"train": 12, "val": 6, "test": 4})
     other_ckpt = tmp_path / "o"
     fit_cli(other, other_ckpt, "--model.head", "text_only", "--trainer.logger", "false", epochs=1)
-    with pytest.raises(CombineError):
+    with pytest.raises(FusionError, match="ids differ|lacks|labels differ"):
         combine([cv, Source(other_ckpt / "submission.probs.npz", other_ckpt / "val.probs.npz")])
-    with pytest.raises(CombineError, match="not found"):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
         combine([cv, tmp_path / "missing.ckpt"], store=store)
     with pytest.raises(CombineError, match="method 'vote'"):
         combine([cv, cv], "vote")

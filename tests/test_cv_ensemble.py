@@ -9,11 +9,11 @@ from fixtures_training import DEMO_CONFIG, read_csv
 from feature_store import load_arrays
 from feature_store.synthetic import make_caption_mix_store
 from fusion.combine import CombineError, Source, combine
-from fusion.cv import run_cv
+from fusion.commands.cv import run_cv
+from fusion.commands.ensemble import main as ensemble_main
 from fusion.ensemble import EnsembleError, check_members, load_probs
-from fusion.ensemble import main as ensemble_main
 from fusion.folds import assign_folds
-from fusion.predict import save_probs
+from fusion.submission import save_probs
 
 K = 3
 

@@ -398,7 +398,7 @@ def test_probe_stopped_mid_sweep_reruns(store, tmp_path, run_train, sig):
     run, flag = tmp_path / "probe", tmp_path / "paused"
     argv = ["probe", "--data.store", str(store), "--run_dir", str(run),
             "--probe.cs", "[0.1,1]", "--probe.views", "[image]"]  # fmt: skip
-    proc = _runner("fusion.probe_run.fit_probe", flag, argv)
+    proc = _runner("fusion.commands.probe.fit_probe", flag, argv)
     _wait_for(flag, proc)
     assert (run / ".unfinished").is_file() and (run / "config.yaml").is_file()
     os.killpg(proc.pid, sig)

@@ -116,9 +116,9 @@ def test_resume_from_an_epoch_end_checkpoint_keeps_early_stopping_state(store, t
 
 
 def test_two_fits_started_in_the_same_second_get_two_run_directories(store, tmp_path, monkeypatch):
-    import fusion.cli
+    import fusion.runs
 
-    monkeypatch.setattr(fusion.cli.time, "strftime", lambda fmt: "20260101-120000")
+    monkeypatch.setattr(fusion.runs.time, "strftime", lambda fmt: "20260101-120000")
     args = ["--config", CONCAT, "--data.store", str(store), "--runs_root", str(tmp_path / "runs"),
             "--trainer.max_steps", "4", "--trainer.enable_progress_bar", "false"]  # fmt: skip
     original, others = FusionCLI.instantiate_trainer, []
@@ -161,7 +161,7 @@ def _mtimes(cv_dir: Path) -> dict[str, int]:
 def test_cv_without_test_predictions_marks_folds_done_and_reads_folds_from_config(
     store, tmp_path, capsys
 ):
-    from fusion.cv import run_cv
+    from fusion.commands.cv import run_cv
 
     config = tmp_path / "cv2.yaml"  # data.folds as a dotted key, the way configs/ set values
     config.write_text(f"config: {CONCAT}\ndata.folds: 2\n")
@@ -216,7 +216,7 @@ def test_a_stale_cv_lock_is_taken_over(store, tmp_path):
     import json
     import socket
 
-    from fusion.cv import CvLock
+    from fusion.commands.cv import CvError, CvLock
 
     cv_dir = tmp_path / "cv"
     cv_dir.mkdir()
@@ -228,7 +228,7 @@ def test_a_stale_cv_lock_is_taken_over(store, tmp_path):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
     lock.write_text(json.dumps({"pid": 1, "host": "another-host"}))  # not ours to judge
-    with pytest.raises(SystemExit, match="another-host"):
+    with pytest.raises(CvError, match="another-host"):  # train.py cv prints it, exits 2
         CvLock(cv_dir).__enter__()
     assert json.loads(lock.read_text())["host"] == "another-host"
 
@@ -239,7 +239,7 @@ def test_a_stale_cv_lock_is_taken_over(store, tmp_path):
         (["cv", "--data.folds", "five"], ["--data.folds", "'five'"]),
         (["tune", "--n_trials", "many"], ["--n_trials", "'many'"]),
         (["tune", "--n_trials", "2", "--seed", "x"], ["--seed", "'x'"]),
-        (["tune", "--n_trials", "2", "--pruner", "mean"], ["--pruner", "'mean'", "median"]),
+        (["tune", "--n_trials", "2", "--pruner", "mean"], ["--pruner", "mean", "median"]),
     ],
 )
 def test_bad_values_of_cv_and_tune_options_are_one_line(argv, words, capsys):
@@ -271,7 +271,7 @@ def two_fits(store, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cv_dir(store, tmp_path_factory):
-    from fusion.cv import run_cv
+    from fusion.commands.cv import run_cv
 
     return run_cv(_cv_args(store, tmp_path_factory.mktemp("cv") / "cv2", "--data.folds", "2"))
 
@@ -323,7 +323,7 @@ def test_stack_into_a_directory_that_cannot_be_created_is_one_line(
 
 
 def _ensemble(*argv: str, capsys) -> tuple[int, list[str]]:
-    from fusion.ensemble import main as ensemble_main
+    from fusion.commands.ensemble import main as ensemble_main
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
@@ -334,7 +334,7 @@ def _ensemble(*argv: str, capsys) -> tuple[int, list[str]]:
 @pytest.fixture(scope="module")
 def member_files(store, two_fits, tmp_path_factory):
     """Each fit's test probabilities (predict.py's OUT.probs.npz) and its val.probs.npz."""
-    from fusion.predict import main as predict_main
+    from fusion.commands.predict import main as predict_main
 
     root = tmp_path_factory.mktemp("members")
     tests, vals = [], []
@@ -356,7 +356,7 @@ def test_ensemble_refuses_fit_on_files_in_another_order(member_files, tmp_path, 
                           "--fit_on", vals[0], "--out", str(out), capsys=capsys)  # fmt: skip
     assert code == 2 and len(err) == 1 and "--probs order" in err[0] and vals[1] in err[0]
     assert not out.exists()
-    from fusion.ensemble import main as ensemble_main
+    from fusion.commands.ensemble import main as ensemble_main
 
     ensemble_main(["--probs", tests[0], "--probs", tests[1], "--fit_on", vals[0],
                    "--fit_on", vals[1], "--out", str(out)])  # fmt: skip
@@ -377,7 +377,7 @@ def test_ensemble_out_paths_that_would_clash_are_refused(member_files, cv_dir, t
     assert code == 2 and len(err) == 1 and str(oof) in err[0]
     assert oof.read_bytes() == before and not (cv_dir / "oof.csv").exists()
     # An earlier ensemble's own output is replaced by a rerun.
-    from fusion.ensemble import main as ensemble_main
+    from fusion.commands.ensemble import main as ensemble_main
 
     for _ in range(2):
         ensemble_main([*members, "--out", str(tmp_path / "ens.csv")])
@@ -417,7 +417,7 @@ def _trials(root: Path) -> list:
 
 
 def test_a_resumed_tune_draws_new_parameters(store, tmp_path):
-    from fusion.tune import run_tune
+    from fusion.commands.tune import run_tune
 
     args = _tune_args(store, tmp_path, "--pruner", "none")
     run_tune([*args, "--n_trials", "2"])
@@ -428,7 +428,7 @@ def test_a_resumed_tune_draws_new_parameters(store, tmp_path):
 
 
 def test_the_default_study_is_the_stores(store, tmp_path):
-    from fusion.tune import run_tune
+    from fusion.commands.tune import run_tune
 
     other = small_store(tmp_path / "other", seed=1)
     runs = tmp_path / "runs"
@@ -455,7 +455,7 @@ def test_the_default_study_is_the_stores(store, tmp_path):
 def test_a_second_tune_leaves_the_first_ones_running_trial_alone(store, tmp_path):
     import optuna
 
-    from fusion.tune import run_tune
+    from fusion.commands.tune import run_tune
 
     args = _tune_args(store, tmp_path, "--pruner", "none")
     first = _paused(["tune", *args, "--n_trials", "2"], tmp_path / "paused", step=3)

@@ -343,7 +343,8 @@ def test_a_nearly_flat_member_gets_no_weight_and_moves_no_prediction():
 
 
 def test_probe_run_writes_a_run_and_fits_print_it(tmp_path, caplog):
-    from fusion.probe_run import latest_probe, run_probe
+    from fusion.commands.probe import run_probe
+    from fusion.probe_run import latest_probe
     from tests.fixtures_training import fit_cli
 
     store = small_store(tmp_path / "s")

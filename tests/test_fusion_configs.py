@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from fusion.cli import FusionCLI
+from fusion.commands.tune import load_space
 from fusion.heads import HEAD_ALIASES, HEADS, SkipMLP, head_members
-from fusion.tune import load_space
 from tests.fixtures_training import REPO, small_store
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

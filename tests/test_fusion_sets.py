@@ -155,7 +155,7 @@ def test_the_probe_fits_every_set_and_their_concatenation_and_fits_print_it(
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from fusion.probe_run import run_probe
+    from fusion.commands.probe import run_probe
 
     runs = tmp_path / "runs"
     sets = ["left", "right", "zs"]

@@ -93,10 +93,11 @@ def test_no_circle_of_modules(package):
 
 def test_the_manifest_is_the_bottom_of_feature_store():
     """manifest.py (format, StoreError, StoreInfo, set entries) imports no module of the
-    package but the cache; every reader and writer builds on it."""
+    package but the cache and the atomic writer; every reader and writer builds on it."""
     sources = _sources("feature_store")
     graph = _graph(sources)
-    assert graph["feature_store.manifest"] <= {"feature_store.cache"}
+    assert graph["feature_store.manifest"] <= {"feature_store.cache", "feature_store.atomic"}
+    assert graph["feature_store.atomic"] == set()
     assert graph["feature_store.cache"] == set()
 
 

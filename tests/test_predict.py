@@ -8,7 +8,8 @@ import torch
 
 import predict
 from feature_store import load_arrays
-from fusion.predict import check_compatible, head_probs, load_head, predict_probs, probs_path
+from fusion.predict import check_compatible, head_probs, load_head, predict_probs
+from fusion.submission import probs_path
 from tests.fixtures_training import fit_cli, read_csv, small_store
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ def trained(tmp_path_factory):
 def test_fit_predict_and_read_the_submission_back(trained, tmp_path):
     store, (ckpt, _) = trained
     out = tmp_path / "sub" / "submission.csv"
-    assert predict.main.__module__ == "fusion.predict"
+    assert predict.main.__module__ == "fusion.commands.predict"
     predict.main(["--checkpoint", str(ckpt), "--store", str(store), "--out", str(out)])
     rows = read_csv(out)
     assert list(rows[0]) == ["Id", "Category"]

@@ -18,10 +18,10 @@ import pytest
 
 import sketchfusion as sf
 from feature_store.synthetic import make_synthetic_store
-from fusion import tune
-from fusion.predict import save_probs, write_predictions_csv
-from fusion.probe_run import run_probe
-from fusion.submission import write_submission
+from fusion.commands import tune
+from fusion.commands.probe import run_probe
+from fusion.predict import write_predictions_csv
+from fusion.submission import save_probs, write_submission
 
 IDS = ["0012", "NA", "null", "img_3"]  # leading zero and pandas' NA words: ids all the same
 

@@ -293,7 +293,7 @@ def test_synthetic_set_options_are_checked(tmp_path):
 def test_todays_probe_and_fit_run_on_a_multi_set_store(halves, tmp_path, monkeypatch):
     """The rows' image and text (copies of backbone_a and caption_text) are what today's
     `train.py probe` and `train.py fit` read."""
-    from fusion.probe_run import run_probe
+    from fusion.commands.probe import run_probe
     from tests.fixtures_training import fit_cli
 
     monkeypatch.setenv("WANDB_MODE", "disabled")

@@ -13,7 +13,7 @@ import data_prep
 import predict
 from analysis.__main__ import main as analysis_main
 from feature_store import load_arrays, load_features, open_store, write_manifest
-from fusion.probe_run import run_probe
+from fusion.commands.probe import run_probe
 from tests.fixtures_sets import add_argv, set_models  # noqa: F401
 from tests.fixtures_training import fit_cli, read_csv, small_store
 

@@ -13,8 +13,8 @@ from fixtures_training import DEMO_CONFIG, REPO, read_csv, wandb_records
 
 from feature_store.synthetic import make_synthetic_store
 from fusion.cli import FusionCLI
+from fusion.commands.tune import FINISHED, PruneOnVal, SearchSpaceError, load_space, run_tune
 from fusion.heads import HEADS
-from fusion.tune import FINISHED, PruneOnVal, SearchSpaceError, load_space, run_tune
 
 SPACE = """
 model.optimizer.lr: {low: 1.0e-3, high: 1.0e-2, log: true}
@@ -144,7 +144,7 @@ def test_bad_search_space_is_refused(tmp_path):
 
 @pytest.mark.parametrize("space", sorted((REPO / "configs" / "search").glob("*.yaml")), ids=str)
 def test_every_search_space_parses_as_its_config_options(space, capsys):
-    from fusion.tune import suggest
+    from fusion.commands.tune import suggest
 
     config = REPO / "configs" / space.name
     assert config.is_file(), f"{space} has no experiment config beside it"
@@ -215,7 +215,7 @@ def test_every_search_space_holds_its_config_own_values(space, capsys):
     LightningCLI resolves the config, lie inside its search space."""
     import yaml
 
-    from fusion.tune import config_params
+    from fusion.commands.tune import config_params
 
     config = REPO / "configs" / space.name
     with pytest.raises(SystemExit):

@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,9 +40,20 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from feature_store import StoreError, open_store
+from feature_store.atomic import atomic_write_text
 from feature_store.console import show_path
-from fusion.exit import ExitError
-from fusion.submission import CATEGORIES, finish
+from fusion.command_options import add_submission_arguments, parse_own_options
+from fusion.ensemble import average, check_members, load_probs, write_ensemble
+from fusion.errors import FusionError, Stopped, UsageError
+from fusion.exit import exit_codes
+from fusion.submission import CATEGORIES, DEFAULT_CATEGORY, finish, save_probs
+
+
+class CvError(FusionError):
+    """A CV directory this command cannot work in: another process's, another command's,
+    or not writable."""
+
 
 TEST = "test.probs.npz"  # a fold's test-split probabilities (none with predict_split '')
 DONE = "fold.done"  # written last in a fold: its presence marks the fold finished
@@ -58,19 +68,6 @@ def option(args: Sequence[str], name: str) -> str | None:
         elif arg.startswith(name + "="):
             value = arg.split("=", 1)[1]
     return value
-
-
-def without(args: Sequence[str], name: str) -> list[str]:
-    """``args`` without ``--name V`` / ``--name=V``."""
-    out, skip = [], False
-    for i, arg in enumerate(args):
-        if skip:
-            skip = False
-        elif arg == name and i + 1 < len(args):
-            skip = True
-        elif not arg.startswith(name + "="):
-            out.append(args[i])
-    return out
 
 
 def _flat(node, prefix: str = "") -> dict:
@@ -117,19 +114,17 @@ def config_value(args: Sequence[str], dotted: str):
     return value
 
 
-def int_option(args: Sequence[str], dotted: str, *, prog: str, default: int = 0) -> int:
+def int_option(args: Sequence[str], dotted: str, *, default: int = 0) -> int:
     """``dotted`` as an int (command line or config), or one line naming it."""
     value = config_value(args, dotted)
     try:
         return default if value is None else int(value)
     except (TypeError, ValueError):
-        raise ExitError(f"train.py {prog}: error: --{dotted} {value!r} is not an integer") from None
+        raise UsageError(f"--{dotted} {value!r} is not an integer") from None
 
 
 def check_predict_split(args: Sequence[str]) -> None:
     """Refuse, before fold 0 trains, a ``--data.predict_split`` the store lacks."""
-    from feature_store import StoreError, open_store
-
     split = config_value(args, "data.predict_split")
     split = "test" if split is None else str(split)
     store = config_value(args, "data.store")
@@ -140,69 +135,111 @@ def check_predict_split(args: Sequence[str]) -> None:
     except StoreError:
         return  # the fit reports a store it cannot open, with its fix
     if split not in splits:
-        raise ExitError(
-            f"train.py cv: error: the store {store} has no {split!r} split to predict "
+        raise UsageError(
+            f"the store {store} has no {split!r} split to predict "
             f"(it has {', '.join(sorted(splits))}); pass --data.predict_split SPLIT, or "
             "--data.predict_split '' to cross-validate without a submission"
         )
 
 
+def parser():
+    """``train.py cv``'s own options; every other argument is a ``train.py fit`` one."""
+    from feature_store.cli import CliParser
+
+    p = CliParser(
+        prog="train.py cv",
+        description=__doc__.split("\n\n")[0] + " Every option not listed here is a "
+        "`train.py fit` option (python train.py fit --help), given to each fold's fit; "
+        "--data.folds K (K >= 2, from the command line or a --config) is required.",
+    )
+    p.add_argument(
+        "--cv_dir",
+        type=str | None,
+        default=None,
+        help="the CV directory (default: RUNS_ROOT/<experiment>/cv<K>); rerunning the same "
+        "command in it skips the finished folds",
+    )
+    add_submission_arguments(p)
+    return p
+
+
+def config_paths(args: Sequence[str]) -> list[str]:
+    """Every ``--config``/``-c`` file of ``args``, in their order (later wins)."""
+    paths = []
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in ("--config", "-c"):
+            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            if value:
+                paths.append(value)
+    return paths
+
+
+def fit_experiment(args: Sequence[str]) -> str:
+    """The experiment the fits of ``args`` run in: the fit's own rule
+    (:func:`fusion.runs.experiment_name`) on their ``--experiment`` and ``--config`` files."""
+    from fusion.runs import experiment_name  # Lightning loads with the fits, not for --help
+
+    return experiment_name(
+        {"experiment": config_value(args, "experiment"), "config": config_paths(args)}
+    )
+
+
 def run_cv(argv: Sequence[str]) -> Path:
     """Entry point of ``python train.py cv``; returns the CV directory."""
-    args = list(argv)
-    folds = int_option(args, "data.folds", prog="cv")
+    own, args, given = parse_own_options(parser(), argv)
+    with exit_codes("train.py cv"):
+        return _run_cv(own, args, given)
+
+
+def _run_cv(own, args: list[str], given: Sequence[str]) -> Path:
+    folds = int_option(args, "data.folds")
     if folds < 2:
-        raise ExitError("train.py cv: error: give --data.folds K (K >= 2), e.g. --data.folds 5")
+        raise UsageError("give --data.folds K (K >= 2), e.g. --data.folds 5")
     for banned in ("--data.fold", "--run_dir", "--ckpt_path"):
         if option(args, banned) is not None:
-            raise ExitError(f"train.py cv: error: {banned} is set per fold by cv; drop it")
-    # The CV's own options (its submission's), not passed to the folds' fits.
-    own = {name: option(args, name) for name in ("--cv_dir", "--message", "--kaggle", "--category")}
-    for name in own:
-        args = without(args, name)
-    cv_dir, message = own["--cv_dir"], own["--message"]
-    category = str(own["--category"] or config_value(args, "category") or "index")
+            raise UsageError(f"{banned} is set per fold by cv; drop it")
+    message = own.message
+    # --category on the command line is the CV's; else a config's (the fit's option).
+    category = own.category if "--category" in given else config_value(args, "category")
+    category = str(category or DEFAULT_CATEGORY)
     if category not in CATEGORIES:
-        raise ExitError(f"train.py cv: error: --category {category!r}: choose one of "
-                        f"{', '.join(CATEGORIES)}")  # fmt: skip
-    if cv_dir is None:
-        config = option(args, "--config") or option(args, "-c") or "cv"
-        experiment = config_value(args, "experiment") or Path(config).stem
-        cv_dir = Path(config_value(args, "runs_root") or "runs") / experiment / f"cv{folds}"
-    cv_dir = Path(cv_dir)
+        raise UsageError(f"--category {category!r}: choose one of {', '.join(CATEGORIES)}")
+    root = Path(config_value(args, "runs_root") or "runs")
+    cv_dir = Path(own.cv_dir or root / fit_experiment(args) / f"cv{folds}")
     check_predict_split(args)
     plan = {"args": args, "folds": folds}
     plan_file = cv_dir / "cv_args.json"
     try:
         cv_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ExitError(
-            f"train.py cv: error: cannot create --cv_dir {cv_dir} ({err.strerror or err}); "
+        raise CvError(
+            f"cannot create --cv_dir {cv_dir} ({err.strerror or err}); "
             "pass a writable --cv_dir"
         ) from err
     with CvLock(cv_dir):
         if plan_file.is_file() and json.loads(plan_file.read_text()) != plan:
-            raise ExitError(
-                f"train.py cv: error: {cv_dir} holds folds of another command "
+            raise CvError(
+                f"{cv_dir} holds folds of another command "
                 f"({plan_file}); rerun that command to finish it, or pass a new --cv_dir."
             )
-        plan_file.write_text(json.dumps(plan, indent=2))
+        atomic_write_text(plan_file, json.dumps(plan, indent=2))
         for fold in range(folds):
             run_fold(args, cv_dir, fold)
         summarise(cv_dir, folds, message=message, category=category, fit_args=args)
     submission = cv_dir / "submission.csv"
     if submission.is_file():
-        finish(submission, competition=own["--kaggle"], message=message, prog="train.py cv")
+        finish(submission, competition=own.kaggle, message=message)
     return cv_dir
 
 
 def run_fold(args: Sequence[str], cv_dir: Path, fold: int) -> None:
     """Fit fold ``fold`` into ``CV/fold_<fold>`` unless it is done; mark it done last."""
+    # torch and Lightning load with the first fold, not for `train.py cv --help`.
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from fusion.cli import main as cli_main
-    from fusion.exit import EXIT_SIGINT, EXIT_SIGTERM
-    from fusion.predict import complete_split, predict_probs, save_probs
+    from fusion.predict import complete_split, predict_probs
     from fusion.runs import restored_environ
     from fusion.stopping import stopped_by
 
@@ -212,22 +249,19 @@ def run_fold(args: Sequence[str], cv_dir: Path, fold: int) -> None:
         return
     if run.exists():  # a fold killed part-way: ours alone (CvLock), redone from scratch
         shutil.rmtree(run)
-    saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args, not our argv
+    group = [] if option(args, "--wandb_group") else ["--wandb_group", str(cv_dir)]
+    fit_args = ["fit", *args, *group, "--data.fold", str(fold), "--run_dir", str(run)]
     try:
-        group = [] if option(args, "--wandb_group") else ["--wandb_group", str(cv_dir)]
-        fit_args = ["fit", *args, *group, "--data.fold", str(fold), "--run_dir", str(run)]
         with restored_environ():  # each fold from the user's environment (WANDB_MODE)
             cli = cli_main(fit_args, candidate="cv_fold")
     except SIGTERMException as err:
         how = "Ctrl-C (SIGINT)" if stopped_by() == "SIGINT" else "SIGTERM"
-        raise ExitError(
-            f"train.py cv: stopped by {how} in fold {fold}; the finished folds are kept in "
+        raise Stopped(
+            f"stopped by {how} in fold {fold}; the finished folds are kept in "
             f"{cv_dir}. Continue with the same `train.py cv` command: it skips them and "
             f"redoes fold {fold}",
-            code=EXIT_SIGINT if stopped_by() == "SIGINT" else EXIT_SIGTERM,
+            signal="SIGINT" if stopped_by() == "SIGINT" else "SIGTERM",
         ) from err
-    finally:
-        sys.argv = saved
     dm, ckpt = cli.datamodule, cli.trainer.checkpoint_callback
     best = ckpt.best_model_path or ckpt.last_model_path
     if dm.predict_split:
@@ -235,7 +269,7 @@ def run_fold(args: Sequence[str], cv_dir: Path, fold: int) -> None:
         # Inputs that failed extraction get the train class prior (predict.py's rule).
         ids, probs, _ = complete_split(dm.store, dm.predict_split, ids, probs)
         save_probs(run / TEST, ids, probs, class_names=dm.class_names, checkpoints=[best])
-    (run / DONE).write_text(json.dumps({"fold": fold, "best": str(best)}) + "\n")
+    atomic_write_text(run / DONE, json.dumps({"fold": fold, "best": str(best)}) + "\n")
 
 
 class CvLock:
@@ -260,7 +294,7 @@ class CvLock:
             with os.fdopen(fd, "w") as f:
                 json.dump({**self.mine, "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
             return self
-        raise ExitError(f"train.py cv: error: could not take the lock {self.path}; rerun")
+        raise CvError(f"could not take the lock {self.path}; rerun")
 
     def _check_stale(self) -> None:
         try:
@@ -272,8 +306,8 @@ class CvLock:
             print(f"cv: taking over {self.path} of a process that is gone (pid {pid})")
             self.path.unlink(missing_ok=True)
             return
-        raise ExitError(
-            f"train.py cv: error: {self.path.parent} is in use by another `train.py cv` "
+        raise CvError(
+            f"{self.path.parent} is in use by another `train.py cv` "
             f"(pid {pid} on {host}, since {owner.get('started', '?')}); wait for it to "
             f"finish or pass another --cv_dir (delete {self.path} only if that process "
             "is gone)"
@@ -303,9 +337,6 @@ def summarise(
 ) -> Path:
     """Join the folds' out-of-fold and test probabilities; print the CV score; log the CV
     as one W&B run (candidate ``cv``: ``best/oof/acc_top1``, the submission)."""
-    from fusion.ensemble import average, check_members, load_probs, write_ensemble
-    from fusion.predict import save_probs
-
     oof = [load_probs(cv_dir / f"fold_{f}" / "val.probs.npz") for f in range(folds)]
     accs = [float((m.probs.argmax(1) == m.labels).mean()) for m in oof]
     ids = [i for m in oof for i in m.ids]
@@ -342,7 +373,7 @@ def summarise(
             category=category,
             candidate="cv",
         )
-    (cv_dir / "cv.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(cv_dir / "cv.json", json.dumps(summary, indent=2))
     print(
         f"cv: {folds} folds, val/acc_top1 {summary['cv_acc_top1_mean']:.4f} +- "
         f"{summary['cv_acc_top1_std']:.4f} (out-of-fold {summary['oof_acc_top1']:.4f}); "
@@ -356,6 +387,7 @@ def log_cv_run(cv_dir: Path, fit_args: Sequence[str], score: dict, summary: dict
                submission: Path | None) -> None:  # fmt: skip
     """The CV's W&B run in ``CV/wandb/``, in the folds' group: the folds' config (without
     ``data.fold``), the CV score and the submission."""
+    # W&B and Lightning load here, not for `train.py cv --help`.
     from fusion.loggers import wandb_settings
     from fusion.wandb_report import log_candidate
 

@@ -38,37 +38,44 @@ and its parameters tried once more (``RetryHeartbeatStaleTrialCallback``).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import socket
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import optuna
 import sqlalchemy
 import yaml
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.loggers import WandbLogger
 
+from feature_store.atomic import atomic_write_bytes, atomic_write_text, write_csv
 from feature_store.console import show_path
-from fusion.cv import config_value, option, without
-from fusion.exit import ExitError
+from fusion.callbacks import NonFiniteLossError
+from fusion.cli import main as cli_main
+from fusion.command_options import parse_own_options
+from fusion.commands.cv import config_paths, config_value, fit_experiment, option
+from fusion.datamodule import FeatureDataModule
+from fusion.errors import FusionError
+from fusion.exit import exit_codes
 from fusion.heads import head_default
+from fusion.module import FusionModule
 from fusion.runs import restored_environ
 
-OWN_OPTIONS = ("--n_trials", "--search", "--study_dir", "--storage", "--study_name", "--seed",
-               "--pruner")  # fmt: skip
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 PRUNERS = ("median", "none")
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(FusionError, ValueError):
     """A search-space YAML that cannot be read."""
 
 
-class TuneError(ValueError):
+class TuneError(FusionError, ValueError):
     """Bad ``train.py tune`` options or a study storage that cannot be opened."""
 
 
@@ -117,9 +124,6 @@ def _default(name: str):
     ``data.*`` option that no config sets."""
     import dataclasses
     import inspect
-
-    from fusion.datamodule import FeatureDataModule
-    from fusion.module import FusionModule
 
     group, _, key = name.partition(".")
     owner = {"model": FusionModule, "data": FeatureDataModule}.get(group)
@@ -298,17 +302,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _int_option(own: dict, name: str, default: int, minimum: int) -> int:
-    value = own[name]
-    try:
-        number = default if value is None else int(value)
-    except ValueError:
-        number = None
-    if number is None or number < minimum:
-        raise TuneError(f"{name} {value!r} is not an integer >= {minimum}")
-    return number
-
-
 def store_tag(store) -> str:
     """``<store folder>-<hash of its absolute path>``: names the default study after the
     data, so the same config tuned on another store starts its own study."""
@@ -316,46 +309,78 @@ def store_tag(store) -> str:
     return f"{path.name}-{hashlib.sha1(str(path).encode()).hexdigest()[:6]}"
 
 
+def parser():
+    """``train.py tune``'s own options; every other argument is a ``train.py fit`` one."""
+    from feature_store.cli import CliParser
+
+    p = CliParser(
+        prog="train.py tune",
+        description=__doc__.split("\n\n")[0] + " Every option not listed here is a "
+        "`train.py fit` option (python train.py fit --help), shared by all trials.",
+    )
+    p.add_argument(
+        "--n_trials", type=PositiveInt, default=None,
+        help="required: finished (complete or pruned) trials the study ends with, N >= 1",
+    )  # fmt: skip
+    p.add_argument(
+        "--search", type=str | None, default=None,
+        help="the search-space YAML (default: configs/search/<experiment>.yaml beside the "
+        "first --config)",
+    )  # fmt: skip
+    p.add_argument(
+        "--study_dir", type=str | None, default=None,
+        help="default: RUNS_ROOT/<experiment>/tune-<store>",
+    )  # fmt: skip
+    p.add_argument(
+        "--storage", type=str | None, default=None,
+        help="an Optuna storage URL shared by several machines (default: STUDY/study.db)",
+    )  # fmt: skip
+    p.add_argument(
+        "--study_name", type=str | None, default=None, help="default: <experiment>@<store>"
+    )
+    p.add_argument(
+        "--seed", type=NonNegativeInt, default=0,
+        help="the TPE sampler's seed (plus the trials the study holds)",
+    )  # fmt: skip
+    p.add_argument(
+        "--pruner", type=Literal[PRUNERS], default="median",
+        help="median: stop a trial below the median of earlier ones at the same point",
+    )  # fmt: skip
+    return p
+
+
 def run_tune(argv: Sequence[str]) -> Path:
     """Entry point of ``python train.py tune``; returns the study directory."""
+    own, args, _ = parse_own_options(parser(), argv)
     verbosity = optuna.logging.get_verbosity()
     # Optuna's INFO lines ("[I ...] A new study created", "Trial 3 finished with value...")
     # repeat what trial_line prints once per trial; its warnings stay.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return _run_tune(argv)
-    except (TuneError, SearchSpaceError) as err:
-        raise ExitError(f"train.py tune: error: {err}") from err
+        with exit_codes("train.py tune"):
+            return _run_tune(own, args)
     finally:
         optuna.logging.set_verbosity(verbosity)
 
 
-def _run_tune(argv: Sequence[str]) -> Path:
-    from fusion.cli import main as cli_main
-
-    args = list(argv)
-    own = {name: option(args, name) for name in OWN_OPTIONS}
-    for name in OWN_OPTIONS:
-        args = without(args, name)
+def _run_tune(own, args: list[str]) -> Path:
     for banned in ("--run_dir", "--ckpt_path"):
         if option(args, banned) is not None:
             raise TuneError(f"{banned} is set per trial; drop it")
-    config = option(args, "--config") or option(args, "-c")
-    if own["--n_trials"] is None:
+    if own.n_trials is None:
         raise TuneError("give --n_trials N (N >= 1)")
-    n_trials = _int_option(own, "--n_trials", 0, 1)
-    seed = _int_option(own, "--seed", 0, 0)
-    pruner = own["--pruner"] or "median"
-    if pruner not in PRUNERS:
-        raise TuneError(f"--pruner {pruner!r} is not one of {', '.join(PRUNERS)}")
-    experiment = config_value(args, "experiment") or (Path(config).stem if config else "tune")
-    search = Path(own["--search"] or Path(config or ".").parent / "search" / f"{experiment}.yaml")
+    configs = config_paths(args)
+    experiment = fit_experiment(args)  # the fit's own name: trials run in it
+    first = Path(configs[0]).parent if configs else Path(".")
+    search = Path(own.search or first / "search" / f"{experiment}.yaml")
     space = load_space(search)
     root = Path(config_value(args, "runs_root") or "runs")
     tag = store_tag(config_value(args, "data.store"))
-    study_dir = Path(own["--study_dir"] or root / experiment / f"tune-{tag}")
-    name = own["--study_name"] or f"{experiment}@{tag}"
-    study = open_study(study_dir, name=name, storage_url=own["--storage"], seed=seed, pruner=pruner)
+    study_dir = Path(own.study_dir or root / experiment / f"tune-{tag}")
+    name = own.study_name or f"{experiment}@{tag}"
+    study = open_study(
+        study_dir, name=name, storage_url=own.storage, seed=own.seed, pruner=own.pruner
+    )
     enqueue_config(study, args, space)
 
     def objective(trial: optuna.Trial) -> float:
@@ -367,27 +392,19 @@ def _run_tune(argv: Sequence[str]) -> Path:
         # Every trial's W&B run lands in the study's group (unless the user names one).
         group = [] if option(args, "--wandb_group") else ["--wandb_group", name]
         fit_args = ["fit", *args, *group, *suggest(trial, space), "--run_dir", str(run)]
-        saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args, not our argv
-        try:
-            with restored_environ():  # W&B sets WANDB_MODE=dryrun for an offline run
-                cli = cli_main(
-                    fit_args, extra_callbacks=[PruneOnVal(trial)], candidate="tune_trial"
-                )
-        finally:
-            sys.argv = saved
+        with restored_environ():  # W&B sets WANDB_MODE=dryrun for an offline run
+            cli = cli_main(fit_args, extra_callbacks=[PruneOnVal(trial)], candidate="tune_trial")
         score = cli.trainer.checkpoint_callback.best_model_score
         if score is None:
             raise RuntimeError(f"trial {trial.number}: no val/acc_top1 was logged ({run})")
         return float(score)
 
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    _optimize(study, objective, n_trials=n_trials, done=done, name=name)
+    _optimize(study, objective, n_trials=own.n_trials, done=done, name=name)
     return report(study, study_dir)
 
 
 def _optimize(study: optuna.Study, objective, *, n_trials: int, done: int, name: str) -> None:
-    from fusion.callbacks import NonFiniteLossError
-
     if done < n_trials:
         print(f"tune: study {name!r}: {done} finished trial(s), running {n_trials - done} more")
         study.optimize(
@@ -431,8 +448,6 @@ def report(study: optuna.Study, study_dir: Path) -> Path:
         }
         for t in trials
     ]
-    from fusion.predict import write_csv
-
     header = list(dict.fromkeys(k for r in rows for k in r))
     write_csv(study_dir / "trials.csv", header, ([r.get(k, "") for k in header] for r in rows))
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -441,10 +456,11 @@ def report(study: optuna.Study, study_dir: Path) -> Path:
         return study_dir
     best = study.best_trial
     best_run = Path(best.user_attrs["run_dir"])
-    (study_dir / "best.yaml").write_text(
+    atomic_write_text(
+        study_dir / "best.yaml",
         f"# best trial {best.number} of study {study.study_name!r}: val/acc_top1 "
         f"{best.value:.4f}\n# $ python train.py fit --config {study_dir / 'best.yaml'}\n"
-        + (best_run / "config.yaml").read_text()
+        + (best_run / "config.yaml").read_text(),
     )
     _plots(study, study_dir)
     print(f"tune: {len(complete)} complete trial(s); best {best.number}: {best.value:.4f}")
@@ -478,5 +494,7 @@ def _plots(study: optuna.Study, study_dir: Path) -> None:
             print(f"tune: no {name} ({err})")
             continue
         fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-        fig.savefig(study_dir / name, dpi=100, bbox_inches="tight")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        atomic_write_bytes(study_dir / name, buf.getvalue())
         matplotlib.pyplot.close(fig)
