@@ -154,7 +154,9 @@ def stack_scores(store: Path, runs: Path, sets: list[str], concat: str | None, e
     is its single-set head), pooled by the weights stacker of ``train.py stack`` fitted on
     val (val top-1 cross-fitted, as ``stack.json`` reports it); again with the checkpoint
     ``concat`` (the concat pipeline's fit over every set) as one more member."""
-    from fusion.stacking import Stacker, cross_fit, member_log_probs
+    from fusion.combine import member_rows
+    from fusion.ensemble import log_probs
+    from fusion.stacking import Stacker, cross_fit
 
     t0 = time.perf_counter()
     members = []
@@ -171,8 +173,9 @@ def stack_scores(store: Path, runs: Path, sets: list[str], concat: str | None, e
         if None in ckpts:
             continue
         t1 = time.perf_counter()
-        _, val_lp = member_log_probs(ckpts, str(store), "val")
-        _, test_lp = member_log_probs(ckpts, str(store), "test")
+        # What `train.py stack --checkpoint` fits (val) and predicts (the stored test rows).
+        rows = member_rows(ckpts, store=str(store), complete=False)
+        val_lp, test_lp = log_probs(rows.fit), log_probs(rows.predicted)
         crossed = cross_fit(val_lp, val_labels, method="weights")
         stacker = Stacker(len(ckpts), "weights").fit(val_lp, val_labels)
         probs = stacker.predict_proba(test_lp)
