@@ -110,12 +110,38 @@ def exit_error(err: BaseException, prog: str, *, run: Path | None = None) -> Exi
             f"--ckpt_path last --run_dir {where}",
             code=EXIT_SIGINT if sigint else EXIT_SIGTERM,
         )
+    if isinstance(err, UnicodeDecodeError):
+        return ExitError(f"{prog}: error: {not_utf8_line(err, sys.argv[1:])}")
     full = disk_full(err) if isinstance(err, Exception) else None
     if full is not None:
         # Checkpoints are written atomically: the last one is whole; metrics.csv rows are
         # whole or absent (fusion/loggers.py), so the resume it names continues cleanly.
         return ExitError(disk_full_line(full, prog=prog, run=run), code=EXIT_INTERNAL)
     return None
+
+
+def not_utf8_line(err: UnicodeDecodeError, argv: list[str]) -> str:
+    """One line for a config (or other text file) that is not UTF-8: jsonargparse and our
+    readers decode as UTF-8, and the error itself names no file. The file is the first one
+    named on the command line that does not decode (a config it includes is named by the
+    generic line)."""
+    for arg in argv:
+        path = Path(arg.split("=", 1)[-1])
+        try:
+            if path.is_file() and path.stat().st_size < 2**24:
+                path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return (
+                f"{path} is not UTF-8 text (byte {bad.object[bad.start]:#x} at offset "
+                f"{bad.start}): save it as UTF-8, e.g. iconv -f latin1 -t utf-8 {path} > "
+                f"{path.with_suffix('.utf8' + path.suffix).name}"
+            )
+        except OSError:
+            continue
+    return (
+        f"a file it read is not UTF-8 text ({err.reason} at byte {err.start}): save the "
+        "config (and any config it includes) as UTF-8"
+    )
 
 
 def _lightning_stop(err: BaseException) -> bool:

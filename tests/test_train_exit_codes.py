@@ -102,3 +102,38 @@ def test_an_internal_error_exits_1_with_its_traceback(store, tmp_path):
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" in proc.stderr and "RuntimeError: injected bug" in proc.stderr
+
+
+@pytest.mark.parametrize("sub", ["fit", "cv"])
+def test_a_config_that_is_not_utf8_is_one_line_naming_it(store, tmp_path, sub, capsys, monkeypatch):
+    # A config saved in Latin-1 (an accent in a comment): jsonargparse's UnicodeDecodeError
+    # names no file; the line names it and the fix, exit 2, nothing written.
+    bad = tmp_path / "café.yaml"
+    bad.write_bytes(f"config: {DEMO_CONFIG}\n# caf\xe9 au lait\n".encode("latin-1"))
+    runs = tmp_path / "runs"
+    argv = [sub, "--config", str(bad), "--data.store", str(store), "--runs_root", str(runs)]
+    if sub == "cv":
+        argv += ["--data.folds", "2"]
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        train.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, err[-2000:]
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err[-2000:]
+    assert f"{bad} is not UTF-8 text (byte 0xe9 at offset" in lines[0]
+    assert "iconv -f latin1 -t utf-8" in lines[0]
+    assert not runs.exists() or not any(runs.rglob("*"))
+
+
+def test_the_not_utf8_line_without_the_file_on_the_command_line(tmp_path):
+    from fusion.exit import not_utf8_line
+
+    good = tmp_path / "good.yaml"
+    good.write_text("a: 1\n")
+    try:
+        b"\xe9t\xe9".decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = not_utf8_line(err, ["--config", str(good), "--x=" + str(tmp_path / "absent")])
+    assert line.startswith("a file it read is not UTF-8 text (invalid continuation byte at byte 0)")
