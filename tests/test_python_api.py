@@ -82,7 +82,7 @@ def test_the_readme_example_runs(tiny_demo_configs):
 
 def test_build_store_takes_a_dict_and_dotted_overrides(tmp_path, monkeypatch):
     """A dict config plus ``run__out``: the store lands where the override says."""
-    from data_prep import import_embeddings
+    from data_prep import pipeline
 
     src = tmp_path / "src"
     make_synthetic_store(src, num_classes=2, per_class={"train": 3, "val": 2, "test": 1})
@@ -93,7 +93,7 @@ def test_build_store_takes_a_dict_and_dotted_overrides(tmp_path, monkeypatch):
         shutil.copytree(src, cfg.run.out)
         return Path(cfg.run.out)
 
-    monkeypatch.setattr(import_embeddings, "import_store", fake_import)
+    monkeypatch.setattr(pipeline, "import_store", fake_import)  # the name pipeline calls
     info = sf.build_store(
         {"input": {"kind": "report_embeddings", "dataset": "x"}, "run": {"out": "ignored"}},
         run__out=str(tmp_path / "built"),
