@@ -228,6 +228,8 @@ def test_several_checkpoints_in_predict_are_an_alias_of_a_mean_stack(members, tm
          "1 --fit_on files for 2 --probs"),
         (["--cv", "{cv}", "--probs", "{probs}"], "no labelled rows"),
         (["--cv", "{cv}"], "at least two members"),
+        (["--cv", "{cv}", "--cv", "{cv}_missing"], "--cv {cv}_missing: CV directory not found"),
+        (["--cv", "{cv}", "--probs", "{probs}.gone"], "--probs {probs}.gone: probabilities file not found"),
     ],
 )  # fmt: skip
 def test_train_stack_refuses_bad_members_in_one_line(members, tmp_path, capsys, argv, words):

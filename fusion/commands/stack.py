@@ -102,6 +102,9 @@ def stack_members(checkpoints=(), cv=(), probs=(), fit_on=()) -> list[Source]:
     members += [Source(Path(p), Path(f) if f else None) for p, f in zip(probs, fit_on, strict=True)]
     given = ["checkpoint"] * len(checkpoints) + ["cv"] * len(cv) + ["probs"] * len(probs)
     for m, option in zip(members, given, strict=True):
+        if not m.path.exists() and option != "checkpoint":  # its kind is the option's
+            what = "CV directory" if option == "cv" else "probabilities file"
+            raise UsageError(f"--{option} {m.path}: {what} not found")
         if m.path.exists() and m.kind != option:
             what = {"checkpoint": "a checkpoint file", "cv": "a `train.py cv` directory",
                     "probs": "a .probs.npz file"}  # fmt: skip
