@@ -1,28 +1,12 @@
-"""Predict a store split with one or more trained heads and write a Kaggle submission.
+"""Inference and the checkpoint contract: load a trained head from its checkpoint
+(``torch.load(weights_only=True)``, rebuilt from its own plain hyper-parameters), refuse it
+where its dims, class names or store model fingerprint differ from the store's, predict a
+split's class probabilities, and write a submission of them (:func:`submit`), inputs that
+failed extraction predicted from the train split's class prior.
 
-$ python predict.py --checkpoint runs/concat/RUN/checkpoints/best.ckpt --store stores/kaggle \\
-      --out submission.csv
-$ python predict.py --checkpoint A.ckpt --checkpoint B.ckpt --store STORE --out ens.csv
-$ python predict.py --checkpoint A.ckpt --store STORE --kaggle mva-recvis-2024 --message "A"
+$ python -c "from fusion.predict import predict_probs; print(predict_probs(['RUN/checkpoints/best.ckpt'], 'stores/demo', 'test')[1].shape)"
 
-Writes ``OUT`` (``Id,Category``, one row per *input* of the split; ``--category
-index|name``), ``OUT`` with suffix ``.probs.npz`` (``ids``, ``probs`` [N, classes],
-``class_names``, ``checkpoints``) so runs can be averaged later, and ``OUT.json`` (its
-metadata; fusion/submission.py). ``--kaggle COMPETITION --message M`` then sends it with the
-``kaggle`` client. It starts no W&B run (the fit's run holds the fit's own submission).
-Several ``--checkpoint`` average their class probabilities: an alias of ``train.py stack
---checkpoint A --checkpoint B --stack.method mean`` (fusion/combine.py; ``train.py stack``
-fits the pooling on val instead, ``logistic`` by default), noted on stderr. Each
-checkpoint is rebuilt from its own plain hyper-parameters (``torch.load(weights_only=True)``)
-and refused if its dims, class names or store model fingerprint (models, revisions,
-pooling, preprocessing) differ from the store's; ``--allow_store_mismatch`` overrides
-the fingerprint check only.
-
-Inputs that failed extraction (``failures.csv``) have no embedding; they still get a
-row, predicted from the fallback: the train split's class prior (its most frequent
-class), with a warning listing them. ``--strict`` fails instead. Exit code 2 with one line
-for any bad input; outputs that are inputs (a checkpoint, anything in the store) are
-refused.
+The command over it, its options and outputs: fusion/commands/predict.py (``predict.py``).
 """
 
 from __future__ import annotations

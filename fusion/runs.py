@@ -257,6 +257,17 @@ def _process_token(pid: int) -> str:
     return f"{pid}:{start}"
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a lock's or a trial's owner: cv, tune)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def launch_rank() -> int:
     """This process's rank as a launcher set it (``RANK``, else ``LOCAL_RANK``; 0 if none)."""
     for key in ("RANK", "LOCAL_RANK"):

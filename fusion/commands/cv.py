@@ -297,12 +297,14 @@ class CvLock:
         raise CvError(f"could not take the lock {self.path}; rerun")
 
     def _check_stale(self) -> None:
+        from fusion.runs import process_alive  # Lightning loads with the fits, not for --help
+
         try:
             owner = json.loads(self.path.read_text())
             pid, host = int(owner["pid"]), str(owner["host"])
         except (OSError, ValueError, KeyError, TypeError):
             return  # being written this instant, or gone: try again
-        if host == self.mine["host"] and not _alive(pid):
+        if host == self.mine["host"] and not process_alive(pid):
             print(f"cv: taking over {self.path} of a process that is gone (pid {pid})")
             self.path.unlink(missing_ok=True)
             return
@@ -315,16 +317,6 @@ class CvLock:
 
     def __exit__(self, *exc) -> None:
         self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def summarise(

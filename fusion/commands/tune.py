@@ -65,7 +65,7 @@ from fusion.errors import FusionError
 from fusion.exit import exit_codes
 from fusion.heads import head_default
 from fusion.module import FusionModule
-from fusion.runs import restored_environ
+from fusion.runs import process_alive, restored_environ
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 PRUNERS = ("median", "none")
@@ -223,7 +223,7 @@ def recover_dead(
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != host or not isinstance(pid, int) or _alive(pid):
+        if t.user_attrs.get("host") != host or not isinstance(pid, int) or process_alive(pid):
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         try:
@@ -290,16 +290,6 @@ def open_study(study_dir: Path, *, name: str, storage_url: str | None, seed: int
     if retried:
         print(f"tune: {retried} trial(s) left running by a killed search will be retried")
     return study
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def store_tag(store) -> str:
