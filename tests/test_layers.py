@@ -27,6 +27,7 @@ from fusion.exit import (
     exit_codes,
     exit_error,
 )
+from tests.import_scan import circles, graph, imports, sources
 
 REPO = Path(__file__).resolve().parents[1]
 FUSION = REPO / "fusion"
@@ -35,26 +36,8 @@ EXIT_MODULE = "fusion.exit"
 COMMAND_LAYER = ("fusion.cli", "fusion.commands", "fusion.command_options", EXIT_MODULE)
 
 
-def _module(path: Path) -> str:
-    parts = path.relative_to(REPO).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
 def _sources() -> dict[str, ast.Module]:
-    return {_module(p): ast.parse(p.read_text(), str(p)) for p in sorted(FUSION.rglob("*.py"))}
-
-
-def _imports(tree: ast.Module) -> list[tuple[str, int]]:
-    """Every module an ``import`` or ``from ... import`` names (in functions too), with
-    its line; ``from fusion import x`` names ``fusion.x``."""
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(a.name, node.lineno) for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.append((node.module, node.lineno))
-            found += [(f"{node.module}.{a.name}", node.lineno) for a in node.names]
-    return found
+    return sources("fusion")
 
 
 def _in_layer(module: str, layer: tuple[str, ...]) -> bool:
@@ -94,7 +77,7 @@ def test_library_modules_import_nothing_from_the_command_layer():
         f"{module}:{line}: imports {name}"
         for module, tree in _sources().items()
         if not _in_layer(module, COMMAND_LAYER)
-        for name, line in _imports(tree)
+        for name, line in imports(module, tree)
         if _in_layer(name, COMMAND_LAYER)
     ]
     assert offences == []
@@ -118,7 +101,7 @@ def test_fusion_imports_nothing_from_the_packages_above_it():
     offences = [
         f"{module}:{line}: imports {name}"
         for module, tree in _sources().items()
-        for name, line in _imports(tree)
+        for name, line in imports(module, tree)
         if name.split(".")[0] in above
     ]
     assert offences == []
@@ -126,33 +109,15 @@ def test_fusion_imports_nothing_from_the_packages_above_it():
 
 def test_no_circle_of_fusion_modules():
     """Counting imports inside functions: none may close a circle."""
-    sources = _sources()
-    graph = {
-        module: {n for n, _ in _imports(tree) if n in sources and n not in (module, "fusion")}
-        for module, tree in sources.items()
-    }
-    circles, state = [], {}
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = "open"
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == "open":
-                circles.append(" -> ".join(path[path.index(nxt):] + [node, nxt]))
-            elif nxt not in state:
-                visit(nxt, [*path, node])
-        state[node] = "done"
-
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [])
-    assert circles == []
+    assert circles(graph(_sources())) == []
 
 
 def test_the_scan_finds_a_circle_and_an_exit(tmp_path):
     """The scans above can fail: the same walk over two modules that import each other."""
     a = ast.parse("def f():\n    from fusion.b import g\n")
     b = ast.parse("from fusion.a import f\nimport sys\nsys.exit(1)\n")
-    assert ("fusion.b", 2) in _imports(a) and ("fusion.a", 1) in _imports(b)
+    assert ("fusion.b", 2) in imports("fusion.a", a) and ("fusion.a", 1) in imports("fusion.b", b)
+    assert circles(graph({"fusion.a": a, "fusion.b": b})) == ["fusion.a -> fusion.b -> fusion.a"]
     exits = [n for n in ast.walk(b) if isinstance(n, ast.Attribute) and n.attr == "exit"]
     assert len(exits) == 1
 
