@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ import torch
 import train
 from feature_store import load_arrays, open_store
 from tests.fixtures_training import DEMO_CONFIG, fit_cli, read_csv, small_store
+from tests.train_runner import wait_for_pause
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -385,21 +385,13 @@ def _runner(pause: str, flag: Path, argv: list[str]) -> subprocess.Popen:
                             text=True, start_new_session=True)  # fmt: skip
 
 
-def _wait_for(flag: Path, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while not flag.exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "never reached the pause"
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_probe_stopped_mid_sweep_reruns(store, tmp_path, run_train, sig):
     run, flag = tmp_path / "probe", tmp_path / "paused"
     argv = ["probe", "--data.store", str(store), "--run_dir", str(run),
             "--probe.cs", "[0.1,1]", "--probe.views", "[image]"]  # fmt: skip
     proc = _runner("fusion.commands.probe.fit_probe", flag, argv)
-    _wait_for(flag, proc)
+    wait_for_pause(flag, proc)
     assert (run / ".unfinished").is_file() and (run / "config.yaml").is_file()
     os.killpg(proc.pid, sig)
     err = proc.communicate(timeout=120)[1]
@@ -424,7 +416,7 @@ def test_stack_stopped_while_writing_reruns(store, tmp_path, run_train):
     run, flag = tmp_path / "stack", tmp_path / "paused"
     argv = ["stack", *members, "--data.store", str(store), "--run_dir", str(run)]
     proc = _runner("fusion.predict.write_predictions_csv", flag, argv)
-    _wait_for(flag, proc)
+    wait_for_pause(flag, proc)
     assert (run / ".unfinished").is_file()
     os.killpg(proc.pid, signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]

@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ import torch
 
 from fusion.cli import ResumeError, RunDirError
 from tests.fixtures_training import DEMO_CONFIG, fit_cli, read_csv, small_store
+from tests.train_runner import start_paused
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -64,28 +63,15 @@ def test_last_ckpt_is_the_last_epoch_not_the_best(store, tmp_path):
     assert best["epoch"] < 3  # val accuracy peaks early here: the probe needs best != last
 
 
-def _train_runner(store: Path, run: Path, flag: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tests.train_runner", "--pause-at-step", "10",
-           "--flag", str(flag), "--", "fit", "--config", DEMO_CONFIG,
-           "--data.store", str(store), "--data.batch_size", "32", "--run_dir", str(run),
-           "--trainer.max_epochs", "4", "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-
-
-def _wait_for(flag: Path, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 120
-    while not flag.exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "train.py never reached the pause"
-        time.sleep(0.1)
+def _paused_fit(store: Path, run: Path, flag: Path, *extra: str) -> subprocess.Popen:
+    return start_paused(["fit", "--config", DEMO_CONFIG, "--data.store", str(store),
+                         "--data.batch_size", "32", "--run_dir", str(run), "--trainer.max_epochs",
+                         "4", "--trainer.enable_progress_bar", "false", *extra], flag, 10)  # fmt: skip
 
 
 def test_kill_9_mid_epoch_then_resume_has_every_epoch_once(store, tmp_path):
     run, flag = tmp_path / "run", tmp_path / "paused"
-    proc = _train_runner(store, run, flag)
-    _wait_for(flag, proc)
+    proc = _paused_fit(store, run, flag)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -100,8 +86,7 @@ def test_kill_9_mid_epoch_then_resume_has_every_epoch_once(store, tmp_path):
 
 def test_sigterm_saves_state_exits_143_and_resume_finishes(store, tmp_path):
     run, flag = tmp_path / "run", tmp_path / "paused"
-    proc = _train_runner(store, run, flag)
-    _wait_for(flag, proc)
+    proc = _paused_fit(store, run, flag)
     os.killpg(proc.pid, signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 143, err[-3000:]

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import torch
 
 from fusion.cli import FusionCLI
 from tests.fixtures_training import REPO, read_csv, small_store
+from tests.train_runner import start_paused
 
 pytestmark = pytest.mark.slow
 CONCAT = str(REPO / "configs" / "concat.yaml")  # the recipe sets the length (max_steps)
@@ -46,19 +46,6 @@ def _fit_args(store: Path, run: Path, *extra: str, steps: int = 24) -> list[str]
             "--trainer.enable_progress_bar", "false", *extra]  # fmt: skip
 
 
-def _paused(args: list[str], flag: Path, step: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tests.train_runner", "--pause-at-step", str(step),
-           "--flag", str(flag), "--", *args]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not flag.exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "train.py never reached the pause"
-        time.sleep(0.1)
-    return proc
-
-
 def _train(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=_env(),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -79,7 +66,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, code: int, *words: str) -
 def test_ctrl_c_saves_the_current_state_and_the_advised_resume_finishes(store, tmp_path):
     run = tmp_path / "run"
     args = _fit_args(store, run)
-    proc = _paused(args, tmp_path / "paused", step=10)
+    proc = start_paused(args, tmp_path / "paused", step=10)
     os.killpg(proc.pid, signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, err[-3000:]
@@ -193,7 +180,7 @@ def test_a_second_cv_on_the_same_directory_is_refused_and_sigterm_advice_works(s
 
     cv_dir = tmp_path / "cv"
     args = ["cv", *_cv_args(store, cv_dir, "--data.folds", "2")]
-    proc = _paused(args, tmp_path / "paused", step=6)  # fold 0, part-way
+    proc = start_paused(args, tmp_path / "paused", step=6)  # fold 0, part-way
     ckpts = _mtimes(cv_dir)
     assert ckpts  # fold 0 has saved an epoch
     with pytest.raises(SystemExit) as second:
@@ -458,7 +445,7 @@ def test_a_second_tune_leaves_the_first_ones_running_trial_alone(store, tmp_path
     from fusion.commands.tune import run_tune
 
     args = _tune_args(store, tmp_path, "--pruner", "none")
-    first = _paused(["tune", *args, "--n_trials", "2"], tmp_path / "paused", step=3)
+    first = start_paused(["tune", *args, "--n_trials", "2"], tmp_path / "paused", step=3)
     try:
         run_tune([*args, "--n_trials", "1"])  # a second process joins the study
         trials = _trials(tmp_path)

@@ -11,9 +11,6 @@ import math
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
 
 import lightning as L
 import numpy as np
@@ -25,7 +22,8 @@ from feature_store import load_features
 from feature_store.synthetic_sets import SyntheticSet, make_feature_sets_store
 from fusion.cli import FusionCLI
 from fusion.datamodule import FeatureDataModule
-from tests.fixtures_training import DEMO_CONFIG, REPO, read_csv
+from tests.fixtures_training import DEMO_CONFIG, read_csv
+from tests.train_runner import start_paused
 
 SETS = [
     SyntheticSet("left", dim=12, classes=(0.0, 0.6), separation=3.0),
@@ -150,16 +148,7 @@ def test_a_refit_trains_on_train_and_val_for_the_validated_length_and_submits(
 @pytest.mark.slow
 def test_a_refit_stopped_by_sigterm_resumes_to_the_same_weights(validated, refitted, tmp_path):
     run, flag = tmp_path / "run", tmp_path / "paused"
-    cmd = [sys.executable, "-m", "tests.train_runner", "--pause-at-step", "2", "--flag",
-           str(flag), "--", *refit_argv(validated, run)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while not flag.exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "train.py never reached the pause"
-        time.sleep(0.1)
+    proc = start_paused(refit_argv(validated, run), flag, 2)
     os.killpg(proc.pid, signal.SIGTERM)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 143, err[-3000:]

@@ -12,6 +12,9 @@ ever (to be killed), or until a SIGTERM has reached Lightning's handler.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +34,31 @@ class PauseAtStep(L.Callback):
         deadline = time.monotonic() + 120
         while not trainer.received_sigterm and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_for_pause(flag: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until ``proc`` touched ``flag`` (it reached its pause); fail with its stderr if
+    it ended first, or after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not flag.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "train.py never reached the pause"
+        time.sleep(0.1)
+
+
+def start_paused(argv: list[str], flag: Path, step: int) -> subprocess.Popen:
+    """``python train.py ARGV`` in its own process group (W&B off), returned once paused at
+    ``step``: kill it (-9) or SIGTERM it (``os.killpg(proc.pid, ...)``)."""
+    cmd = [sys.executable, "-m", "tests.train_runner", "--pause-at-step", str(step),
+           "--flag", str(flag), "--", *argv]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    wait_for_pause(flag, proc)
+    return proc
 
 
 def main() -> None:
