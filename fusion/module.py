@@ -37,6 +37,7 @@ from fusion.heads import (
     head_members,
     heads_taking,
 )
+from fusion.stacking import Stacker, cross_fit
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -137,6 +138,46 @@ def answering_history(
     k = len(alpha_beta_history[0]) - 1 if alpha_beta_history else 2
     start = 1 + k * chosen
     return [[row[0], *row[start : start + k]] for row in member_weights_history]
+
+
+def mixes_on_val(head: nn.Module) -> bool:
+    """Whether ``head`` (one member) fits its weights on val (dual_logit, mix_on val)."""
+    return getattr(head, "mix_on", None) == "val"
+
+
+def fit_mix_on_val(head: nn.Module, log_probs, labels) -> dict[str, torch.Tensor]:
+    """Fit a ``mix_on: val`` head's weights on one validation's branch log-probabilities
+    ``[K, N, C]`` and ``labels`` and store them in the head; return its val metrics,
+    cross-fitted.
+
+    The weights are what ``train.py stack`` fits (``Stacker(method="weights")`` on every
+    val row). The metrics that checkpointing, early stopping and a sweep's choice read
+    are those of :func:`fusion.stacking.cross_fit`: no val row is scored by weights
+    fitted on itself, else val would favour whatever the weights overfit to val.
+    """
+    stacker = Stacker(len(log_probs), "weights").fit(log_probs, labels)
+    head.set_mix_weights(torch.tensor(stacker.mean_weights(log_probs)))
+    probs = torch.from_numpy(cross_fit(log_probs, labels, method="weights")).double()
+    y = torch.as_tensor(labels, dtype=torch.long)
+    above = probs.gt(probs.gather(1, y[:, None])).sum(dim=1)
+    device = head.mix_weights.device
+    return {
+        "val/loss": F.nll_loss(probs.clamp_min(1e-12).log(), y).float().to(device),
+        "val/acc_top1": above.eq(0).double().mean().float().to(device),
+        "val/acc_top5": above.lt(min(5, probs.shape[1])).double().mean().float().to(device),
+    }
+
+
+def check_branch_loss(head: str, options: HeadOptions) -> None:
+    """Refuse ``branch_loss`` for the weighted-logits head unless it mixes on val: only
+    then are its branches trained on their own."""
+    if HEAD_ALIASES.get(head, head) != "dual_logit":
+        return
+    if options.branch_loss is not None and options.mix_on != "val":
+        raise UsageError(
+            "head_options.branch_loss: the dual_logit head trains each branch on its own "
+            "loss only with head_options.mix_on val; add that, or leave branch_loss out"
+        )
 
 
 def fusion_weight_keys(names: Sequence[str]) -> list[str]:
@@ -264,7 +305,9 @@ class FusionModule(L.LightningModule):
             members=len(weight_decays(hp)),
             **head_options.constructor(),
         )
-        # gated: the weight of each branch's own loss (other heads have no branches).
+        # gated, dual_logit with mix_on val: the weight of each branch's own loss (other
+        # heads have no branches trained on their own).
+        check_branch_loss(head, head_options)
         self.branch_loss = head_options.branch_loss
         if self.branch_loss is None:
             self.branch_loss = MODULE_HEAD_DEFAULTS["branch_loss"]
@@ -287,6 +330,9 @@ class FusionModule(L.LightningModule):
         # steps not yet logged; _flush_fusion_weights empties it.
         self._pending_weights: list[tuple[int, int, int, torch.Tensor]] = []
         self._answering: int | None = None
+        # mix_on val: per member, this validation's branch log-probabilities [K, n, C] and
+        # labels, batch by batch; the weights are fitted on them at the epoch's end.
+        self._val_branches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def setup(self, stage: str) -> None:
         # Standardisation statistics from the train split, before the first step (a resumed
@@ -397,19 +443,41 @@ class FusionModule(L.LightningModule):
         self._flush_fusion_weights()  # a fit stopped mid-epoch (max_steps)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        for member, metrics, mean_loss in zip(
-            head_members(self.head), self.val_metrics, self.val_loss, strict=True
+        self._score(batch, keep_branches=True)
+
+    def _score(self, batch: dict, keep_branches: bool) -> None:
+        """Every member's val metrics on a batch; ``keep_branches``: also keep the branch
+        log-probabilities of the members that fit their weights on val."""
+        for i, (member, metrics, mean_loss) in enumerate(
+            zip(head_members(self.head), self.val_metrics, self.val_loss, strict=True)
         ):
             logits = member(*batch["x"])
             loss = F.cross_entropy(logits, batch["label"], reduction="sum")
             mean_loss.update(loss / len(logits), weight=len(logits))
             metrics.update(logits, batch["label"])
+            if keep_branches and mixes_on_val(member):
+                lp = torch.stack([f.log_softmax(dim=1) for f in member.set_logits(*batch["x"])])
+                rows = self._val_branches.setdefault(i, [])
+                rows.append((lp.detach().double().cpu(), batch["label"].detach().cpu()))
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_branches = {}
 
     def on_validation_epoch_end(self) -> None:
         per_member = [
             {"val/loss": mean_loss.compute(), **metrics.compute()}
             for metrics, mean_loss in zip(self.val_metrics, self.val_loss, strict=True)
         ]
+        members = head_members(self.head)
+        trainer = attached_trainer(self)
+        # Lightning's sanity check sees a few batches only: fit nothing on them.
+        sanity = trainer is not None and trainer.sanity_checking
+        for i, rows in self._val_branches.items():
+            if not sanity:
+                lp = torch.cat([r[0] for r in rows], dim=1).numpy()
+                labels = torch.cat([r[1] for r in rows]).numpy()
+                per_member[i] = fit_mix_on_val(members[i], lp, labels)
+        self._val_branches = {}
         # The best member on val answers from now on; among equals the one with the
         # largest weight decay, as the probe keeps the smallest C among equals.
         decays = weight_decays(self.hparams)
@@ -428,8 +496,8 @@ class FusionModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         # `train.py test`: scored exactly as validation (the same metric objects, reset at
-        # the end of each epoch), logged as test/*.
-        self.validation_step(batch, batch_idx)
+        # the end of each epoch), logged as test/*; weights fitted on val stay as they are.
+        self._score(batch, keep_branches=False)
 
     def on_test_epoch_end(self) -> None:
         # A sweep is scored by the member chosen on val, never re-chosen on the test split.

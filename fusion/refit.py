@@ -23,9 +23,9 @@ Refused with one line, before anything is written (exit 2): the val split among
 ``train_splits`` without ``--recipe.from_run`` (or the reverse); a from_run that is not a
 run directory or has no ``checkpoints/best.ckpt`` with its training plan (every fit's
 checkpoints record it, :class:`FitPlan`); a model config that differs from the validated
-run's; and a command line that asks a refit for validation, early stopping or a length of
-its own (:data:`ASKED`): the config file's values of those (the validated run's) are
-set aside.
+run's; a weighted-logits head whose weights are fitted on val (``mix_on: val``); and a
+command line that asks a refit for validation, early stopping or a length of its own
+(:data:`ASKED`): the config file's values of those (the validated run's) are set aside.
 """
 
 from __future__ import annotations
@@ -175,6 +175,7 @@ def check_refit(cfg, argv: list[str]) -> ValidatedRun | None:
             "so it neither validates nor stops early, and its length is --recipe.from_run's; "
             "drop the option"
         )
+    check_no_mix_on_val(cfg)
     validated = read_validated_run(from_run)
     check_same_model(cfg, validated)
     if validated.weight_decay is not None:  # one head, with the decay val chose
@@ -186,6 +187,21 @@ def check_refit(cfg, argv: list[str]) -> ValidatedRun | None:
         cfg["checkpoint"]["monitor"] = None
         cfg["checkpoint"]["save_top_k"] = 0
     return validated
+
+
+def check_no_mix_on_val(cfg) -> None:
+    """Refuse a weighted-logits head that fits its weights on val (``mix_on: val``): a refit
+    never validates, so nothing would fit them. Refused rather than taken from the validated
+    run: its weights were fitted on branches that the refit trains again on other rows."""
+    model = cfg["model"].as_dict() if hasattr(cfg["model"], "as_dict") else dict(cfg["model"])
+    options = model.get("head_options") or {}
+    if (options.get("mix_on") if isinstance(options, dict) else None) == "val":
+        raise RefitError(
+            "--model.head_options.mix_on val fits the head's weights on val at each "
+            "validation, and a refit trains on val and never validates: submit the validated "
+            "run instead (its checkpoints/best.ckpt holds the weights fitted on val; "
+            "train.py predict --run_dir RUN)"
+        )
 
 
 def check_same_model(cfg, validated: ValidatedRun) -> None:
