@@ -61,7 +61,7 @@ def effective(spec: dict) -> dict:
     for name, value in model["head_options"].items():
         if value is None and name in accepted:
             model["head_options"][name] = accepted[name].default
-        elif value is None and name == "branch_loss" and head == "gated":
+        elif value is None and name == "branch_loss" and head in ("gated", "dual_logit"):
             model["head_options"][name] = 0.5
     if model["weight_decay_sweep"]:
         model["optimizer"]["weight_decay"] = None

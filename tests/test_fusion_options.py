@@ -84,7 +84,14 @@ def flat_hyper_parameters(hp: dict) -> dict:
         "penalty_lambda": 0.1, "gate_hidden": 64, "branch_loss": 0.5,
     }  # fmt: skip
     flat = {k: hp[k] for k in ("head", "set_dims", "class_names", "label_smoothing")}
-    flat.update({k: v if v is not None else old_defaults.get(k) for k, v in options.items()})
+    # Options added after the grouping (mix_on) are unset: an old checkpoint never had them.
+    flat.update(
+        {
+            k: v if v is not None else old_defaults.get(k)
+            for k, v in options.items()
+            if v is not None or k in old_defaults
+        }
+    )
     flat.update({k: v for k, v in opt.items() if k != "name"}, optimizer=opt["name"])
     flat.update({k: v for k, v in sched.items() if k != "name"}, schedule=sched["name"])
     flat["weight_decay"] = hp["weight_decay_sweep"] or opt["weight_decay"]

@@ -136,15 +136,16 @@ def test_help_shows_real_defaults(fit_help):
 
 def test_head_options_name_their_heads(fit_help):
     # Each head option starts with the heads that take it (by their signatures; branch_loss
-    # by the module, for the heads with branches): "every head:", "every head but X:" or
-    # "h1, h2:"; one that only some heads take defaults to None, the head's own default.
+    # by the module, for the heads with branches trained on their own): "every head:",
+    # "every head but X:" or "h1, h2:"; one that only some heads take defaults to None, the
+    # head's own default.
     all_heads = set(HEADS)
     for field in dataclasses.fields(HeadOptions):
         users = {
             h
             for h, cls in HEADS.items()
             if field.name in inspect.signature(cls.__init__).parameters
-        } or {"gated"}  # branch_loss: the loss on each branch of the gated head
+        } or {"gated", "dual_logit"}  # branch_loss: the loss on each branch
         text = fit_help[f"model.head_options.{field.name}"]
         every = re.match(r"^every head:", text)
         but = re.match(r"^every head but ([\w, ]+):", text)
