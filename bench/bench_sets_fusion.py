@@ -44,13 +44,13 @@ PIPELINES: dict[str, tuple[str, list[str]]] = {
     "concat": ("concat", []),
     "sets_weighted": ("sets_weighted", []),
     "sets_weighted+prior": ("sets_weighted", ["--model.head_options.prior_sets", "{scores}"]),
-    # The weights fitted on val by the stacker after each validation, not trained
-    # (--model.head_options.mix_on val), each branch also on its own loss (branch_loss).
-    "sets_valmix": ("sets_weighted", ["--model.head_options.mix_on", "val"]),
-    "sets_valmix_bl0": ("sets_weighted", ["--model.head_options.mix_on", "val",
-                                          "--model.head_options.branch_loss", "0"]),
-    "sets_valmix_bl1": ("sets_weighted", ["--model.head_options.mix_on", "val",
-                                          "--model.head_options.branch_loss", "1"]),
+    # configs/sets_weighted.yaml fits its weights on val (mix_on val, branch_loss 1); the
+    # same head with the weights learned on the training loss (its form before), and with
+    # less of each branch's own loss.
+    "sets_trained_mix": ("sets_weighted", ["--model.head_options.mix_on", "train",
+                                           "--model.head_options.branch_loss", "null"]),
+    "sets_valmix_bl0.5": ("sets_weighted", ["--model.head_options.branch_loss", "0.5"]),
+    "sets_valmix_bl0": ("sets_weighted", ["--model.head_options.branch_loss", "0"]),
 }  # fmt: skip
 TINY = {"num_classes": 10, "per_class": {"train": 12, "val": 6, "test": 6}}
 # Late fusion (``train.py stack --checkpoint ...``, the weights stacker fitted on val): of one

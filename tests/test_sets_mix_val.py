@@ -14,7 +14,7 @@ import torch
 from feature_store.synthetic_sets import SyntheticSet, make_feature_sets_store
 from fusion.datamodule import FeatureDataModule
 from fusion.errors import UsageError
-from fusion.heads import HeadSweep, WeightedLogitsHead, head_members
+from fusion.heads import HeadSweep, WeightedLogitsHead, build_head, head_members
 from fusion.module import FusionModule
 from fusion.refit import RefitError, check_no_mix_on_val
 from fusion.stacking import Stacker, cross_fit
@@ -97,6 +97,25 @@ def test_the_weights_are_the_stackers_fit_on_the_val_branch_log_probs(fitted, st
     torch.testing.assert_close(model.head.mix_weights, torch.tensor(expected, dtype=torch.float32))
     # Not trained: no parameter of the head is a fusion weight.
     assert "weights" not in dict(model.head.named_parameters())
+
+
+def test_the_head_predicts_by_the_fitted_weights_and_trains_by_their_shares():
+    head = build_head("dual_logit", set_dims={"a": 4, "b": 3, "c": 5}, num_classes=6,
+                      hidden_dims=[8], mix_on="val")  # fmt: skip
+    torch.testing.assert_close(head.mix_weights, torch.full((3,), 1 / 3))  # until a validation
+    head.set_mix_weights(torch.tensor([2.0, 0.0, 1.0]))
+    xs = [torch.randn(7, d) for d in (4, 3, 5)]
+    with torch.no_grad():
+        fs = [branch(x) for branch, x in zip(head.branches, xs, strict=True)]  # norms: identity
+        torch.testing.assert_close(head.eval()(*xs), 2 * fs[0] + fs[2])
+        # The sum of the weights is a temperature fitted on val: training mixes the shares.
+        torch.testing.assert_close(head.train()(*xs), (2 * fs[0] + fs[2]) / 3)
+        assert len(head.branch_logits()) == 3
+        torch.testing.assert_close(head.branch_logits()[1], fs[1])
+    torch.testing.assert_close(head.fusion_weights(), torch.tensor([2 / 3, 0.0, 1 / 3]))
+    learned = build_head("dual_logit", set_dims={"a": 4, "b": 3}, num_classes=6)
+    with pytest.raises(ValueError, match="learns its weights"):
+        learned.set_mix_weights(torch.ones(2))
 
 
 def test_the_noise_set_gets_no_weight_and_the_informative_one_the_most(fitted):
