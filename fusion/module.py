@@ -337,7 +337,15 @@ class FusionModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # Standardisation statistics from the train split, before the first step (a resumed
         # run then restores the same values from its checkpoint).
-        datamodule = getattr(attached_trainer(self), "datamodule", None)
+        trainer = attached_trainer(self)
+        datamodule = getattr(trainer, "datamodule", None)
+        if trainer is not None and trainer.world_size > 1:
+            if any(mixes_on_val(member) for member in head_members(self.head)):
+                # Each process would fit its own weights on its own share of the val rows.
+                raise UsageError(
+                    "head_options.mix_on val fits the weights on the val rows of one "
+                    "process; train on one device (--trainer.devices 1)"
+                )
         if stage == "fit" and hasattr(datamodule, "train_tensors"):
             self.head.fit_input_stats(*datamodule.train_tensors())
 
