@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
@@ -37,7 +38,7 @@ from fusion.heads import (
     head_members,
     heads_taking,
 )
-from fusion.stacking import Stacker, cross_fit
+from fusion.stacking import Stacker, StackError, cross_fit
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -155,6 +156,12 @@ def fit_mix_on_val(head: nn.Module, log_probs, labels) -> dict[str, torch.Tensor
     are those of :func:`fusion.stacking.cross_fit`: no val row is scored by weights
     fitted on itself, else val would favour whatever the weights overfit to val.
     """
+    if np.bincount(labels).max(initial=0) < 2:
+        raise StackError(
+            f"head_options.mix_on val: {len(labels)} val rows with at most one per class are "
+            "too few to fit the weights on and score them on rows they were not fitted on; "
+            "validate on more rows, or use mix_on train"
+        )
     stacker = Stacker(len(log_probs), "weights").fit(log_probs, labels)
     head.set_mix_weights(torch.tensor(stacker.mean_weights(log_probs)))
     probs = torch.from_numpy(cross_fit(log_probs, labels, method="weights")).double()

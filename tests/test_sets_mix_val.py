@@ -15,9 +15,9 @@ from feature_store.synthetic_sets import SyntheticSet, make_feature_sets_store
 from fusion.datamodule import FeatureDataModule
 from fusion.errors import UsageError
 from fusion.heads import HeadSweep, WeightedLogitsHead, build_head, head_members
-from fusion.module import FusionModule
+from fusion.module import FusionModule, fit_mix_on_val
 from fusion.refit import RefitError, check_no_mix_on_val
-from fusion.stacking import Stacker, cross_fit
+from fusion.stacking import Stacker, StackError, cross_fit
 
 # One set that tells every class, one that tells nothing, one that tells half of them.
 SETS = [
@@ -248,3 +248,10 @@ def test_a_refit_of_a_mix_on_val_head_is_refused():
         check_no_mix_on_val({"model": {"head_options": {"mix_on": "val"}}})
     check_no_mix_on_val({"model": {"head_options": {"mix_on": "train"}}})
     check_no_mix_on_val({"model": {"head_options": None}})
+
+
+def test_a_val_split_too_small_to_cross_fit_on_is_refused_in_one_line():
+    head = build_head("dual_logit", set_dims={"a": 4, "b": 3}, num_classes=3, mix_on="val")
+    lp = torch.randn(2, 3, 3).log_softmax(-1).double().numpy()
+    with pytest.raises(StackError, match=r"mix_on val: 3 val rows with at most one per class"):
+        fit_mix_on_val(head, lp, np.array([0, 1, 2]))
