@@ -177,7 +177,7 @@ STACKS = {
 def fitted_stacks(prefix: str, fit_lp, fit_labels, test_lp, labels, kinds) -> dict:
     """Both stacking methods fitted on labelled rows the members did not train on (val, or
     out of fold): test scores, and top-1 on the fitted rows cross-fitted as ``val``."""
-    from fusion.stacking import Stacker, cross_fit
+    from fusion.stacker import Stacker, cross_fit
 
     out = {}
     for method in ("weights", "logistic"):

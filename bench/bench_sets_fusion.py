@@ -10,7 +10,7 @@ probe (``fusion.probe.fit_probe``, what ``train.py probe --data.features`` fits)
 set alone and on the concatenation of all of them, then every fusion pipeline of
 :data:`PIPELINES` through the real entry point (``python train.py fit --config
 configs/X.yaml --data.features [every set]``), and a stack (``train.py stack``'s
-:class:`fusion.stacking.Stacker`, fitted on val) of one ``linear`` fit per set. Reports
+:class:`fusion.stacker.Stacker`, fitted on val) of one ``linear`` fit per set. Reports
 test top-1 against the best single-set probe, the concat probe and the Bayes bound of the
 store, each pipeline's learned weight per set (``fusion/weight/<set>``: the weighted-logits
 head's share ``w_k / sum w``, the gated head's mean gate on test, a prior's weight), and
@@ -50,6 +50,7 @@ PIPELINES: dict[str, tuple[str, list[str]]] = {
     "sets_trained_mix": ("sets_weighted", ["--model.head_options.mix_on", "train",
                                            "--model.head_options.branch_loss", "null"]),
     "sets_valmix_bl0.5": ("sets_weighted", ["--model.head_options.branch_loss", "0.5"]),
+    "sets_valmix_bl0.1": ("sets_weighted", ["--model.head_options.branch_loss", "0.1"]),
     "sets_valmix_bl0": ("sets_weighted", ["--model.head_options.branch_loss", "0"]),
 }  # fmt: skip
 TINY = {"num_classes": 10, "per_class": {"train": 12, "val": 6, "test": 6}}
@@ -163,7 +164,7 @@ def stack_scores(store: Path, runs: Path, sets: list[str], concat: str | None, e
     ``concat`` (the concat pipeline's fit over every set) as one more member."""
     from fusion.combine import member_rows
     from fusion.ensemble import log_probs
-    from fusion.stacking import Stacker, cross_fit
+    from fusion.stacker import Stacker, cross_fit
 
     t0 = time.perf_counter()
     members = []

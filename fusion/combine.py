@@ -25,7 +25,7 @@ fitted rows are those of the member with the fewest, which every other member mu
 (a checkpoint's val rows are among a CV's out-of-fold train+val rows, so a mix is fitted
 on val), with the same labels. A row both fitted and predicted is refused.
 
-Methods (:data:`METHODS`): ``logistic`` and ``weights`` fit :class:`fusion.stacking.Stacker`
+Methods (:data:`METHODS`): ``logistic`` and ``weights`` fit :class:`fusion.stacker.Stacker`
 on the fitted rows (and report a cross-fitted top-1 there: each row scored by a stacker
 fitted on the other folds); ``mean`` averages the probabilities and fits nothing (the only
 method for members without labelled rows; ``train.py cv`` averages its own folds so).
@@ -52,7 +52,8 @@ from fusion.ensemble import (
 )
 from fusion.errors import FusionError
 from fusion.predict import CheckpointError, complete_split, submit
-from fusion.stacking import Stacker, cross_fit, cv_fold_of
+from fusion.stacker import Stacker, cross_fit
+from fusion.stacking import cv_fold_of
 from fusion.submission import check_outputs
 
 METHODS = ("logistic", "weights", "mean")

@@ -559,7 +559,7 @@ class WeightedLogitsHead(FusionHead):
     bench/README.md). So each branch is also trained on its own cross-entropy (the module's
     ``branch_loss``), and the module fits the weights after each validation on the
     branches' val log-probabilities with the stacker of ``train.py stack``
-    (:class:`fusion.stacking.Stacker`, ``weights``: non-negative, their sum a temperature);
+    (:class:`fusion.stacker.Stacker`, ``weights``: non-negative, their sum a temperature);
     :meth:`set_mix_weights` stores them in a buffer (``mix_weights``, 1/K each until the
     first validation), so checkpoints carry them. ``log_softmax(f_k)`` differs from ``f_k``
     by a per-row constant, so weights fitted on the log-probabilities are weights on the

@@ -38,7 +38,7 @@ from fusion.heads import (
     head_members,
     heads_taking,
 )
-from fusion.stacking import Stacker, StackError, cross_fit
+from fusion.stacker import Stacker, StackError, cross_fit
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -153,7 +153,7 @@ def fit_mix_on_val(head: nn.Module, log_probs, labels) -> dict[str, torch.Tensor
 
     The weights are what ``train.py stack`` fits (``Stacker(method="weights")`` on every
     val row). The metrics that checkpointing, early stopping and a sweep's choice read
-    are those of :func:`fusion.stacking.cross_fit`: no val row is scored by weights
+    are those of :func:`fusion.stacker.cross_fit`: no val row is scored by weights
     fitted on itself, else val would favour whatever the weights overfit to val.
     """
     if np.bincount(labels).max(initial=0) < 2:

@@ -27,7 +27,7 @@ from data_prep.config import PrepConfig, build_parser
 from feature_store.compat import parser_actions
 from feature_store.synthetic import make_synthetic_store
 from fusion import predict as fusion_predict
-from fusion import stacking
+from fusion import stacker
 from fusion.commands import ensemble
 from fusion.commands import predict as predict_command
 
@@ -87,7 +87,7 @@ def test_the_shown_defaults_are_the_real_ones():
     assert got["batch_size"] == sig["batch_size"].default
     assert got["split"] == sig["split"].default and got["strict"] is False
     got = _parsed_defaults(ensemble.parser(), "--probs", "a.npz")
-    assert got["folds"] == inspect.signature(stacking.cross_fit).parameters["folds"].default
+    assert got["folds"] == inspect.signature(stacker.cross_fit).parameters["folds"].default
 
 
 @pytest.mark.parametrize(

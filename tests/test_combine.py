@@ -19,7 +19,7 @@ from fusion.combine import DEFAULT_METHOD, CombineError, Source, combine
 from fusion.ensemble import load_probs
 from fusion.errors import FusionError
 from fusion.predict import CheckpointError, predict_probs
-from fusion.stacking import Stacker, cross_fit
+from fusion.stacker import Stacker, cross_fit
 
 pytestmark = pytest.mark.slow
 

@@ -191,7 +191,7 @@ def cv_members(tmp_path_factory):
 def test_stack_of_cv_runs_is_fitted_on_every_out_of_fold_row(cv_members, tmp_path):
     import train
     from fusion.ensemble import log_probs
-    from fusion.stacking import Stacker
+    from fusion.stacker import Stacker
 
     store, dirs = cv_members
     run = tmp_path / "stack"

@@ -17,7 +17,7 @@ from feature_store import load_arrays
 from feature_store.synthetic import caption_kind, make_caption_mix_store
 from fusion.heads import GatedHead, Standardize, build_head, head_members
 from fusion.recipe import Recipe, auto_batch_size
-from fusion.stacking import Stacker, cross_fit
+from fusion.stacker import Stacker, cross_fit
 from tests.fixtures_training import fit_module, small_store
 
 

@@ -154,7 +154,7 @@ def test_library_errors_share_the_base():
     from fusion.ensemble import EnsembleError
     from fusion.predict import CheckpointError
     from fusion.runs import ResumeError, RunDirError
-    from fusion.stacking import StackError
+    from fusion.stacker import StackError
     from fusion.submission import KaggleClientMissing, KaggleUploadFailed, SubmissionError
 
     bad_input = [CheckpointError, EnsembleError, StackError, SubmissionError, ResumeError,

@@ -17,7 +17,7 @@ from fusion.errors import UsageError
 from fusion.heads import HeadSweep, WeightedLogitsHead, build_head, head_members
 from fusion.module import FusionModule, fit_mix_on_val
 from fusion.refit import RefitError, check_no_mix_on_val
-from fusion.stacking import Stacker, StackError, cross_fit
+from fusion.stacker import Stacker, StackError, cross_fit
 
 # One set that tells every class, one that tells nothing, one that tells half of them.
 SETS = [
