@@ -55,6 +55,26 @@ def broken_links(doc: Path, root: Path) -> list[str]:
     return bad
 
 
+def _cells(row: str) -> int:
+    """Cells of a Markdown table row (pipes inside code spans and escaped pipes are text)."""
+    return len(re.sub(r"\\\|", "", CODE_SPAN.sub("", row)).strip().strip("|").split("|"))
+
+
+def ragged_rows(doc: Path) -> list[str]:
+    """One line per table row of ``doc`` whose cell count is not its header's: GitHub drops
+    the extra cells (or pads the row) and the table reads wrong."""
+    bad, header = [], None
+    for n, line in enumerate(FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), doc.read_text())
+                             .splitlines(), 1):  # fmt: skip
+        if not line.lstrip().startswith("|"):
+            header = None
+        elif header is None:
+            header = _cells(line)
+        elif _cells(line) != header:
+            bad.append(f"{doc.name}:{n}: {_cells(line)} cells, the header has {header}")
+    return bad
+
+
 def test_readme_is_a_front_door_under_200_lines():
     text = (REPO / "README.md").read_text()
     assert len(text.splitlines()) < 200
@@ -64,6 +84,17 @@ def test_readme_is_a_front_door_under_200_lines():
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_relative_link_resolves(doc):
     assert broken_links(doc, REPO) == []
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_table_row_has_its_header_cells(doc):
+    assert ragged_rows(doc) == []
+
+
+def test_the_table_checker_finds_a_ragged_row(tmp_path):
+    doc = tmp_path / "a.md"
+    doc.write_text("| a | b |\n|---|---|\n| `x|y` | z |\n| 1 | 2 | 3 |\n\n| c |\n|---|\n| 4 |\n")
+    assert ragged_rows(doc) == ["a.md:4: 3 cells, the header has 2"]
 
 
 def test_every_docs_page_is_linked_from_the_readme():
