@@ -487,7 +487,9 @@ class ConcatHead(FusionHead):
     store: 0.557 test against the informative set's probe 0.779, and L2 cannot help: the
     tuned concat probe is 0.574); a group penalty zeroes the noise sets' columns, and its
     square root (not the norm itself, the group lasso) pulls a large group far less than a
-    small one, so the informative set is not shrunk with them (bench/README.md).
+    small one, so the informative set is not shrunk with them (bench/README.md). Measured
+    with SGD (configs/concat.yaml); under AdamW the step is still ``lr`` times the
+    penalty's gradient, not Adam-scaled.
     """
 
     def __init__(
