@@ -15,7 +15,7 @@ import yaml
 from feature_store import load_arrays
 from fusion.cli import FusionCLI, regroup_argv
 from fusion.heads import HeadSweep, SkipMLP, build_head
-from fusion.module import grouped_hparams, head_options
+from fusion.module import RENAMED, grouped_hparams, head_options
 from fusion.predict import head_probs, load_head
 from tests.fixtures_training import REPO, fit_cli, small_store
 
@@ -86,7 +86,10 @@ def flat_hyper_parameters(hp: dict) -> dict:
         "penalty_lambda": 0.1, "gate_hidden": 64, "branch_loss": 0.5,
     }  # fmt: skip
     flat = {k: hp[k] for k in ("head", "set_dims", "class_names", "label_smoothing")}
-    flat.update({k: v if v is not None else old_defaults.get(k) for k, v in options.items()})
+    # Only the options that existed then (an option added since, e.g. set_penalty, has no
+    # flat name).
+    flat.update({k: v if v is not None else old_defaults.get(k)
+                 for k, v in options.items() if k in RENAMED})  # fmt: skip
     flat.update({k: v for k, v in opt.items() if k != "name"}, optimizer=opt["name"])
     flat.update({k: v for k, v in sched.items() if k != "name"}, schedule=sched["name"])
     flat["weight_decay"] = hp["weight_decay_sweep"] or opt["weight_decay"]
