@@ -17,6 +17,7 @@ scores are added to the logits with a learned weight and never pass through an M
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -155,6 +156,9 @@ class HeadOptions:
             end of each validation, as ``train.py stack`` fits its weights; ``weighting``
             and ``penalty_lambda`` then play no part) [train].
         gate_hidden: gated: hidden width of the gate, 0 for a linear gate [64].
+        set_penalty: concat: a penalty per set on the weights that read it, times each
+            member's weight decay, which sends the weights of a set that does not help
+            to exactly 0 (:class:`ConcatHead`); 0 is off [0].
         branch_loss: gated, dual_logit: weight of the cross-entropy of each single-set
             branch (dual_logit: with ``mix_on: val`` only) [0.5].
     """
@@ -170,6 +174,7 @@ class HeadOptions:
     penalty_lambda: float | None = None
     mix_on: Literal["train", "val"] | None = None
     gate_hidden: int | None = None
+    set_penalty: float | None = None
     branch_loss: float | None = None
 
     def given(self) -> dict[str, Any]:
@@ -477,7 +482,23 @@ class TextOnlyHead(_SingleSetHead):
 @register("concat")
 class ConcatHead(FusionHead):
     """MLP over the concatenation of every set (the report's "Concat."); over one set
-    (``--data.features [siglip]``) it is that set's single-set head."""
+    (``--data.features [siglip]``) it is that set's single-set head.
+
+    ``set_penalty`` (> 0) lets it drop a set that does not help. Each set owns a group of
+    the weights that read the input (its columns of the first layer and of the linear skip),
+    of Frobenius norm ``n_k``; the penalty is ``lambda * sum_k sqrt(d_k) * sqrt(n_k)`` with
+    ``lambda = set_penalty * weight_decay`` (each member of a weight-decay sweep has its own
+    lambda, so the sweep chooses it on val with the decay). After each optimiser step,
+    :meth:`shrink_sets` takes a gradient step of it on every group and sets a group whose
+    norm that step would cross to exactly 0. Why: over the concatenation of one informative
+    set and wide noise sets the head fits the training rows through the noise (one-signal
+    store: 0.557 test against the informative set's probe 0.779, and L2 cannot help: the
+    tuned concat probe is 0.574); a group penalty zeroes the noise sets' columns, and its
+    square root (not the norm itself, the group lasso) pulls a large group far less than a
+    small one, so the informative set is not shrunk with them (bench/README.md). Measured
+    with SGD (configs/concat.yaml); under AdamW the step is still ``lr`` times the
+    penalty's gradient, not Adam-scaled.
+    """
 
     def __init__(
         self,
@@ -490,11 +511,13 @@ class ConcatHead(FusionHead):
         modality_dropout: float = 0.0,
         linear_skip: bool = False,
         prior_sets: Sequence[str] | None = (),
+        set_penalty: float = 0.0,
     ) -> None:
         super().__init__()
         self.body_idx = self._init_sets(set_dims, num_classes, input_norm, prior_sets)
         self._init_priors()
         self.modality_dropout = _check_modality_dropout(modality_dropout, len(self.sets))
+        self.set_penalty = _check_set_penalty(set_penalty)
         width = sum(self.dims[i] for i in self.body_idx)
         self.mlp = mlp(width, hidden_dims, num_classes, dropout, linear_skip)
 
@@ -502,6 +525,66 @@ class ConcatHead(FusionHead):
         xs = self.normalised(*inputs)
         body = self.mlp(torch.cat([xs[i] for i in self.body_idx], dim=1))
         return self._add_priors(body, xs)
+
+    def _input_layers(self) -> list[nn.Linear]:
+        """The layers that read the concatenated input: the MLP's first, and the skip."""
+        if isinstance(self.mlp, SkipMLP):
+            return [self.mlp.body[0], self.mlp.linear]
+        return [self.mlp[0]]
+
+    def _set_columns(self) -> list[slice]:
+        """The input columns of each body set, in ``body_idx`` order."""
+        out, start = [], 0
+        for i in self.body_idx:
+            out.append(slice(start, start + self.dims[i]))
+            start += self.dims[i]
+        return out
+
+    def set_norms(self) -> Tensor:
+        """Frobenius norm of each body set's weights on the input (``body_idx`` order)."""
+        layers = self._input_layers()
+        return torch.stack(
+            [
+                torch.sqrt(sum(layer.weight[:, cols].square().sum() for layer in layers))
+                for cols in self._set_columns()
+            ]
+        )
+
+    def set_penalty_value(self, weight_decay: float) -> Tensor:
+        """``lambda * sum_k sqrt(d_k) * sqrt(n_k)``, ``lambda = set_penalty * weight_decay``:
+        what :meth:`shrink_sets` steps down (0 when the option is off)."""
+        dims = torch.tensor([float(self.dims[i]) for i in self.body_idx])
+        lam = self.set_penalty * float(weight_decay)
+        return lam * (dims.sqrt() * self.set_norms().sqrt()).sum()
+
+    @torch.no_grad()
+    def shrink_sets(self, lr: float, weight_decay: float) -> None:
+        """One gradient step of :meth:`set_penalty_value` of size ``lr`` on each set's
+        group, ``W_k <- W_k * (1 - lr * lambda * sqrt(d_k) / (2 n_k^1.5))``, with the factor
+        clipped at 0: a group that the step would carry past 0 is set to exactly 0. A
+        proximal step rather than a term of the loss, so a set that does not help ends at
+        0 instead of oscillating around it under momentum (plain subgradients reached 0.68
+        on one-signal, bench/README.md). No-op when the option is off."""
+        lam = self.set_penalty * float(weight_decay)
+        if lam <= 0:
+            return
+        layers = self._input_layers()
+        for i, cols, norm in zip(self.body_idx, self._set_columns(), self.set_norms(), strict=True):
+            step = lr * lam * math.sqrt(self.dims[i]) * 0.5 * norm.clamp_min(1e-12) ** -1.5
+            factor = (1 - step).clamp_min(0)
+            for layer in layers:
+                layer.weight[:, cols] *= factor
+
+
+def _check_set_penalty(value: float) -> float:
+    """``set_penalty`` as a finite float >= 0."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"set_penalty must be a number >= 0 (0: off), got {value!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(f"set_penalty must be a finite number >= 0 (0: off), got {value!r}")
+    return value
 
 
 @register("projection")

@@ -586,6 +586,7 @@ class FusionModule(L.LightningModule):
     def configure_optimizers(self):
         optimizer, schedule = self.hparams.optimizer, self.hparams.schedule
         groups = self.param_groups(self.effective_lr())
+        self._shrink_groups = shrink_groups(head_members(self.head), groups)
         if optimizer["name"] == "adamw":
             opt = torch.optim.AdamW(groups)
         else:
@@ -608,6 +609,31 @@ class FusionModule(L.LightningModule):
         }
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, **options))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # The concat head's set_penalty: a proximal step after the gradient step, at the
+        # learning rate and weight decay of the member's own weights (their group's values
+        # now: the scheduler moves lr after this hook).
+        groups = getattr(optimizer, "optimizer", optimizer).param_groups
+        members = head_members(self.head)
+        for member, index in getattr(self, "_shrink_groups", []):
+            group = groups[index]
+            members[member].shrink_sets(group["lr"], group["weight_decay"])
+
+
+def shrink_groups(members: Sequence[nn.Module], groups: list[dict]) -> list[tuple[int, int]]:
+    """(member, index of its decayed group in ``groups``) of each member with a
+    ``set_penalty`` on: indices, not the group dicts, since loading an optimizer's state
+    replaces its group dicts."""
+    out = []
+    for i, member in enumerate(members):
+        if not getattr(member, "set_penalty", 0):
+            continue
+        weight = next(p for p in member.parameters() if p.ndim >= 2)
+        index = next(j for j, g in enumerate(groups) if any(p is weight for p in g["params"]))
+        out.append((i, index))
+    return out
 
 
 RNG_KEY = "rng_states"

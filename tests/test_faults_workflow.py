@@ -248,9 +248,11 @@ def two_fits(store, tmp_path_factory):
     root = tmp_path_factory.mktemp("fits")
     ckpts = []
     for head in ("visual_only", "text_only"):
-        # configs/concat.yaml's modality_dropout: a single-set head does not take it.
+        # configs/concat.yaml's modality_dropout and set_penalty: a single-set head takes
+        # neither.
         FusionCLI(args=_fit_args(store, root / head, "--model.head", head, "--trainer.logger",
                                  "false", "--model.head_options.modality_dropout", "null",
+                                 "--model.head_options.set_penalty", "null",
                                  steps=8))  # fmt: skip
         ckpts.append(str(root / head / "checkpoints" / "best.ckpt"))
     return ckpts
