@@ -6,6 +6,8 @@ $ python -m pytest -q tests/test_sets_mix_val.py
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import numpy as np
 import pytest
@@ -255,3 +257,20 @@ def test_a_val_split_too_small_to_cross_fit_on_is_refused_in_one_line():
     lp = torch.randn(2, 3, 3).log_softmax(-1).double().numpy()
     with pytest.raises(StackError, match=r"mix_on val: 3 val rows with at most one per class"):
         fit_mix_on_val(head, lp, np.array([0, 1, 2]))
+
+
+def test_cv_of_a_mix_on_val_head_is_refused_before_fold_0(tmp_path):
+    """Each fold would fit the weights on its own held-out rows: not out of fold. Refused
+    from the shipped config (dotted keys) and from the command line, nothing written."""
+    from fusion.commands import cv as cv_command
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "sets_weighted.yaml"
+    for extra in (["--config", str(config)], ["--model.head", "dual_logit",
+                                               "--model.head_options.mix_on", "val"]):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            cv_command.run_cv([*extra, "--data.folds", "3", "--data.store", str(tmp_path / "s"),
+                    "--cv_dir", str(tmp_path / "cv")])  # fmt: skip
+        assert exit_info.value.code == 2
+        assert not (tmp_path / "cv").exists()
+    # mix_on train passes this check (it fails later, on the missing store)
+    cv_command.check_no_mix_on_val(["--config", str(config), "--model.head_options.mix_on", "train"])

@@ -142,6 +142,18 @@ def check_predict_split(args: Sequence[str]) -> None:
         )
 
 
+def check_no_mix_on_val(args: Sequence[str]) -> None:
+    """Refuse, before fold 0 trains, a head whose weights are fitted on val
+    (``mix_on: val``): each fold would fit them on its held-out rows, so the out-of-fold
+    probabilities that ``train.py stack --cv`` fits on would not be out of fold."""
+    if str(config_value(args, "model.head_options.mix_on")) == "val":
+        raise UsageError(
+            "--model.head_options.mix_on val fits the head's weights on each fold's held-out "
+            "rows, so its out-of-fold probabilities would not be out of fold; cross-validate "
+            "with --model.head_options.mix_on train, or one fit per set (docs/submit.md)"
+        )
+
+
 def parser():
     """``train.py cv``'s own options; every other argument is a ``train.py fit`` one."""
     from feature_store.cli import CliParser
@@ -208,6 +220,7 @@ def _run_cv(own, args: list[str], given: Sequence[str]) -> Path:
     root = Path(config_value(args, "runs_root") or "runs")
     cv_dir = Path(own.cv_dir or root / fit_experiment(args) / f"cv{folds}")
     check_predict_split(args)
+    check_no_mix_on_val(args)
     plan = {"args": args, "folds": folds}
     plan_file = cv_dir / "cv_args.json"
     try:
