@@ -66,9 +66,9 @@ def build_head(
     options = {k: v for k, v in options.items() if v is not None}
     kind = HEAD_ALIASES.get(kind, kind)
     if kind not in HEADS:
-        raise ValueError(f"unknown head {kind!r}; registered heads: {sorted(HEADS)}")
+        raise UsageError(f"unknown head {kind!r}; registered heads: {sorted(HEADS)}")
     if not set_dims:
-        raise ValueError("a head needs at least one feature set (--data.features)")
+        raise UsageError("a head needs at least one feature set (--data.features)")
     check_head_options(kind, options)
     cls = HEADS[kind]
     dims = {"set_dims": dict(set_dims), "num_classes": num_classes}
@@ -283,7 +283,7 @@ def norm_layer(dim: int, kind: str | bool) -> nn.Module:
         return nn.LayerNorm(dim)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"input_norm must be one of {NORMS}, got {kind!r}")
+    raise UsageError(f"input_norm must be one of {NORMS}, got {kind!r}")
 
 
 # Parameter names of heads written before K sets, and where they live now (image is set 0,
@@ -328,21 +328,21 @@ class FusionHead(nn.Module):
         prior_sets = list(prior_sets or ())
         unknown = [s for s in prior_sets if s not in self.sets]
         if unknown:
-            raise ValueError(
-                f"prior_sets {unknown} are not among the head's sets {self.sets} "
-                "(--data.features)"
+            raise UsageError(
+                f"--model.head_options.prior_sets {unknown} are not among the head's sets "
+                f"{self.sets} (--data.features)"
             )
         wrong = [s for s in prior_sets if set_dims[s] != num_classes]
         if wrong:
-            raise ValueError(
-                f"prior_sets {wrong}: a prior is one score per class, but their dims are "
-                f"{[set_dims[s] for s in wrong]} for {num_classes} classes; give them as "
-                "features instead"
+            raise UsageError(
+                f"--model.head_options.prior_sets {wrong}: a prior is one score per class, "
+                f"but their dims are {[set_dims[s] for s in wrong]} for {num_classes} classes; "
+                "give them as features instead"
             )
         self.prior_idx = [self.sets.index(s) for s in prior_sets]
         body = [i for i in range(len(self.sets)) if i not in self.prior_idx]
         if not body and not isinstance(self, WeightedLogitsHead):
-            raise ValueError("every set is a prior: leave at least one set as a feature")
+            raise UsageError("every set is a prior: leave at least one set as a feature")
         return body
 
     def _init_priors(self) -> None:
@@ -367,7 +367,7 @@ class FusionHead(nn.Module):
     def set_index(self, name: str) -> int:
         """Position of set ``name`` among the inputs; ValueError naming the head's sets."""
         if name not in self.sets:
-            raise ValueError(
+            raise UsageError(
                 f"head {self.kind!r} reads the set {name!r}, but its sets are {self.sets}; "
                 f"add it to --data.features, or use the head concat for any one set"
             )
@@ -417,9 +417,9 @@ def _check_modality_dropout(p: float, sets: int) -> float:
     """``p`` as a float in [0, 1), at most 1 / ``sets`` (each row loses at most one set)."""
     p = float(p)
     if not 0 <= p < 1:
-        raise ValueError(f"modality_dropout must be in [0, 1), got {p}")
+        raise UsageError(f"modality_dropout must be in [0, 1), got {p}")
     if p * sets > 1 and sets > 1:
-        raise ValueError(
+        raise UsageError(
             f"modality_dropout {p} over {sets} sets drops more than every row; give at most "
             f"{1 / sets:.3g}"
         )
@@ -667,9 +667,9 @@ class WeightedLogitsHead(FusionHead):
     ) -> None:
         super().__init__()
         if weighting not in ("penalty", "softmax"):
-            raise ValueError(f"weighting must be 'penalty' or 'softmax', got {weighting!r}")
+            raise UsageError(f"weighting must be 'penalty' or 'softmax', got {weighting!r}")
         if mix_on not in MIX_ON:
-            raise ValueError(
+            raise UsageError(
                 f"mix_on must be 'train' (weights learned on the training loss) or 'val' "
                 f"(weights fitted on the val split), got {mix_on!r}"
             )

@@ -5,6 +5,7 @@ exactly the sets a checkpoint reads."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from fusion.module import FusionModule, answering_history, fusion_weight_keys
 from fusion.predict import load_head, predict_probs
 from tests.fixtures_training import fit_cli, read_csv
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SETS = [
     SyntheticSet("left", dim=24, classes=(0.0, 0.5), separation=4.0),
     SyntheticSet("right", dim=16, classes=(0.5, 1.0), separation=4.0),
@@ -143,10 +145,24 @@ def test_the_weighted_head_over_k_sets_logs_one_weight_per_set(store, tmp_path):
     assert (tmp_path / "w" / "alpha_beta.png").is_file()
 
 
-def test_a_config_with_unknown_prior_sets_is_one_line(store, tmp_path):
-    with pytest.raises((SystemExit, ValueError), match="prior_sets|one score per class"):
+def test_a_config_with_unknown_prior_sets_is_one_line(store, tmp_path, capsys):
+    from fusion.errors import UsageError
+
+    with pytest.raises(UsageError, match="prior_sets .* one score per class"):
         FusionModule("concat", set_dims={"left": 24}, class_names=list("abcdefghij"),
                      head_options={"prior_sets": ["left"]})  # fmt: skip
+    # through train.py: exit 2 and one line naming the option, no traceback
+    import train
+
+    for prior in ("[left]", "[nope]"):
+        with pytest.raises(SystemExit) as exit_info:
+            train.main(["fit", "--config", str(CONFIGS / "sets_weighted.yaml"), "--data.store", str(store),
+                      "--data.features", "[left,right,zs]", "--model.head_options.prior_sets",
+                      prior, "--run_dir", str(tmp_path / "r"), "--trainer.logger", "false"])  # fmt: skip
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "Traceback" not in "\n".join(err)
+        assert "--model.head_options.prior_sets" in err[-1]
 
 
 def test_the_probe_fits_every_set_and_their_concatenation_and_fits_print_it(
