@@ -719,7 +719,10 @@ class WeightedLogitsHead(FusionHead):
         return [branch(x) for branch, x in zip(self.branches, xs, strict=True)]
 
     def forward(self, *inputs: Tensor) -> Tensor:
-        fs = self.set_logits(*inputs)
+        return self.mix(self.set_logits(*inputs))
+
+    def mix(self, fs: Sequence[Tensor]) -> Tensor:
+        """The head's logits from its sets' branch logits (:meth:`set_logits`)."""
         weights = self.fusion_weights()
         if self.mix_on == "val":
             body = [f for i, f in enumerate(fs) if i not in self.prior_idx]

@@ -166,13 +166,12 @@ def fit_mix_on_val(head: nn.Module, log_probs, labels) -> dict[str, torch.Tensor
     head.set_mix_weights(torch.tensor(stacker.mean_weights(log_probs)))
     probs = torch.from_numpy(cross_fit(log_probs, labels, method="weights")).double()
     y = torch.as_tensor(labels, dtype=torch.long)
-    above = probs.gt(probs.gather(1, y[:, None])).sum(dim=1)
+    # Scored by the same metrics as every other member's val.
+    accuracy = accuracy_metrics(probs.shape[1], "val/")
+    accuracy.update(probs, y)
     device = head.mix_weights.device
-    return {
-        "val/loss": F.nll_loss(probs.clamp_min(1e-12).log(), y).float().to(device),
-        "val/acc_top1": above.eq(0).double().mean().float().to(device),
-        "val/acc_top5": above.lt(min(5, probs.shape[1])).double().mean().float().to(device),
-    }
+    scores = {"val/loss": F.nll_loss(probs.clamp_min(1e-12).log(), y), **accuracy.compute()}
+    return {name: value.float().to(device) for name, value in scores.items()}
 
 
 def check_branch_loss(head: str, options: HeadOptions) -> None:
@@ -466,14 +465,18 @@ class FusionModule(L.LightningModule):
         for i, (member, metrics, mean_loss) in enumerate(
             zip(head_members(self.head), self.val_metrics, self.val_loss, strict=True)
         ):
-            logits = member(*batch["x"])
+            if keep_branches and mixes_on_val(member):
+                # The branches once: their log-probabilities are kept, and mixed for the logits.
+                fs = member.set_logits(*batch["x"])
+                logits = member.mix(fs)
+                lp = torch.stack([f.log_softmax(dim=1) for f in fs])
+                rows = self._val_branches.setdefault(i, [])
+                rows.append((lp.detach().double().cpu(), batch["label"].detach().cpu()))
+            else:
+                logits = member(*batch["x"])
             loss = F.cross_entropy(logits, batch["label"], reduction="sum")
             mean_loss.update(loss / len(logits), weight=len(logits))
             metrics.update(logits, batch["label"])
-            if keep_branches and mixes_on_val(member):
-                lp = torch.stack([f.log_softmax(dim=1) for f in member.set_logits(*batch["x"])])
-                rows = self._val_branches.setdefault(i, [])
-                rows.append((lp.detach().double().cpu(), batch["label"].detach().cpu()))
 
     def on_validation_epoch_start(self) -> None:
         self._val_branches = {}
