@@ -14,9 +14,11 @@ $ python train.py probe --help     # --category, --kaggle, --message, --wandb.*
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 from feature_store.compat import parser_actions
+from fusion.runs import new_run_dir
 from fusion.submission import CATEGORIES, DEFAULT_CATEGORY
 
 
@@ -45,6 +47,20 @@ def add_submission_arguments(parser, *, kaggle: bool = True, message: bool = Tru
             default=None,
             help="the Kaggle submission message, kept in OUT.json (default: OUT's name)",
         )
+
+
+def add_run_dir_arguments(parser, *, kind: str) -> None:
+    """``--run_dir`` and ``--runs_root`` of a command that writes one run directory
+    (``kind``: probe, stack), new under ``RUNS_ROOT/<kind>/`` unless given."""
+    parser.add_argument("--run_dir", type=str | None, default=None,
+                        help=f"run directory (default: a new one under RUNS_ROOT/{kind}/)")  # fmt: skip
+    parser.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")
+
+
+def run_dir_of(cfg, *, kind: str) -> Path:
+    """The run directory :func:`add_run_dir_arguments` asked for: ``--run_dir``, else a
+    new one under ``RUNS_ROOT/<kind>/``."""
+    return Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / kind)
 
 
 def add_wandb_arguments(parser, *, kind: str) -> None:

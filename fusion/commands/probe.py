@@ -22,14 +22,19 @@ from feature_store.cli import CliParser
 from feature_store.console import show_path
 from feature_store.integrity import check_finite
 from fusion import probe_run
-from fusion.command_options import add_submission_arguments, add_wandb_arguments
+from fusion.command_options import (
+    add_run_dir_arguments,
+    add_submission_arguments,
+    add_wandb_arguments,
+    run_dir_of,
+)
 from fusion.errors import UsageError
 from fusion.exit import exit_codes
 from fusion.loggers import wandb_settings
 from fusion.predict import write_predictions_csv
 from fusion.probe import DEFAULT_CS, DEFAULT_MAX_ITER, fit_probe
 from fusion.probe_run import CONCAT, DEFAULT_SETS, PROBE_FILE, store_key, views
-from fusion.runs import claim_command_run, finish_command_run, new_run_dir
+from fusion.runs import claim_command_run, finish_command_run
 from fusion.stopping import stop_exits
 from fusion.submission import finish, write_submission
 from fusion.wandb_report import log_candidate
@@ -55,8 +60,7 @@ def parser() -> CliParser:
         "--probe.views", type=list[str] | None, default=None,
         help="some of the sets and 'concat' (default: all of them)",
     )  # fmt: skip
-    p.add_argument("--run_dir", type=str | None, default=None, help="run directory")
-    p.add_argument("--runs_root", type=str, default="runs", help="parent of run dirs")
+    add_run_dir_arguments(p, kind="probe")
     add_wandb_arguments(p, kind="probe")
     add_submission_arguments(p)
     return p
@@ -66,7 +70,7 @@ def run_probe(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``python train.py probe``; returns the run directory."""
     p = parser()
     cfg = p.parse_args(list(argv) if argv is not None else None)
-    run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "probe")
+    run = run_dir_of(cfg, kind="probe")
     with exit_codes("train.py probe"), stop_exits("train.py probe", run):
         return _probe(p, cfg, run)
 

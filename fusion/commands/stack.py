@@ -22,7 +22,12 @@ from feature_store.cli import CliParser
 from feature_store.console import show_path
 from fusion import stacking
 from fusion.combine import DEFAULT_METHOD, METHODS, OOF, Source, combine
-from fusion.command_options import add_submission_arguments, add_wandb_arguments
+from fusion.command_options import (
+    add_run_dir_arguments,
+    add_submission_arguments,
+    add_wandb_arguments,
+    run_dir_of,
+)
 from fusion.errors import UsageError
 from fusion.exit import exit_codes
 from fusion.predict import write_predictions_csv
@@ -32,7 +37,6 @@ from fusion.runs import (
     claim_command_run,
     finish_command_run,
     is_existing_run,
-    new_run_dir,
 )
 from fusion.stacking import member_sets
 from fusion.stopping import stop_exits
@@ -74,8 +78,7 @@ def parser() -> CliParser:
     p.add_argument("--data.predict_split", type=str, default="test", help="'' to skip")
     p.add_argument("--stack.method", type=str, default=DEFAULT_METHOD, help=f"one of {METHODS}")
     p.add_argument("--stack.folds", type=int, default=5, help="cross-fitting folds")
-    p.add_argument("--run_dir", type=str | None, default=None)
-    p.add_argument("--runs_root", type=str, default="runs")
+    add_run_dir_arguments(p, kind="stack")
     add_wandb_arguments(p, kind="stack")
     add_submission_arguments(p)
     return p
@@ -118,7 +121,7 @@ def _checked(p: CliParser, cfg) -> Path:
     members = stack_members(cfg.checkpoint, cfg.cv, cfg.probs, cfg.fit_on)
     if cfg.stack.method not in METHODS:
         raise UsageError(f"--stack.method must be one of {METHODS}")
-    run = Path(cfg.run_dir) if cfg.run_dir else new_run_dir(Path(cfg.runs_root) / "stack")
+    run = run_dir_of(cfg, kind="stack")
     if is_existing_run(run) and not (run / UNFINISHED).is_file():
         raise RunDirError(f"{run} already holds a run; pass a new --run_dir")
     with stop_exits("train.py stack", run):
