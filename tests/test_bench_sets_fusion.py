@@ -51,3 +51,64 @@ def test_bench_sets_fusion_smoke_run_writes_its_tables(tmp_path):
     proc = subprocess.run(merge, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "merged.json").read_text()) == out
+
+
+def _bench():
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_sets_fusion
+
+    return bench_sets_fusion
+
+
+def test_a_row_over_seeds_is_their_mean_with_the_spread_in_the_table():
+    bench = _bench()
+    fits = [
+        {"val": 0.70, "test": 0.76, "steps": 10, "weights": {"a": 1.0}, "seconds": 2.0},
+        {"val": 0.80, "test": 0.78, "steps": 12, "weights": {"a": 0.5}, "seconds": 3.0},
+        {"val": 0.75, "test": 0.71, "steps": 11, "weights": {"a": 0.2}, "seconds": 1.0},
+    ]
+    row = bench.over_seeds(fits)
+    assert row["test"] == pytest.approx((0.76 + 0.78 + 0.71) / 3)
+    assert row["val"] == pytest.approx(0.75)
+    assert row["test_seeds"] == [0.76, 0.78, 0.71] and row["seconds"] == 6.0
+    assert row["weights"] == {"a": 1.0} and row["steps"] == 10  # the first seed's
+    assert bench.over_seeds(fits[:1]) == fits[0]  # one seed: the row as it is
+    rows = {"probe:a": {"val": 0.8, "test": 0.77, "seconds": 1}, "concat": row}
+    results = {"s": {"rows": rows, "summary": bench.summary("s", rows, {"all": 0.9, "sets": {}})}}
+    assert "| concat | 0.750 | 0.750 (0.710-0.780) |" in bench.markdown(results)
+    # The goals read the mean: 2 points under the best single probe.
+    assert "`concat` -2.0" in bench.goals(results)
+
+
+def test_bad_seeds_are_refused_in_one_line():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for bad in ("0,x", ","):
+        proc = subprocess.run(
+            [sys.executable, "bench/bench_sets_fusion.py", "--seeds", bad, "--no-probe"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 2 and "--seeds" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_bench_sets_fusion_fits_each_seed_in_its_own_run_directories(tmp_path):
+    cmd = [
+        sys.executable, "bench/bench_sets_fusion.py", "--tiny", "--stores", "one-signal",
+        "--stores_dir", str(tmp_path / "stores"), "--runs", str(tmp_path / "runs"),
+        "--pipelines", "concat", "--no-probe", "--no-stack", "--seeds", "0,1",
+        "--json", str(tmp_path / "out.json"), "--", "--trainer.max_steps", "12",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((tmp_path / "out.json").read_text())["one-signal"]["rows"]["concat"]
+    assert len(row["test_seeds"]) == 2
+    assert row["test"] == pytest.approx(sum(row["test_seeds"]) / 2)
+    for seed in (0, 1):
+        assert (tmp_path / "runs" / f"seed{seed}" / "one-signal" / "concat" / "checkpoints" / "best.ckpt").is_file()
+    # Each seed's fit is its own: seed 1's checkpoint differs from seed 0's.
+    import torch
+
+    w = [torch.load(tmp_path / "runs" / f"seed{s}" / "one-signal" / "concat" / "checkpoints" / "best.ckpt",
+                    weights_only=True, map_location="cpu")["state_dict"] for s in (0, 1)]  # fmt: skip
+    assert any(not torch.equal(w[0][k], w[1][k]) for k in w[0] if w[0][k].is_floating_point())
