@@ -145,3 +145,48 @@ def test_off_by_default_the_head_and_its_training_are_unchanged():
     # Each member is stepped at its own decayed group's weight decay.
     assert [groups[j]["weight_decay"] for _, j in pairs] == [0.01, 0.1]
     assert [i for i, _ in pairs] == [0, 1]
+
+
+def _dropped(head: ConcatHead, rows: int = 4000, seed: int = 3) -> np.ndarray:
+    """Which of the head's inputs modality dropout zeroed, per row: [rows, sets]."""
+    head.train()
+    ones = [torch.ones(rows, d) for d in SETS.values()]
+    for norm in head.norms:  # identity inputs: a zero marks a dropped set
+        norm.mean.zero_(), norm.std.fill_(1.0)
+    torch.manual_seed(seed)
+    return np.stack([(x == 0).all(1).numpy() for x in head.normalised(*ones)], axis=1)
+
+
+def _old_bands(rows: int, p: float, k: int, seed: int) -> np.ndarray:
+    """The dropout of every set as it was before live sets: set i dropped when the row's
+    draw is in [(k - 1 - i) p, (k - i) p)."""
+    torch.manual_seed(seed)
+    draw = torch.rand(rows, 1)
+    return np.stack([((draw >= (k - 1 - i) * p) & (draw < (k - i) * p)).squeeze(1).numpy()
+                     for i in range(k)], axis=1)  # fmt: skip
+
+
+def test_modality_dropout_leaves_a_set_the_penalty_zeroed_and_the_last_live_set_alone():
+    head = _head(set_penalty=2.0, modality_dropout=0.2)
+    # Every set live: the same rows dropped as before, 20% per set.
+    dropped = _dropped(head)
+    np.testing.assert_array_equal(dropped, _old_bands(4000, 0.2, 3, seed=3))
+    assert dropped.mean(0) == pytest.approx([0.2, 0.2, 0.2], abs=0.025)
+    # Set b zeroed by the penalty: a and the prior share the bands of two live sets, b is
+    # never dropped (a zero set reads nothing either way), no row loses two.
+    with torch.no_grad():
+        for layer in head._input_layers():
+            layer.weight[:, 6:10] = 0
+    assert head.live_sets().tolist() == [True, False, True]
+    dropped = _dropped(head)
+    assert not dropped[:, 1].any() and dropped.sum(1).max() == 1
+    old = _old_bands(4000, 0.2, 2, seed=3)
+    np.testing.assert_array_equal(dropped[:, [0, 2]], old)
+    # One live set left (the prior): nothing is dropped.
+    with torch.no_grad():
+        for layer in head._input_layers():
+            layer.weight[:, 0:6] = 0
+    assert head.live_sets().tolist() == [False, False, True]
+    assert not _dropped(head).any()
+    # Without the penalty every set is droppable, whatever its weights.
+    assert _head(modality_dropout=0.2).live_sets() is None
