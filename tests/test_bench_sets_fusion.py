@@ -78,6 +78,11 @@ def test_a_row_over_seeds_is_their_mean_with_the_spread_in_the_table():
     assert "| concat | 0.750 | 0.750 (0.710-0.780) |" in bench.markdown(results)
     # The goals read the mean: 2 points under the best single probe.
     assert "`concat` -2.0" in bench.goals(results)
+    # A row of one seed (merged from another run) is listed but not ranked against means.
+    rows["lucky"] = {"val": 0.9, "test": 0.99, "seconds": 1}
+    summary = bench.summary("s", rows, {"all": 0.9, "sets": {}})
+    assert summary["best_pipeline"]["name"] == "concat" and summary["seeds"] == 3
+    assert "`concat` 0.750 (mean of 3 seeds)" in bench.goals({"s": {"rows": rows, "summary": summary}})
 
 
 def test_bad_seeds_are_refused_in_one_line():
