@@ -552,10 +552,12 @@ class ConcatHead(FusionHead):
         if self.set_penalty <= 0:
             return None
         with torch.no_grad():
-            norms = self.set_norms()
-        live = torch.ones(len(self.sets), dtype=torch.bool, device=norms.device)
-        live[torch.as_tensor(self.body_idx, device=norms.device)] = norms > 0
-        return live
+            read = self.set_norms() > 0
+        # Built on the device (no index tensor copied from the host, which would wait for
+        # the GPU at every step); a prior set never enters the body and stays droppable.
+        body = {i: pos for pos, i in enumerate(self.body_idx)}
+        always = torch.ones((), dtype=torch.bool, device=read.device)
+        return torch.stack([read[body[i]] if i in body else always for i in range(len(self.sets))])
 
     def _input_layers(self) -> list[nn.Linear]:
         """The layers that read the concatenated input: the MLP's first, and the skip."""
