@@ -204,9 +204,10 @@ def over_seeds(fits: list[dict]) -> dict:
     the goals read), each seed's test top-1 (``test_seeds``), the seconds of all, and the
     first seed's weights, steps and checkpoint. One seed: its row as it is.
 
-    Why: on ``one-signal`` (2,000 test rows) the same config under seeds 0-4 spans 1.7
-    points of test top-1 (`concat`: 0.759 to 0.7755), more than the 1-point line of goal 3,
-    so a single seed can pass or fail it by chance (bench/README.md)."""
+    Why: on ``one-signal`` (2,000 test rows) the same config under seeds 0-4 spanned 1.7
+    points of test top-1 (`concat` before its live-set dropout: 0.759 to 0.7755), more
+    than the 1-point line of goal 3, so a single seed can pass or fail it by chance
+    (bench/README.md)."""
     if len(fits) == 1:
         return fits[0]
     return {
