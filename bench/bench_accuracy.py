@@ -32,7 +32,7 @@ from accuracy_stores import STORES, build_store  # noqa: E402
 from feature_store import load_arrays, open_store  # noqa: E402
 from fusion.probe import fit_probe  # noqa: E402
 
-CONFIGS = ("linear", "visual_only", "text_only", "concat", "gated", "dual_logit_l0.1")
+CONFIGS = ("linear", "visual_only", "text_only", "concat", "gated", "dual_logit_l0.1", "sets_weighted")
 # the report's Table 1 heads not in CONFIGS: --configs dual_logit_l0.3,dual_logit_softmax
 KIND_ORDER = ("informative", "neutral", "misleading", "noise")
 # What every fit and CV fold of this bench passes besides its config.
