@@ -320,10 +320,11 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name} {r}: test {v['test']:.4f} val {v['val']:.4f} ({v['seconds']} s)", flush=True)
         per_seed = []
         for seed in seeds:
-            # Several seeds: each its own run directories (the stack reads that seed's concat
-            # fit), and --seed_everything; one seed: the configs' own (0), as before.
-            runs = Path(a.runs) / f"seed{seed}" if len(seeds) > 1 else Path(a.runs)
-            extra = [*a.fit_args, "--seed_everything", str(seed)] if len(seeds) > 1 else a.fit_args
+            # Other seeds than the configs' own (0): each its own run directories (the stack
+            # reads that seed's concat fit), and --seed_everything. Seed 0 alone: as before.
+            several = seeds != [0]
+            runs = Path(a.runs) / f"seed{seed}" if several else Path(a.runs)
+            extra = [*a.fit_args, "--seed_everything", str(seed)] if several else a.fit_args
             got_all: dict[str, dict] = {}
             for pipe in pipelines:
                 got = pipeline_scores(store, runs, pipe, sets, scores_sets, extra)

@@ -117,3 +117,12 @@ def test_bench_sets_fusion_fits_each_seed_in_its_own_run_directories(tmp_path):
     w = [torch.load(tmp_path / "runs" / f"seed{s}" / "one-signal" / "concat" / "checkpoints" / "best.ckpt",
                     weights_only=True, map_location="cpu")["state_dict"] for s in (0, 1)]  # fmt: skip
     assert any(not torch.equal(w[0][k], w[1][k]) for k in w[0] if w[0][k].is_floating_point())
+    # One seed other than 0 is that seed: the same fit as seed 1 above, in its own directory.
+    one = [*cmd[: cmd.index("--seeds") + 1], "1", "--runs", str(tmp_path / "one"),
+           "--json", str(tmp_path / "one.json"), "--", "--trainer.max_steps", "12"]  # fmt: skip
+    # (the later --runs and --json win over the ones before --seeds)
+    proc = subprocess.run(one, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    alone = json.loads((tmp_path / "one.json").read_text())["one-signal"]["rows"]["concat"]
+    assert alone["test"] == row["test_seeds"][1]
+    assert (tmp_path / "one" / "seed1" / "one-signal" / "concat" / "checkpoints" / "best.ckpt").is_file()
