@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
@@ -156,15 +155,17 @@ def fit_mix_on_val(head: nn.Module, log_probs, labels) -> dict[str, torch.Tensor
     are those of :func:`fusion.stacker.cross_fit`: no val row is scored by weights
     fitted on itself, else val would favour whatever the weights overfit to val.
     """
-    if np.bincount(labels).max(initial=0) < 2:
+    try:
+        crossed = cross_fit(log_probs, labels, method="weights")
+    except StackError as err:  # cross_fit's own check of the rows, told for this option
         raise StackError(
             f"head_options.mix_on val: {len(labels)} val rows with at most one per class are "
             "too few to fit the weights on and score them on rows they were not fitted on; "
             "validate on more rows, or use mix_on train"
-        )
+        ) from err
     stacker = Stacker(len(log_probs), "weights").fit(log_probs, labels)
     head.set_mix_weights(torch.tensor(stacker.mean_weights(log_probs)))
-    probs = torch.from_numpy(cross_fit(log_probs, labels, method="weights")).double()
+    probs = torch.from_numpy(crossed).double()
     y = torch.as_tensor(labels, dtype=torch.long)
     # Scored by the same metrics as every other member's val.
     accuracy = accuracy_metrics(probs.shape[1], "val/")
