@@ -233,8 +233,9 @@ def summary(store: str, rows: dict, bayes: dict) -> dict:
     if pipes:
         # The best and the worst among the rows of the most seeds: a single seed's luck is
         # not ranked against means (rows merged from runs with other --seeds).
-        seeds = max(len(r.get("test_seeds", ())) or 1 for r in pipes.values())
-        ranked = {k: r for k, r in pipes.items() if (len(r.get("test_seeds", ())) or 1) == seeds}
+        fits = {k: len(r.get("test_seeds", ())) or 1 for k, r in pipes.items()}
+        seeds = max(fits.values())
+        ranked = {k: r for k, r in pipes.items() if fits[k] == seeds}
         best = max(ranked, key=lambda k: ranked[k]["test"])
         worst = min(ranked, key=lambda k: ranked[k]["test"])
         out["seeds"] = seeds
@@ -318,11 +319,11 @@ def main(argv: list[str] | None = None) -> dict:
         rows = probes(store, sets, cs) if a.probe else {}
         for r, v in rows.items():
             print(f"{name} {r}: test {v['test']:.4f} val {v['val']:.4f} ({v['seconds']} s)", flush=True)
+        # Other seeds than the configs' own (0): each its own run directories (the stack
+        # reads that seed's concat fit), and --seed_everything. Seed 0 alone: as before.
+        several = seeds != [0]
         per_seed = []
         for seed in seeds:
-            # Other seeds than the configs' own (0): each its own run directories (the stack
-            # reads that seed's concat fit), and --seed_everything. Seed 0 alone: as before.
-            several = seeds != [0]
             runs = Path(a.runs) / f"seed{seed}" if several else Path(a.runs)
             extra = [*a.fit_args, "--seed_everything", str(seed)] if several else a.fit_args
             got_all: dict[str, dict] = {}
