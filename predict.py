@@ -1,6 +1,6 @@
 """Write a Kaggle submission (Id,Category) from one or more trained fusion heads.
 
-$ python predict.py --checkpoint runs/dual_logit_l0.1/RUN/checkpoints/best.ckpt \
+$ python predict.py --checkpoint runs/sets_weighted/RUN/checkpoints/best.ckpt \
       --store stores/kaggle --out submission.csv
 
 $ python predict.py ensemble --probs A.probs.npz --probs B.probs.npz --out ens.csv

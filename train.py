@@ -2,7 +2,7 @@
 
 $ python train.py                                                   # the demo, end to end
 $ python train.py --help                                            # what follows, in short
-$ python train.py fit --config configs/dual_logit_l0.1.yaml --data.store stores/kaggle
+$ python train.py fit --config configs/sets_weighted.yaml --data.store stores/kaggle
 $ python train.py fit --config configs/concat.yaml --model.head_options.dropout 0.5 --trainer.max_epochs 80
 $ python train.py fit --config configs/concat.yaml --ckpt_path last      # resume the newest run
 $ python train.py test --ckpt_path RUN/checkpoints/best.ckpt --data.test_split val

@@ -1,7 +1,7 @@
 """LightningCLI for fusion heads: one YAML per experiment, every value overridable.
 
-$ python train.py fit --config configs/dual_logit_l0.1.yaml --data.store stores/kaggle
-$ python train.py fit --config configs/dual_logit_l0.1.yaml --ckpt_path last   # resume
+$ python train.py fit --config configs/sets_weighted.yaml --data.store stores/kaggle
+$ python train.py fit --config configs/sets_weighted.yaml --ckpt_path last    # resume
 $ python train.py fit --config configs/concat.yaml --print_config             # scaffold
 
 Each fit gets a run directory ``RUN`` (``--run_dir``, default

@@ -2,7 +2,7 @@
 
 $ python train.py fit --config configs/concat.yaml --data.store stores/kaggle --data.batch_size 512
 $ python train.py fit --config configs/concat.yaml --data.folds 5 --data.fold 2   # CV fold 2
-$ python train.py fit --config configs/dual_logit_l0.1.yaml --data.features '[dinov2_giant, siglip]'
+$ python train.py fit --config configs/sets_weighted.yaml --data.features '[dinov2_giant, siglip]'
 $ python train.py fit --config RUN/config.yaml --data.train_splits '[train, val]' --recipe.from_run RUN
 
 The store's sets, their dims and the class names are read from its manifest when the module

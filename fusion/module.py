@@ -1,6 +1,6 @@
 """The thin LightningModule around a fusion head: loss, metrics, optimiser, schedule.
 
-$ python train.py fit --config configs/dual_logit_l0.1.yaml --model.optimizer.lr 3e-4
+$ python train.py fit --config configs/sets_weighted.yaml --model.optimizer.lr 0.03
 
 The network itself is a plain ``nn.Module`` from :mod:`fusion.heads`; this module keeps
 only training concerns. Its options come in groups (the head's network, the optimiser, the

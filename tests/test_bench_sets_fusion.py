@@ -85,6 +85,32 @@ def test_a_row_over_seeds_is_their_mean_with_the_spread_in_the_table():
     assert "`concat` 0.750 (mean of 3 seeds)" in bench.goals({"s": {"rows": rows, "summary": summary}})
 
 
+def test_the_goals_judge_the_recipes_and_list_the_comparisons_apart():
+    # A comparison (the report's trained-weight configs, an ablation) 7 points under the best
+    # single probe is listed in its own column, and one above every recipe is not ranked.
+    bench = _bench()
+    rows = {
+        "probe:a": {"val": 0.8, "test": 0.78, "seconds": 1},
+        "sets_weighted": {"val": 0.8, "test": 0.775, "seconds": 1},
+        "concat": {"val": 0.8, "test": 0.76, "seconds": 1},
+        "weighted_penalty": {"val": 0.7, "test": 0.71, "seconds": 1},
+        "sets_valmix_bl0": {"val": 0.9, "test": 0.79, "seconds": 1},
+    }
+    summary = bench.summary("s", rows, {"all": 0.9, "sets": {}})
+    assert summary["best_pipeline"]["name"] == "sets_weighted"
+    assert summary["worst_pipeline"]["name"] == "concat"
+    results = {"s": {"rows": rows, "summary": summary}}
+    line = bench.goals(results).splitlines()[-1]
+    assert line.endswith("| `concat` -2.0 | `weighted_penalty` -7.0 |"), line
+    table = bench.markdown(results)
+    assert "| weighted_penalty (comparison) | 0.700 |" in table and "| concat | 0.800 |" in table
+    rows.pop("concat")
+    summary = bench.summary("s", rows, {"all": 0.9, "sets": {}})
+    assert bench.goals({"s": {"rows": rows, "summary": summary}}).splitlines()[-1].endswith(
+        "| none | `weighted_penalty` -7.0 |"
+    )
+
+
 def test_bad_seeds_are_refused_in_one_line():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for bad in ("0,x", ","):
