@@ -142,7 +142,7 @@ def check_predict_split(args: Sequence[str]) -> None:
         )
 
 
-def check_no_mix_on_val(args: Sequence[str]) -> None:
+def check_weights_not_fitted_on_folds(args: Sequence[str]) -> None:
     """Refuse, before fold 0 trains, a head whose weights are fitted on val
     (``mix_on: val``): each fold would fit them on its held-out rows, so the out-of-fold
     probabilities that ``train.py stack --cv`` fits on would not be out of fold."""
@@ -150,7 +150,8 @@ def check_no_mix_on_val(args: Sequence[str]) -> None:
         raise UsageError(
             "--model.head_options.mix_on val fits the head's weights on each fold's held-out "
             "rows, so its out-of-fold probabilities would not be out of fold; cross-validate "
-            "with --model.head_options.mix_on train, or one fit per set (docs/submit.md)"
+            "one config per set (--data.features [SET]) and stack them with train.py stack "
+            "--cv, or configs/concat.yaml (docs/submit.md)"
         )
 
 
@@ -220,7 +221,7 @@ def _run_cv(own, args: list[str], given: Sequence[str]) -> Path:
     root = Path(config_value(args, "runs_root") or "runs")
     cv_dir = Path(own.cv_dir or root / fit_experiment(args) / f"cv{folds}")
     check_predict_split(args)
-    check_no_mix_on_val(args)
+    check_weights_not_fitted_on_folds(args)
     plan = {"args": args, "folds": folds}
     plan_file = cv_dir / "cv_args.json"
     try:
