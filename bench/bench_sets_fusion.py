@@ -277,7 +277,7 @@ def markdown(results: dict) -> str:
             test = f"{r['test']:.3f}"
             if r.get("test_seeds"):  # the mean, and the spread over the seeds
                 test += f" ({min(r['test_seeds']):.3f}-{max(r['test_seeds']):.3f})"
-            label = name if name.startswith("probe:") or is_recipe(name) else f"{name} (comparison)"
+            label = f"{name} (comparison)" if name in COMPARISONS else name
             lines.append(f"| {label} | {r['val']:.3f} | {test} | {d1} | {d2} | "
                          f"{weights} | {r.get('steps', '')} | {r['seconds']:.0f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
