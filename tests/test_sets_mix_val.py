@@ -273,6 +273,8 @@ def test_cv_of_a_mix_on_val_head_is_refused_before_fold_0(tmp_path, capsys):
         assert exit_info.value.code == 2
         assert not (tmp_path / "cv").exists()
         # the way out it names is one that holds: per-set configs stacked, or concat
-        assert "would not be out of fold" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "would not be out of fold" in err and "train.py stack --cv" in err
+        assert "mix_on train" not in err  # the trained weights are not a way out
     # mix_on train passes this check (it fails later, on the missing store)
     cv_command.check_weights_not_fitted_on_folds(["--config", str(config), "--model.head_options.mix_on", "train"])
